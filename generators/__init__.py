@@ -1,0 +1,1 @@
+"""Teacher backends (vLLM, transformers, OpenAI-compatible HTTP) and task recipes (prompting + parsing)."""

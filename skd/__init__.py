@@ -1,0 +1,1 @@
+"""skd: the command line and the pipeline that compose the stages."""

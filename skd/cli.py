@@ -1,0 +1,43 @@
+"""The `skd` command line. Each stage is one command; `main` turns user errors into one line + exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from store import SkdError
+
+from . import cmd_store
+
+app = typer.Typer(
+    name="skd",
+    help="Symbolic knowledge distillation: generate, filter, dedup, snapshot, export and train.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+cmd_store.register(app)
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except SkdError as e:
+        print(f"skd: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("skd: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("skd: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""How results reach the terminal: rich tables for people, JSON for programs, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import nullcontext
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+TABLE_ROWS = 1000  # more than this is a job for --format csv/jsonl/parquet
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=False) + "\n")
+
+
+def status(message: str, quiet: bool):
+    """A spinner on stderr for work of unknown length (nothing with --quiet)."""
+    return nullcontext() if quiet else err.status(message)
+
+
+def dict_table(title: str, data: dict[str, Any], key: str = "", value: str = "") -> Table:
+    t = Table(title=title, title_justify="left", show_header=bool(key or value))
+    t.add_column(key)
+    t.add_column(value, justify="right")
+    for k, v in data.items():
+        t.add_row(str(k), f"{v:,}" if isinstance(v, int) else str(v))
+    return t
+
+
+def frame_table(df: pl.DataFrame, limit: int = TABLE_ROWS) -> Table:
+    t = Table(show_lines=False)
+    for name, dtype in zip(df.columns, df.dtypes, strict=True):
+        t.add_column(name, justify="right" if dtype.is_numeric() else "left", overflow="fold")
+    for row in df.head(limit).iter_rows():
+        t.add_row(*["∅" if v is None else str(v) for v in row])
+    if df.height > limit:
+        t.caption = f"{df.height - limit:,} more rows; use --format csv|jsonl|parquet --out FILE"
+    return t
+
+
+def flatten_nested(df: pl.DataFrame) -> pl.DataFrame:
+    """Nested columns as JSON text, for formats that hold only flat values (CSV)."""
+    nested = [c for c, d in zip(df.columns, df.dtypes, strict=True) if d.is_nested()]
+    return df.with_columns(
+        pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v, default=str),
+                               return_dtype=pl.String) for c in nested)

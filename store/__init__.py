@@ -1,0 +1,15 @@
+"""The corpus store: one DuckDB file, migrations, typed reads and writes, staging shards, locking."""
+
+from .db import DEFAULT_DB, Store, default_path, skd_version
+from .errors import LockedError, SchemaError, SkdError
+from .ingest import FORMATS, IngestResult, ingest_file
+from .items import ITEM_COLUMNS, KINDS, item_ids
+from .labels import LABEL_FORMATS, LabelResult, import_labels
+from .migrations import LATEST as SCHEMA_VERSION
+from .shards import ShardWriter, ingest_shards, pending_shards
+
+__all__ = [
+    "DEFAULT_DB", "FORMATS", "ITEM_COLUMNS", "KINDS", "LABEL_FORMATS", "SCHEMA_VERSION", "IngestResult",
+    "LabelResult", "LockedError", "SchemaError", "ShardWriter", "SkdError", "Store", "default_path",
+    "import_labels", "ingest_file", "ingest_shards", "item_ids", "pending_shards", "skd_version",
+]

@@ -1,0 +1,156 @@
+"""Import human (or LLM) judgements into `labels`, one row per distinct item per source.
+
+Duplicate judgements of the same item (several annotators, repeated rows) are resolved by majority
+vote; the votes are kept (`votes_pos` of `votes_total`) so a critic can weight or filter by agreement.
+A tie counts as not acceptable: a critic should learn to keep what annotators agreed was good.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .db import Store
+from .errors import SkdError
+from .ingest import Reject, as_text
+from .items import ID_FIELDS, clean_sql, infer_kind_sql, item_id_sql, reject_reason_sql
+from .readers import iter_csv, iter_jsonl
+
+LABEL_FORMATS = ("ckbp", "rationale-acceptability", "jsonl")
+LABEL_WORDS = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
+SCHEMA = pa.schema(
+    [("row_number", pa.int64()), ("kind", pa.string())]
+    + [(f, pa.string()) for f in ID_FIELDS]
+    + [("label", pa.int64()), ("extra", pa.string())]
+)
+
+
+@dataclass
+class LabelResult:
+    source: str
+    rows: int
+    judgements: int
+    items: int
+    positive: int
+    conflicts: int
+    rejected: int
+    rejects: list[Reject]
+
+
+def as_label(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return int(value)
+    if isinstance(value, str) and value.strip().lower() in LABEL_WORDS:
+        return LABEL_WORDS[value.strip().lower()]
+    raise ValueError(f"label must be 0/1, true/false or yes/no, got {str(value)[:40]!r}")
+
+
+def _judgement(rec: dict[str, Any], kind: str | None, label: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    row = {"kind": kind, "label": as_label(label)}
+    for f in ID_FIELDS:
+        row[f] = as_text(rec.get(f), f)
+    row["extra"] = json.dumps(extra, sort_keys=True, default=str) if extra else None
+    return row
+
+
+def ckbp_judgements(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    missing = [c for c in ("head", "relation", "tail", "label") if c not in rec]
+    if missing:
+        raise ValueError(f"missing column(s) {', '.join(missing)}")
+    extra = {k: v for k, v in rec.items() if k not in ("head", "relation", "tail", "label")}
+    return [_judgement(rec, "triple", rec["label"], extra)]
+
+
+def acceptability_judgements(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The few_shot_explanations crowd file: one row per annotator, five explanations per question."""
+    if "Input.question" not in rec or "Answer.acceptable" not in rec:
+        raise ValueError("missing Input.question or Answer.acceptable")
+    accepted = {a.strip() for a in rec["Answer.acceptable"].split("|") if a.strip()}
+    out = []
+    for k in range(1, 6):
+        explanation = rec.get(f"Input.explanation_{k}")
+        if not explanation:
+            continue
+        item = {"question": rec["Input.question"], "answer": rec.get("Input.gold_label"),
+                "rationale": explanation}
+        extra = {"choices": rec.get("Input.answer_choices"), "csqa_id": rec.get("Input.id"),
+                 "nll": rec.get(f"Input.nll_{k}"), "sample": rec.get(f"Input.source_sample_{k}")}
+        out.append(_judgement(item, "rationale", str(k) in accepted, extra))
+    return out
+
+
+def jsonl_judgements(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    if "label" not in rec:
+        raise ValueError("missing field label")
+    extra = {k: v for k, v in rec.items() if k not in (*ID_FIELDS, "kind", "label")}
+    return [_judgement(rec, as_text(rec.get("kind"), "kind"), rec["label"], extra)]
+
+
+READERS = {
+    "ckbp": (iter_csv, ckbp_judgements),
+    "rationale-acceptability": (iter_csv, acceptability_judgements),
+    "jsonl": (iter_jsonl, jsonl_judgements),
+}
+
+
+def read_judgements(path: Path, fmt: str) -> tuple[pa.Table, list[Reject]]:
+    if fmt not in READERS:
+        raise SkdError(f"unknown labels format {fmt!r} (expected one of {', '.join(LABEL_FORMATS)})")
+    rows, judge = READERS[fmt]
+    good, rejects = [], []
+    for n, rec, err, raw in rows(path):
+        if rec is None:
+            rejects.append(Reject(n, err or "unreadable row", raw))
+            continue
+        try:
+            good += [{**j, "row_number": n} for j in judge(rec)]
+        except (ValueError, RecursionError) as e:
+            rejects.append(Reject(n, str(e), raw))
+    return pa.Table.from_pylist(good, schema=SCHEMA), rejects
+
+
+def import_labels(store: Store, path: str | Path, fmt: str, source: str | None = None) -> LabelResult:
+    """Import a label file; importing the same source again replaces its labels (idempotent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkdError(f"no such file: {path}")
+    table, rejects = read_judgements(path, fmt)
+    source = source or f"{fmt}:{path.name}"
+    con = store.con
+    con.register("_judged", table)
+    cleaned = ", ".join(f"{clean_sql(c)} AS {c}" for c in ("kind", *ID_FIELDS))
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _labels AS
+        SELECT *, {item_id_sql()} AS item_id, {reject_reason_sql()} AS reason FROM (
+            SELECT row_number, {infer_kind_sql(None)} AS kind, {', '.join(ID_FIELDS)}, label, extra,
+                   NULL::VARCHAR[] AS choices
+            FROM (SELECT row_number, {cleaned}, label, extra FROM _judged))""")
+    con.unregister("_judged")
+    bad = con.execute("SELECT row_number, reason FROM _labels WHERE reason IS NOT NULL").fetchall()
+    rejects += [Reject(int(n), r) for n, r in bad]
+    cols = ", ".join(("kind", *ID_FIELDS))
+    run_id = store.start_run("labels", {"file": str(path.resolve()), "format": fmt, "source": source})
+    with store.transaction():
+        con.execute("DELETE FROM labels WHERE source = ?", [source])
+        con.execute(f"""
+            INSERT INTO labels (item_id, {cols}, label, source, votes_pos, votes_total, extra)
+            SELECT item_id, {', '.join(f'first.{c}' for c in cols.split(', '))},
+                   CASE WHEN 2 * pos > total THEN 1 ELSE 0 END, ?, pos, total, first.extra
+            FROM (SELECT item_id, arg_min(struct_pack({cols}, extra), row_number) AS first,
+                         sum(label)::INTEGER AS pos, count(*)::INTEGER AS total
+                  FROM _labels WHERE reason IS NULL GROUP BY item_id)""", [source])
+        stats = con.execute("""SELECT count(*), coalesce(sum(label), 0),
+                                      count(*) FILTER (WHERE votes_pos > 0 AND votes_pos < votes_total),
+                                      coalesce(sum(votes_total), 0)
+                               FROM labels WHERE source = ?""", [source]).fetchall()[0]
+        result = LabelResult(source, table.num_rows + len(rejects), int(stats[3]), int(stats[0]),
+                             int(stats[1]), int(stats[2]), len(rejects), rejects)
+        store.finish_run(run_id, "ok", {k: v for k, v in result.__dict__.items() if k != "rejects"})
+    con.execute("DROP TABLE IF EXISTS _labels")
+    return result

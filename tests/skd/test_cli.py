@@ -1,0 +1,75 @@
+import json
+
+import polars as pl
+import pytest
+
+from tests.conftest import EXAMPLES, run_skd
+
+COMMANDS = [["init"], ["info"], ["ingest"], ["query"], ["labels", "import"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+def test_every_command_has_help(cmd):
+    proc = run_skd(*cmd, "--help")
+    assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_init_ingest_info_query_roundtrip(db_path, tmp_path):
+    run_skd("init", db=db_path, check=True)
+    proc = run_skd("ingest", str(EXAMPLES / "mini.jsonl"), "--json", db=db_path, check=True)
+    assert json.loads(proc.stdout)["new_items"] == 26
+    info = json.loads(run_skd("info", "--json", db=db_path, check=True).stdout)
+    assert info["tables"]["items"] == 26 and info["items_per_kind"]["triple"] == 18
+    assert info["triples_per_relation"]["xReact"] == 3
+    proc = run_skd("query", "SELECT kind, count(*) AS n FROM items GROUP BY 1 ORDER BY 1", "--format", "csv",
+                   db=db_path, check=True)
+    assert proc.stdout.splitlines() == ["kind,n", "qa,3", "rationale,3", "text,2", "triple,18"]
+    proc = run_skd("query", "SELECT question, choices FROM items WHERE kind = 'qa' ORDER BY 1", "-f", "jsonl",
+                   db=db_path, check=True)
+    rows = {r["question"]: r["choices"] for r in map(json.loads, proc.stdout.splitlines())}
+    assert rows["Where would you keep milk cold?"] == ["oven", "refrigerator", "cupboard", "table", "garden"]
+    out = tmp_path / "o.parquet"
+    run_skd("query", "SELECT * FROM items", "-f", "parquet", "--out", str(out), db=db_path, check=True)
+    assert pl.read_parquet(out).height == 26
+    assert "triple" in run_skd("query", "SELECT kind FROM items", db=db_path, check=True).stdout
+
+
+def test_bad_rows_summary_and_report(db_path, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{oops\n')
+    proc = run_skd("ingest", str(bad), db=db_path)
+    assert proc.returncode == 0
+    assert "1 new items" in proc.stdout.replace(",", "") and "1 rejected" in proc.stdout
+    assert "rejected rows and reasons" in proc.stderr
+    strict = tmp_path / "bad2.jsonl"
+    strict.write_text('{"text": "fine too"}\n{oops\n')
+    proc = run_skd("ingest", str(strict), "--strict", db=db_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"skd: error: {strict}: row 2: invalid JSON: Expecting property name enclosed in double quotes at column 2;"
+        " nothing ingested (--strict)")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ingest", "nope.jsonl"], "no such file: nope.jsonl"),
+    (["ingest", "x.xml"], "cannot tell the format of x.xml"),
+    (["query", "DELETE FROM items"], "only reads; DELETE statements are refused"),
+    (["labels", "import", "nope.csv", "--format", "ckbp"], "no such file"),
+])
+def test_user_errors_are_one_line_with_exit_2(db_path, args, message):
+    run_skd("init", db=db_path, check=True)
+    proc = run_skd(*args, db=db_path)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reader_of_missing_corpus_is_told_to_init(tmp_path):
+    proc = run_skd("info", db=tmp_path / "none.duckdb")
+    assert proc.returncode == 2 and "skd init" in proc.stderr
+
+
+def test_labels_import_cli(db_path, tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("head,relation,tail,label\nPersonX a,xAttr,b,1\nPersonX a,xAttr,b,0\nPersonX a,xAttr,b,1\n")
+    out = json.loads(run_skd("labels", "import", str(path), "--format", "ckbp", "--json", db=db_path,
+                             check=True).stdout)
+    assert (out["items"], out["positive"], out["conflicts"]) == (1, 1, 1)

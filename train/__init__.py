@@ -1,0 +1,1 @@
+"""Student fine-tuning from a snapshot, student evaluation."""

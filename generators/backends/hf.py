@@ -1,0 +1,103 @@
+"""transformers backend: batched `generate` with `num_return_sequences`, on CPU or GPU."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+from store import SkdError, resolve_model
+
+from ..types import Completion, Request, cut_at_stop, stable_hash
+
+
+class PenaltyProcessor(LogitsProcessor):
+    """OpenAI/vLLM presence and frequency penalties over the generated tokens (transformers has neither)."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float):
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_len:]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+class TransformersTeacher:
+    def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 8):
+        self.model = model
+        self.batch_size = batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        path = resolve_model(model)
+        torch_dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
+                       "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
+        except OSError as e:
+            raise SkdError(f"cannot load model {model!r}: {str(e).splitlines()[0]}") from None
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def close(self) -> None:
+        del self.lm
+
+    def render(self, request: Request) -> str:
+        if request.prompt is not None:
+            return request.prompt
+        if not self.tokenizer.chat_template:
+            raise SkdError(f"model {self.model!r} has no chat template; use a recipe with plain prompts")
+        return self.tokenizer.apply_chat_template(request.chat(), tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: list[Request]) -> list[list[Completion]]:
+        out: list[list[Completion]] = [[] for _ in requests]
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):  # one generate() call takes one sampling setting
+            groups[stable_hash(r.sampling.model_dump(mode="json", exclude={"seed"}))].append(i)
+        for idxs in groups.values():
+            for start in range(0, len(idxs), self.batch_size):
+                chunk = idxs[start:start + self.batch_size]
+                for i, completions in zip(chunk, self._generate([requests[i] for i in chunk]), strict=True):
+                    out[i] = completions
+        return out
+
+    @torch.inference_mode()
+    def _generate(self, requests: list[Request]) -> list[list[Completion]]:
+        s = requests[0].sampling
+        enc = self.tokenizer([self.render(r) for r in requests], return_tensors="pt", padding=True,
+                             add_special_tokens=False).to(self.device)
+        prompt_len = enc["input_ids"].shape[1]
+        # The batch's seed depends on its requests only: a rerun of the same batch gives the same samples.
+        torch.manual_seed(int(stable_hash([r.request_id for r in requests], 8), 16))
+        processors = LogitsProcessorList()
+        if s.presence_penalty or s.frequency_penalty:
+            processors.append(PenaltyProcessor(prompt_len, s.presence_penalty, s.frequency_penalty))
+        greedy = s.temperature == 0
+        gen = self.lm.generate(
+            **enc, do_sample=not greedy, temperature=None if greedy else s.temperature,
+            top_p=None if greedy else s.top_p, top_k=None, max_new_tokens=s.max_tokens, num_return_sequences=s.n,
+            pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors,
+            stop_strings=list(s.stop) or None, tokenizer=self.tokenizer if s.stop else None,
+            return_dict_in_generate=True, output_scores=s.logprobs)
+        new = gen.sequences[:, prompt_len:]
+        token_lp = (self.lm.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
+                    if s.logprobs else None)
+        results = []
+        for row in range(new.shape[0]):
+            results.append(self._completion(new[row], row % s.n, s.stop,
+                                            token_lp[row] if token_lp is not None else None))
+        return [results[i * s.n:(i + 1) * s.n] for i in range(len(requests))]
+
+    def _completion(self, tokens: torch.Tensor, index: int, stop: tuple[str, ...],
+                    token_lp: torch.Tensor | None) -> Completion:
+        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        ids = tokens.tolist()
+        length = next((k for k, t in enumerate(ids) if t in eos), len(ids))
+        text, stopped = cut_at_stop(self.tokenizer.decode(ids[:length], skip_special_tokens=True), stop)
+        finish = "stop" if stopped or length < len(ids) else "length"
+        logprob = float(token_lp[:length].sum()) if token_lp is not None else None
+        return Completion(text=text, index=index, finish_reason=finish, n_tokens=length, logprob=logprob)

@@ -1,0 +1,100 @@
+"""The shapes that flow through generation: sampling parameters, requests, completions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Constraint(BaseModel):
+    """Constrained decoding, where the backend supports it (vLLM structured outputs): one of the three."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    json_schema: dict[str, Any] | None = Field(None, description="A JSON schema the output must follow.")
+    regex: str | None = Field(None, description="A regular expression the output must match.")
+    choice: list[str] | None = Field(None, description="The output is exactly one of these strings.")
+
+    @model_validator(mode="after")
+    def _one(self) -> Constraint:
+        if sum(x is not None for x in (self.json_schema, self.regex, self.choice)) != 1:
+            raise ValueError("give exactly one of json_schema, regex, choice")
+        return self
+
+
+class Sampling(BaseModel):
+    """Call-time sampling parameters (OpenAI/vLLM semantics)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n: int = Field(1, ge=1, le=256, description="Samples per prompt.")
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="0 means greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(64, ge=1, le=32768, description="New tokens per sample.")
+    stop: tuple[str, ...] = Field((), description="Strings that end a sample (not included in it).")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    seed: int | None = Field(None, description="Per-request seed; derived from the run seed when unset.")
+    logprobs: bool = Field(False, description="Record the cumulative log-probability of each sample.")
+    constraint: Constraint | None = None
+
+    def key(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=False)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:length]
+
+
+def derive_seed(run_seed: int, *parts: Any) -> int:
+    """A per-request seed that depends only on the run seed and the request's content, so results do not
+    depend on batch size, order or which requests were already done."""
+    return int(stable_hash([run_seed, *parts], 8), 16) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt for the teacher. `meta` carries recipe data for parsing; it is not part of the key."""
+    model: str
+    sampling: Sampling
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None  # (role, content) pairs for chat
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("a request has either a prompt or chat messages")
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as stored: the raw prompt, or the chat messages as JSON."""
+        if self.prompt is not None:
+            return self.prompt
+        return json.dumps([{"role": r, "content": c} for r, c in self.messages], ensure_ascii=False)
+
+    @property
+    def prompt_hash(self) -> str:
+        return stable_hash(self.prompt_text)
+
+    @property
+    def request_id(self) -> str:
+        """Hash of model, prompt, sampling parameters and seed: the unit of resume."""
+        return stable_hash({"model": self.model, "prompt": self.prompt_text, "sampling": self.sampling.key()})
+
+    def chat(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages or ()]
+
+
+@dataclass
+class Completion:
+    text: str
+    index: int = 0
+    finish_reason: str | None = None
+    n_tokens: int | None = None
+    logprob: float | None = None
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Text up to the first stop string (backends that keep the stop string in their output)."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

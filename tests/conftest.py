@@ -41,3 +41,28 @@ def run_skd(*args: str, db: Path | None = None, check: bool = False, timeout: fl
     if check and proc.returncode != 0:
         raise AssertionError(f"skd {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The embedded teacher, converted once from its GGUF (about 25 s the first time on a machine)."""
+    from store.models import smollm2_dir
+    return smollm2_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory, smollm2) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer and chat template: fast tests of batching and parsing."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-lm")
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

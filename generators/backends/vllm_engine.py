@@ -6,6 +6,7 @@ vLLM spawns worker processes: a script that builds this teacher must do so under
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from store import SkdError, resolve_model
@@ -17,6 +18,8 @@ class VllmTeacher:
     def __init__(self, model: str, tensor_parallel_size: int = 1, max_model_len: int | None = None,
                  dtype: str = "auto", gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
                  seed: int = 0, **engine_args: Any):
+        # vLLM logs to stdout by default; skd keeps stdout for results (--json), so send logs to stderr.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         try:
             from vllm import LLM
         except ImportError:

@@ -1,0 +1,92 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from generators import make_recipe, make_teacher, run_generation
+from store import LockedError, Store
+from tests.conftest import ROOT
+
+INFER = {"events_from": "seeds", "max_events": 6, "relations": ["xWant", "xAttr"],
+         "inference_sampling": {"n": 3, "temperature": 1.0, "top_p": 0.5, "max_tokens": 6, "stop": ["\n"]}}
+
+
+def test_generation_stores_everything_with_provenance_and_resumes(db_path, tiny_lm):
+    recipe = make_recipe("atomic10x", INFER)
+    teacher = make_teacher("transformers", str(tiny_lm))
+    first = run_generation(db_path, recipe, teacher, seed=1, limit=5, batch_size=2)
+    assert (first.requests, first.generated, first.completions) == (5, 5, 15)
+    with Store(db_path, read_only=True) as s:
+        gens = s.query("SELECT * FROM generations")
+        assert gens.height == 15 and set(gens["run_id"]) == {first.run_id}
+        assert gens["parsed_ok"].sum() == first.parsed and first.parsed + sum(first.failures.values()) == 15
+        failed = gens.filter(~gens["parsed_ok"])
+        assert failed["error"].null_count() == 0  # every failure has its reason
+        assert s.scalar("SELECT count(*) FROM requests") == 5
+        src = s.query("SELECT * FROM item_sources")
+        assert src.height == first.items and set(src["teacher"]) == {str(tiny_lm)}
+        assert src.select("request_id", "sample_index").is_unique().all()
+        assert json.loads(src["params"][0])["n"] == 3 and json.loads(src["params"][0])["seed"] is not None
+    # The same command again: nothing redone. A different batch size does not invalidate finished work.
+    again = run_generation(db_path, recipe, teacher, seed=1, limit=5, batch_size=3)
+    assert (again.already_done, again.generated) == (5, 0)
+    more = run_generation(db_path, recipe, teacher, seed=1, limit=8, batch_size=3)
+    assert (more.already_done, more.generated) == (5, 3)
+    with Store(db_path, read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM generations") == 24
+        assert s.scalar("SELECT count(*) FROM runs WHERE stage = 'generate' AND status = 'ok'") == 3
+
+
+def _items(db):
+    with Store(db, read_only=True) as s:
+        items = s.query("SELECT item_id, head, relation, tail FROM items ORDER BY item_id")
+        sources = s.query("SELECT item_id, request_id, sample_index FROM item_sources "
+                          "ORDER BY request_id, sample_index")
+    return items, sources
+
+
+def test_killed_generate_resumes_to_the_uninterrupted_result(tmp_path, tiny_lm):
+    cfg = tmp_path / "atomic.toml"
+    cfg.write_text('events_from = "seeds"\nmax_events = 12\nrelations = ["xWant", "xNeed"]\n'
+                   '[inference_sampling]\nn = 4\ntemperature = 1.0\ntop_p = 0.5\nmax_tokens = 24\nstop = ["\\n"]\n')
+    args = [sys.executable, "-m", "skd", "generate", "atomic10x", "--teacher", str(tiny_lm), "--config", str(cfg),
+            "--seed", "5", "--batch-size", "2", "-q"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    full, killed = tmp_path / "full.duckdb", tmp_path / "killed.duckdb"
+    subprocess.run(args + ["--db", str(full)], check=True, cwd=ROOT, env=env, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(args + ["--db", str(killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, batches = time.monotonic() + 300, 0
+    while batches < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            with Store(killed, read_only=True) as s:
+                batches = s.scalar("SELECT count(*) FROM ingested_shards")
+        except (LockedError, Exception):
+            continue
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Store(killed, read_only=True) as s:
+        partial = s.scalar("SELECT count(*) FROM generations")
+    assert 0 < partial < 24 * 4
+    rerun = subprocess.run(args + ["--db", str(killed), "--json"], check=True, cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    summary = json.loads(rerun.stdout)
+    assert summary["already_done"] > 0 and summary["already_done"] + summary["generated"] == 24
+    (items_a, src_a), (items_b, src_b) = _items(full), _items(killed)
+    assert items_a.equals(items_b)  # the same items as a run that was never killed
+    assert src_a.equals(src_b) and src_b.select("request_id", "sample_index").is_unique().all()  # none twice
+
+
+def test_bad_teacher_inputs_are_clear_errors(db_path, tmp_path):
+    from store import SkdError
+    with pytest.raises(SkdError, match="neither an embedded default"):
+        make_teacher("transformers", "no-such-org/no-such-model")
+    with pytest.raises(SkdError, match="unknown backend"):
+        make_teacher("ollama", "x")

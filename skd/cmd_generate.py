@@ -100,6 +100,7 @@ def generate(
     r = make_recipe(recipe.value, recipe_config(recipe.value, config, n), source=str(config or "config"))
     opts = teacher_options(backend.value, config, base_url=base_url, concurrency=concurrency,
                            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, dtype=dtype)
+    r.check_inputs()
     db_path = db or default_path()
     t = make_teacher(backend.value, teacher, **opts)
     progress, update = progress_view(quiet or json)

@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers.utils import logging as hf_logging
 
 from store import SkdError, resolve_model
 
@@ -32,6 +33,7 @@ class TransformersTeacher:
         self.batch_size = batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = resolve_model(model)
+        hf_logging.disable_progress_bar()  # skd shows its own progress
         torch_dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
                        "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         try:

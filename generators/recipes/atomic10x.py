@@ -77,6 +77,10 @@ class Atomic10x(Recipe):
     name = "atomic10x"
     Config = Atomic10xConfig
 
+    def check_inputs(self) -> None:
+        if self.config.stage == "events" or self.config.events_from == "seeds":
+            read_events(self.config.seeds)
+
     def requests(self, model: str, seed: int, store: Store | None = None) -> list[Request]:
         c = self.config
         return self._event_requests(model, seed) if c.stage == "events" else self._inference_requests(model, seed,

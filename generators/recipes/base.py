@@ -26,6 +26,9 @@ class Recipe:
     def __init__(self, config: BaseModel):
         self.config = config
 
+    def check_inputs(self) -> None:
+        """Read the recipe's input files now, so a bad one fails before a model is loaded."""
+
     def requests(self, model: str, seed: int, store: Store | None = None) -> list[Request]:
         raise NotImplementedError
 

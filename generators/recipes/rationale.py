@@ -131,6 +131,9 @@ class Rationale(Recipe):
     name = "rationale"
     Config = RationaleConfig
 
+    def check_inputs(self) -> None:
+        read_questions(self.config.input, self.config.format)
+
     def requests(self, model: str, seed: int, store: Store | None = None) -> list[Request]:
         c = self.config
         questions = read_questions(c.input, c.format)[: c.limit]

@@ -92,6 +92,9 @@ class Template(Recipe):
     name = "template"
     Config = TemplateConfig
 
+    def check_inputs(self) -> None:
+        read_rows(self.config.input)
+
     def requests(self, model: str, seed: int, store: Store | None = None) -> list[Request]:
         c = self.config
         prompt_t = ENV.from_string(c.prompt)

@@ -73,3 +73,20 @@ def test_labels_import_cli(db_path, tmp_path):
     out = json.loads(run_skd("labels", "import", str(path), "--format", "ckbp", "--json", db=db_path,
                              check=True).stdout)
     assert (out["items"], out["positive"], out["conflicts"]) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("config,args,message", [
+    ('relations = ["xFoo"]\n', [], "relations: Value error, unknown relation 'xFoo'"),
+    ('stage = "events"\nseeds = "EMPTY"\n', [], "has no events"),
+    ("prompts = [\n", [], "invalid TOML"),
+    ('[teacher]\nconcurrency = 4\n', [], "teacher option 'concurrency' does not apply to the transformers backend"),
+    ("", ["--teacher", "no-such-org/no-such-model"], "neither an embedded default"),
+])
+def test_generate_user_errors_are_one_line(db_path, tmp_path, config, args, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config.replace("EMPTY", str(empty)))
+    proc = run_skd("generate", "atomic10x", "--config", str(cfg), *args, db=db_path, env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr

@@ -9,7 +9,7 @@ import typer
 
 from store import SkdError
 
-from . import cmd_generate, cmd_store
+from . import cmd_critic, cmd_generate, cmd_store
 
 app = typer.Typer(
     name="skd",
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 cmd_store.register(app)
 cmd_generate.register(app)
+cmd_critic.register(app)
 
 
 def main() -> None:

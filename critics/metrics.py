@@ -1,0 +1,60 @@
+"""How good a critic is: ranking quality, thresholds for a target precision or recall, and what
+filtering buys ("keep the top X% -> Y% acceptable")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+
+def threshold_for(scores: np.ndarray, labels: np.ndarray, recall: float | None = None,
+                  precision: float | None = None) -> float:
+    """The highest threshold reaching the recall target, or the lowest reaching the precision target."""
+    p, r, t = precision_recall_curve(labels, scores)
+    p, r = p[:-1], r[:-1]  # the last point has no threshold
+    if recall is not None:
+        ok = np.nonzero(r >= recall)[0]
+        return float(t[ok.max()]) if len(ok) else float(t.min())
+    ok = np.nonzero(p >= precision)[0]
+    return float(t[ok.min()]) if len(ok) else float(t.max())
+
+
+def choose_thresholds(scores: np.ndarray, labels: np.ndarray, recalls=(0.5, 0.8), precisions=()) -> dict[str, float]:
+    out = {f"recall@{r:g}": threshold_for(scores, labels, recall=r) for r in recalls}
+    out |= {f"precision@{p:g}": threshold_for(scores, labels, precision=p) for p in precisions}
+    return out
+
+
+def at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    kept = scores >= threshold
+    tp = float((kept & (labels == 1)).sum())
+    precision = tp / kept.sum() if kept.sum() else 0.0
+    recall = tp / (labels == 1).sum() if (labels == 1).sum() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"threshold": threshold, "precision": precision, "recall": recall, "f1": f1,
+            "kept": float(kept.mean())}
+
+
+def kept_table(scores: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
+    """Acceptable fraction among the top-scored 10%, 20%, ..., 100%."""
+    order = np.argsort(-scores, kind="stable")
+    rows = []
+    for pct in range(10, 101, 10):
+        k = max(1, round(len(order) * pct / 100))
+        rows.append({"kept": pct / 100, "acceptable": float(labels[order[:k]].mean())})
+    return rows
+
+
+def report(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float]) -> dict[str, Any]:
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=float)
+    both = len(set(labels.tolist())) == 2
+    return {
+        "n": int(len(labels)), "positive_rate": float(labels.mean()) if len(labels) else 0.0,
+        "auc": float(roc_auc_score(labels, scores)) if both else None,
+        "average_precision": float(average_precision_score(labels, scores)) if both else None,
+        "thresholds": {name: at_threshold(scores, labels, t) for name, t in thresholds.items()},
+        "kept_vs_acceptable": kept_table(scores, labels),
+    }

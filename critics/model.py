@@ -1,0 +1,69 @@
+"""Critic artifacts: a folder with safetensors weights, a tokenizer and `critic.json`. No pickle anywhere.
+
+- embedding: a frozen sentence-transformers encoder (saved in `encoder/`) + a logistic head (`head.safetensors`).
+- finetune: a transformers sequence classifier (saved in `model/`), label 1 = acceptable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from store import SkdError
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class EmbeddingCritic:
+    def __init__(self, encoder: Any, weight: torch.Tensor, bias: torch.Tensor):
+        self.encoder, self.weight, self.bias = encoder, weight.float(), bias.float()
+
+    def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                                   show_progress_bar=False)
+
+    def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        x = torch.from_numpy(self.embed(texts, batch_size))
+        return torch.sigmoid(x @ self.weight + self.bias).numpy().astype(np.float64)
+
+
+class FinetunedCritic:
+    def __init__(self, model: Any, tokenizer: Any, max_length: int = 128):
+        self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
+
+    @torch.inference_mode()
+    def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt").to(self.model.device)
+            out.append(torch.softmax(self.model(**enc).logits.float(), dim=-1)[:, 1].cpu().numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    card = Path(path) / "critic.json"
+    if not card.is_file():
+        raise SkdError(f"{path} is not a critic (no critic.json)")
+    return json.loads(card.read_text())
+
+
+def load_critic(path: str | Path) -> EmbeddingCritic | FinetunedCritic:
+    path = Path(path)
+    card = read_card(path)
+    if card["mode"] == "embedding":
+        from sentence_transformers import SentenceTransformer
+        head = load_file(path / "head.safetensors")
+        return EmbeddingCritic(SentenceTransformer(str(path / "encoder"), device=device()), head["weight"],
+                               head["bias"])
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model = AutoModelForSequenceClassification.from_pretrained(path / "model").to(device())
+    return FinetunedCritic(model, AutoTokenizer.from_pretrained(path / "model"),
+                           card.get("config", {}).get("max_length", 128))

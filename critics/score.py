@@ -1,0 +1,99 @@
+"""Score corpus items with a critic, resumably: items already scored by this critic are skipped, and
+each chunk of scores is one staging batch ingested in a short transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from store import LockedError, ShardWriter, SkdError, Store, ingest_batch
+
+from .model import load_critic
+from .verbalize import verbalize_rows
+
+ITEM_COLUMNS = "item_id, kind, head, relation, tail, question, answer, rationale, text"
+
+
+@dataclass
+class ScoreSummary:
+    critic: str
+    critic_id: str
+    items: int = 0
+    already_scored: int = 0
+    scored: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_store(db_path: Path, wait: float = 60.0) -> Store:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return Store(db_path)
+        except LockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def critic_row(store: Store, name: str) -> dict[str, Any]:
+    df = store.query("SELECT critic_id, name, path, mode, thresholds FROM critics WHERE name = ?", [name])
+    if df.height == 0:
+        known = ", ".join(store.query("SELECT name FROM critics ORDER BY name")["name"].to_list()) or "none"
+        raise SkdError(f"no critic named {name!r} (known: {known}); train one with `skd critic train`")
+    return df.row(0, named=True)
+
+
+def unscored(store: Store, critic_id: str, where: str | None) -> tuple[pa.Table, int]:
+    cond = f"({where})" if where else "TRUE"
+    try:
+        total = store.scalar(f"SELECT count(*) FROM items WHERE {cond}")
+        rows = store.con.execute(
+            f"SELECT {ITEM_COLUMNS} FROM items i WHERE {cond} AND NOT EXISTS "
+            "(SELECT 1 FROM scores s WHERE s.item_id = i.item_id AND s.critic_id = ?) ORDER BY item_id",
+            [critic_id]).to_arrow_table()
+    except duckdb.Error as e:  # a user's SQL
+        raise SkdError(f"--where: {str(e).splitlines()[0]}") from None
+    return rows, int(total)
+
+
+def score_items(db_path: str | Path, name: str, where: str | None = None, chunk: int = 2048,
+                batch_size: int = 128, on_chunk: Callable[[ScoreSummary, int], None] | None = None) -> ScoreSummary:
+    db_path = Path(db_path)
+    with open_store(db_path) as s:
+        row = critic_row(s, name)
+        todo, total = unscored(s, row["critic_id"], where)
+        run_id = s.start_run("score", {"critic": name, "critic_id": row["critic_id"], "where": where})
+    stats = ScoreSummary(name, row["critic_id"], items=total, already_scored=total - todo.num_rows)
+    critic = load_critic(row["path"])
+    writer = ShardWriter(Path(str(db_path) + ".d") / "shards" / "score")
+    started, status = time.monotonic(), "failed"
+    try:
+        if on_chunk:
+            on_chunk(stats, todo.num_rows)
+        for start in range(0, todo.num_rows, chunk):
+            part = todo.slice(start, chunk)
+            scores = critic.score(verbalize_rows(part.to_pylist()), batch_size=batch_size)
+            batch = writer.write({"scores": pa.table({"item_id": part["item_id"],
+                                                      "critic_id": [row["critic_id"]] * part.num_rows,
+                                                      "score": scores})}, name=f"{run_id}-{start:09d}")
+            with open_store(db_path) as s:
+                ingest_batch(s, batch, run_id)
+            stats.scored += part.num_rows
+            stats.seconds = time.monotonic() - started
+            if on_chunk:
+                on_chunk(stats, todo.num_rows)
+        status = "ok"
+    finally:
+        stats.seconds = time.monotonic() - started
+        with open_store(db_path) as s:
+            s.finish_run(run_id, status, stats.as_dict())
+    return stats

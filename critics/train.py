@@ -1,0 +1,189 @@
+"""Train a critic from the `labels` table: split by head (or question) so no group is in both train
+and dev, balance the classes, stop early on dev AUC, choose thresholds on dev, save and register."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import polars as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import save_file
+
+from store import SkdError, Store, resolve_model, skd_version
+
+from .metrics import choose_thresholds, report
+from .model import EmbeddingCritic, FinetunedCritic, device
+from .verbalize import verbalize_rows
+
+
+class CriticConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["finetune", "embedding"] = Field("finetune", description="Fine-tune a classifier or fit a head.")
+    base: str = Field("all-minilm-l6-v2", description="Base encoder: HF id, local path or the embedded MiniLM.")
+    labels_where: str | None = Field(None, description="SQL filter over the labels table.")
+    dev_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of heads/questions held out for dev.")
+    seed: int = 0
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many steps (-1: run the epochs).")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-5, gt=0, description="Learning rate (finetune).")
+    weight_decay: float = Field(1e-4, ge=0, description="L2 penalty (embedding head).")
+    max_length: int = Field(64, ge=8)
+    eval_steps: int = Field(200, ge=1, description="Evaluate on dev every this many steps (finetune).")
+    patience: int = Field(3, ge=1, description="Early stopping: evaluations without dev AUC gain.")
+    recalls: list[float] = Field([0.5, 0.8], description="Thresholds chosen on dev for these recalls.")
+    precisions: list[float] = Field([], description="... and for these precisions.")
+
+
+def group_key(row: dict[str, Any]) -> str:
+    return (row.get("head") or row.get("question") or row.get("text") or "").strip().lower()
+
+
+def load_labels(store: Store, where: str | None) -> pl.DataFrame:
+    sql = "SELECT item_id, kind, head, relation, tail, question, answer, rationale, text, label, source FROM labels"
+    try:
+        df = store.query(sql + (f" WHERE {where}" if where else ""))
+    except duckdb.Error as e:  # a user's SQL
+        raise SkdError(f"--labels-where: {str(e).splitlines()[0]}") from None
+    if df.height == 0:
+        raise SkdError("no labels" + (f" match {where!r}" if where else "") + "; import some with `skd labels import`")
+    classes = set(df["label"].to_list())
+    if len(classes) < 2:
+        raise SkdError(f"the labels have only one class ({classes.pop()}); a critic needs acceptable and not")
+    return df
+
+
+def split(df: pl.DataFrame, dev_fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Deterministic split by group (head or question), so no group is in both parts."""
+    def in_dev(key: str) -> bool:
+        h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
+        return h / 0xFFFFFFFF < dev_fraction
+    dev_mask = pl.Series([in_dev(group_key(r)) for r in df.iter_rows(named=True)])
+    train, dev = df.filter(~dev_mask), df.filter(dev_mask)
+    if train["label"].n_unique() < 2 or dev["label"].n_unique() < 2:
+        raise SkdError("too few labels to split into train and dev with both classes; add labels")
+    return train, dev
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    return torch.tensor(len(labels) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(cfg.seed)
+    encoder = SentenceTransformer(base, device=device())
+    critic = EmbeddingCritic(encoder, torch.zeros(1), torch.zeros(1))
+    x = torch.from_numpy(critic.embed(verbalize_rows(train.to_dicts())))
+    y = torch.tensor(train["label"].to_list(), dtype=torch.float32)
+    w = class_weights(train["label"].to_numpy())[y.long()]
+    weight = torch.zeros(x.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(x @ weight + bias, y, weight=w)
+                + cfg.weight_decay * weight.pow(2).sum())
+        loss.backward()
+        return loss
+    opt.step(closure)
+    critic.weight, critic.bias = weight.detach(), bias.detach()
+    encoder.save(str(out / "encoder"))
+    save_file({"weight": critic.weight.contiguous(), "bias": critic.bias.contiguous()}, out / "head.safetensors")
+    return critic
+
+
+def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):
+    from datasets import Dataset
+    from sklearn.metrics import roc_auc_score
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        Trainer,
+        TrainingArguments,
+    )
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    weights = class_weights(train["label"].to_numpy())
+
+    def dataset(df: pl.DataFrame) -> Dataset:
+        ds = Dataset.from_dict({"text": verbalize_rows(df.to_dicts()), "label": df["label"].to_list()})
+        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=cfg.max_length), batched=True,
+                      remove_columns=["text"])
+
+    class WeightedTrainer(Trainer):  # class-weighted loss for imbalanced labels
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weights.to(labels.device))
+            return (loss, outputs) if return_outputs else loss
+
+    def auc(pred) -> dict[str, float]:
+        logits = torch.tensor(pred.predictions)
+        return {"auc": float(roc_auc_score(pred.label_ids, torch.softmax(logits, -1)[:, 1].numpy()))}
+
+    steps = cfg.max_steps if cfg.max_steps > 0 else int(-(-train.height // cfg.batch_size) * cfg.epochs)
+    ckpt = Path(tempfile.mkdtemp(prefix="skd-critic-"))
+    args = TrainingArguments(
+        output_dir=str(ckpt), per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=128,
+        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, seed=cfg.seed,
+        eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
+        save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="auc", greater_is_better=True,
+        logging_steps=max(1, cfg.eval_steps // 4), report_to=[], warmup_steps=max(1, steps // 16),
+        use_cpu=device() == "cpu")
+    trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train), eval_dataset=dataset(dev),
+                              data_collator=DataCollatorWithPadding(tok), compute_metrics=auc,
+                              callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)])
+    trainer.train()
+    trainer.model.save_pretrained(out / "model", safe_serialization=True)
+    tok.save_pretrained(out / "model")
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return FinetunedCritic(trainer.model, tok, cfg.max_length)
+
+
+def train_critic(store: Store, name: str, cfg: CriticConfig, out: Path) -> dict[str, Any]:
+    """Train, choose thresholds on dev, save to `out` and register in `critics`; returns the card."""
+    if store.scalar("SELECT count(*) FROM critics WHERE name = ?", [name]):
+        raise SkdError(f"a critic named {name!r} exists; choose another name")
+    df = load_labels(store, cfg.labels_where)
+    train, dev = split(df, cfg.dev_fraction, cfg.seed)
+    base = resolve_model(cfg.base)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fit = fit_embedding if cfg.mode == "embedding" else fit_finetune
+    critic = fit(cfg, base, train, dev, tmp)
+    dev_scores = critic.score(verbalize_rows(dev.to_dicts()))
+    dev_labels = dev["label"].to_numpy()
+    thresholds = choose_thresholds(dev_scores, dev_labels, cfg.recalls, cfg.precisions)
+    metrics = {"dev": report(dev_scores, dev_labels, thresholds), "train_size": train.height, "dev_size": dev.height}
+    card = {"name": name, "critic_id": f"{name}-{uuid.uuid4().hex[:8]}", "mode": cfg.mode, "base_model": cfg.base,
+            "label_sources": sorted(set(df["source"].to_list())),
+            "label_counts": {str(k): int(v) for k, v in zip(*np.unique(df["label"].to_numpy(), return_counts=True),
+                                                               strict=True)},
+            "config": cfg.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
+            "skd_version": skd_version()}
+    (tmp / "critic.json").write_text(json.dumps(card, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    store.con.execute(
+        "INSERT INTO critics (critic_id, name, path, base_model, mode, metrics, thresholds, config) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [card["critic_id"], name, str(out.resolve()), cfg.base, cfg.mode, json.dumps(metrics),
+         json.dumps(thresholds), json.dumps(card["config"])])
+    return card

@@ -25,9 +25,9 @@ class EmbeddingCritic:
     def __init__(self, encoder: Any, weight: torch.Tensor, bias: torch.Tensor):
         self.encoder, self.weight, self.bias = encoder, weight.float(), bias.float()
 
-    def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    def embed(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                                   show_progress_bar=False)
+                                   show_progress_bar=progress)
 
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         x = torch.from_numpy(self.embed(texts, batch_size))
@@ -48,6 +48,49 @@ class FinetunedCritic:
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
+JUDGE_PROMPT = ("Is the following statement plausible and acceptable as commonsense knowledge?\n"
+                "Statement: {text}\nAnswer yes or no.")
+
+
+class LlmJudge:
+    """Asks a causal LM a yes/no acceptability question; the score is P(yes) / (P(yes) + P(no)) read from
+    the next-token distribution (exact, where sampling would only estimate it)."""
+
+    def __init__(self, model: Any, tokenizer: Any, prompt: str = JUDGE_PROMPT):
+        self.model, self.tokenizer, self.prompt = model.eval(), tokenizer, prompt
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.yes = sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", " yes", " Yes")})
+        self.no = sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in ("no", "No", " no", " No")})
+
+    def render(self, text: str) -> str:
+        message = [{"role": "user", "content": self.prompt.format(text=text)}]
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(message, tokenize=False, add_generation_prompt=True)
+        return message[0]["content"] + "\nAnswer:"
+
+    @torch.inference_mode()
+    def score(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer([self.render(t) for t in texts[i:i + batch_size]], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.model.device)
+            logp = torch.log_softmax(self.model(**enc).logits[:, -1].float(), dim=-1)
+            yes, no = torch.logsumexp(logp[:, self.yes], -1), torch.logsumexp(logp[:, self.no], -1)
+            out.append(torch.sigmoid(yes - no).cpu().numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def load_judge(base: str, prompt: str = JUDGE_PROMPT) -> LlmJudge:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from store import resolve_model
+    path = resolve_model(base)
+    return LlmJudge(AutoModelForCausalLM.from_pretrained(path).to(device()), AutoTokenizer.from_pretrained(path),
+                    prompt)
+
+
 def read_card(path: Path) -> dict[str, Any]:
     card = Path(path) / "critic.json"
     if not card.is_file():
@@ -55,9 +98,11 @@ def read_card(path: Path) -> dict[str, Any]:
     return json.loads(card.read_text())
 
 
-def load_critic(path: str | Path) -> EmbeddingCritic | FinetunedCritic:
+def load_critic(path: str | Path) -> EmbeddingCritic | FinetunedCritic | LlmJudge:
     path = Path(path)
     card = read_card(path)
+    if card["mode"] == "llm-judge":
+        return load_judge(card["base_model"], card["config"].get("prompt") or JUDGE_PROMPT)
     if card["mode"] == "embedding":
         from sentence_transformers import SentenceTransformer
         head = load_file(path / "head.safetensors")

@@ -56,10 +56,10 @@ def unscored(store: Store, critic_id: str, where: str | None) -> tuple[pa.Table,
     cond = f"({where})" if where else "TRUE"
     try:
         total = store.scalar(f"SELECT count(*) FROM items WHERE {cond}")
-        rows = store.con.execute(
+        rows = store.con.sql(
             f"SELECT {ITEM_COLUMNS} FROM items i WHERE {cond} AND NOT EXISTS "
             "(SELECT 1 FROM scores s WHERE s.item_id = i.item_id AND s.critic_id = ?) ORDER BY item_id",
-            [critic_id]).to_arrow_table()
+            params=[critic_id]).to_arrow_table()
     except duckdb.Error as e:  # a user's SQL
         raise SkdError(f"--where: {str(e).splitlines()[0]}") from None
     return rows, int(total)

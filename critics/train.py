@@ -21,13 +21,15 @@ from safetensors.torch import save_file
 from store import SkdError, Store, resolve_model, skd_version
 
 from .metrics import choose_thresholds, report
-from .model import EmbeddingCritic, FinetunedCritic, device
+from .model import JUDGE_PROMPT, EmbeddingCritic, FinetunedCritic, device, load_judge
 from .verbalize import verbalize_rows
 
 
 class CriticConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["finetune", "embedding"] = Field("finetune", description="Fine-tune a classifier or fit a head.")
+    mode: Literal["finetune", "embedding", "llm-judge"] = Field(
+        "finetune", description="Fine-tune a classifier, fit a head on frozen embeddings, or ask an LLM (no training).")
+    prompt: str | None = Field(None, description="llm-judge: question template with {text}.")
     base: str = Field("all-minilm-l6-v2", description="Base encoder: HF id, local path or the embedded MiniLM.")
     labels_where: str | None = Field(None, description="SQL filter over the labels table.")
     dev_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of heads/questions held out for dev.")
@@ -85,7 +87,7 @@ def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Dat
     torch.manual_seed(cfg.seed)
     encoder = SentenceTransformer(base, device=device())
     critic = EmbeddingCritic(encoder, torch.zeros(1), torch.zeros(1))
-    x = torch.from_numpy(critic.embed(verbalize_rows(train.to_dicts())))
+    x = torch.from_numpy(critic.embed(verbalize_rows(train.to_dicts()), progress=len(train) > 2000))
     y = torch.tensor(train["label"].to_list(), dtype=torch.float32)
     w = class_weights(train["label"].to_numpy())[y.long()]
     weight = torch.zeros(x.shape[1], requires_grad=True)
@@ -156,17 +158,24 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
     return FinetunedCritic(trainer.model, tok, cfg.max_length)
 
 
+def fit_judge(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):
+    """Nothing to train: the labels only calibrate the thresholds (on dev)."""
+    return load_judge(base, cfg.prompt or JUDGE_PROMPT)
+
+
 def train_critic(store: Store, name: str, cfg: CriticConfig, out: Path) -> dict[str, Any]:
     """Train, choose thresholds on dev, save to `out` and register in `critics`; returns the card."""
     if store.scalar("SELECT count(*) FROM critics WHERE name = ?", [name]):
         raise SkdError(f"a critic named {name!r} exists; choose another name")
     df = load_labels(store, cfg.labels_where)
     train, dev = split(df, cfg.dev_fraction, cfg.seed)
+    if cfg.mode == "llm-judge" and cfg.base == "all-minilm-l6-v2":
+        cfg = cfg.model_copy(update={"base": "smollm2-135m-instruct"})  # a judge needs a generative model
     base = resolve_model(cfg.base)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    fit = fit_embedding if cfg.mode == "embedding" else fit_finetune
+    fit = {"embedding": fit_embedding, "finetune": fit_finetune, "llm-judge": fit_judge}[cfg.mode]
     critic = fit(cfg, base, train, dev, tmp)
     dev_scores = critic.score(verbalize_rows(dev.to_dicts()))
     dev_labels = dev["label"].to_numpy()

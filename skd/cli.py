@@ -9,7 +9,7 @@ import typer
 
 from store import SkdError
 
-from . import cmd_critic, cmd_generate, cmd_store
+from . import cmd_corpus, cmd_critic, cmd_generate, cmd_store
 
 app = typer.Typer(
     name="skd",
@@ -21,6 +21,7 @@ app = typer.Typer(
 cmd_store.register(app)
 cmd_generate.register(app)
 cmd_critic.register(app)
+cmd_corpus.register(app)
 
 
 def main() -> None:

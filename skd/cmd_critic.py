@@ -23,7 +23,7 @@ from .options import Db, Json, Quiet
 from .output import err, out, print_json
 
 app = typer.Typer(help="Critic models: train from labels, score the corpus, evaluate.", no_args_is_help=True)
-Mode = Enum("Mode", {m: m for m in ("finetune", "embedding")}, type=str)
+Mode = Enum("Mode", {m.replace("-", "_"): m for m in ("finetune", "embedding", "llm-judge")}, type=str)
 LabelFormat = Enum("LabelFormat", {f.replace("-", "_"): f for f in LABEL_FORMATS}, type=str)
 
 
@@ -51,7 +51,8 @@ def train(
     labels_where: Annotated[str | None, typer.Option(help="SQL filter over the labels table.")] = None,
     base: Annotated[str, typer.Option(help="Base encoder (HF id, path, or the embedded MiniLM).")]
     = "all-minilm-l6-v2",
-    mode: Annotated[Mode, typer.Option(help="finetune a classifier, or fit a head on frozen embeddings.")]
+    mode: Annotated[Mode, typer.Option(help="finetune a classifier, fit a head on frozen embeddings, or llm-judge "
+                                            "(ask a generative model yes/no; --base defaults to SmolLM2).")]
     = Mode.finetune,
     epochs: Annotated[float, typer.Option()] = 3.0,
     max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: all epochs).")] = -1,

@@ -6,11 +6,12 @@ from .ingest import FORMATS, IngestResult, ingest_file
 from .items import ITEM_COLUMNS, KINDS, item_ids
 from .labels import LABEL_FORMATS, LabelResult, import_labels
 from .migrations import LATEST as SCHEMA_VERSION
-from .models import resolve_model
+from .models import MINILM, SMOLLM2, resolve_model
 from .shards import ShardWriter, ingest_batch, ingest_shards, pending_shards
 
 __all__ = [
-    "DEFAULT_DB", "FORMATS", "ITEM_COLUMNS", "KINDS", "LABEL_FORMATS", "SCHEMA_VERSION", "IngestResult",
+    "DEFAULT_DB", "FORMATS", "ITEM_COLUMNS", "KINDS", "LABEL_FORMATS", "MINILM", "SCHEMA_VERSION", "SMOLLM2",
+    "IngestResult",
     "LabelResult", "LockedError", "SchemaError", "ShardWriter", "SkdError", "Store", "default_path",
     "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "item_ids", "pending_shards", "resolve_model",
     "skd_version",

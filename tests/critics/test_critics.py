@@ -126,3 +126,16 @@ def test_eval_command_reports_against_held_out_labels(embedding_critic):
     rep = json.loads(proc.stdout)
     assert rep["n"] > 900 and 0.5 < rep["auc"] < 1 and len(rep["kept_vs_acceptable"]) == 10
     assert set(rep["thresholds"]) == {"recall@0.5", "recall@0.8"}
+
+
+def test_llm_judge_scores_by_probability_of_yes(tmp_path, ckbp_small, smollm2):
+    small = tmp_path / "tiny.csv"
+    small.write_text("\n".join(ckbp_small.read_text().splitlines()[:301]) + "\n")
+    with Store(tmp_path / "c.duckdb") as s:
+        import_labels(s, small, "ckbp")
+        card = train_critic(s, "judge", CriticConfig(mode="llm-judge", dev_fraction=0.3), tmp_path / "judge")
+    assert card["base_model"] == "smollm2-135m-instruct" and set(card["thresholds"]) == {"recall@0.5", "recall@0.8"}
+    judge = load_critic(tmp_path / "judge")
+    scores = judge.score(["PersonX eats dinner. as a result, PersonX feels full",
+                          "PersonX eats dinner. as a result, PersonX feels purple triangle"])
+    assert ((scores > 0) & (scores < 1)).all()

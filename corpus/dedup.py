@@ -1,0 +1,246 @@
+"""Dedup: exact (a normalised form) and semantic (faiss over stored embeddings). Pairs above the cosine
+threshold within a scope are connected into clusters; each cluster keeps one representative (the best
+score of a named critic, ties broken by item_id). Results go to `dedup_clusters`, one row per item per
+(method, threshold, scope), so several settings sit side by side and a new threshold needs no re-embedding.
+
+Incremental: the stored clusters of a setting seed the union-find, and only the new items are searched
+against everything; with exact search this equals a full rerun (old components stay connected, and any
+new edge touches a new item).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from store import MINILM, SkdError, Store
+
+from .embed import load_vectors
+
+METHODS = ("exact", "semantic")
+SCOPES = ("global", "head", "head-relation")
+FLAT_MAX = 200_000  # exact inner-product search up to here; an IVF index beyond
+EXACT_THRESHOLD = 1.0  # the threshold recorded for exact dedup
+
+
+def exact_norm_sql(col: str) -> str:
+    """Case, PersonX/Person X spelling, punctuation, articles and whitespace do not make items distinct."""
+    x = f"lower(coalesce({col}, ''))"
+    x = f"regexp_replace({x}, 'person\\s*([xyz])\\b', 'person\\1', 'g')"
+    x = f"regexp_replace({x}, '[^\\w\\s]', ' ', 'g')"
+    x = f"regexp_replace({x}, '\\b(a|an|the)\\b', ' ', 'g')"
+    return f"trim(regexp_replace({x}, '\\s+', ' ', 'g'))"
+
+
+def scope_sql(scope: str) -> str:
+    if scope == "global":
+        return "''"
+    head = f"{exact_norm_sql('head')} || {exact_norm_sql('question')}"
+    return head if scope == "head" else f"{head} || chr(31) || coalesce(relation, '')"
+
+
+@dataclass
+class DedupResult:
+    method: str
+    threshold: float
+    scope: str
+    items: int = 0
+    clusters: int = 0
+    removed: int = 0
+    pairs: int = 0
+    searched: int = 0
+    seconds: float = 0.0
+    dry_run: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def semantic_pairs(x: np.ndarray, threshold: float, queries: np.ndarray | None = None,
+                   block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i, j, cosine) with cosine >= threshold; `queries` limits the search to those rows."""
+    import faiss
+
+    n, d = x.shape
+    if n <= FLAT_MAX:
+        index = faiss.IndexFlatIP(d)
+    else:  # approximate beyond: IVF with a generous probe count
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        index.train(x[rng.choice(n, min(n, nlist * 64), replace=False)])
+        index.nprobe = 16
+    index.add(x)
+    rows = np.arange(n) if queries is None else queries
+    ii, jj, ss = [], [], []
+    for start in range(0, len(rows), block):
+        q = rows[start:start + block]
+        lims, dist, idx = index.range_search(x[q], threshold - 1e-6)
+        src = np.repeat(q, np.diff(lims).astype(np.int64))
+        keep = src != idx
+        if queries is None:
+            keep &= src < idx  # each pair once
+        ii.append(src[keep])
+        jj.append(idx[keep])
+        ss.append(dist[keep])
+    return _cat(ii, np.int64), _cat(jj, np.int64), _cat(ss, np.float32)
+
+
+def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+def item_frame(store: Store, where: str | None, scope: str, critic_id: str | None) -> pa.Table:
+    cond = f"({where})" if where else "TRUE"
+    score = "s.score" if critic_id else "NULL::DOUBLE"
+    join = "LEFT JOIN scores s ON s.item_id = i.item_id AND s.critic_id = $critic" if critic_id else ""
+    fields = ("head", "relation", "tail", "question", "answer", "rationale", "text")
+    exact_key = f"concat_ws(chr(31), i.kind, {', '.join(exact_norm_sql('i.' + c) for c in fields)})"
+    sql = (f"SELECT i.item_id, {scope_sql(scope)} AS scope_key, {exact_key} AS exact_key, {score} AS score "
+           f"FROM items i {join} WHERE {cond} ORDER BY i.item_id")
+    try:
+        return store.con.sql(sql, params={"critic": critic_id} if critic_id else None).to_arrow_table()
+    except duckdb.Error as e:
+        raise SkdError(f"--where: {str(e).splitlines()[0]}") from None
+
+
+def representatives(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Index of each cluster's best-scored member (NULL scores last; ties: the smallest item_id, i.e. row)."""
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    order = np.lexsort((np.arange(len(labels)), -s, labels))  # by cluster, then best score, then row
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = labels[order][1:] != labels[order][:-1]
+    rep = np.empty(labels.max() + 1 if len(labels) else 0, dtype=np.int64)
+    rep[labels[order][first]] = order[first]
+    return rep
+
+
+def codes(values: list[str]) -> np.ndarray:
+    return np.unique(np.asarray(values, dtype=object), return_inverse=True)[1].astype(np.int64)
+
+
+def critic_id_for(store: Store, critic: str | None) -> str | None:
+    if critic is None:
+        return None
+    rows = store.con.execute("SELECT critic_id FROM critics WHERE name = ?", [critic]).fetchall()
+    if not rows:
+        raise SkdError(f"no critic named {critic!r}; train one with `skd critic train`")
+    return rows[0][0]
+
+
+def previous_edges(store: Store, ids: list[str], method: str, threshold: float, scope: str) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray]:
+    """Chains through the stored clusters of this setting, and which rows were clustered before."""
+    prev = store.con.execute("SELECT item_id, cluster_id FROM dedup_clusters WHERE method = ? AND threshold = ? "
+                             "AND scope = ?", [method, threshold, scope]).fetchall()
+    row_of = {item: k for k, item in enumerate(ids)}
+    old = np.zeros(len(ids), dtype=bool)
+    members: dict[str, list[int]] = {}
+    for item, cluster in prev:
+        if item in row_of:
+            old[row_of[item]] = True
+            members.setdefault(cluster, []).append(row_of[item])
+    i = [m[k] for m in members.values() for k in range(len(m) - 1)]
+    j = [m[k + 1] for m in members.values() for k in range(len(m) - 1)]
+    return np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64), old
+
+
+def dedup(store: Store, method: str = "semantic", threshold: float = 0.9, scope: str = "head-relation",
+          critic: str | None = None, where: str | None = None, model: str = MINILM, incremental: bool = True,
+          dry_run: list[float] | None = None) -> DedupResult:
+    """Cluster duplicates and store one row per item for this (method, threshold, scope)."""
+    if method not in METHODS or scope not in SCOPES:
+        raise SkdError(f"method must be one of {', '.join(METHODS)} and scope one of {', '.join(SCOPES)}")
+    if method == "semantic" and not 0 < threshold <= 1:
+        raise SkdError("--threshold is a cosine similarity in (0, 1]")
+    started = time.monotonic()
+    threshold = EXACT_THRESHOLD if method == "exact" else float(threshold)
+    frame = item_frame(store, where, scope, critic_id_for(store, critic))
+    ids = frame["item_id"].to_pylist()
+    n = len(ids)
+    result = DedupResult(method, threshold, scope, items=n)
+    scores = np.asarray(frame["score"].to_numpy(zero_copy_only=False), dtype=np.float64)
+    scope_codes = codes(frame["scope_key"].to_pylist())
+    if method == "exact":
+        labels = codes([f"{s}\x1f{k}" for s, k in zip(scope_codes.tolist(), frame["exact_key"].to_pylist(),
+                                                      strict=True)])
+    else:
+        x = vectors_for(store, ids, model, where)
+        if dry_run:
+            return dry_run_report(store, result, x, ids, scope_codes, dry_run, started)
+        oi, oj, old = previous_edges(store, ids, method, threshold, scope) if incremental else (
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(n, dtype=bool))
+        queries = np.nonzero(~old)[0] if old.any() else None
+        i, j, _ = semantic_pairs(x, threshold, queries)
+        same = scope_codes[i] == scope_codes[j]
+        i, j = i[same], j[same]
+        result.pairs, result.searched = len(i), n if queries is None else len(queries)
+        labels = components(n, np.concatenate([i, oi]), np.concatenate([j, oj]))
+    write_clusters(store, result, ids, labels, scores, where)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def vectors_for(store: Store, ids: list[str], model: str, where: str | None) -> np.ndarray:
+    cond = f"({where})" if where else "TRUE"
+    x, vec_ids = load_vectors(store.con, model, f"SELECT item_id FROM items WHERE {cond}")
+    if len(vec_ids) != len(ids):
+        raise SkdError(f"{len(ids) - len(vec_ids):,} items have no {model} embedding; run `skd embed` first")
+    return x
+
+
+def write_clusters(store: Store, result: DedupResult, ids: list[str], labels: np.ndarray, scores: np.ndarray,
+                   where: str | None) -> None:
+    rep = representatives(labels, scores)
+    rep_row = rep[labels] if len(labels) else np.zeros(0, dtype=np.int64)
+    id_arr = np.asarray(ids, dtype=object)
+    table = pa.table({"item_id": ids, "cluster_id": id_arr[rep_row].tolist() if len(ids) else [],
+                      "is_representative": (rep_row == np.arange(len(ids))).tolist()})
+    result.clusters = int(len(rep))
+    result.removed = result.items - result.clusters
+    run_id = store.start_run("dedup", {"method": result.method, "threshold": result.threshold,
+                                       "scope": result.scope, "where": where})
+    with store.transaction() as con:
+        con.register("_clusters", table)
+        con.execute("DELETE FROM dedup_clusters WHERE method = ? AND threshold = ? AND scope = ? "
+                    "AND item_id IN (SELECT item_id FROM _clusters)", [result.method, result.threshold, result.scope])
+        con.execute("INSERT INTO dedup_clusters (item_id, method, threshold, scope, cluster_id, is_representative, "
+                    "run_id) SELECT item_id, ?, ?, ?, cluster_id, is_representative, ? FROM _clusters",
+                    [result.method, result.threshold, result.scope, run_id])
+        con.unregister("_clusters")
+        store.finish_run(run_id, "ok", result.as_dict())
+
+
+def dry_run_report(store: Store, result: DedupResult, x: np.ndarray, ids: list[str], scope_codes: np.ndarray,
+                   thresholds: list[float], started: float, samples: int = 3) -> DedupResult:
+    """How many items each threshold would remove, and pairs just above each threshold, to look at."""
+    from critics.verbalize import verbalize
+
+    i, j, s = semantic_pairs(x, min(thresholds))
+    same = scope_codes[i] == scope_codes[j]
+    i, j, s = i[same], j[same], s[same]
+    for t in sorted(thresholds):
+        keep = s >= t
+        n_clusters = int(components(len(ids), i[keep], j[keep]).max() + 1) if len(ids) else 0
+        near = np.nonzero(keep & (s < t + 0.03))[0][:samples]
+        pairs = []
+        for k in near:
+            rows = store.query("SELECT * FROM items WHERE item_id IN (?, ?) ORDER BY item_id",
+                               [ids[i[k]], ids[j[k]]]).to_dicts()
+            pairs.append({"cosine": round(float(s[k]), 4), "a": verbalize(rows[0]), "b": verbalize(rows[-1])})
+        result.dry_run.append({"threshold": t, "would_remove": len(ids) - n_clusters, "pairs": int(keep.sum()),
+                               "borderline": pairs})
+    result.seconds = time.monotonic() - started
+    return result

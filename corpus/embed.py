@@ -1,0 +1,117 @@
+"""Embeddings of corpus items: sentence-transformers over each item's verbalisation, L2-normalised,
+stored per model in `embeddings`; items that already have one are skipped, so embedding resumes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from critics.score import open_store
+from critics.verbalize import verbalize_rows
+from store import MINILM, ShardWriter, SkdError, ingest_batch, resolve_model
+
+COLUMNS = "item_id, kind, head, relation, tail, question, answer, rationale, text"
+
+
+@dataclass
+class EmbedSummary:
+    model: str
+    items: int = 0
+    already_embedded: int = 0
+    embedded: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_encoder(model: str):
+    from sentence_transformers import SentenceTransformer
+
+    from critics.model import device
+    try:
+        return SentenceTransformer(resolve_model(model), device=device())
+    except OSError as e:
+        raise SkdError(f"cannot load embedding model {model!r}: {str(e).splitlines()[0]}") from None
+
+
+def embedding_text(row: dict[str, Any]) -> str:
+    """A triple is embedded by its tail: overgeneration paraphrases tails of one head and relation, and
+    within that scope the shared head would make every pair look alike. Other kinds: their verbalisation."""
+    if row.get("kind") == "triple":
+        return str(row.get("tail") or "")
+    return verbalize_rows([row])[0]
+
+
+def encode(encoder: Any, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
+    return encoder.encode([embedding_text(r) for r in rows], batch_size=batch_size, normalize_embeddings=True,
+                          convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+
+
+def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = None, chunk: int = 4096,
+                batch_size: int = 128, on_chunk: Callable[[EmbedSummary, int], None] | None = None) -> EmbedSummary:
+    db_path = Path(db_path)
+    cond = f"({where})" if where else "TRUE"
+    with open_store(db_path) as s:
+        try:
+            total = s.scalar(f"SELECT count(*) FROM items WHERE {cond}")
+            todo = s.con.sql(
+                f"SELECT {COLUMNS} FROM items i WHERE {cond} AND NOT EXISTS (SELECT 1 FROM embeddings e "
+                "WHERE e.item_id = i.item_id AND e.model = ?) ORDER BY item_id", params=[model]).to_arrow_table()
+        except duckdb.Error as e:
+            raise SkdError(f"--where: {str(e).splitlines()[0]}") from None
+        run_id = s.start_run("embed", {"model": model, "where": where})
+    stats = EmbedSummary(model, items=int(total), already_embedded=int(total) - todo.num_rows)
+    writer = ShardWriter(Path(str(db_path) + ".d") / "shards" / "embed")
+    started, status = time.monotonic(), "failed"
+    try:
+        encoder = load_encoder(model) if todo.num_rows else None
+        if on_chunk:
+            on_chunk(stats, todo.num_rows)
+        for start in range(0, todo.num_rows, chunk):
+            part = todo.slice(start, chunk)
+            vectors = encode(encoder, part.to_pylist(), batch_size)
+            table = pa.table({"item_id": part["item_id"], "model": [model] * part.num_rows,
+                              "vector": pa.array(list(vectors), type=pa.list_(pa.float32()))})
+            batch = writer.write({"embeddings": table}, name=f"{run_id}-{start:09d}")
+            with open_store(db_path) as s:
+                ingest_batch(s, batch, run_id)
+            stats.embedded += part.num_rows
+            stats.seconds = time.monotonic() - started
+            if on_chunk:
+                on_chunk(stats, todo.num_rows)
+        status = "ok"
+    finally:
+        stats.seconds = time.monotonic() - started
+        with open_store(db_path) as s:
+            s.finish_run(run_id, status, stats.as_dict())
+    return stats
+
+
+def load_vectors(con: duckdb.DuckDBPyConnection, model: str, sql_items: str,
+                 batch: int = 65536) -> tuple[np.ndarray, list[str]]:
+    """Embeddings of the items `sql_items` selects (a query returning item_id), streamed from DuckDB in
+    batches into one preallocated float32 matrix: no Python list of vectors is ever built."""
+    n = con.execute(f"SELECT count(*) FROM embeddings WHERE model = ? AND item_id IN ({sql_items})",
+                    [model]).fetchall()[0][0]
+    dim = con.execute("SELECT len(vector) FROM embeddings WHERE model = ? LIMIT 1", [model]).fetchall()
+    if not n or not dim:
+        return np.zeros((0, 0), dtype=np.float32), []
+    out = np.empty((n, dim[0][0]), dtype=np.float32)
+    ids: list[str] = []
+    reader = con.sql(f"SELECT item_id, vector FROM embeddings WHERE model = ? AND item_id IN ({sql_items}) "
+                     "ORDER BY item_id", params=[model]).to_arrow_reader(batch)
+    row = 0
+    for rb in reader:
+        flat = rb.column(1).values.to_numpy(zero_copy_only=False)
+        out[row:row + rb.num_rows] = flat.reshape(rb.num_rows, -1)
+        ids.extend(rb.column(0).to_pylist())
+        row += rb.num_rows
+    return out, ids

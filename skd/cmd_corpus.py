@@ -1,0 +1,87 @@
+"""`skd embed` and `skd dedup`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from corpus import METHODS, SCOPES, dedup, embed_items
+from store import MINILM, Store, default_path
+
+from .options import Db, Json, Quiet
+from .output import err, out, print_json
+
+Method = Enum("Method", {m: m for m in METHODS}, type=str)
+Scope = Enum("Scope", {s.replace("-", "_") + "_scope": s for s in SCOPES}, type=str)
+
+
+def embed(
+    model: Annotated[str, typer.Option(help="Sentence-transformers model (HF id, path, or the embedded MiniLM).")]
+    = MINILM,
+    where: Annotated[str | None, typer.Option(help="SQL filter over items.")] = None,
+    batch_size: Annotated[int, typer.Option()] = 128,
+    db: Db = None, json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Embed items (normalised) into the embeddings table; items already embedded with MODEL are skipped."""
+    progress = None if quiet or json else Progress(TextColumn("[bold]embed"), BarColumn(), MofNCompleteColumn(),
+                                                   TextColumn("items"), TimeElapsedColumn(), console=err)
+    task = progress.add_task("embed", total=None) if progress else None
+
+    def update(stats, total):
+        if progress:
+            progress.update(task, total=total, completed=stats.embedded)
+    if progress:
+        with progress:
+            stats = embed_items(db or default_path(), model, where, batch_size=batch_size, on_chunk=update)
+    else:
+        stats = embed_items(db or default_path(), model, where, batch_size=batch_size)
+    if json:
+        print_json(stats.as_dict())
+    else:
+        out.print(f"embedded {stats.embedded:,} items with {model} ({stats.already_embedded:,} already embedded) "
+                  f"in {stats.seconds:.1f} s")
+
+
+def dedup_cmd(
+    method: Annotated[Method, typer.Option(help="exact: normalised form; semantic: embedding cosine.")]
+    = Method.semantic,
+    threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which items are duplicates.")]
+    = 0.9,
+    scope: Annotated[Scope, typer.Option(help="Compare items globally, within a head, or head and relation.")]
+    = Scope.head_relation_scope,
+    critic: Annotated[str | None, typer.Option(help="Keep the member this critic scores best.")] = None,
+    where: Annotated[str | None, typer.Option(help="SQL filter over items.")] = None,
+    model: Annotated[str, typer.Option(help="Embedding model (semantic).")] = MINILM,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what thresholds would remove; store nothing.")]
+    = False,
+    thresholds: Annotated[str, typer.Option(help="Thresholds for --dry-run.")] = "0.8,0.85,0.9,0.95",
+    full: Annotated[bool, typer.Option(help="Recompute from scratch instead of incrementally.")] = False,
+    db: Db = None, json: Json = False,
+) -> None:
+    """Cluster duplicates; one representative per cluster; results in dedup_clusters per setting."""
+    dry = [float(t) for t in thresholds.split(",")] if dry_run else None
+    with Store(db) as s:
+        r = dedup(s, method.value, threshold, scope.value, critic, where, model, incremental=not full, dry_run=dry)
+    if json:
+        print_json(r.as_dict())
+        return
+    if dry:
+        t = Table(title=f"dry run: {r.items:,} items, scope {r.scope}")
+        for col in ("threshold", "would remove", "pairs", "borderline pair (cosine)"):
+            t.add_column(col)
+        for row in r.dry_run:
+            near = "\n".join(f"{p['cosine']:.3f}: {p['a']}  ~  {p['b']}" for p in row["borderline"]) or "-"
+            t.add_row(f"{row['threshold']:.2f}", f"{row['would_remove']:,}", f"{row['pairs']:,}", near)
+        out.print(t)
+        return
+    out.print(f"dedup {r.method} threshold {r.threshold} scope {r.scope}: {r.items:,} items, {r.clusters:,} "
+              f"clusters, {r.removed:,} duplicates ({r.searched:,} items searched) in {r.seconds:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(embed)
+    app.command("dedup")(dedup_cmd)

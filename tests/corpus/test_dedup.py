@@ -1,0 +1,92 @@
+import json
+
+import pytest
+
+from corpus import dedup, embed_items
+from store import SkdError, Store, ingest_file
+
+ROWS = [
+    ("PersonX misses the bus", "xReact", "frustrated"),
+    ("PersonX misses the bus", "xReact", "feels frustrated"),
+    ("PersonX misses the bus", "xReact", "very frustrated"),
+    ("PersonX misses the bus", "xWant", "to call a taxi"),
+    ("PersonX misses the bus", "xWant", "to take a taxi"),
+    ("PersonX misses the bus", "xWant", "to go home and sleep"),
+    ("PersonX plants a tree", "xIntent", "to help the environment"),
+    ("PersonX plants a tree", "xIntent", "to make the garden pretty"),
+    ("Person X plants a tree", "xIntent", "To help the environment!"),  # an exact duplicate after normalising
+]
+
+
+@pytest.fixture
+def corpus_db(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps({"head": h, "relation": r, "tail": t}) for h, r, t in ROWS) + "\n")
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        ingest_file(s, path, "jsonl")
+    embed_items(db)
+    return db
+
+
+def clusters(s, method, threshold, scope):
+    rows = s.query("SELECT i.tail, d.cluster_id, d.is_representative FROM dedup_clusters d JOIN items i USING "
+                   "(item_id) WHERE method = ? AND threshold = ? AND scope = ?", [method, threshold, scope])
+    by = {}
+    for tail, cid, _ in rows.iter_rows():
+        by.setdefault(cid, set()).add(tail)
+    return sorted(sorted(v) for v in by.values())
+
+
+def test_exact_dedup_normalises_case_punctuation_articles_and_personx(corpus_db):
+    with Store(corpus_db) as s:
+        r = dedup(s, "exact", scope="global")
+        assert (r.items, r.removed) == (9, 1)
+        groups = [g for g in clusters(s, "exact", 1.0, "global") if len(g) > 1]
+    assert groups == [["To help the environment!", "to help the environment"]]
+
+
+def test_semantic_dedup_collapses_paraphrases_within_scope_and_keeps_best_scored(corpus_db):
+    with Store(corpus_db) as s:
+        s.con.execute("INSERT INTO critics (critic_id, name) VALUES ('c1', 'judge')")
+        s.con.execute("INSERT INTO scores SELECT item_id, 'c1', CASE WHEN tail = 'feels frustrated' THEN 0.9 "
+                      "ELSE 0.1 END, current_timestamp FROM items")
+        dedup(s, "semantic", 0.8, "head-relation", critic="judge")
+        groups = clusters(s, "semantic", 0.8, "head-relation")
+        reps = s.query("SELECT i.tail FROM dedup_clusters d JOIN items i USING (item_id) "
+                       "WHERE is_representative AND i.tail LIKE '%frustrated%'")["tail"].to_list()
+    frustrated = next(g for g in groups if "frustrated" in g)
+    assert {"frustrated", "feels frustrated"} <= set(frustrated)
+    assert not any("to go home and sleep" in g and len(g) > 1 for g in groups)
+    assert not any({"to call a taxi", "to help the environment"} <= set(g) for g in groups)  # other scope
+    assert not any({"frustrated", "to call a taxi"} <= set(g) for g in groups)
+    assert reps == ["feels frustrated"]  # the critic's best member represents the cluster
+
+
+def test_incremental_dedup_equals_a_full_rerun(corpus_db, tmp_path):
+    with Store(corpus_db) as s:
+        first = dedup(s, "semantic", 0.8, "head")
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"head": "PersonX misses the bus", "relation": "xReact", "tail": "annoyed"}) + "\n"
+                    + json.dumps({"head": "PersonX bakes bread", "relation": "xNeed", "tail": "to buy flour"}) + "\n")
+    with Store(corpus_db) as s:
+        ingest_file(s, more, "jsonl")
+    assert embed_items(corpus_db).embedded == 2  # only the new items are embedded
+    with Store(corpus_db) as s:
+        inc = dedup(s, "semantic", 0.8, "head")
+        incremental = clusters(s, "semantic", 0.8, "head")
+        full = dedup(s, "semantic", 0.8, "head", incremental=False)
+        assert clusters(s, "semantic", 0.8, "head") == incremental
+    assert inc.searched == 2 and full.searched == 11 and first.items == 9
+
+
+def test_dedup_needs_embeddings_and_valid_settings(tmp_path):
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        ingest_file(s, tmp_path.joinpath("x.jsonl").write_text('{"text": "a"}\n') and tmp_path / "x.jsonl", "jsonl")
+        with pytest.raises(SkdError, match="no all-minilm-l6-v2 embedding; run `skd embed`"):
+            dedup(s, "semantic")
+        with pytest.raises(SkdError, match="method must be one of"):
+            dedup(s, "fuzzy")
+        with pytest.raises(SkdError, match="no critic named"):
+            dedup(s, "exact", critic="nope")

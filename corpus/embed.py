@@ -13,9 +13,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from critics.score import open_store
 from critics.verbalize import verbalize_rows
-from store import MINILM, ShardWriter, SkdError, ingest_batch, resolve_model
+from store import MINILM, ShardWriter, SkdError, commit_batch, open_store, resolve_model
 
 COLUMNS = "item_id, kind, head, relation, tail, question, answer, rationale, text"
 
@@ -80,9 +79,7 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
             vectors = encode(encoder, part.to_pylist(), batch_size)
             table = pa.table({"item_id": part["item_id"], "model": [model] * part.num_rows,
                               "vector": pa.array(list(vectors), type=pa.list_(pa.float32()))})
-            batch = writer.write({"embeddings": table}, name=f"{run_id}-{start:09d}")
-            with open_store(db_path) as s:
-                ingest_batch(s, batch, run_id)
+            commit_batch(db_path, writer, {"embeddings": table}, f"{run_id}-{start:09d}", run_id)
             stats.embedded += part.num_rows
             stats.seconds = time.monotonic() - started
             if on_chunk:

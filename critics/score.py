@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from store import LockedError, ShardWriter, SkdError, Store, ingest_batch
+from store import ShardWriter, SkdError, Store, commit_batch, open_store
 
 from .model import load_critic
 from .verbalize import verbalize_rows
@@ -31,17 +31,6 @@ class ScoreSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def open_store(db_path: Path, wait: float = 60.0) -> Store:
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return Store(db_path)
-        except LockedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def critic_row(store: Store, name: str) -> dict[str, Any]:
@@ -82,11 +71,9 @@ def score_items(db_path: str | Path, name: str, where: str | None = None, chunk:
         for start in range(0, todo.num_rows, chunk):
             part = todo.slice(start, chunk)
             scores = critic.score(verbalize_rows(part.to_pylist()), batch_size=batch_size)
-            batch = writer.write({"scores": pa.table({"item_id": part["item_id"],
-                                                      "critic_id": [row["critic_id"]] * part.num_rows,
-                                                      "score": scores})}, name=f"{run_id}-{start:09d}")
-            with open_store(db_path) as s:
-                ingest_batch(s, batch, run_id)
+            table = pa.table({"item_id": part["item_id"], "critic_id": [row["critic_id"]] * part.num_rows,
+                              "score": scores})
+            commit_batch(db_path, writer, {"scores": table}, f"{run_id}-{start:09d}", run_id)
             stats.scored += part.num_rows
             stats.seconds = time.monotonic() - started
             if on_chunk:

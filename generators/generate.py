@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import LockedError, ShardWriter, Store, ingest_batch, ingest_shards
+from store import ShardWriter, Store, commit_batch, ingest_shards, open_store
 
 from .backends import Teacher
 from .recipes import ParseError, Recipe
@@ -57,18 +57,6 @@ class GenerateSummary:
 
 def shard_dir(db_path: Path) -> Path:
     return Path(str(db_path) + ".d") / "shards" / "generate"
-
-
-def open_store(db_path: Path, wait: float = 60.0) -> Store:
-    """Open for writing, waiting a while if another process holds the lock (our batch is safe on disk)."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return Store(db_path)
-        except LockedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def parse_completion(recipe: Recipe, request: Request, c: Completion) -> tuple[list[dict[str, Any]], str | None]:
@@ -144,10 +132,8 @@ def run_generation(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, see
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             outputs = teacher.generate(chunk)
-            batch = writer.write(batch_tables(run_id, recipe, teacher, chunk, outputs, stats),
-                                 name=f"{run_id}-{start:08d}")
-            with open_store(db_path) as s:
-                ingest_batch(s, batch, run_id)
+            commit_batch(db_path, writer, batch_tables(run_id, recipe, teacher, chunk, outputs, stats),
+                         f"{run_id}-{start:08d}", run_id)
             stats.generated += len(chunk)
             stats.seconds = time.monotonic() - started
             if on_batch:

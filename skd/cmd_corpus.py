@@ -6,14 +6,13 @@ from enum import Enum
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from corpus import METHODS, SCOPES, dedup, embed_items
 from store import MINILM, Store, default_path
 
 from .options import Db, Json, Quiet
-from .output import err, out, print_json
+from .output import out, print_json, progress_bar, run_with_progress
 
 Method = Enum("Method", {m: m for m in METHODS}, type=str)
 Scope = Enum("Scope", {s.replace("-", "_") + "_scope": s for s in SCOPES}, type=str)
@@ -27,18 +26,9 @@ def embed(
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Embed items (normalised) into the embeddings table; items already embedded with MODEL are skipped."""
-    progress = None if quiet or json else Progress(TextColumn("[bold]embed"), BarColumn(), MofNCompleteColumn(),
-                                                   TextColumn("items"), TimeElapsedColumn(), console=err)
-    task = progress.add_task("embed", total=None) if progress else None
-
-    def update(stats, total):
-        if progress:
-            progress.update(task, total=total, completed=stats.embedded)
-    if progress:
-        with progress:
-            stats = embed_items(db or default_path(), model, where, batch_size=batch_size, on_chunk=update)
-    else:
-        stats = embed_items(db or default_path(), model, where, batch_size=batch_size)
+    progress, update = progress_bar("embed", "items", quiet or json)
+    stats = run_with_progress(progress, lambda: embed_items(
+        db or default_path(), model, where, batch_size=batch_size, on_chunk=lambda st, n: update(st.embedded, n)))
     if json:
         print_json(stats.as_dict())
     else:

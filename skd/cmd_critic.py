@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from critics import CriticConfig, load_critic, report, train_critic
@@ -20,7 +19,7 @@ from generators.recipes import validate_config
 from store import LABEL_FORMATS, Store, default_path, import_labels
 
 from .options import Db, Json, Quiet
-from .output import err, out, print_json
+from .output import out, print_json, progress_bar, run_with_progress
 
 app = typer.Typer(help="Critic models: train from labels, score the corpus, evaluate.", no_args_is_help=True)
 Mode = Enum("Mode", {m.replace("-", "_"): m for m in ("finetune", "embedding", "llm-judge")}, type=str)
@@ -90,19 +89,9 @@ def score(
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Score items (skipping those this critic already scored) into the scores table."""
-    progress = None if quiet or json else Progress(
-        TextColumn(f"[bold]score {name}"), BarColumn(), MofNCompleteColumn(), TextColumn("items"),
-        TimeElapsedColumn(), console=err)
-    task = progress.add_task("score", total=None) if progress else None
-
-    def update(stats, total):
-        if progress:
-            progress.update(task, total=total, completed=stats.scored)
-    if progress:
-        with progress:
-            stats = score_items(db or default_path(), name, where, chunk, batch_size, on_chunk=update)
-    else:
-        stats = score_items(db or default_path(), name, where, chunk, batch_size)
+    progress, update = progress_bar(f"score {name}", "items", quiet or json)
+    stats = run_with_progress(progress, lambda: score_items(
+        db or default_path(), name, where, chunk, batch_size, on_chunk=lambda st, n: update(st.scored, n)))
     if json:
         print_json(stats.as_dict())
     else:

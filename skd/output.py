@@ -51,3 +51,23 @@ def flatten_nested(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(
         pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v, default=str),
                                return_dtype=pl.String) for c in nested)
+
+
+def progress_bar(label: str, unit: str, quiet: bool):
+    """A rich progress bar on stderr and its update(completed, total); (None, no-op) with --quiet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return None, lambda completed, total: None
+    progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                        TimeElapsedColumn(), console=err)
+    task = progress.add_task(label, total=None)
+    return progress, lambda completed, total: progress.update(task, total=total, completed=completed)
+
+
+def run_with_progress(progress, fn):
+    """Run fn() inside the progress display when there is one."""
+    if progress is None:
+        return fn()
+    with progress:
+        return fn()

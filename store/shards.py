@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .db import Store
-from .errors import SkdError
+from .errors import LockedError, SkdError
 from .ingest import Staged, _quote, check_staged, insert_new_items, parquet_sql, record_rejects
 
 # Provenance columns an items shard may carry next to the item fields; they go to item_sources.
@@ -117,3 +118,23 @@ def _ingest_items(store: Store, shard: Path, run_id: str | None) -> int:
         WHERE c.reason IS NULL""")
     record_rejects(con, run_id or f"shard:{shard.parent.name}", [])
     return int(store.scalar("SELECT count(*) FROM _checked WHERE reason IS NULL"))
+
+
+def open_store(db_path: str | Path, wait: float = 60.0) -> Store:
+    """Open for writing, waiting a while if another process holds the lock (staged work is safe on disk)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return Store(db_path)
+        except LockedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def commit_batch(db_path: str | Path, writer: ShardWriter, tables: dict[str, pa.Table], name: str,
+                 run_id: str) -> int:
+    """Write one staging batch, then ingest it in a short transaction with the database opened just for it."""
+    batch = writer.write(tables, name=name)
+    with open_store(db_path) as s:
+        return ingest_batch(s, batch, run_id)

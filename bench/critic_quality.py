@@ -49,6 +49,7 @@ def ckbp(modes: list[str], tmp: Path, table: Table) -> None:
             auc, ap, n = evaluate(tmp / f"ckbp-{mode}", s, "source = 'ckbp2'")
             table.add_row("CKBP v1 -> v2 expert dev", f"MiniLM {mode}", f"{auc:.3f}", f"{ap:.3f}", str(n),
                           f"{time.perf_counter() - t:.0f} s")
+            print("row:", mode, auc, ap, flush=True)
 
 
 def rationale(modes: list[str], tmp: Path, table: Table, folds: int = 5) -> None:
@@ -74,6 +75,7 @@ def rationale(modes: list[str], tmp: Path, table: Table, folds: int = 5) -> None
             table.add_row("CSQA rationales, 5-fold by question", f"MiniLM {mode}",
                           f"{np.mean(aucs):.3f} ± {np.std(aucs):.3f}", f"{np.mean(aps):.3f}", str(len(y)),
                           f"{time.perf_counter() - t:.0f} s")
+            print("row:", mode, np.mean(aucs), np.std(aucs), np.mean(aps), flush=True)
 
 
 def main() -> None:

@@ -47,8 +47,13 @@ demo: $(STAMP)
 	rm -rf $(dir $(DEMO_DB)) && mkdir -p $(dir $(DEMO_DB))
 	$(BIN)/skd init --db $(DEMO_DB)
 	$(BIN)/skd ingest examples/data/mini.jsonl --db $(DEMO_DB)
+	$(BIN)/skd generate atomic10x --config examples/atomic-demo.toml --seed 1 --db $(DEMO_DB)
+	$(BIN)/skd embed --db $(DEMO_DB)
+	$(BIN)/skd dedup --dry-run --thresholds 0.8,0.9 --db $(DEMO_DB)
+	$(BIN)/skd dedup --threshold 0.9 --db $(DEMO_DB)
 	$(BIN)/skd info --db $(DEMO_DB)
-	$(BIN)/skd query "SELECT kind, relation, count(*) AS items FROM items GROUP BY ALL ORDER BY ALL" --db $(DEMO_DB)
+	$(BIN)/skd query "SELECT i.head, i.relation, i.tail FROM items i JOIN dedup_clusters d USING (item_id) \
+	  WHERE d.is_representative AND i.domain = 'atomic10x' ORDER BY ALL" --db $(DEMO_DB)
 
 bench: $(STAMP)
 	$(BIN)/python bench/store.py

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from critics.verbalize import verbalize_rows
-from store import MINILM, ShardWriter, SkdError, commit_batch, open_store, resolve_model
+from store import MINILM, SkdError, open_store, resolve_model, stage_in_chunks
 
 COLUMNS = "item_id, kind, head, relation, tail, question, answer, rationale, text"
 
@@ -68,27 +68,22 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
             raise SkdError(f"--where: {str(e).splitlines()[0]}") from None
         run_id = s.start_run("embed", {"model": model, "where": where})
     stats = EmbedSummary(model, items=int(total), already_embedded=int(total) - todo.num_rows)
-    writer = ShardWriter(Path(str(db_path) + ".d") / "shards" / "embed")
-    started, status = time.monotonic(), "failed"
-    try:
-        encoder = load_encoder(model) if todo.num_rows else None
+    encoder = load_encoder(model) if todo.num_rows else None
+    started = time.monotonic()
+
+    def tables(part: pa.Table) -> dict[str, pa.Table]:
+        vectors = encode(encoder, part.to_pylist(), batch_size)
+        return {"embeddings": pa.table({"item_id": part["item_id"], "model": [model] * part.num_rows,
+                                        "vector": pa.array(list(vectors), type=pa.list_(pa.float32()))})}
+
+    def advance(n: int) -> None:
+        stats.embedded += n
+        stats.seconds = time.monotonic() - started
         if on_chunk:
             on_chunk(stats, todo.num_rows)
-        for start in range(0, todo.num_rows, chunk):
-            part = todo.slice(start, chunk)
-            vectors = encode(encoder, part.to_pylist(), batch_size)
-            table = pa.table({"item_id": part["item_id"], "model": [model] * part.num_rows,
-                              "vector": pa.array(list(vectors), type=pa.list_(pa.float32()))})
-            commit_batch(db_path, writer, {"embeddings": table}, f"{run_id}-{start:09d}", run_id)
-            stats.embedded += part.num_rows
-            stats.seconds = time.monotonic() - started
-            if on_chunk:
-                on_chunk(stats, todo.num_rows)
-        status = "ok"
-    finally:
-        stats.seconds = time.monotonic() - started
-        with open_store(db_path) as s:
-            s.finish_run(run_id, status, stats.as_dict())
+
+    advance(0)
+    stage_in_chunks(db_path, run_id, todo, chunk, tables, advance, stats.as_dict)
     return stats
 
 

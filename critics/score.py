@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from store import ShardWriter, SkdError, Store, commit_batch, open_store
+from store import SkdError, Store, open_store, stage_in_chunks
 
 from .model import load_critic
 from .verbalize import verbalize_rows
@@ -63,24 +63,19 @@ def score_items(db_path: str | Path, name: str, where: str | None = None, chunk:
         run_id = s.start_run("score", {"critic": name, "critic_id": row["critic_id"], "where": where})
     stats = ScoreSummary(name, row["critic_id"], items=total, already_scored=total - todo.num_rows)
     critic = load_critic(row["path"])
-    writer = ShardWriter(Path(str(db_path) + ".d") / "shards" / "score")
-    started, status = time.monotonic(), "failed"
-    try:
+    started = time.monotonic()
+
+    def tables(part: pa.Table) -> dict[str, pa.Table]:
+        scores = critic.score(verbalize_rows(part.to_pylist()), batch_size=batch_size)
+        return {"scores": pa.table({"item_id": part["item_id"], "critic_id": [row["critic_id"]] * part.num_rows,
+                                    "score": scores})}
+
+    def advance(n: int) -> None:
+        stats.scored += n
+        stats.seconds = time.monotonic() - started
         if on_chunk:
             on_chunk(stats, todo.num_rows)
-        for start in range(0, todo.num_rows, chunk):
-            part = todo.slice(start, chunk)
-            scores = critic.score(verbalize_rows(part.to_pylist()), batch_size=batch_size)
-            table = pa.table({"item_id": part["item_id"], "critic_id": [row["critic_id"]] * part.num_rows,
-                              "score": scores})
-            commit_batch(db_path, writer, {"scores": table}, f"{run_id}-{start:09d}", run_id)
-            stats.scored += part.num_rows
-            stats.seconds = time.monotonic() - started
-            if on_chunk:
-                on_chunk(stats, todo.num_rows)
-        status = "ok"
-    finally:
-        stats.seconds = time.monotonic() - started
-        with open_store(db_path) as s:
-            s.finish_run(run_id, status, stats.as_dict())
+
+    advance(0)
+    stage_in_chunks(db_path, run_id, todo, chunk, tables, advance, stats.as_dict)
     return stats

@@ -7,11 +7,11 @@ from .items import ITEM_COLUMNS, KINDS, item_ids
 from .labels import LABEL_FORMATS, LabelResult, import_labels
 from .migrations import LATEST as SCHEMA_VERSION
 from .models import MINILM, SMOLLM2, resolve_model
-from .shards import ShardWriter, commit_batch, ingest_batch, ingest_shards, open_store, pending_shards
+from .shards import ShardWriter, commit_batch, ingest_batch, ingest_shards, open_store, pending_shards, stage_in_chunks
 
 __all__ = [
     "DEFAULT_DB", "FORMATS", "ITEM_COLUMNS", "IngestResult", "KINDS", "LABEL_FORMATS", "LabelResult", "LockedError",
     "MINILM", "SCHEMA_VERSION", "SMOLLM2", "SchemaError", "ShardWriter", "SkdError", "Store", "commit_batch",
     "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "item_ids", "open_store",
-    "pending_shards", "resolve_model", "skd_version",
+    "pending_shards", "resolve_model", "skd_version", "stage_in_chunks",
 ]

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -138,3 +139,22 @@ def commit_batch(db_path: str | Path, writer: ShardWriter, tables: dict[str, pa.
     batch = writer.write(tables, name=name)
     with open_store(db_path) as s:
         return ingest_batch(s, batch, run_id)
+
+
+def stage_in_chunks(db_path: str | Path, run_id: str, rows: pa.Table, chunk: int,
+                    make_tables: Callable[[pa.Table], dict[str, pa.Table]],
+                    on_rows: Callable[[int], None] | None = None, summary: Callable[[], dict] = dict) -> None:
+    """The loop of a long stage: each chunk of `rows` becomes tables committed as one staging batch. The
+    run is finished, 'ok' or 'failed', with `summary()`, whatever happens; a rerun resumes after a kill."""
+    writer = ShardWriter(Path(str(db_path) + ".d") / "shards" / run_id.split("-")[0])
+    status = "failed"
+    try:
+        for start in range(0, rows.num_rows, chunk):
+            part = rows.slice(start, chunk)
+            commit_batch(db_path, writer, make_tables(part), f"{run_id}-{start:09d}", run_id)
+            if on_rows:
+                on_rows(part.num_rows)
+        status = "ok"
+    finally:
+        with open_store(db_path) as s:
+            s.finish_run(run_id, status, summary())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,7 +155,3 @@ def new_items(store: Store, run_id: str) -> int:
         SELECT count(DISTINCT item_id) FROM item_sources s WHERE run_id = ? AND NOT EXISTS (
             SELECT 1 FROM item_sources o WHERE o.item_id = s.item_id AND o.run_id IS DISTINCT FROM s.run_id
               AND o.created_at <= s.created_at)""", [run_id]))
-
-
-def failure_counts(stats: GenerateSummary) -> list[tuple[str, int]]:
-    return Counter(stats.failures).most_common()

@@ -7,7 +7,6 @@ whitespace collapsed, case folded). Re-ingesting is idempotent and exact duplica
 
 from __future__ import annotations
 
-import duckdb
 import pyarrow as pa
 
 KINDS = ("triple", "qa", "rationale", "text")
@@ -75,15 +74,3 @@ def reject_reason_sql() -> str:
         missing = " OR ".join(f"{f} IS NULL" for f in fields)
         cases.append(f"WHEN kind = '{kind}' AND ({missing}) THEN '{kind} needs {', '.join(fields)}'")
     return "CASE " + " ".join(cases) + " END"
-
-
-def item_ids(rows: pa.Table) -> list[str]:
-    """Item ids of an Arrow table with item columns (for Python callers; same SQL as the store)."""
-    con = duckdb.connect()
-    cols = set(rows.column_names)
-    select = ", ".join(
-        f"{c}" if c in cols else f"NULL::{'VARCHAR[]' if c == 'choices' else 'VARCHAR'} AS {c}"
-        for c in ("kind", *ID_FIELDS, "choices")
-    )
-    con.register("_rows", rows)
-    return [r[0] for r in con.execute(f"SELECT {item_id_sql()} FROM (SELECT {select} FROM _rows)").fetchall()]

@@ -43,6 +43,25 @@ def run_skd(*args: str, db: Path | None = None, check: bool = False, timeout: fl
     return proc
 
 
+def kill_when(proc: subprocess.Popen, db: Path, sql: str, minimum: int, timeout: float = 300) -> None:
+    """SIGKILL `proc` once `sql` on `db` counts at least `minimum` (polled between its writes)."""
+    import signal
+    import time
+
+    from store import Store
+    deadline, count = time.monotonic() + timeout, 0
+    while count < minimum and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            with Store(db, read_only=True) as s:
+                count = s.scalar(sql)
+        except Exception:  # locked by the writer, or not created yet: poll again
+            continue
+    assert proc.poll() is None, "the process finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The embedded teacher, converted once from its GGUF (about 25 s the first time on a machine)."""

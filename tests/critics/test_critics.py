@@ -1,8 +1,6 @@
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -10,8 +8,8 @@ import pytest
 from critics import CriticConfig, load_critic, train_critic
 from critics.train import load_labels, split
 from critics.verbalize import verbalize_rows
-from store import LockedError, SkdError, Store, import_labels, ingest_file
-from tests.conftest import ROOT, run_skd, shared_file
+from store import SkdError, Store, import_labels, ingest_file
+from tests.conftest import ROOT, kill_when, run_skd, shared_file
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +96,7 @@ def test_scoring_resumes_after_a_kill(embedding_critic, tmp_path):
         n_items = s.scalar("SELECT count(*) FROM items")
     args = [sys.executable, "-m", "skd", "critic", "score", "emb", "--chunk", "500", "-q", "--db", str(db)]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, scored = time.monotonic() + 300, 0
-    while scored < 1000 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        try:
-            with Store(db, read_only=True) as s:
-                scored = s.scalar("SELECT count(*) FROM scores")
-        except (LockedError, Exception):
-            continue
-    assert proc.poll() is None, "scoring finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, db, "SELECT count(*) FROM scores", 1000)
     out = run_skd("critic", "score", "emb", "--json", "-q", db=db, check=True)
     summary = json.loads(out.stdout)
     assert summary["already_scored"] >= 1000 and summary["already_scored"] + summary["scored"] == n_items

@@ -1,15 +1,13 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from generators import make_recipe, make_teacher, run_generation
-from store import LockedError, Store
-from tests.conftest import ROOT
+from store import Store
+from tests.conftest import ROOT, kill_when
 
 INFER = {"events_from": "seeds", "max_events": 6, "relations": ["xWant", "xAttr"],
          "inference_sampling": {"n": 3, "temperature": 1.0, "top_p": 0.5, "max_tokens": 6, "stop": ["\n"]}}
@@ -61,17 +59,7 @@ def test_killed_generate_resumes_to_the_uninterrupted_result(tmp_path, tiny_lm):
 
     proc = subprocess.Popen(args + ["--db", str(killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline, batches = time.monotonic() + 300, 0
-    while batches < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            with Store(killed, read_only=True) as s:
-                batches = s.scalar("SELECT count(*) FROM ingested_shards")
-        except (LockedError, Exception):
-            continue
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, killed, "SELECT count(*) FROM ingested_shards", 3)
     with Store(killed, read_only=True) as s:
         partial = s.scalar("SELECT count(*) FROM generations")
     assert 0 < partial < 24 * 4

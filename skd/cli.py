@@ -9,7 +9,7 @@ import typer
 
 from store import SkdError
 
-from . import cmd_corpus, cmd_critic, cmd_generate, cmd_store
+from . import cmd_corpus, cmd_critic, cmd_generate, cmd_snapshot, cmd_store
 
 app = typer.Typer(
     name="skd",
@@ -22,6 +22,7 @@ cmd_store.register(app)
 cmd_generate.register(app)
 cmd_critic.register(app)
 cmd_corpus.register(app)
+cmd_snapshot.register(app)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ def status(message: str, quiet: bool):
 def dict_table(title: str, data: dict[str, Any], key: str = "", value: str = "") -> Table:
     t = Table(title=title, title_justify="left", show_header=bool(key or value))
     t.add_column(key)
-    t.add_column(value, justify="right")
+    t.add_column(value, justify="right", overflow="fold")
     for k, v in data.items():
         t.add_row(str(k), f"{v:,}" if isinstance(v, int) else str(v))
     return t

@@ -1,0 +1,149 @@
+"""A snapshot as data: a polars DataFrame, a `datasets` dataset, and files on disk (a Hugging Face dataset
+folder with a dataset card, or plain parquet / JSONL per split)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from store import SkdError, Store
+
+from .card import dataset_card
+from .snapshot import snapshot_row
+
+FORMATS = ("hf", "parquet", "jsonl")
+ITEM_COLUMNS = ("item_id", "kind", "head", "relation", "tail", "question", "answer", "choices", "rationale", "text",
+                "domain")
+COLUMN_DOCS = {
+    "item_id": "stable hash of the item's normalised content (the corpus key)",
+    "split": "the split the snapshot assigned (by head or question, so no head is in two splits)",
+    "kind": "triple, qa, rationale or text",
+    "head": "the event or concept a triple is about", "relation": "the triple's relation (ATOMIC-2020 names)",
+    "tail": "the inference about the head", "question": "the question (qa, rationale)",
+    "answer": "the answer (qa, rationale)", "choices": "answer choices, when the question has them",
+    "rationale": "the explanation leading to the answer", "text": "free text (kind text)",
+    "domain": "the item's domain label", "extra": "fields of the source that have no column, as JSON",
+    "teacher": "the teacher model(s) that generated the item; null for ingested items",
+    "critic_score": "the snapshot critic's score (null when the snapshot used no critic)",
+    "cluster_size": "items in the item's dedup cluster (1 = no near-duplicate; null without dedup)",
+}
+
+
+def snapshot_frame(store: Store, name: str) -> pl.DataFrame:
+    """The snapshot's items with their split and provenance, ordered by split then item_id. Columns that
+    are null for every row are dropped, so a triple snapshot has no question column."""
+    row = snapshot_row(store, name)
+    recipe = row["recipe"]
+    setting = recipe.get("dedup_setting")
+    params: dict[str, Any] = {"snap": row["snapshot_id"], "critic": recipe.get("critic_id") or "",
+                              "method": recipe.get("dedup") or "", "dthr": setting[0] if setting else -1.0,
+                              "scope": setting[1] if setting else ""}
+    cluster = ("(SELECT count(*) FROM dedup_clusters c WHERE c.cluster_id = d.cluster_id AND c.method = $method "
+               "AND c.threshold = $dthr AND c.scope = $scope)") if setting else "NULL::BIGINT"
+    cols = ", ".join(f"i.{c}" for c in ITEM_COLUMNS)
+    df = store.query(f"""
+        SELECT m.split, {cols}, i.extra::VARCHAR AS extra,
+               (SELECT string_agg(DISTINCT teacher, ', ' ORDER BY teacher) FROM item_sources s
+                WHERE s.item_id = i.item_id AND s.teacher IS NOT NULL) AS teacher,
+               sc.score AS critic_score, {cluster} AS cluster_size
+        FROM snapshot_items m JOIN items i USING (item_id)
+        LEFT JOIN scores sc ON sc.item_id = i.item_id AND sc.critic_id = $critic
+        LEFT JOIN dedup_clusters d ON d.item_id = i.item_id AND d.method = $method AND d.threshold = $dthr
+             AND d.scope = $scope
+        WHERE m.snapshot_id = $snap ORDER BY m.split, i.item_id""", params)  # type: ignore[arg-type]
+    keep = [c for c in df.columns if c in ("item_id", "split", "kind") or df[c].null_count() < df.height]
+    return df.select(keep)
+
+
+def snapshot_dataset(store: Store, name: str):
+    """The snapshot as a `datasets.DatasetDict` with one dataset per split."""
+    import datasets
+
+    df = snapshot_frame(store, name)
+    return datasets.DatasetDict({split: datasets.Dataset(arrow(df.filter(pl.col("split") == split).drop("split")))
+                                 for split in splits(store, name, df)})
+
+
+def arrow(df: pl.DataFrame):
+    """Arrow with plain (not large) strings and lists, the types `datasets` users expect."""
+    import pyarrow as pa
+
+    def plain(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return pa.string()
+        if pa.types.is_large_list(t) or pa.types.is_list(t):
+            return pa.list_(plain(t.value_type))
+        return t
+
+    table = df.to_arrow()
+    return table.cast(pa.schema([pa.field(f.name, plain(f.type)) for f in table.schema]))
+
+
+def splits(store: Store, name: str, df: pl.DataFrame) -> list[str]:
+    """The snapshot's splits in recipe order (train, validation, test), those with items only."""
+    present = set(df["split"].to_list())
+    return [s for s in snapshot_row(store, name)["recipe"]["split"] if s in present]
+
+
+def export_snapshot(store: Store, name: str, out: Path, fmt: str = "hf") -> dict[str, Any]:
+    """Write the snapshot to OUT; `hf` adds a dataset card. OUT must be new or empty."""
+    if fmt not in FORMATS:
+        raise SkdError(f"--format must be one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SkdError(f"{out} is not empty; export into a new folder")
+    row = snapshot_row(store, name)
+    df = snapshot_frame(store, name)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    data = tmp / "data" if fmt == "hf" else tmp
+    data.mkdir(parents=True)
+    files = {}
+    for split in splits(store, name, df):
+        part = df.filter(pl.col("split") == split).drop("split")
+        if fmt == "jsonl":
+            path = data / f"{split}.jsonl"
+            part.write_ndjson(path)
+        else:
+            path = data / (f"{split}-00000-of-00001.parquet" if fmt == "hf" else f"{split}.parquet")
+            pq.write_table(arrow(part), path)
+        files[split] = {"file": str(path.relative_to(tmp)), "rows": part.height}
+    if fmt == "hf":
+        (tmp / "README.md").write_text(dataset_card(row, df, store_critic(store, row), teachers(store, row)))
+    (tmp / "snapshot.json").write_text(json.dumps({k: row[k] for k in ("name", "snapshot_id", "content_hash",
+                                                                        "recipe", "funnel", "stats")}, default=str,
+                                                  indent=2))
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)  # the folder appears complete or not at all
+    return {"snapshot": name, "format": fmt, "out": str(out), "splits": files, "content_hash": row["content_hash"]}
+
+
+def teachers(store: Store, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The teacher models and sampling settings (without the per-request seed) behind the snapshot's items."""
+    rows = store.query("SELECT teacher, params::VARCHAR AS params, item_id FROM item_sources WHERE teacher IS NOT NULL "
+                       "AND item_id IN (SELECT item_id FROM snapshot_items WHERE snapshot_id = ?)",
+                       [row["snapshot_id"]]).to_dicts()
+    groups: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        params = {k: v for k, v in json.loads(r["params"] or "{}").items() if k != "seed"}
+        groups.setdefault((r["teacher"], json.dumps(params, sort_keys=True)), set()).add(r["item_id"])
+    return sorted(({"teacher": t, "params": p, "items": len(ids)} for (t, p), ids in groups.items()),
+                  key=lambda g: -g["items"])
+
+
+def store_critic(store: Store, row: dict[str, Any]) -> dict[str, Any] | None:
+    critic_id = row["recipe"].get("critic_id")
+    if not critic_id:
+        return None
+    rows = store.query("SELECT name, base_model, mode, metrics, thresholds FROM critics WHERE critic_id = ?",
+                       [critic_id]).to_dicts()
+    if not rows:
+        return None
+    c = rows[0]
+    return c | {"metrics": json.loads(c["metrics"] or "{}"), "thresholds": json.loads(c["thresholds"] or "{}")}

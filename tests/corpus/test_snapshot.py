@@ -1,0 +1,208 @@
+"""Snapshots, statistics, export and push on a real corpus file, the real MiniLM embedder and a local Hub."""
+
+import json
+
+import datasets
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from corpus import (
+    SnapshotRecipe,
+    corpus_stats,
+    create_snapshot,
+    dedup,
+    diff_snapshots,
+    embed_items,
+    export_snapshot,
+    slice_sql,
+    snapshot_dataset,
+    snapshot_frame,
+)
+from corpus.stats import distinct_n, vendi_score
+from store import SkdError, Store, ingest_file
+from tests.conftest import run_skd
+from tests.corpus.hub_server import FakeHub
+
+HEADS = ["PersonX misses the bus", "PersonX plants a tree", "PersonX bakes bread", "PersonX calls PersonY",
+         "PersonX loses the keys", "PersonX wins the race", "PersonX paints the fence", "PersonX reads a book"]
+TAILS = {"xReact": ["happy", "tired"], "xWant": ["to rest", "to tell a friend"]}
+
+
+def rows() -> list[dict]:
+    out = [{"head": h, "relation": r, "tail": f"{t} {k}" if k else t}
+           for k, h in enumerate(HEADS) for r, ts in TAILS.items() for t in ts]
+    out.append({"head": "Person X misses the bus", "relation": "xReact", "tail": "sleepy"})  # same head, spelt apart
+    return out
+
+
+@pytest.fixture
+def corpus_db(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows()) + "\n")
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        ingest_file(s, path, "jsonl")
+    embed_items(db)
+    return db
+
+
+def snap(s, name, **recipe):
+    return create_snapshot(s, name, SnapshotRecipe(**recipe))
+
+
+def test_same_corpus_and_options_give_the_same_hash(corpus_db):
+    with Store(corpus_db) as s:
+        a = snap(s, "a", limit=10, seed=3, split={"train": 0.5, "test": 0.5})
+        b = snap(s, "b", limit=10, seed=3, split={"train": 0.5, "test": 0.5})
+        c = snap(s, "c", limit=10, seed=4, split={"train": 0.5, "test": 0.5})
+        assert a["content_hash"] == b["content_hash"] != c["content_hash"]
+        assert a["funnel"]["snapshot"] == 10 and a["funnel"]["items"] == 33
+        with pytest.raises(SkdError, match="immutable"):
+            snap(s, "a")
+
+
+def test_splits_never_share_a_head_even_spelt_differently(corpus_db):
+    with Store(corpus_db) as s:
+        snap(s, "s", split={"train": 0.5, "validation": 0.25, "test": 0.25})
+        df = snapshot_frame(s, "s")
+    heads = df.with_columns(pl.col("head").str.replace("Person X", "PersonX")).group_by("head").agg(
+        pl.col("split").n_unique().alias("n"))
+    assert heads["n"].max() == 1
+    assert set(df["split"]) >= {"train", "test"}
+
+
+def test_diff_is_exact(corpus_db):
+    with Store(corpus_db) as s:
+        snap(s, "react", relations=["xReact"])
+        snap(s, "both", relations=["xReact", "xWant"])
+        snap(s, "tired", where="tail NOT LIKE 'tired%'", relations=["xReact"])
+        d = diff_snapshots(s, "react", "both")
+        d2 = diff_snapshots(s, "react", "tired")
+    assert (d["added"], d["removed"]) == (16, 0)
+    assert (d2["added"], d2["removed"]) == (0, 8)
+    assert d["stats"]["items"] == [17, 33]
+
+
+def test_critic_threshold_dedup_and_balance(corpus_db):
+    with Store(corpus_db) as s:
+        s.con.execute("INSERT INTO critics (critic_id, name, thresholds) VALUES ('c1', 'judge', "
+                      "'{\"recall@0.5\": 0.5}')")
+        s.con.execute("INSERT INTO scores SELECT item_id, 'c1', CASE WHEN tail LIKE 'to%' THEN 0.9 ELSE 0.2 END, "
+                      "current_timestamp FROM items")
+        kept = snap(s, "kept", critic="judge", threshold_at_recall=0.5)
+        assert kept["funnel"]["passed_critic"] == 16 and kept["recipe"]["critic_threshold"] == 0.5
+        assert set(snapshot_frame(s, "kept")["relation"]) == {"xWant"}
+        assert snapshot_frame(s, "kept")["critic_score"].min() == pytest.approx(0.9)
+        with pytest.raises(SkdError, match="no threshold at recall 0.8"):
+            snap(s, "x", critic="judge", threshold_at_recall=0.8)
+        with pytest.raises(SkdError, match="would be empty"):
+            snap(s, "y", critic="judge", min_score=0.95)
+        dedup(s, "exact", scope="global")
+        bal = snap(s, "bal", balance="relation", dedup="exact")
+        counts = snapshot_frame(s, "bal")["relation"].value_counts()
+        assert counts["count"].to_list() == [16, 16] and bal["recipe"]["dedup_setting"] == [1.0, "global"]
+
+
+def test_stats_match_hand_computed_values(corpus_db):
+    with Store(corpus_db) as s:
+        # two of the items come from a (pretend) generation run: novelty is measured on them
+        s.con.execute("INSERT INTO items (item_id, kind, head, relation, tail) VALUES "
+                      "('g1', 'triple', 'PersonX misses the bus', 'xReact', 'Happy!'), "
+                      "('g2', 'triple', 'PersonX misses the bus', 'xReact', 'angry')")
+        s.con.execute("INSERT INTO item_sources (item_id, request_id, teacher) VALUES ('g1', 'r', 't'), "
+                      "('g2', 'r', 't')")
+        dedup(s, "exact", scope="global")
+        st = corpus_stats(s, slice_sql("relation = 'xReact'"))
+    assert st["counts"]["n"] == 19 and st["counts"]["relation"] == {"xReact": 19}
+    assert st["uniqueness"]["unique_heads"] == 8  # 'Person X misses' normalises to 'PersonX misses'
+    assert st["uniqueness"]["unique_tails"] == 19 - 1  # 'Happy!' and 'happy' are one tail
+    assert st["novelty"] == {"n": 2, "seeds": 33, "novel": 1, "rate": 0.5}  # 'angry' is new, 'Happy!' is not
+    assert st["duplicates"] == [{"method": "exact", "threshold": 1.0, "scope": "global", "n": 19, "duplicates": 1,
+                                 "rate": 1 / 19}]  # "Happy!" is "happy"
+    tails = [r["tail"] for r in rows() if r["relation"] == "xReact"] + ["Happy!", "angry"]
+    assert st["distinct_n"]["distinct_1"] == pytest.approx(distinct_n(tails)["distinct_1"])
+    assert st["lengths"]["mean_words"] == pytest.approx(np.mean([len(t.split()) for t in tails]))
+    assert st["embeddings"]["n"] == 17 and st["embeddings"]["pairwise_cosine"]["n"] == 17
+    assert 1 < st["embeddings"]["vendi"]["score"] < 17
+
+
+def test_distinct_n_and_vendi_on_known_inputs():
+    assert distinct_n(["a b a", "a b"]) == {"distinct_1": 2 / 5, "distinct_2": 2 / 3, "distinct_3": 1.0}
+    assert vendi_score(np.ones((5, 4)) / 2) == pytest.approx(1.0)
+    assert vendi_score(np.eye(6)) == pytest.approx(6.0)
+
+
+def test_export_round_trips_through_datasets_and_the_card_states_the_counts(corpus_db, tmp_path):
+    with Store(corpus_db) as s:
+        row = snap(s, "s", split={"train": 0.75, "test": 0.25})
+        n = row["funnel"]["splits"]
+        r = export_snapshot(s, "s", tmp_path / "hf", "hf")
+        export_snapshot(s, "s", tmp_path / "pq", "parquet")
+        export_snapshot(s, "s", tmp_path / "jl", "jsonl")
+        with pytest.raises(SkdError, match="not empty"):
+            export_snapshot(s, "s", tmp_path / "hf", "hf")
+        ds = snapshot_dataset(s, "s")
+    loaded = datasets.load_dataset(str(tmp_path / "hf"))
+    assert {k: v.num_rows for k, v in loaded.items()} == n == {k: v.num_rows for k, v in ds.items()}
+    assert {"head", "relation", "tail", "item_id", "kind"} <= set(loaded["train"].features)
+    assert "question" not in loaded["train"].features  # columns that are null throughout are dropped
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert card.startswith("---\n") and f"| snapshot | {sum(n.values())} |" in card and row["content_hash"] in card
+    assert f"train: {n['train']}" in card and "configs:" in card
+    assert pq.read_table(tmp_path / "pq" / "test.parquet").num_rows == n["test"] == r["splits"]["test"]["rows"]
+    assert len((tmp_path / "jl" / "train.jsonl").read_text().splitlines()) == n["train"]
+
+
+def test_push_uploads_one_commit_to_a_local_hub(corpus_db):
+    hub = FakeHub(fail_first=1)  # the first request fails with 503: retried
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_secret_token", "HF_HUB_OFFLINE": "0"}
+    try:
+        with Store(corpus_db) as s:
+            row = snap(s, "s", split={"train": 0.75, "test": 0.25})
+        p = run_skd("push", "s", "me/atomic-mini", "--private", "--revision", "v1", "--json", db=corpus_db, env=env)
+    finally:
+        hub.close()
+    assert p.returncode == 0, p.stderr
+    repo = hub.repos["me/atomic-mini"]
+    assert repo["private"] and repo["type"] == "dataset" and "v1" in repo["branches"]
+    [commit] = repo["commits"]
+    assert commit["revision"] == "v1" and row["content_hash"][:12] in commit["summary"]
+    assert set(commit["files"]) == {"README.md", "snapshot.json", "data/train-00000-of-00001.parquet",
+                                    "data/test-00000-of-00001.parquet"}
+    assert json.loads(commit["files"]["snapshot.json"])["content_hash"] == row["content_hash"]
+    assert "Bearer hf_secret_token" in hub.auth and json.loads(p.stdout)["commit"] == f"{1:040x}"
+    assert "hf_secret_token" not in p.stdout + p.stderr
+
+
+def test_push_errors_are_one_line(corpus_db):
+    with Store(corpus_db) as s:
+        snap(s, "s")
+    home = str(corpus_db.parent / "hf-home")  # no stored login
+    online = {"HF_HUB_OFFLINE": "0", "HF_HOME": home, "HF_TOKEN": "hf_x"}
+    for args, env, message in (
+            (["push", "nope", "me/x"], online, "no snapshot named 'nope'"),
+            (["push", "s", "me/x"], {"HF_HUB_OFFLINE": "0", "HF_HOME": home}, "no Hugging Face token"),
+            (["push", "s", "not a/valid/id"], online, "bad repo id"),
+            (["push", "s", "me/x"], online | {"HF_ENDPOINT": "http://127.0.0.1:9"}, "failed after 3 tries")):
+        p = run_skd(*args, db=corpus_db, env=env)
+        assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and message in p.stderr, p.stderr
+        assert "hf_x" not in p.stderr + p.stdout
+
+
+def test_snapshot_commands(corpus_db, tmp_path):
+    p = run_skd("snapshot", "create", "s", "--relations", "xWant", "--split", "train=0.5,test=0.5", "--json",
+                db=corpus_db, check=True)
+    row = json.loads(p.stdout)
+    assert row["funnel"]["snapshot"] == 16 and row["stats"]["counts"]["n"] == 16
+    assert "s" in run_skd("snapshot", "list", db=corpus_db, check=True).stdout
+    assert row["content_hash"] in run_skd("snapshot", "show", "s", db=corpus_db, check=True).stdout
+    run_skd("snapshot", "create", "t", db=corpus_db, check=True)
+    assert "+17 added" in run_skd("snapshot", "diff", "s", "t", db=corpus_db, check=True).stdout
+    p = run_skd("export", "s", "--out", str(tmp_path / "out"), db=corpus_db, check=True)
+    assert (tmp_path / "out" / "README.md").exists()
+    p = run_skd("stats", "--snapshot", "s", "--plots", str(tmp_path / "plots"), db=corpus_db, check=True)
+    assert "n=16" in p.stdout and (tmp_path / "plots" / "lengths.png").stat().st_size > 1000
+    p = run_skd("snapshot", "create", "u", "--split", "train=0.5", db=corpus_db)
+    assert p.returncode == 2 and "split" in p.stderr

@@ -9,7 +9,7 @@ import typer
 
 from store import SkdError
 
-from . import cmd_corpus, cmd_critic, cmd_generate, cmd_snapshot, cmd_store
+from . import cmd_corpus, cmd_critic, cmd_generate, cmd_snapshot, cmd_store, cmd_train
 
 app = typer.Typer(
     name="skd",
@@ -23,6 +23,7 @@ cmd_generate.register(app)
 cmd_critic.register(app)
 cmd_corpus.register(app)
 cmd_snapshot.register(app)
+cmd_train.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,238 @@
+"""`skd train`, `skd eval` and `skd compare`: students from snapshots, measured beside their teachers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from critics import load_critic
+from critics.score import critic_row
+from critics.verbalize import verbalize_rows
+from generators import Request, Sampling, make_teacher
+from generators.backends import BACKENDS
+from generators.recipes import validate_config
+from generators.recipes.rationale import is_correct, normalise_answer, read_questions
+from store import MINILM, SMOLLM2, SkdError, Store, default_path
+from train import FORMATS, TrainConfig, fit
+from train.evaluate import (
+    Case,
+    cases_from_heads,
+    cases_from_questions,
+    cases_from_references,
+    cases_from_snapshot,
+    compare,
+    flat_metrics,
+    prompts,
+    read_references,
+    record_eval,
+    score_outputs,
+)
+from train.formats import extract_answer
+
+from .options import Db, Json, Quiet
+from .output import out, print_json, progress_bar
+
+ATOMIC10X_RELATIONS = ["xAttr", "xEffect", "xIntent", "xNeed", "xReact", "xWant", "HinderedBy"]
+
+
+def train_cmd(
+    snapshot: Annotated[str, typer.Option(help="Snapshot to train on (its train split).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the student (and its checkpoints).")],
+    base: Annotated[str, typer.Option(help="Base model: HF id, path, or the embedded SmolLM2.")] = SMOLLM2,
+    fmt: Annotated[str, typer.Option("--format", help=f"One of {', '.join(FORMATS)}.")] = "comet",
+    lora: Annotated[str | None, typer.Option(help="LoRA rank,alpha (e.g. 16,32); full fine-tuning when unset.")]
+    = None,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    epochs: Annotated[float, typer.Option()] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (-1: all epochs).")] = -1,
+    lr: Annotated[float, typer.Option()] = 5e-5,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    grad_accum: Annotated[int, typer.Option()] = 1,
+    bf16: Annotated[bool, typer.Option("--bf16")] = False,
+    max_length: Annotated[int, typer.Option(help="Tokens per example.")] = 256,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps (resume point).")] = 50,
+    seed: Annotated[int, typer.Option()] = 0,
+    db: Db = None, json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Fine-tune a student on a snapshot (TRL SFT, optional LoRA); resumes from its last checkpoint."""
+    cfg = validate_config(TrainConfig, {
+        "snapshot": snapshot, "base": base, "out": out_dir, "format": fmt, "lora": parse_lora(lora),
+        "gradient_checkpointing": gradient_checkpointing, "epochs": epochs, "max_steps": max_steps, "lr": lr,
+        "batch_size": batch_size, "grad_accum": grad_accum, "bf16": bf16, "max_length": max_length,
+        "save_steps": save_steps, "seed": seed}, "train")
+    progress, update = progress_bar("train", "steps", quiet or json)
+
+    def on_step(step: int, total: int, loss: float | None) -> None:
+        if progress is not None and not progress.live.is_started:  # shown once training runs, not before errors
+            progress.start()
+        update(step, total)
+
+    try:
+        card = fit(db or default_path(), cfg, on_step=on_step)  # type: ignore[arg-type]
+    finally:
+        if progress is not None and progress.live.is_started:
+            progress.stop()
+    if json:
+        print_json(card)
+        return
+    s = card["summary"]
+    out.print(f"student {card['student_id']} -> {out_dir}: {s['steps']} steps on {s['examples']:,} examples of "
+              f"{snapshot}, loss {s['first_loss']:.3f} -> {s['last_loss']:.3f} in {s['seconds']:.0f} s"
+              + (f" (resumed from {s['resumed_from']})" if s["resumed_from"] else ""))
+
+
+def parse_lora(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        r, alpha = (int(x) for x in text.split(","))
+        return r, alpha
+    except ValueError:
+        raise SkdError(f"--lora {text!r}: expected RANK,ALPHA, e.g. 16,32") from None
+
+
+def find_student(store: Store, name: str) -> dict[str, Any] | None:
+    """A registered student by id or folder; None when NAME is a teacher model."""
+    path = Path(name)
+    card_file = path / "student.json"
+    if card_file.is_file():
+        return json.loads(card_file.read_text()) | {"path": str(path)}
+    rows = store.query("SELECT path, config FROM students WHERE student_id = ?", [name]).to_dicts()
+    return json.loads(rows[0]["config"]) | {"path": rows[0]["path"]} if rows else None
+
+
+def critic_scorer(store: Store, name: str) -> tuple[Any, float]:
+    row = critic_row(store, name)
+    critic = load_critic(row["path"])
+    threshold = json.loads(row["thresholds"] or "{}").get("recall@0.5", 0.5)
+    return (lambda items: critic.score(verbalize_rows(items))), float(threshold)
+
+
+def check_answer(output: str, item: dict[str, Any]) -> bool | None:
+    """Answer checking shared with the rationale recipe (choices, numbers, yes/no)."""
+    q = {"choices": item.get("choices"), "type": item.get("type") or ("choice" if item.get("choices") else
+                                                                       "free")}
+    return is_correct(normalise_answer(extract_answer(output, item), q), item.get("answer"), q)
+
+
+def eval_cases(store: Store, snapshot: str | None, split: str, heads: Path | None, references: Path | None,
+               questions: Path | None, questions_format: str, relations: list[str] | None, limit: int | None,
+               seed: int) -> tuple[list[Case], str]:
+    refs = read_references(references) if references else None
+    if questions:
+        cases = cases_from_questions(read_questions(questions, questions_format))
+        return cases[:limit] if limit else cases, f"{questions} ({questions_format})"
+    if heads:
+        cases = cases_from_heads(heads, relations or ATOMIC10X_RELATIONS, refs)
+        return cases[:limit] if limit else cases, str(heads)
+    if refs:
+        return cases_from_references(refs, relations, limit, seed), str(references)
+    if snapshot:
+        return cases_from_snapshot(store, snapshot, split, limit), f"snapshot {snapshot}:{split}"
+    raise SkdError("give the inputs: --snapshot NAME [--split test], --heads FILE, --references FILE or --questions")
+
+
+def generate_outputs(model: str, backend: str, cases: list[Case], fmt: str, max_tokens: int, temperature: float,
+                     seed: int) -> list[str]:
+    stop = ("\n",) if fmt != "rationale" else ()
+    sampling = Sampling(n=1, temperature=temperature, max_tokens=max_tokens, stop=stop, seed=seed)
+    reqs = []
+    for p in prompts(cases, fmt):
+        if isinstance(p, str):
+            reqs.append(Request(model=model, sampling=sampling, prompt=p))
+        else:
+            reqs.append(Request(model=model, sampling=sampling, messages=tuple((m["role"], m["content"]) for m in p)))
+    teacher = make_teacher(backend, model)
+    try:
+        return [c[0].text.strip() if c else "" for c in teacher.generate(reqs)]
+    finally:
+        teacher.close()
+
+
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="A student (id or folder) or a teacher model (HF id, path, SmolLM2).")],
+    snapshot: Annotated[str | None, typer.Option(help="Evaluate on this snapshot's --split.")] = None,
+    split: Annotated[str, typer.Option()] = "test",
+    heads: Annotated[Path | None, typer.Option(help="A file of heads, one per line (with --relations).")] = None,
+    references: Annotated[Path | None, typer.Option(help="ATOMIC-2020 file: human references (and inputs).")]
+    = None,
+    questions: Annotated[Path | None, typer.Option(help="A question set (CommonsenseQA, GSM8K, StrategyQA).")]
+    = None,
+    questions_format: Annotated[str, typer.Option(help="csqa, gsm8k, strategyqa or jsonl.")] = "jsonl",
+    relations: Annotated[list[str] | None, typer.Option("--relations", help="Relations to ask (repeatable).")]
+    = None,
+    critic: Annotated[str | None, typer.Option(help="Report this critic's acceptance rate of the outputs.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="Prompt format (default: the student's; chat for a "
+                                                            "teacher).")] = None,
+    backend: Annotated[str, typer.Option(help=f"Generation backend: {', '.join(BACKENDS)}.")] = "transformers",
+    limit: Annotated[int | None, typer.Option(help="At most this many inputs.")] = None,
+    max_tokens: Annotated[int, typer.Option()] = 32,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    embed_model: Annotated[str, typer.Option(help="Encoder for the embedding similarity.")] = MINILM,
+    db: Db = None, json: Json = False,
+) -> None:
+    """Generate for held-out inputs and measure: references overlap, exact match, critic acceptance, degenerate
+    outputs. Results go to `evals`, linked to the student and its snapshot."""
+    db_path = db or default_path()
+    with Store(db_path, read_only=True) as s:
+        student = find_student(s, model)
+        cases, source = eval_cases(s, snapshot, split, heads, references, questions, questions_format, relations,
+                                   limit, seed)
+        scorer, threshold = critic_scorer(s, critic) if critic else (None, None)
+    fmt = fmt or (student["format"] if student else "chat")
+    if fmt not in FORMATS:
+        raise SkdError(f"--format must be one of {', '.join(FORMATS)}")
+    target = student["path"] if student else model
+    outputs = generate_outputs(target, backend, cases, fmt, max_tokens, temperature, seed)
+    metrics = score_outputs(cases, outputs, embed_model=embed_model, scorer=scorer, threshold=threshold,
+                            checker=check_answer)
+    config = {"inputs": source, "format": fmt, "backend": backend, "max_tokens": max_tokens,
+              "temperature": temperature, "seed": seed, "critic": critic, "limit": limit}
+    samples = [{"input": c.item, "references": c.references, "output": o} for c, o in zip(cases, outputs,
+                                                                                          strict=True)]
+    label = f"{student['student_id']} (student)" if student else f"{model} (teacher)"
+    eval_id = record_eval(db_path, label, metrics, config, student["student_id"] if student else None,
+                          snapshot or (student or {}).get("snapshot"), samples)
+    if json:
+        print_json({"eval_id": eval_id, "model": label, "metrics": metrics, "config": config})
+        return
+    out.print(compare_table([{"eval_id": eval_id, "model": label, "inputs": source, **flat_metrics(metrics)}]))
+    for sample in samples[:3]:
+        out.print(f"  {sample['input'].get('head') or sample['input'].get('question')} "
+                  f"{sample['input'].get('relation') or ''} -> {sample['output']!r}")
+
+
+def compare_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="evaluations (n inputs; degenerate-output rate; BLEU-2, ROUGE-L and embedding similarity "
+                    "against the references; exact match; critic acceptance)", title_justify="left")
+    cols = [c for c in (rows[0] if rows else {}) if c != "eval_id"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("model", "inputs") else "right", overflow="fold")
+    for r in rows:
+        t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else "-" if r[c] is None else str(r[c]) for c in cols])
+    return t
+
+
+def compare_cmd(
+    eval_ids: Annotated[list[str] | None, typer.Argument(help="Evaluations to show (default: all).")] = None,
+    snapshot: Annotated[str | None, typer.Option(help="Only evaluations linked to this snapshot.")] = None,
+    db: Db = None, json: Json = False,
+) -> None:
+    """Students and teachers side by side: one row per evaluation."""
+    with Store(db, read_only=True) as s:
+        rows = compare(s, eval_ids, snapshot)
+    if json:
+        print_json(rows)
+    else:
+        out.print(compare_table(rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("eval")(eval_cmd)
+    app.command("compare")(compare_cmd)

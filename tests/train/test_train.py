@@ -1,0 +1,119 @@
+"""Students: SFT on a snapshot with the real SmolLM2 (full and LoRA), resume after a kill, evaluation of a
+student and a teacher on the same inputs, against real ATOMIC-2020 references."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from corpus import SnapshotRecipe, create_snapshot
+from store import SkdError, Store, ingest_file
+from tests.conftest import ROOT, run_skd, shared_file
+from train import TrainConfig, fit
+from train.formats import example, extract_answer
+from train.textmetrics import corpus_bleu, degenerate, rouge_l
+
+
+@pytest.fixture(scope="module")
+def atomic_db(tmp_path_factory):
+    """A corpus of 40 real ATOMIC-2020 (head, relation) lines and two snapshots: 8 training items (every step
+    sees the same batch, so the loss must fall) and a train/test split for evaluation."""
+    d = tmp_path_factory.mktemp("atomic")
+    lines = shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()[:40]
+    (d / "atomic.tsv").write_text("\n".join(lines) + "\n")
+    db = d / "c.duckdb"
+    with Store(db) as s:
+        ingest_file(s, d / "atomic.tsv", "atomic2020")
+        create_snapshot(s, "eight", SnapshotRecipe(limit=8, seed=0))
+        create_snapshot(s, "split", SnapshotRecipe(split={"train": 0.7, "test": 0.3}))
+    return db, d
+
+
+def test_full_finetune_lowers_loss_and_the_student_is_evaluated_beside_its_teacher(atomic_db, smollm2):
+    db, d = atomic_db
+    p = run_skd("train", "--snapshot", "eight", "--out", str(d / "full"), "--max-steps", "5", "--lr", "1e-4",
+                "--batch-size", "8", "--json", db=db, check=True)
+    card = json.loads(p.stdout)
+    assert card["summary"]["last_loss"] < card["summary"]["first_loss"]
+    saved = json.loads((d / "full" / "student.json").read_text())
+    assert saved["snapshot_hash"] and saved["config"]["max_steps"] == 5 and saved["format"] == "comet"
+    # a fresh process loads the student and evaluates it; then the teacher on the same inputs
+    for model in (card["student_id"], "smollm2-135m-instruct"):
+        run_skd("eval", model, "--snapshot", "split", "--split", "test", "--limit", "3", "--max-tokens", "12",
+                db=db, check=True)
+    rows = json.loads(run_skd("compare", "--snapshot", "split", "--json", db=db, check=True).stdout)
+    assert [r["model"].split(" ")[-1] for r in rows] == ["(student)", "(teacher)"]
+    assert all(r["n"] == 3 and r["BLEU-2"] is not None and r["ROUGE-L"] is not None for r in rows)
+    with Store(db, read_only=True) as s:
+        linked = s.query("SELECT e.student_id, e.snapshot_id FROM evals e WHERE student_id IS NOT NULL").to_dicts()
+        students = s.query("SELECT student_id, snapshot_id FROM students").to_dicts()
+    assert linked[0]["student_id"] == card["student_id"] and students[0]["snapshot_id"] == card["snapshot_id"]
+
+
+def test_lora_training_saves_the_adapter_and_a_merged_student(atomic_db, smollm2):
+    db, d = atomic_db
+    card = fit(db, TrainConfig(snapshot="eight", out=d / "lora", max_steps=4, lr=2e-3, batch_size=8, lora=(8, 16),
+                               format="chat"))
+    assert card["summary"]["last_loss"] < card["summary"]["first_loss"]
+    assert (d / "lora" / "adapter" / "adapter_config.json").exists()
+    code = ("import sys; from transformers import AutoModelForCausalLM as M; "
+            "m = M.from_pretrained(sys.argv[1]); print(type(m).__name__, sum(p.numel() for p in m.parameters()))")
+    out = subprocess.run([sys.executable, "-c", code, str(d / "lora")], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("LlamaForCausalLM 1345")  # merged: a plain 135M model, no peft needed
+
+
+def test_a_killed_training_run_resumes_from_its_last_checkpoint(atomic_db, tiny_lm):
+    db, d = atomic_db
+    args = [sys.executable, "-m", "skd", "train", "--snapshot", "split", "--out", str(d / "resume"), "--base",
+            str(tiny_lm), "--max-steps", "40", "--save-steps", "4", "--batch-size", "2", "--lr", "1e-3", "--quiet",
+            "--json"]
+    proc = subprocess.Popen(args, cwd=ROOT, env={**__import__("os").environ, "SKD_DB": str(db)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (d / "resume" / "checkpoints" / "checkpoint-8").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    card = json.loads(run_skd(*args[3:], db=db, check=True).stdout)
+    assert card["summary"]["resumed_from"].startswith("checkpoint-") and card["summary"]["steps"] == 40
+
+
+def test_a_teacher_is_evaluated_against_human_references(atomic_db, tiny_lm):
+    db, d = atomic_db
+    refs = shared_file("atomic2020/human_tuples.tsv")
+    p = run_skd("eval", str(tiny_lm), "--references", str(refs), "--relations", "xWant", "--limit", "4",
+                "--max-tokens", "8", "--json", db=db, check=True)
+    m = json.loads(p.stdout)["metrics"]
+    assert m["n"] == 4 and m["references"]["n"] == 4 and 0 <= m["references"]["embedding_similarity"] <= 1
+
+
+def test_training_errors_are_one_line(atomic_db, tmp_path):
+    db, _ = atomic_db
+    for args, message in ((["--snapshot", "nope"], "no snapshot named 'nope'"),
+                          (["--snapshot", "eight", "--lora", "8"], "--lora '8'"),
+                          (["--snapshot", "eight", "--format", "bad"], "--format must be one of"),
+                          (["--snapshot", "eight", "--base", str(tmp_path / "missing")], "is neither an embedded default")):
+        p = run_skd("train", "--out", str(tmp_path / "o"), *args, db=db)
+        assert p.returncode == 2 and message in p.stderr and p.stderr.strip().count("\n") == 0, p.stderr
+    with Store(db) as s:
+        s.con.execute("INSERT INTO items (item_id, kind, text) VALUES ('t1', 'text', 'just text')")
+        create_snapshot(s, "texts", SnapshotRecipe(where="kind = 'text'"))
+    with pytest.raises(SkdError, match="has no triples"):
+        fit(db, TrainConfig(snapshot="texts", out=tmp_path / "o"))
+
+
+def test_formats_and_text_metrics():
+    t = {"kind": "triple", "head": "PersonX eats", "relation": "xWant", "tail": "to rest"}
+    assert example(t, "comet") == {"prompt": "PersonX eats xWant [GEN]", "completion": " to rest"}
+    assert example(t, "chat")["completion"] == [{"role": "assistant", "content": "to rest"}]
+    q = {"kind": "rationale", "question": "2+2?", "answer": "4", "rationale": "Two and two make four."}
+    assert example(q, "rationale")["completion"] == " Two and two make four. So the answer is 4."
+    assert extract_answer("Two and two. So the answer is 4.", q) == "4"
+    assert extract_answer("The answer is (B).", {"answer": "dog", "choices": ["cat", "dog"]}) == "dog"
+    assert corpus_bleu(["to rest now"], [["to rest now", "sleep"]]) == pytest.approx(1.0)
+    assert corpus_bleu(["xyz"], [["to rest"]]) == 0.0
+    assert rouge_l("to go to bed", ["go to bed early", "eat"]) == pytest.approx(0.75)  # LCS "go to bed": 3 of 4 both ways
+    assert degenerate("") and degenerate("the the the the the the the") and not degenerate("to rest at home")

@@ -1,0 +1,193 @@
+"""Evaluate a student or a teacher on held-out inputs: a snapshot split, a file of heads, ATOMIC-2020
+references or a question set. Generation, critic scoring and answer checking come in as functions (the
+caller owns the backends), so a teacher and a student are measured the same way and land in one table."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corpus import snapshot_frame, snapshot_row
+from store import MINILM, SkdError, Store
+from store.readers import iter_atomic2020
+
+from .formats import extract_answer, prompt_of
+from .textmetrics import corpus_bleu, degenerate, rouge_l
+
+
+@dataclass
+class Case:
+    """One input: the item to complete (head + relation, or a question), its human references or gold."""
+    item: dict[str, Any]
+    references: list[str] = field(default_factory=list)
+
+
+def cases_from_snapshot(store: Store, name: str, split: str, limit: int | None = None) -> list[Case]:
+    """Triples grouped by (head, relation), every tail a reference; questions one case each."""
+    df = snapshot_frame(store, name)
+    rows = [r for r in df.to_dicts() if r["split"] == split]
+    if not rows:
+        raise SkdError(f"snapshot {name!r} has no items in split {split!r}")
+    return group_triples(rows)[:limit] if limit else group_triples(rows)
+
+
+def group_triples(rows: list[dict[str, Any]]) -> list[Case]:
+    cases: dict[tuple, Case] = {}
+    for r in rows:
+        if r["kind"] == "triple":
+            key = ("t", r["head"], r["relation"])
+            cases.setdefault(key, Case({"kind": "triple", "head": r["head"], "relation": r["relation"]}))
+            cases[key].references.append(r["tail"])
+        elif r["kind"] in ("qa", "rationale"):
+            cases[("q", r["item_id"])] = Case({k: r.get(k) for k in ("kind", "question", "answer", "choices")}
+                                             | {"type": r.get("type")}, [r["answer"]])
+    return list(cases.values())
+
+
+def read_references(path: Path) -> dict[tuple[str, str], list[str]]:
+    """ATOMIC-2020 `head @@ relation<TAB>tail| tail` as {(head, relation): tails} ('none' tails dropped)."""
+    refs: dict[tuple[str, str], list[str]] = {}
+    try:
+        for _, row, err, _ in iter_atomic2020(Path(path)):
+            if row is not None and not err:
+                tails = [t for t in row["tails"] if t and t.lower() != "none"]
+                if tails:
+                    refs.setdefault((row["head"], row["relation"]), []).extend(tails)
+    except OSError as e:
+        raise SkdError(f"cannot read references {path}: {e.strerror}") from None
+    if not refs:
+        raise SkdError(f"{path}: no ATOMIC-2020 references (`head @@ relation<TAB>tail| tail` lines)")
+    return refs
+
+
+def cases_from_heads(path: Path, relations: list[str], refs: dict[tuple[str, str], list[str]] | None = None
+                     ) -> list[Case]:
+    try:
+        heads = [h.strip() for h in Path(path).read_text(encoding="utf-8").splitlines() if h.strip()]
+    except OSError as e:
+        raise SkdError(f"cannot read heads {path}: {e.strerror}") from None
+    return [Case({"kind": "triple", "head": h, "relation": r}, list((refs or {}).get((h, r), [])))
+            for h in heads for r in relations]
+
+
+def cases_from_references(refs: dict[tuple[str, str], list[str]], relations: list[str] | None,
+                          limit: int | None, seed: int = 0) -> list[Case]:
+    keys = sorted(k for k in refs if not relations or k[1] in relations)
+    rng = np.random.default_rng(seed)
+    if limit and limit < len(keys):
+        keys = [keys[i] for i in sorted(rng.choice(len(keys), limit, replace=False))]
+    return [Case({"kind": "triple", "head": h, "relation": r}, refs[(h, r)]) for h, r in keys]
+
+
+def cases_from_questions(questions: list[dict[str, Any]]) -> list[Case]:
+    """Questions as read by the rationale recipe: {question, choices, gold, type}."""
+    return [Case({"kind": "qa", "question": q["question"], "choices": q.get("choices"), "answer": q.get("gold"),
+                  "type": q.get("type")}, [q["gold"]] if q.get("gold") else []) for q in questions]
+
+
+def prompts(cases: list[Case], fmt: str) -> list[str | list[dict[str, str]]]:
+    return [prompt_of(c.item, fmt) for c in cases]
+
+
+def similarity(outputs: list[str], cases: list[Case], model: str) -> float | None:
+    """Mean over inputs of the best cosine between the output and a reference (sentence embeddings)."""
+    from corpus.embed import load_encoder
+
+    pairs = [(o, c.references) for o, c in zip(outputs, cases, strict=True) if c.references]
+    if not pairs:
+        return None
+    enc = load_encoder(model)
+    refs = [r for _, rs in pairs for r in rs]
+    ho = enc.encode([o for o, _ in pairs], normalize_embeddings=True, batch_size=128)
+    hr = enc.encode(refs, normalize_embeddings=True, batch_size=128)
+    best, k = [], 0
+    for i, (_, rs) in enumerate(pairs):
+        best.append(float((hr[k:k + len(rs)] @ ho[i]).max()))
+        k += len(rs)
+    return float(np.mean(best))
+
+
+def score_outputs(cases: list[Case], outputs: list[str], *, embed_model: str | None = MINILM,
+                  scorer: Callable[[list[dict[str, Any]]], np.ndarray] | None = None, threshold: float | None = None,
+                  checker: Callable[[str, dict[str, Any]], bool | None] | None = None) -> dict[str, Any]:
+    """Every measure that applies to these inputs, each with the number of inputs it covers."""
+    m: dict[str, Any] = {"n": len(cases), "degenerate_rate": float(np.mean([degenerate(o) for o in outputs]))}
+    triples = [(o, c) for o, c in zip(outputs, cases, strict=True) if c.item["kind"] == "triple"]
+    with_refs = [(o, c) for o, c in triples if c.references]
+    if with_refs:
+        m["references"] = {"n": len(with_refs),
+                           "bleu2": corpus_bleu([o for o, _ in with_refs], [c.references for _, c in with_refs]),
+                           "rouge_l": float(np.mean([rouge_l(o, c.references) for o, c in with_refs]))}
+        if embed_model:
+            m["references"]["embedding_similarity"] = similarity([o for o, _ in with_refs],
+                                                                 [c for _, c in with_refs], embed_model)
+    questions = [(o, c) for o, c in zip(outputs, cases, strict=True) if c.item["kind"] != "triple"
+                 and c.item.get("answer")]
+    if questions:
+        right = [checker(o, c.item) if checker else default_check(o, c.item) for o, c in questions]
+        m["accuracy"] = {"n": len(questions), "exact_match": float(np.mean([bool(x) for x in right]))}
+    if scorer is not None and triples:
+        items = [c.item | {"tail": o.strip()} for o, c in triples]
+        s = np.asarray(scorer(items), dtype=np.float64)
+        m["critic"] = {"n": len(items), "threshold": threshold, "mean_score": float(s.mean()),
+                       "acceptance": float((s >= (threshold if threshold is not None else 0.5)).mean())}
+    return m
+
+
+def default_check(output: str, item: dict[str, Any]) -> bool:
+    from .formats import normalise_answer
+
+    got, gold = normalise_answer(extract_answer(output, item)), normalise_answer(str(item["answer"]))
+    try:
+        return abs(float(got) - float(gold)) < 1e-6
+    except ValueError:
+        return got == gold
+
+
+def record_eval(db: Path, model: str, metrics: dict[str, Any], config: dict[str, Any], student_id: str | None,
+                snapshot: str | None, samples: list[dict[str, Any]]) -> str:
+    """Store the result in `evals` (linked to the student and its snapshot) and the outputs beside the corpus."""
+    eval_id = f"eval-{uuid.uuid4().hex[:12]}"
+    with Store(db) as s:
+        snapshot_id = snapshot_row(s, snapshot)["snapshot_id"] if snapshot else None
+        if student_id and snapshot_id is None:
+            snapshot_id = s.scalar("SELECT snapshot_id FROM students WHERE student_id = ?", [student_id])
+        out = s.files_dir / "evals" / f"{eval_id}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(x, default=str) + "\n" for x in samples))
+        s.con.execute("INSERT INTO evals (eval_id, model, student_id, snapshot_id, metrics, config) "
+                      "VALUES (?, ?, ?, ?, ?, ?)", [eval_id, model, student_id, snapshot_id, json.dumps(metrics),
+                                                    json.dumps(config | {"outputs": str(out)}, default=str)])
+    return eval_id
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of one evaluation, flat, for side-by-side tables."""
+    out = {"n": metrics.get("n"), "degen.": metrics.get("degenerate_rate")}
+    ref = metrics.get("references") or {}
+    out |= {"BLEU-2": ref.get("bleu2"), "ROUGE-L": ref.get("rouge_l"), "emb.": ref.get("embedding_similarity")}
+    out["EM"] = (metrics.get("accuracy") or {}).get("exact_match")
+    out["critic"] = (metrics.get("critic") or {}).get("acceptance")
+    return out
+
+
+def compare(store: Store, eval_ids: list[str] | None = None, snapshot: str | None = None) -> list[dict[str, Any]]:
+    cond, params = "TRUE", []
+    if eval_ids:
+        cond, params = "eval_id IN (SELECT unnest(?))", [eval_ids]
+    elif snapshot:
+        cond, params = "snapshot_id = ?", [snapshot_row(store, snapshot)["snapshot_id"]]
+    rows = store.query(f"SELECT eval_id, model, student_id, metrics, config, created_at FROM evals WHERE {cond} "
+                       "ORDER BY created_at", params).to_dicts()
+    out = []
+    for r in rows:
+        cfg = json.loads(r["config"] or "{}")
+        out.append({"eval_id": r["eval_id"], "model": r["model"], "inputs": cfg.get("inputs", ""),
+                    **flat_metrics(json.loads(r["metrics"] or "{}"))})
+    return out

@@ -1,0 +1,155 @@
+"""Fine-tune a student on a snapshot with TRL's SFTTrainer (full or LoRA through peft). Checkpoints go to
+OUT/checkpoints; a rerun resumes from the last one. The saved student (OUT) is a plain transformers folder
+(LoRA merged in, the adapter kept in OUT/adapter) with `student.json`: snapshot name and hash and the
+full training config. It is registered in the `students` table."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corpus import snapshot_frame, snapshot_row
+from store import SMOLLM2, SkdError, Store, resolve_model
+
+from .formats import FORMATS, example
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    snapshot: str
+    base: str = SMOLLM2
+    out: Path
+    format: str = Field("comet", description=f"one of {', '.join(FORMATS)}")
+    lora: tuple[int, int] | None = Field(None, description="LoRA rank and alpha; full fine-tuning when unset")
+    gradient_checkpointing: bool = False
+    epochs: float = 1.0
+    max_steps: int = -1
+    lr: float = 5e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    bf16: bool = False
+    seed: int = 0
+    max_length: int = 256
+    save_steps: int = 50
+    split: str = "train"
+
+
+def training_rows(db: Path, cfg: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The snapshot's training examples and its row (read-only: training never holds the write lock)."""
+    if cfg.format not in FORMATS:
+        raise SkdError(f"--format must be one of {', '.join(FORMATS)}")
+    with Store(db, read_only=True) as s:
+        row = snapshot_row(s, cfg.snapshot)
+        df = snapshot_frame(s, cfg.snapshot)
+    items = [r for r in df.to_dicts() if r["split"] == cfg.split and r["kind"] in ("triple", "qa", "rationale")]
+    if not items:
+        raise SkdError(f"snapshot {cfg.snapshot!r} has no triples, qa or rationale items in split {cfg.split!r}")
+    return [example(r, cfg.format) for r in items], row
+
+
+def sft_config(cfg: TrainConfig, report_every: int):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(cfg.out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        gradient_checkpointing=cfg.gradient_checkpointing, bf16=cfg.bf16, seed=cfg.seed, data_seed=cfg.seed,
+        max_length=cfg.max_length, save_steps=cfg.save_steps, save_total_limit=2, logging_steps=report_every,
+        report_to=[], disable_tqdm=True, completion_only_loss=True, use_cpu=not _cuda(), dataloader_num_workers=0)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def progress_callback(on_step: Callable[[int, int, float | None], None]):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        loss: float | None = None
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+            on_step(state.global_step, state.max_steps, self.loss)
+
+    return Progress()
+
+
+def load_base(cfg: TrainConfig):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(cfg.base)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if cfg.bf16 else "float32")
+    except OSError as e:
+        raise SkdError(f"cannot load base model {cfg.base!r}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | None], None] | None = None
+        ) -> dict[str, Any]:
+    """Train, save and register a student; resumes from OUT/checkpoints when a checkpoint is there."""
+    import datasets
+    from transformers import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.utils import logging as hf_logging
+    from trl import SFTTrainer
+
+    rows, snap = training_rows(Path(db), cfg)
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    model, tok = load_base(cfg)
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora[0], lora_alpha=cfg.lora[1], lora_dropout=0.0, task_type="CAUSAL_LM",
+                                 target_modules="all-linear")
+    ckpt_dir = cfg.out / "checkpoints"
+    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, report_every=1), processing_class=tok,
+                         train_dataset=datasets.Dataset.from_list(rows), peft_config=peft_config,
+                         callbacks=[progress_callback(on_step)] if on_step else None)
+    trainer.remove_callback(PrinterCallback)  # progress goes through on_step, not printed dicts
+    started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=resume)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {"steps": trainer.state.global_step, "examples": len(rows), "train_loss": result.training_loss,
+               "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+               "seconds": time.monotonic() - started, "resumed_from": Path(resume).name if resume else None}
+    save_student(trainer, tok, cfg)
+    return register(Path(db), cfg, snap, summary)
+
+
+def save_student(trainer, tok, cfg: TrainConfig) -> None:
+    model = trainer.model
+    if cfg.lora:
+        model.save_pretrained(cfg.out / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(cfg.out)
+    tok.save_pretrained(cfg.out)
+
+
+def register(db: Path, cfg: TrainConfig, snap: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    student_id = f"student-{uuid.uuid4().hex[:12]}"
+    card = {"student_id": student_id, "snapshot": snap["name"], "snapshot_id": snap["snapshot_id"],
+            "snapshot_hash": snap["content_hash"], "base_model": cfg.base, "format": cfg.format,
+            "config": cfg.model_dump(mode="json"), "summary": summary}
+    (cfg.out / "student.json").write_text(json.dumps(card, indent=2, default=str))
+    with Store(db) as s:
+        s.con.execute("INSERT INTO students (student_id, snapshot_id, base_model, path, config) VALUES (?, ?, ?, ?, ?)",
+                      [student_id, snap["snapshot_id"], cfg.base, str(cfg.out.resolve()),
+                       json.dumps(card, default=str)])
+    return card

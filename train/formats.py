@@ -1,0 +1,87 @@
+"""How a snapshot item becomes a training example and an evaluation prompt, per student format:
+
+- `comet`: "{head} {relation} [GEN]" -> " {tail}" (COMET / the SKD student), loss on the tail only;
+- `chat`: the base model's chat template, a user instruction and the assistant's answer;
+- `rationale`: question (+ choices) -> reasoning and the final answer.
+
+Examples are TRL prompt-completion rows, so the trainer masks the prompt out of the loss.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+FORMATS = ("comet", "chat", "rationale")
+GEN = "[GEN]"
+ANSWER_PREFIX = "So the answer is"
+
+
+def _choices(item: dict[str, Any]) -> str:
+    choices = item.get("choices") or []
+    return "\n".join(f"({chr(65 + k)}) {c}" for k, c in enumerate(choices))
+
+
+def question_text(item: dict[str, Any]) -> str:
+    choices = _choices(item)
+    return f"{item['question']}\n{choices}" if choices else str(item["question"])
+
+
+def triple_instruction(item: dict[str, Any]) -> str:
+    return f"Event: {item['head']}\nRelation: {item['relation']}\nWrite one short inference for this relation."
+
+
+def prompt_of(item: dict[str, Any], fmt: str) -> str | list[dict[str, str]]:
+    """The input side: a raw prompt (comet, rationale) or chat messages (chat)."""
+    kind = item["kind"]
+    if kind == "triple":
+        if fmt == "chat":
+            return [{"role": "user", "content": triple_instruction(item)}]
+        return f"{item['head']} {item['relation']} {GEN}"
+    if kind in ("qa", "rationale"):
+        if fmt == "chat":
+            return [{"role": "user", "content": question_text(item)}]
+        return f"Question: {question_text(item)}\nAnswer:"
+    raise ValueError(f"items of kind {kind!r} have no {fmt} prompt")
+
+
+def target_of(item: dict[str, Any], fmt: str) -> str:
+    """The output side the student learns to write."""
+    if item["kind"] == "triple":
+        return str(item["tail"])
+    answer = str(item.get("answer") or "")
+    if item.get("rationale") and fmt in ("rationale", "chat"):
+        return f"{item['rationale']} {ANSWER_PREFIX} {answer}."
+    return answer
+
+
+def example(item: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """A TRL prompt-completion row (conversational for chat)."""
+    prompt, target = prompt_of(item, fmt), target_of(item, fmt)
+    if fmt == "chat":
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": target}]}
+    return {"prompt": prompt, "completion": " " + target}
+
+
+def extract_answer(text: str, item: dict[str, Any]) -> str:
+    """The final answer in a generated output: after 'the answer is' if present, else the whole output;
+    a choice letter becomes the choice's text; for numeric gold answers, the last number."""
+    m = re.findall(r"answer is:?\s*(.+?)(?:\.\s|\.$|\n|$)", text, flags=re.IGNORECASE)
+    ans = (m[-1] if m else text).strip()
+    gold = str(item.get("answer") or "")
+    if re.fullmatch(r"-?[\d,]*\.?\d+", gold.replace(",", "")):
+        nums = re.findall(r"-?\d[\d,]*\.?\d*", ans) or re.findall(r"-?\d[\d,]*\.?\d*", text)
+        return nums[-1].replace(",", "").rstrip(".") if nums else ans
+    choices = item.get("choices") or []
+    letter = re.fullmatch(r"\(?([A-Ea-e])\)?", ans)
+    if letter and choices:
+        k = ord(letter.group(1).upper()) - 65
+        if k < len(choices):
+            return str(choices[k])
+    return re.sub(r"^\([A-Ea-e]\)\s*", "", ans)
+
+
+def normalise_answer(text: str) -> str:
+    text = re.sub(r"[^\w\s.-]", " ", text.lower())
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split()).rstrip(".")

@@ -1,4 +1,4 @@
-"""Fine-tune a student on a snapshot with TRL's SFTTrainer (full or LoRA through peft). Checkpoints go to
+"""Fine-tune a student on a snapshot with the transformers Trainer (full, or LoRA through peft). Checkpoints go to
 OUT/checkpoints; a rerun resumes from the last one. The saved student (OUT) is a plain transformers folder
 (LoRA merged in, the adapter kept in OUT/adapter) with `student.json`: snapshot name and hash and the
 full training config. It is registered in the `students` table."""
@@ -6,6 +6,7 @@ full training config. It is registered in the `students` table."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from corpus import snapshot_frame, snapshot_row
 from store import SMOLLM2, SkdError, Store, resolve_model
 
-from .formats import FORMATS, example
+from .formats import FORMATS, example, tokenized
 
 
 class TrainConfig(BaseModel):
@@ -53,15 +54,15 @@ def training_rows(db: Path, cfg: TrainConfig) -> tuple[list[dict[str, Any]], dic
     return [example(r, cfg.format) for r in items], row
 
 
-def sft_config(cfg: TrainConfig, report_every: int):
-    from trl import SFTConfig
+def training_args(cfg: TrainConfig):
+    from transformers import TrainingArguments
 
-    return SFTConfig(
+    return TrainingArguments(
         output_dir=str(cfg.out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         gradient_checkpointing=cfg.gradient_checkpointing, bf16=cfg.bf16, seed=cfg.seed, data_seed=cfg.seed,
-        max_length=cfg.max_length, save_steps=cfg.save_steps, save_total_limit=2, logging_steps=report_every,
-        report_to=[], disable_tqdm=True, completion_only_loss=True, use_cpu=not _cuda(), dataloader_num_workers=0)
+        save_steps=cfg.save_steps, save_total_limit=2, logging_steps=1, report_to=[], disable_tqdm=True,
+        use_cpu=not _cuda(), dataloader_num_workers=0, remove_unused_columns=False)
 
 
 def _cuda() -> bool:
@@ -84,6 +85,19 @@ def progress_callback(on_step: Callable[[int, int, float | None], None]):
     return Progress()
 
 
+def no_final_checkpoint():
+    """The finished student is saved by `fit`; a checkpoint of the last step (optimizer state included)
+    would only cost seconds and disk. Mid-run checkpoints, the resume points, are kept."""
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= state.max_steps and state.global_step % args.save_steps:
+                control.should_save = False
+
+    return NoFinalCheckpoint()
+
+
 def load_base(cfg: TrainConfig):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -98,35 +112,52 @@ def load_base(cfg: TrainConfig):
     return model, tok
 
 
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint that was fully written. The Trainer writes `trainer_state.json` last, so a
+    checkpoint without it was cut by a kill: it is removed, and the one before it is the resume point."""
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for p in found:
+        if (p / "trainer_state.json").is_file():
+            return str(p)
+        shutil.rmtree(p, ignore_errors=True)
+    return None
+
+
+def with_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need a grad path through frozen embeddings
+    return get_peft_model(model, LoraConfig(r=cfg.lora[0], lora_alpha=cfg.lora[1], lora_dropout=0.0,
+                                            task_type="CAUSAL_LM", target_modules="all-linear"))
+
+
 def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | None], None] | None = None
         ) -> dict[str, Any]:
     """Train, save and register a student; resumes from OUT/checkpoints when a checkpoint is there."""
     import datasets
-    from transformers import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
     from transformers.utils import logging as hf_logging
-    from trl import SFTTrainer
 
     rows, snap = training_rows(Path(db), cfg)
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     model, tok = load_base(cfg)
-    peft_config = None
+    data = tokenized(rows, tok, cfg.max_length)
     if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora[0], lora_alpha=cfg.lora[1], lora_dropout=0.0, task_type="CAUSAL_LM",
-                                 target_modules="all-linear")
-    ckpt_dir = cfg.out / "checkpoints"
-    resume = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    trainer = SFTTrainer(model=model, args=sft_config(cfg, report_every=1), processing_class=tok,
-                         train_dataset=datasets.Dataset.from_list(rows), peft_config=peft_config,
-                         callbacks=[progress_callback(on_step)] if on_step else None)
+        model = with_lora(model, cfg)
+    resume = last_complete_checkpoint(cfg.out / "checkpoints")
+    trainer = Trainer(model=model, args=training_args(cfg), train_dataset=datasets.Dataset.from_list(data),
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True), processing_class=tok,
+                      callbacks=[no_final_checkpoint()] + ([progress_callback(on_step)] if on_step else []))
     trainer.remove_callback(PrinterCallback)  # progress goes through on_step, not printed dicts
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = {"steps": trainer.state.global_step, "examples": len(rows), "train_loss": result.training_loss,
+    summary = {"steps": trainer.state.global_step, "examples": len(data), "train_loss": result.training_loss,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "seconds": time.monotonic() - started, "resumed_from": Path(resume).name if resume else None}
     save_student(trainer, tok, cfg)

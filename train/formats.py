@@ -4,7 +4,7 @@
 - `chat`: the base model's chat template, a user instruction and the assistant's answer;
 - `rationale`: question (+ choices) -> reasoning and the final answer.
 
-Examples are TRL prompt-completion rows, so the trainer masks the prompt out of the loss.
+Examples are prompt-completion rows (TRL's convention); `tokenized` masks the prompt out of the loss.
 """
 
 from __future__ import annotations
@@ -85,3 +85,24 @@ def normalise_answer(text: str) -> str:
     text = re.sub(r"[^\w\s.-]", " ", text.lower())
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split()).rstrip(".")
+
+
+def encode(row: dict[str, Any], tok: Any, max_length: int) -> dict[str, list[int]]:
+    """Token ids with labels on the completion only (-100 on the prompt); chat rows through the template."""
+    if isinstance(row["prompt"], list):
+        prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        c = tok(full[len(prompt):] if full.startswith(prompt) else row["completion"][0]["content"],
+                add_special_tokens=False)["input_ids"]
+    else:
+        p = tok(row["prompt"])["input_ids"]
+        c = tok(row["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = (p + c)[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ([-100] * len(p) + c)[:max_length]}
+
+
+def tokenized(rows: list[dict[str, Any]], tok: Any, max_length: int) -> list[dict[str, list[int]]]:
+    """Encoded rows; rows whose completion is cut off entirely by max_length are dropped."""
+    out = [encode(r, tok, max_length) for r in rows]
+    return [x for x in out if any(t != -100 for t in x["labels"])]

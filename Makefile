@@ -5,7 +5,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-DEMO_DB ?= out/demo/skd.duckdb
 
 .PHONY: venv vllm-venv test demo lint bench clean
 
@@ -43,17 +42,9 @@ test: $(STAMP) $(VLLM_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The whole distillation on the embedded models (about 10 minutes on 2 cores); a rerun skips what is done.
 demo: $(STAMP)
-	rm -rf $(dir $(DEMO_DB)) && mkdir -p $(dir $(DEMO_DB))
-	$(BIN)/skd init --db $(DEMO_DB)
-	$(BIN)/skd ingest examples/data/mini.jsonl --db $(DEMO_DB)
-	$(BIN)/skd generate atomic10x --config examples/atomic-demo.toml --seed 1 --db $(DEMO_DB)
-	$(BIN)/skd embed --db $(DEMO_DB)
-	$(BIN)/skd dedup --dry-run --thresholds 0.8,0.9 --db $(DEMO_DB)
-	$(BIN)/skd dedup --threshold 0.9 --db $(DEMO_DB)
-	$(BIN)/skd info --db $(DEMO_DB)
-	$(BIN)/skd query "SELECT i.head, i.relation, i.tail FROM items i JOIN dedup_clusters d USING (item_id) \
-	  WHERE d.is_representative AND i.domain = 'atomic10x' ORDER BY ALL" --db $(DEMO_DB)
+	$(BIN)/skd run examples/atomic-mini.toml
 
 bench: $(STAMP)
 	$(BIN)/python bench/store.py

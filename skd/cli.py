@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
+
+# rich progress bars are ours; the Hugging Face libraries' tqdm bars would interleave with them
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import click
 import typer
 
 from store import SkdError
 
-from . import cmd_corpus, cmd_critic, cmd_generate, cmd_snapshot, cmd_store, cmd_train
+from . import cmd_corpus, cmd_critic, cmd_generate, cmd_run, cmd_snapshot, cmd_store, cmd_train
 
 app = typer.Typer(
     name="skd",
@@ -24,6 +29,7 @@ cmd_critic.register(app)
 cmd_corpus.register(app)
 cmd_snapshot.register(app)
 cmd_train.register(app)
+cmd_run.register(app)
 
 
 def main() -> None:

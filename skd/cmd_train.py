@@ -178,7 +178,27 @@ def eval_cmd(
 ) -> None:
     """Generate for held-out inputs and measure: references overlap, exact match, critic acceptance, degenerate
     outputs. Results go to `evals`, linked to the student and its snapshot."""
-    db_path = db or default_path()
+    r = evaluate_model(db or default_path(), model, snapshot=snapshot, split=split, heads=heads,
+                       references=references, questions=questions, questions_format=questions_format,
+                       relations=relations, critic=critic, fmt=fmt, backend=backend, limit=limit,
+                       max_tokens=max_tokens, temperature=temperature, seed=seed, embed_model=embed_model)
+    if json:
+        print_json({k: r[k] for k in ("eval_id", "model", "metrics", "config")})
+        return
+    out.print(compare_table([{"eval_id": r["eval_id"], "model": r["model"], "inputs": r["config"]["inputs"],
+                              **flat_metrics(r["metrics"])}]))
+    for sample in r["samples"][:3]:
+        out.print(f"  {sample['input'].get('head') or sample['input'].get('question')} "
+                  f"{sample['input'].get('relation') or ''} -> {sample['output']!r}")
+
+
+def evaluate_model(db_path: Path, model: str, *, snapshot: str | None = None, split: str = "test",
+                   heads: Path | None = None, references: Path | None = None, questions: Path | None = None,
+                   questions_format: str = "jsonl", relations: list[str] | None = None, critic: str | None = None,
+                   fmt: str | None = None, backend: str = "transformers", limit: int | None = None,
+                   max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, embed_model: str = MINILM
+                   ) -> dict[str, Any]:
+    """Evaluate a student or a teacher and record the result; returns eval_id, model, metrics, config, samples."""
     with Store(db_path, read_only=True) as s:
         student = find_student(s, model)
         cases, source = eval_cases(s, snapshot, split, heads, references, questions, questions_format, relations,
@@ -187,24 +207,18 @@ def eval_cmd(
     fmt = fmt or (student["format"] if student else "chat")
     if fmt not in FORMATS:
         raise SkdError(f"--format must be one of {', '.join(FORMATS)}")
-    target = student["path"] if student else model
-    outputs = generate_outputs(target, backend, cases, fmt, max_tokens, temperature, seed)
+    outputs = generate_outputs(student["path"] if student else model, backend, cases, fmt, max_tokens, temperature,
+                               seed)
     metrics = score_outputs(cases, outputs, embed_model=embed_model, scorer=scorer, threshold=threshold,
                             checker=check_answer)
     config = {"inputs": source, "format": fmt, "backend": backend, "max_tokens": max_tokens,
               "temperature": temperature, "seed": seed, "critic": critic, "limit": limit}
-    samples = [{"input": c.item, "references": c.references, "output": o} for c, o in zip(cases, outputs,
-                                                                                          strict=True)]
+    samples = [{"input": c.item, "references": c.references, "output": o}
+               for c, o in zip(cases, outputs, strict=True)]
     label = f"{student['student_id']} (student)" if student else f"{model} (teacher)"
     eval_id = record_eval(db_path, label, metrics, config, student["student_id"] if student else None,
                           snapshot or (student or {}).get("snapshot"), samples)
-    if json:
-        print_json({"eval_id": eval_id, "model": label, "metrics": metrics, "config": config})
-        return
-    out.print(compare_table([{"eval_id": eval_id, "model": label, "inputs": source, **flat_metrics(metrics)}]))
-    for sample in samples[:3]:
-        out.print(f"  {sample['input'].get('head') or sample['input'].get('question')} "
-                  f"{sample['input'].get('relation') or ''} -> {sample['output']!r}")
+    return {"eval_id": eval_id, "model": label, "metrics": metrics, "config": config, "samples": samples}
 
 
 def compare_table(rows: list[dict[str, Any]]) -> Table:

@@ -1,0 +1,77 @@
+"""`skd run PIPELINE.toml`: every stage in order, skipping what is done, then one summary."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.rule import Rule
+
+from corpus import snapshot_row
+from generators.recipes import read_toml, validate_config
+from store import Store
+from train.evaluate import compare
+
+from .cmd_snapshot import stats_tables
+from .cmd_train import compare_table
+from .options import Json, Quiet
+from .output import dict_table, err, out, print_json
+from .pipeline import Pipeline
+from .run import Runner
+
+
+def load_pipeline(path: Path) -> Pipeline:
+    return validate_config(Pipeline, read_toml(path), str(path))  # type: ignore[return-value]
+
+
+def summary(p: Pipeline, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The funnel, the diversity statistics, the critic's metrics and the evaluation table."""
+    with Store(p.corpus.path, read_only=True) as s:
+        snap = snapshot_row(s, outputs["snapshot"]["snapshot"])
+        evals = compare(s, outputs["eval"]["eval_ids"]) if "eval" in outputs else []
+    return {"snapshot": snap["name"], "content_hash": snap["content_hash"], "funnel": snap["funnel"],
+            "stats": snap["stats"], "critic": outputs.get("critic"), "evals": evals,
+            "student": outputs.get("train", {}).get("out"), "export": outputs.get("export", {}).get("out")}
+
+
+def print_summary(sm: dict[str, Any]) -> None:
+    out.print(Rule("summary"))
+    funnel = {k: v for k, v in sm["funnel"].items() if isinstance(v, int)}
+    out.print(dict_table(f"funnel to snapshot {sm['snapshot']} ({sm['content_hash'][:12]})", funnel))
+    for t in stats_tables(sm["stats"]):
+        out.print(t)
+    if sm["critic"]:
+        c = sm["critic"]
+        out.print(dict_table(f"critic {c['critic']}", {
+            "labels": c.get("labels", "(reused)"), "dev AUC": round(c.get("dev_auc") or 0, 4),
+            "dev average precision": round(c.get("dev_average_precision") or 0, 4),
+            **{f"threshold {k}": round(v, 4) for k, v in (c.get("thresholds") or {}).items()}}))
+    if sm["evals"]:
+        out.print(compare_table(sm["evals"]))
+    for what in ("export", "student"):
+        if sm[what]:
+            out.print(f"{what}: {sm[what]}")
+
+
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline config (TOML).")],
+    only: Annotated[str | None, typer.Option(help="Run only this stage (again).")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="Rerun from this stage on.")] = None,
+    json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Run a pipeline: ingest, generate, critic, score, embed, dedup, snapshot, export, train, eval."""
+    p = load_pipeline(pipeline)
+    outputs = Runner(p, (lambda m: None) if quiet or json else err.print, quiet=quiet or json).run(only, start)
+    if "snapshot" not in outputs:
+        return
+    sm = summary(p, outputs)
+    if json:
+        print_json(jsonlib.loads(jsonlib.dumps(sm, default=str)) | {"stages": list(outputs)})
+    else:
+        print_summary(sm)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)

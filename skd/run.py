@@ -1,0 +1,223 @@
+"""`skd run`: the stages of a pipeline in order. Each stage has a key: a hash of its config and the key of the
+stage before it. A stage whose key has a finished record in `runs` is skipped, so a rerun after a crash goes
+on where it stopped (stages resume inside too), and changing one stage's config reruns it and those after it.
+Outputs with names (critic, snapshot, folders) are planned when a stage starts and kept in its record, so a
+stage cut short by a kill reuses them on the rerun."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from corpus import create_snapshot, dedup, embed_items, export_snapshot, push_snapshot, snapshot_row
+from critics import CriticConfig, train_critic
+from critics.score import score_items
+from generators import make_recipe, make_teacher, run_generation
+from store import SkdError, Store, import_labels, ingest_file
+from train import TrainConfig, fit
+
+from .cmd_generate import progress_view
+from .cmd_train import evaluate_model
+from .output import progress_bar, run_with_progress
+from .pipeline import STAGES, Pipeline
+
+Say = Callable[[str], None]
+
+
+def stage_keys(p: Pipeline) -> dict[str, str]:
+    keys, prev = {}, ""
+    for stage in STAGES:
+        cfg = p.stage_config(stage)
+        if cfg is None:
+            continue
+        prev = hashlib.sha256(json.dumps([stage, cfg, prev], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        keys[stage] = prev
+    return keys
+
+
+def record(store: Store, key: str) -> dict[str, Any] | None:
+    rows = store.con.execute("SELECT run_id, status, config, summary FROM runs WHERE stage = 'pipeline' AND "
+                             "json_extract_string(config, '$.key') = ? ORDER BY started_at DESC", [key]).fetchall()
+    for run_id, status, config, summary in rows:
+        if status == "ok":
+            return {"run_id": run_id, "status": status, "config": json.loads(config),
+                    "summary": json.loads(summary or "{}")}
+    if rows:
+        return {"run_id": rows[0][0], "status": rows[0][1], "config": json.loads(rows[0][2]), "summary": {}}
+    return None
+
+
+def plan_name(store: Store, key: str, base: str, taken: Callable[[str], bool], prior: dict[str, Any] | None,
+              field: str) -> str:
+    """The stage's output name: the one planned by an earlier try of this key, else BASE if free, else
+    BASE-<key> (so a changed config never collides with the output of the old one)."""
+    if prior and prior["config"].get("plan", {}).get(field):
+        return prior["config"]["plan"][field]
+    return base if not taken(base) else f"{base}-{key[:6]}"
+
+
+class Runner:
+    def __init__(self, p: Pipeline, say: Say, quiet: bool = False):
+        self.p, self.say, self.quiet = p, say, quiet
+        self.db = p.corpus.path
+        self.keys = stage_keys(p)
+        self.outputs: dict[str, dict[str, Any]] = {}
+
+    def run(self, only: str | None = None, start: str | None = None) -> dict[str, dict[str, Any]]:
+        for name in (only, start):
+            if name and name not in self.keys:
+                raise SkdError(f"stage {name!r} is not in this pipeline (stages: {', '.join(self.keys)})")
+        self.db.parent.mkdir(parents=True, exist_ok=True)
+        order = list(self.keys)
+        forced = set(order[order.index(start):]) if start else {only} if only else set()
+        for k, stage in enumerate(order, 1):
+            with Store(self.db) as s:
+                prior = record(s, self.keys[stage])
+            if prior and prior["status"] == "ok" and stage not in forced:
+                self.outputs[stage] = prior["summary"]
+                self.say(f"[{k}/{len(order)}] {stage}: done before, skipped")
+                continue
+            if only and stage != only:
+                raise SkdError(f"stage {stage!r} has not run with this config; run without --only first")
+            self.say(f"[{k}/{len(order)}] {stage}")
+            self.outputs[stage] = self.run_stage(stage, prior)
+        return self.outputs
+
+    def run_stage(self, stage: str, prior: dict[str, Any] | None) -> dict[str, Any]:
+        key = self.keys[stage]
+        with Store(self.db) as s:
+            plan = self.plan(s, stage, key, prior)
+            run_id = s.start_run("pipeline", {"stage": stage, "key": key, "plan": plan})
+        try:
+            summary = getattr(self, f"stage_{stage}")(plan) | {"plan": plan}
+        except BaseException as e:
+            with Store(self.db) as s:
+                s.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:500])
+            raise
+        with Store(self.db) as s:
+            s.finish_run(run_id, "ok", summary)
+        return summary
+
+    def plan(self, s: Store, stage: str, key: str, prior: dict[str, Any] | None) -> dict[str, Any]:
+        p = self.p
+        if stage == "critic":
+            return {"critic": plan_name(s, key, p.critic.name, lambda n: bool(s.scalar(
+                "SELECT count(*) FROM critics WHERE name = ?", [n])), prior, "critic")}
+        if stage == "snapshot":
+            return {"snapshot": plan_name(s, key, p.snapshot.name, lambda n: bool(s.scalar(
+                "SELECT count(*) FROM snapshots WHERE name = ?", [n])), prior, "snapshot")}
+        if stage in ("export", "train"):
+            base = p.export.out if stage == "export" else p.student.out
+            return {"out": plan_name(s, key, str(base), lambda n: Path(n).exists(), prior, "out")}
+        return {}
+
+    # -- stages -----------------------------------------------------------------------------------
+    def stage_ingest(self, plan: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        with Store(self.db) as s:
+            for f in self.p.corpus.ingest:
+                r = ingest_file(s, f.file, f.format)
+                out[str(f.file)] = {"accepted": r.accepted, "new_items": r.new_items, "rejected": r.rejected}
+        return {"files": out}
+
+    def stage_generate(self, plan: dict[str, Any]) -> dict[str, Any]:
+        g = self.p.generate
+        recipe = make_recipe(g.recipe, g.recipe_config, source="generate.recipe_config")
+        recipe.check_inputs()
+        teacher = make_teacher(g.backend, g.teacher, **g.teacher_options)
+        progress, update = progress_view(self.quiet)
+        try:
+            stats = run_with_progress(progress, lambda: run_generation(
+                self.db, recipe, teacher, seed=g.seed, limit=g.limit, batch_size=g.batch_size,
+                config={"backend": g.backend, "teacher_options": g.teacher_options, "pipeline": True},
+                on_batch=update))
+        finally:
+            teacher.close()
+        self.say(f"    {stats.completions:,} completions, {stats.parsed:,} parsed, {stats.new_items:,} new items")
+        return stats.as_dict()
+
+    def stage_critic(self, plan: dict[str, Any]) -> dict[str, Any]:
+        c = self.p.critic
+        name = c.use or plan["critic"]
+        with Store(self.db) as s:
+            if c.use and not s.scalar("SELECT count(*) FROM critics WHERE name = ?", [c.use]):
+                raise SkdError(f"critic.use: no critic named {c.use!r} in {self.db}")
+            if s.scalar("SELECT count(*) FROM critics WHERE name = ?", [name]):
+                return {"critic": name, "reused": True}
+            source = next((f for f in c.labels if Path(f.file).is_file()), None)
+            if source is None:
+                raise SkdError(f"critic: none of the label files exist: {', '.join(str(f.file) for f in c.labels)}")
+            labels = import_labels(s, source.file, source.format)
+            cfg = CriticConfig(mode=c.mode, base=c.base, epochs=c.epochs, max_steps=c.max_steps,
+                               batch_size=c.batch_size, lr=c.lr, labels_where=f"source = '{labels.source}'")
+            card = train_critic(s, name, cfg, s.files_dir / "critics" / name)
+        dev = card["metrics"]["dev"]
+        self.say(f"    critic {name} on {source.file}: dev AUC {dev['auc']:.3f}, thresholds {card['thresholds']}")
+        return {"critic": name, "labels": str(source.file), "dev_auc": dev["auc"],
+                "dev_average_precision": dev["average_precision"], "thresholds": card["thresholds"]}
+
+    def stage_score(self, plan: dict[str, Any]) -> dict[str, Any]:
+        progress, update = progress_bar("score", "items", self.quiet)
+        return run_with_progress(progress, lambda: score_items(
+            self.db, self.outputs["critic"]["critic"], on_chunk=lambda st, n: update(st.scored, n))).as_dict()
+
+    def stage_embed(self, plan: dict[str, Any]) -> dict[str, Any]:
+        progress, update = progress_bar("embed", "items", self.quiet)
+        return run_with_progress(progress, lambda: embed_items(
+            self.db, self.p.dedup.model, on_chunk=lambda st, n: update(st.embedded, n))).as_dict()
+
+    def stage_dedup(self, plan: dict[str, Any]) -> dict[str, Any]:
+        d = self.p.dedup
+        critic = self.outputs.get("critic", {}).get("critic")
+        with Store(self.db) as s:
+            r = dedup(s, d.method, d.threshold, d.scope, critic, None, d.model)
+        self.say(f"    {r.items:,} items, {r.clusters:,} clusters, {r.removed:,} duplicates")
+        return r.as_dict()
+
+    def stage_snapshot(self, plan: dict[str, Any]) -> dict[str, Any]:
+        name = plan["snapshot"]
+        with Store(self.db) as s:
+            exists = s.scalar("SELECT count(*) FROM snapshots WHERE name = ?", [name])
+            critic = self.outputs.get("critic", {}).get("critic")
+            row = snapshot_row(s, name) if exists else create_snapshot(s, name, self.p.snapshot_recipe(critic))
+        self.say(f"    snapshot {name}: {row['funnel']['snapshot']:,} items, hash {row['content_hash'][:12]}")
+        return {"snapshot": name, "content_hash": row["content_hash"], "funnel": row["funnel"]}
+
+    def stage_export(self, plan: dict[str, Any]) -> dict[str, Any]:
+        e = self.p.export
+        name = self.outputs["snapshot"]["snapshot"]
+        with Store(self.db, read_only=True) as s:
+            r = export_snapshot(s, name, Path(plan["out"]), e.format) if not Path(plan["out"]).exists() else \
+                {"out": plan["out"], "reused": True}
+            if e.repo_id:
+                r["push"] = push_snapshot(s, name, e.repo_id, private=e.private)
+        return r
+
+    def stage_train(self, plan: dict[str, Any]) -> dict[str, Any]:
+        st = self.p.student
+        cfg = TrainConfig(snapshot=self.outputs["snapshot"]["snapshot"], out=Path(plan["out"]),
+                          **st.model_dump(exclude={"out"}))
+        progress, update = progress_bar("train", "steps", self.quiet)
+        card = run_with_progress(progress, lambda: fit(self.db, cfg, on_step=lambda k, n, _: update(k, n)))
+        sm = card["summary"]
+        self.say(f"    student {card['student_id']}: {sm['steps']} steps, loss {sm['first_loss']:.3f} -> "
+                 f"{sm['last_loss']:.3f}")
+        return {"student_id": card["student_id"], "out": plan["out"], **sm}
+
+    def stage_eval(self, plan: dict[str, Any]) -> dict[str, Any]:
+        e = self.p.eval
+        critic = self.outputs.get("critic", {}).get("critic") if e.use_critic else None
+        common = {"snapshot": None if e.references else self.outputs["snapshot"]["snapshot"], "split": e.split,
+                  "references": e.references, "relations": e.relations or None, "critic": critic, "limit": e.limit,
+                  "max_tokens": e.max_tokens}
+        ids = []
+        if "train" in self.outputs:
+            ids.append(evaluate_model(self.db, self.outputs["train"]["student_id"], **common)["eval_id"])
+        if e.teacher:
+            g = self.p.generate
+            teacher, backend = (g.teacher, g.backend) if g else (self.p.student.base, "transformers")
+            ids.append(evaluate_model(self.db, teacher, fmt=e.teacher_format, backend=backend, **common)["eval_id"])
+        return {"eval_ids": ids}

@@ -121,11 +121,11 @@ def check_answer(output: str, item: dict[str, Any]) -> bool | None:
 
 def eval_cases(store: Store, snapshot: str | None, split: str, heads: Path | None, references: Path | None,
                questions: Path | None, questions_format: str, relations: list[str] | None, limit: int | None,
-               seed: int) -> tuple[list[Case], str]:
+               seed: int, offset: int = 0) -> tuple[list[Case], str]:
     refs = read_references(references) if references else None
     if questions:
-        cases = cases_from_questions(read_questions(questions, questions_format))
-        return cases[:limit] if limit else cases, f"{questions} ({questions_format})"
+        cases = cases_from_questions(read_questions(questions, questions_format))[offset:]
+        return cases[:limit] if limit else cases, f"{questions} ({questions_format}, from {offset})"
     if heads:
         cases = cases_from_heads(heads, relations or ATOMIC10X_RELATIONS, refs)
         return cases[:limit] if limit else cases, str(heads)
@@ -163,6 +163,7 @@ def eval_cmd(
     questions: Annotated[Path | None, typer.Option(help="A question set (CommonsenseQA, GSM8K, StrategyQA).")]
     = None,
     questions_format: Annotated[str, typer.Option(help="csqa, gsm8k, strategyqa or jsonl.")] = "jsonl",
+    offset: Annotated[int, typer.Option(help="Skip this many questions first.")] = 0,
     relations: Annotated[list[str] | None, typer.Option("--relations", help="Relations to ask (repeatable).")]
     = None,
     critic: Annotated[str | None, typer.Option(help="Report this critic's acceptance rate of the outputs.")] = None,
@@ -181,7 +182,8 @@ def eval_cmd(
     r = evaluate_model(db or default_path(), model, snapshot=snapshot, split=split, heads=heads,
                        references=references, questions=questions, questions_format=questions_format,
                        relations=relations, critic=critic, fmt=fmt, backend=backend, limit=limit,
-                       max_tokens=max_tokens, temperature=temperature, seed=seed, embed_model=embed_model)
+                       max_tokens=max_tokens, temperature=temperature, seed=seed, embed_model=embed_model,
+                       offset=offset)
     if json:
         print_json({k: r[k] for k in ("eval_id", "model", "metrics", "config")})
         return
@@ -196,13 +198,13 @@ def evaluate_model(db_path: Path, model: str, *, snapshot: str | None = None, sp
                    heads: Path | None = None, references: Path | None = None, questions: Path | None = None,
                    questions_format: str = "jsonl", relations: list[str] | None = None, critic: str | None = None,
                    fmt: str | None = None, backend: str = "transformers", limit: int | None = None,
-                   max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, embed_model: str = MINILM
-                   ) -> dict[str, Any]:
+                   max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, embed_model: str = MINILM,
+                   offset: int = 0) -> dict[str, Any]:
     """Evaluate a student or a teacher and record the result; returns eval_id, model, metrics, config, samples."""
     with Store(db_path, read_only=True) as s:
         student = find_student(s, model)
         cases, source = eval_cases(s, snapshot, split, heads, references, questions, questions_format, relations,
-                                   limit, seed)
+                                   limit, seed, offset)
         scorer, threshold = critic_scorer(s, critic) if critic else (None, None)
     fmt = fmt or (student["format"] if student else "chat")
     if fmt not in FORMATS:

@@ -100,6 +100,9 @@ class StudentStage(Strict):
 class EvalStage(Strict):
     split: str = "test"
     references: Path | None = Field(None, description="ATOMIC-2020 file of human references (instead of the split).")
+    questions: Path | None = Field(None, description="A question set to evaluate on (instead of the split).")
+    questions_format: Literal["csqa", "gsm8k", "strategyqa", "jsonl"] = "jsonl"
+    offset: int = Field(0, ge=0, description="Skip this many questions first (those the teacher was asked).")
     relations: list[str] = Field(default_factory=list)
     limit: int | None = 50
     max_tokens: int = 24

@@ -16,7 +16,7 @@ from corpus import create_snapshot, dedup, embed_items, export_snapshot, push_sn
 from critics import CriticConfig, train_critic
 from critics.score import score_items
 from generators import make_recipe, make_teacher, run_generation
-from store import SkdError, Store, import_labels, ingest_file
+from store import SkdError, Store, import_labels, ingest_file, open_store
 from train import TrainConfig, fit
 
 from .cmd_generate import progress_view
@@ -74,7 +74,7 @@ class Runner:
         order = list(self.keys)
         forced = set(order[order.index(start):]) if start else {only} if only else set()
         for k, stage in enumerate(order, 1):
-            with Store(self.db) as s:
+            with open_store(self.db) as s:
                 prior = record(s, self.keys[stage])
             if prior and prior["status"] == "ok" and stage not in forced:
                 self.outputs[stage] = prior["summary"]
@@ -88,16 +88,16 @@ class Runner:
 
     def run_stage(self, stage: str, prior: dict[str, Any] | None) -> dict[str, Any]:
         key = self.keys[stage]
-        with Store(self.db) as s:
+        with open_store(self.db) as s:
             plan = self.plan(s, stage, key, prior)
             run_id = s.start_run("pipeline", {"stage": stage, "key": key, "plan": plan})
         try:
             summary = getattr(self, f"stage_{stage}")(plan) | {"plan": plan}
         except BaseException as e:
-            with Store(self.db) as s:
+            with open_store(self.db) as s:
                 s.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:500])
             raise
-        with Store(self.db) as s:
+        with open_store(self.db) as s:
             s.finish_run(run_id, "ok", summary)
         return summary
 
@@ -117,7 +117,7 @@ class Runner:
     # -- stages -----------------------------------------------------------------------------------
     def stage_ingest(self, plan: dict[str, Any]) -> dict[str, Any]:
         out = {}
-        with Store(self.db) as s:
+        with open_store(self.db) as s:
             for f in self.p.corpus.ingest:
                 r = ingest_file(s, f.file, f.format)
                 out[str(f.file)] = {"accepted": r.accepted, "new_items": r.new_items, "rejected": r.rejected}
@@ -142,7 +142,7 @@ class Runner:
     def stage_critic(self, plan: dict[str, Any]) -> dict[str, Any]:
         c = self.p.critic
         name = c.use or plan["critic"]
-        with Store(self.db) as s:
+        with open_store(self.db) as s:
             if c.use and not s.scalar("SELECT count(*) FROM critics WHERE name = ?", [c.use]):
                 raise SkdError(f"critic.use: no critic named {c.use!r} in {self.db}")
             if s.scalar("SELECT count(*) FROM critics WHERE name = ?", [name]):
@@ -172,14 +172,14 @@ class Runner:
     def stage_dedup(self, plan: dict[str, Any]) -> dict[str, Any]:
         d = self.p.dedup
         critic = self.outputs.get("critic", {}).get("critic")
-        with Store(self.db) as s:
+        with open_store(self.db) as s:
             r = dedup(s, d.method, d.threshold, d.scope, critic, None, d.model)
         self.say(f"    {r.items:,} items, {r.clusters:,} clusters, {r.removed:,} duplicates")
         return r.as_dict()
 
     def stage_snapshot(self, plan: dict[str, Any]) -> dict[str, Any]:
         name = plan["snapshot"]
-        with Store(self.db) as s:
+        with open_store(self.db) as s:
             exists = s.scalar("SELECT count(*) FROM snapshots WHERE name = ?", [name])
             critic = self.outputs.get("critic", {}).get("critic")
             row = snapshot_row(s, name) if exists else create_snapshot(s, name, self.p.snapshot_recipe(critic))
@@ -210,8 +210,10 @@ class Runner:
     def stage_eval(self, plan: dict[str, Any]) -> dict[str, Any]:
         e = self.p.eval
         critic = self.outputs.get("critic", {}).get("critic") if e.use_critic else None
-        common = {"snapshot": None if e.references else self.outputs["snapshot"]["snapshot"], "split": e.split,
-                  "references": e.references, "relations": e.relations or None, "critic": critic, "limit": e.limit,
+        own = e.references is None and e.questions is None
+        common = {"snapshot": self.outputs["snapshot"]["snapshot"] if own else None, "split": e.split,
+                  "references": e.references, "questions": e.questions, "questions_format": e.questions_format,
+                  "offset": e.offset, "relations": e.relations or None, "critic": critic, "limit": e.limit,
                   "max_tokens": e.max_tokens}
         ids = []
         if "train" in self.outputs:

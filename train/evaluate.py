@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from corpus import snapshot_frame, snapshot_row
-from store import MINILM, SkdError, Store
+from store import MINILM, SkdError, Store, open_store
 from store.readers import iter_atomic2020
 
 from .formats import extract_answer, prompt_of
@@ -154,7 +154,7 @@ def record_eval(db: Path, model: str, metrics: dict[str, Any], config: dict[str,
                 snapshot: str | None, samples: list[dict[str, Any]]) -> str:
     """Store the result in `evals` (linked to the student and its snapshot) and the outputs beside the corpus."""
     eval_id = f"eval-{uuid.uuid4().hex[:12]}"
-    with Store(db) as s:
+    with open_store(db) as s:
         snapshot_id = snapshot_row(s, snapshot)["snapshot_id"] if snapshot else None
         if student_id and snapshot_id is None:
             snapshot_id = s.scalar("SELECT snapshot_id FROM students WHERE student_id = ?", [student_id])

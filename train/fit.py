@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from corpus import snapshot_frame, snapshot_row
-from store import SMOLLM2, SkdError, Store, resolve_model
+from store import SMOLLM2, SkdError, Store, open_store, resolve_model
 
 from .formats import FORMATS, example, tokenized
 
@@ -179,7 +179,7 @@ def register(db: Path, cfg: TrainConfig, snap: dict[str, Any], summary: dict[str
             "snapshot_hash": snap["content_hash"], "base_model": cfg.base, "format": cfg.format,
             "config": cfg.model_dump(mode="json"), "summary": summary}
     (cfg.out / "student.json").write_text(json.dumps(card, indent=2, default=str))
-    with Store(db) as s:
+    with open_store(db) as s:
         s.con.execute("INSERT INTO students (student_id, snapshot_id, base_model, path, config) VALUES (?, ?, ?, ?, ?)",
                       [student_id, snap["snapshot_id"], cfg.base, str(cfg.out.resolve()),
                        json.dumps(card, default=str)])

@@ -95,7 +95,7 @@ def test_training_errors_are_one_line(atomic_db, tmp_path):
     for args, message in ((["--snapshot", "nope"], "no snapshot named 'nope'"),
                           (["--snapshot", "eight", "--lora", "8"], "--lora '8'"),
                           (["--snapshot", "eight", "--format", "bad"], "--format must be one of"),
-                          (["--snapshot", "eight", "--base", str(tmp_path / "missing")], "is neither an embedded default")):
+                          (["--snapshot", "eight", "--base", str(tmp_path / "missing")], "neither an embedded")):
         p = run_skd("train", "--out", str(tmp_path / "o"), *args, db=db)
         assert p.returncode == 2 and message in p.stderr and p.stderr.strip().count("\n") == 0, p.stderr
     with Store(db) as s:
@@ -115,5 +115,5 @@ def test_formats_and_text_metrics():
     assert extract_answer("The answer is (B).", {"answer": "dog", "choices": ["cat", "dog"]}) == "dog"
     assert corpus_bleu(["to rest now"], [["to rest now", "sleep"]]) == pytest.approx(1.0)
     assert corpus_bleu(["xyz"], [["to rest"]]) == 0.0
-    assert rouge_l("to go to bed", ["go to bed early", "eat"]) == pytest.approx(0.75)  # LCS "go to bed": 3 of 4 both ways
+    assert rouge_l("to go to bed", ["go to bed early", "eat"]) == pytest.approx(0.75)  # LCS: 3 of 4
     assert degenerate("") and degenerate("the the the the the the the") and not degenerate("to rest at home")

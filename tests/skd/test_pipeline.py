@@ -1,0 +1,141 @@
+"""`skd run` end to end on the real embedded models: every stage, a rerun that redoes nothing, a config
+change that reruns only the stages after it, and a kill in a middle stage after which the rerun ends with
+the same result as an uninterrupted run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from store import Store
+from tests.conftest import ROOT, kill_when, run_skd
+
+PIPELINE = """
+[corpus]
+path = "{d}/c.duckdb"
+ingest = [{{ file = "examples/data/mini.jsonl", format = "jsonl" }}]
+
+[generate]
+recipe = "atomic10x"
+limit = 3
+batch_size = 3
+
+[generate.recipe_config]
+events_from = "seeds"
+max_events = 3
+relations = ["xWant"]
+
+[generate.recipe_config.inference_sampling]
+n = 2
+max_tokens = 8
+stop = ["\\n"]
+
+[critic]
+labels = [{{ file = "{d}/absent.csv", format = "ckbp" }},
+          {{ file = "examples/data/critic-labels.jsonl", format = "jsonl" }}]
+min_score = {min_score}
+
+[dedup]
+threshold = 0.9
+
+[snapshot]
+name = "tiny"
+kinds = ["triple"]
+split = {{ train = 0.7, test = 0.3 }}
+
+[export]
+out = "{d}/export"
+
+[student]
+out = "{d}/student"
+max_steps = 2
+batch_size = 4
+lora = [8, 16]
+
+[eval]
+split = "train"
+limit = 2
+max_tokens = 6
+"""
+
+
+def write(d, min_score=0.0001):
+    path = d / "pipeline.toml"
+    path.write_text(PIPELINE.format(d=d, min_score=min_score))
+    return path
+
+
+def stage_runs(db):
+    with Store(db, read_only=True) as s:
+        return s.query("SELECT json_extract_string(config, '$.stage') AS stage, status FROM runs "
+                       "WHERE stage = 'pipeline' ORDER BY started_at").rows()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, smollm2):
+    d = tmp_path_factory.mktemp("pipe")
+    p = run_skd("run", str(write(d)), "--json", check=True, timeout=900)
+    return d, json.loads(p.stdout)
+
+
+def test_every_stage_runs_and_the_summary_has_the_funnel_stats_critic_and_evals(finished):
+    d, sm = finished
+    assert sm["stages"] == ["ingest", "generate", "critic", "score", "embed", "dedup", "snapshot", "export", "train",
+                            "eval"]
+    f = sm["funnel"]
+    assert f["completions"] == 6 and f["items"] >= f["passed_critic"] >= f["representatives"] >= f["snapshot"] > 0
+    assert sm["stats"]["counts"]["n"] == f["snapshot"] and sm["critic"]["labels"].endswith("critic-labels.jsonl")
+    assert [e["model"].split(" ")[-1] for e in sm["evals"]] == ["(student)", "(teacher)"]
+    assert (d / "export" / "README.md").exists() and (d / "student" / "student.json").exists()
+
+
+def test_a_rerun_redoes_nothing_and_a_changed_stage_reruns_it_and_after(finished):
+    d, sm = finished
+    before = stage_runs(d / "c.duckdb")
+    p = run_skd("run", str(write(d)), check=True, timeout=600)
+    assert p.stderr.count("done before, skipped") == 10
+    assert stage_runs(d / "c.duckdb") == before
+    p = run_skd("run", str(write(d, min_score=0.0002)), "--json", check=True, timeout=900)
+    again = json.loads(p.stdout)
+    new = [stage for stage, _ in stage_runs(d / "c.duckdb")[len(before):]]
+    assert new == ["snapshot", "export", "train", "eval"]  # the critic cut belongs to the snapshot
+    assert again["snapshot"] == "tiny-" + again["snapshot"].split("-")[-1] != sm["snapshot"]
+
+
+def test_only_and_from(finished):
+    d, _ = finished
+    n = len(stage_runs(d / "c.duckdb"))
+    run_skd("run", str(write(d)), "--only", "dedup", check=True)
+    p = run_skd("run", str(write(d)), "--from", "nope")
+    assert p.returncode == 2 and "stage 'nope' is not in this pipeline" in p.stderr
+    assert [s for s, _ in stage_runs(d / "c.duckdb")[n:]] == ["dedup"]
+
+
+def test_a_kill_in_a_middle_stage_then_a_rerun_gives_the_same_result(finished, tmp_path):
+    _, reference = finished
+    cfg = write(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "skd", "run", str(cfg), "--quiet"], cwd=ROOT, env=os.environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    kill_when(proc, tmp_path / "c.duckdb", "SELECT count(*) FROM runs WHERE stage = 'pipeline' AND status = 'ok' "
+              "AND json_extract_string(config, '$.stage') = 'critic'", 1)  # killed in score or shortly after
+    p = run_skd("run", str(cfg), "--json", check=True, timeout=900)
+    sm = json.loads(p.stdout)
+    assert sm["content_hash"] == reference["content_hash"] and sm["funnel"] == reference["funnel"]
+    assert sm["snapshot"] == "tiny"
+
+
+@pytest.mark.parametrize("name", ["atomic-mini", "rationale-csqa", "gpu-vllm"])
+def test_the_example_pipelines_are_valid(name):
+    from skd.cmd_run import load_pipeline
+
+    p = load_pipeline(ROOT / "examples" / f"{name}.toml")
+    assert p.snapshot.name and p.student is not None and p.eval is not None
+
+
+def test_a_bad_pipeline_config_names_the_key(tmp_path):
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[snapshot]\nname = "x"\n[dedup]\nthreshold = 2.0\n')
+    p = run_skd("run", str(cfg))
+    assert p.returncode == 2 and "dedup.threshold" in p.stderr and p.stderr.count("\n") == 1

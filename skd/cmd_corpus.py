@@ -23,12 +23,13 @@ def embed(
     = MINILM,
     where: Annotated[str | None, typer.Option(help="SQL filter over items.")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
+    chunk: Annotated[int, typer.Option(help="Items per staging batch (the unit of resume).")] = 4096,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Embed items (normalised) into the embeddings table; items already embedded with MODEL are skipped."""
     progress, update = progress_bar("embed", "items", quiet or json)
     stats = run_with_progress(progress, lambda: embed_items(
-        db or default_path(), model, where, batch_size=batch_size, on_chunk=lambda st, n: update(st.embedded, n)))
+        db or default_path(), model, where, chunk=chunk, batch_size=batch_size, on_chunk=lambda st, n: update(st.embedded, n)))
     if json:
         print_json(stats.as_dict())
     else:

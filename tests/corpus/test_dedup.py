@@ -1,9 +1,14 @@
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 from corpus import dedup, embed_items
 from store import SkdError, Store, ingest_file
+from tests.conftest import ROOT, kill_when, run_skd, shared_file
 
 ROWS = [
     ("PersonX misses the bus", "xReact", "frustrated"),
@@ -90,3 +95,47 @@ def test_dedup_needs_embeddings_and_valid_settings(tmp_path):
             dedup(s, "fuzzy")
         with pytest.raises(SkdError, match="no critic named"):
             dedup(s, "exact", critic="nope")
+
+
+@pytest.fixture(scope="module")
+def atomic_db(tmp_path_factory):
+    """The first 300 (head, relation) lines of ATOMIC-2020: crowd-written tails, some of them paraphrases."""
+    d = tmp_path_factory.mktemp("atomic")
+    lines = shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()[:300]
+    (d / "a.tsv").write_text("\n".join(lines) + "\n")
+    db = d / "c.duckdb"
+    with Store(db) as s:
+        ingest_file(s, d / "a.tsv", "atomic2020")
+    return db
+
+
+def test_atomic2020_paraphrases_collapse_and_distinct_tails_do_not(atomic_db):
+    embed_items(atomic_db)
+    with Store(atomic_db) as s:
+        r = dedup(s, "semantic", 0.85, "head-relation")
+        groups = s.query("SELECT d.cluster_id, list(i.tail ORDER BY i.tail) AS tails FROM dedup_clusters d "
+                         "JOIN items i USING (item_id) GROUP BY 1 HAVING count(*) > 1")["tails"].to_list()
+    assert 0 < r.removed < 0.2 * r.items  # crowd tails are mostly distinct; some are rewordings
+    merged = {tuple(g) for g in groups}
+    assert {("Clothes", "clothing"), ("PersonX broke the phone.", "PersonX has a broken phone.")} <= merged
+    # tails that say different things stay apart
+    assert not any("recognize the person needs an ambulance" in g for g in merged)
+
+
+def test_a_kill_during_embedding_resumes(atomic_db, tmp_path):
+    db = tmp_path / "k.duckdb"
+    shutil.copy(atomic_db, db)
+    with Store(db) as s:
+        s.con.execute("DELETE FROM embeddings")
+        n = s.scalar("SELECT count(*) FROM items")
+    proc = subprocess.Popen([sys.executable, "-m", "skd", "embed", "--chunk", "64", "--batch-size", "32", "--quiet"],
+                            cwd=ROOT, env={**os.environ, "SKD_DB": str(db)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    kill_when(proc, db, "SELECT count(*) FROM embeddings", 128)
+    with Store(db, read_only=True) as s:
+        partial = s.scalar("SELECT count(*) FROM embeddings")
+    p = run_skd("embed", "--json", db=db, check=True)
+    done = json.loads(p.stdout)
+    with Store(db, read_only=True) as s:
+        total, distinct = s.con.execute("SELECT count(*), count(DISTINCT item_id) FROM embeddings").fetchall()[0]
+    assert 0 < partial < n and total == distinct == n and done["embedded"] <= n - partial + 64

@@ -106,7 +106,7 @@ def quality(console: Console) -> None:
             ours = np.asarray([cl[ids[row_of[a]]] == cl[ids[row_of[b]]] for a, b, _ in pairs])
             sh = SemHash.from_embeddings(vectors, texts, model=Precomputed(texts, vectors)).self_deduplicate(thr)
             group = {r: r for r in sh.selected}
-            group |= {d.record: d.duplicates[0][0] if d.duplicates else d.record for d in sh.filtered}
+            group |= {d.record: d.duplicate_of for d in sh.filtered}
             theirs = np.asarray([group.get(a, a) == group.get(b, b) or group.get(a) == b or group.get(b) == a
                                  for a, b, _ in pairs])
             (p1, r1, f_1), (p2, r2, f_2) = f1(ours, gold), f1(theirs, gold)
@@ -127,30 +127,38 @@ def synthetic(n: int, dim: int = 384, per_cluster: int = 5, seed: int = 0) -> np
     return x
 
 
-def child(method: str, n: int, threshold: float) -> None:
-    x = synthetic(n)
-    with tempfile.TemporaryDirectory() as tmp:
-        if method == "skd":
-            from corpus import dedup
-            from store import Store
+def child(method: str, n: int, threshold: float, db: Path) -> None:
+    """One measurement in its own process, so its peak RSS is the method's alone. `prep` writes the store
+    skd reads (the state after `skd embed`); it is not measured."""
+    if method == "prep":
+        store_with_vectors(db, synthetic(n))
+        return
+    started = time.monotonic()
+    if method == "skd":
+        from corpus import dedup
+        from store import Store
 
-            db = Path(tmp) / "s.duckdb"
-            store_with_vectors(db, x)
-            del x  # skd streams the vectors back from its store
-            started = time.monotonic()
-            with Store(db) as s:
-                r = dedup(s, "semantic", threshold, "global")
-            removed = r.removed
-        else:
-            from semhash import SemHash
+        with Store(db) as s:
+            removed = dedup(s, "semantic", threshold, "global").removed
+    else:
+        from semhash import SemHash
 
-            texts = [f"t{k}" for k in range(n)]
-            started = time.monotonic()
-            res = SemHash.from_embeddings(x, texts, model=Precomputed(texts, x)).self_deduplicate(threshold)
-            removed = len(res.filtered)
-        seconds = time.monotonic() - started
-    print("RESULT " + json.dumps({"seconds": seconds, "removed": removed,
+        x = synthetic(n)
+        texts = [f"t{k}" for k in range(n)]
+        started = time.monotonic()
+        removed = len(SemHash.from_embeddings(x, texts, model=Precomputed(texts, x)).self_deduplicate(threshold)
+                      .filtered)
+    print("RESULT " + json.dumps({"seconds": time.monotonic() - started, "removed": removed,
                                   "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+
+
+def measure(method: str, n: int, threshold: float, db: Path) -> dict:
+    p = subprocess.run([sys.executable, __file__, "--child", method, "--n", str(n), "--threshold", str(threshold),
+                        "--db", str(db)], capture_output=True, text=True)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if p.returncode or (method != "prep" and line is None):
+        raise SystemExit(f"{method} at {n} failed:\n{p.stderr[-2000:]}")
+    return json.loads(line[7:]) if line else {}
 
 
 def speed(console: Console, sizes: list[int], threshold: float) -> None:
@@ -160,18 +168,14 @@ def speed(console: Console, sizes: list[int], threshold: float) -> None:
                 "speed-up"):
         t.add_column(col, justify="right")
     for n in sizes:
-        r = {}
-        for method in ("skd", "semhash"):
-            p = subprocess.run([sys.executable, __file__, "--child", method, "--n", str(n), "--threshold",
-                                str(threshold)], capture_output=True, text=True)
-            line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                raise SystemExit(f"{method} at {n} failed:\n{p.stderr[-2000:]}")
-            r[method] = json.loads(line[7:])
-        a, b = r["skd"], r["semhash"]
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "s.duckdb"
+            measure("prep", n, threshold, db)
+            a = measure("skd", n, threshold, db)
+        b = measure("semhash", n, threshold, db)
         t.add_row(f"{n:,}", f"{a['seconds']:.1f}", f"{a['peak_gib']:.2f}", f"{a['removed']:,}", f"{b['seconds']:.1f}",
                   f"{b['peak_gib']:.2f}", f"{b['removed']:,}", f"{b['seconds'] / a['seconds']:.2f}x")
-    console.print(t)
+        console.print(t)
 
 
 def main() -> None:
@@ -181,9 +185,10 @@ def main() -> None:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--child")
     ap.add_argument("--n", type=int)
+    ap.add_argument("--db", type=Path)
     args = ap.parse_args()
     if args.child:
-        return child(args.child, args.n, args.threshold)
+        return child(args.child, args.n, args.threshold, args.db)
     console = Console()
     if not args.skip_quality:
         if STSB.is_file():

@@ -26,7 +26,7 @@ from .embed import load_vectors
 
 METHODS = ("exact", "semantic")
 SCOPES = ("global", "head", "head-relation")
-FLAT_MAX = 200_000  # exact inner-product search up to here; an IVF index beyond
+FLAT_MAX = 20_000  # exact inner-product search up to here; an IVF index beyond (bench/dedup.py: 5x faster at 100k)
 EXACT_THRESHOLD = 1.0  # the threshold recorded for exact dedup
 
 
@@ -68,11 +68,16 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def semantic_pairs(x: np.ndarray, threshold: float, queries: np.ndarray | None = None,
+def semantic_pairs(x: np.ndarray | list[np.ndarray], threshold: float, queries: np.ndarray | None = None,
                    block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (i, j, cosine) with cosine >= threshold; `queries` limits the search to those rows."""
+    """All pairs (i, j, cosine) with cosine >= threshold; `queries` limits the search to those rows.
+
+    Given the matrix inside a one-element list, the function owns it: beyond FLAT_MAX the vectors then
+    live only in the IVF index (queries are read back from it), which halves peak memory at scale."""
     import faiss
 
+    if isinstance(x, list):
+        x = x.pop()
     n, d = x.shape
     if n <= FLAT_MAX:
         index = faiss.IndexFlatIP(d)
@@ -80,14 +85,21 @@ def semantic_pairs(x: np.ndarray, threshold: float, queries: np.ndarray | None =
         nlist = int(4 * np.sqrt(n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        index.train(x[rng.choice(n, min(n, nlist * 64), replace=False)])
+        index.train(x[rng.choice(n, min(n, nlist * 32), replace=False)])
         index.nprobe = 16
     index.add(x)
+    if n > FLAT_MAX:
+        index.make_direct_map()
+        x = None  # the index holds the vectors now
+
+    def vectors(rows: np.ndarray) -> np.ndarray:
+        return x[rows] if x is not None else index.reconstruct_batch(rows)
+
     rows = np.arange(n) if queries is None else queries
     ii, jj, ss = [], [], []
     for start in range(0, len(rows), block):
         q = rows[start:start + block]
-        lims, dist, idx = index.range_search(x[q], threshold - 1e-6)
+        lims, dist, idx = index.range_search(vectors(q), threshold - 1e-6)
         src = np.repeat(q, np.diff(lims).astype(np.int64))
         keep = src != idx
         if queries is None:
@@ -177,7 +189,7 @@ def dedup(store: Store, method: str = "semantic", threshold: float = 0.9, scope:
         labels = codes([f"{s}\x1f{k}" for s, k in zip(scope_codes.tolist(), frame["exact_key"].to_pylist(),
                                                       strict=True)])
     else:
-        x = vectors_for(store, ids, model, where)
+        x = [vectors_for(store, ids, model, where)]  # handed over: semantic_pairs may free it
         if dry_run:
             return dry_run_report(store, result, x, ids, scope_codes, dry_run, started)
         oi, oj, old = previous_edges(store, ids, method, threshold, scope) if incremental else (
@@ -223,7 +235,7 @@ def write_clusters(store: Store, result: DedupResult, ids: list[str], labels: np
         store.finish_run(run_id, "ok", result.as_dict())
 
 
-def dry_run_report(store: Store, result: DedupResult, x: np.ndarray, ids: list[str], scope_codes: np.ndarray,
+def dry_run_report(store: Store, result: DedupResult, x: list[np.ndarray], ids: list[str], scope_codes: np.ndarray,
                    thresholds: list[float], started: float, samples: int = 3) -> DedupResult:
     """How many items each threshold would remove, and pairs just above each threshold, to look at."""
     from critics.verbalize import verbalize

@@ -66,7 +66,7 @@ def example(item: dict[str, Any], fmt: str) -> dict[str, Any]:
 def extract_answer(text: str, item: dict[str, Any]) -> str:
     """The final answer in a generated output: after 'the answer is' if present, else the whole output;
     a choice letter becomes the choice's text; for numeric gold answers, the last number."""
-    m = re.findall(r"answer is:?\s*(.+?)(?:\.\s|\.$|\n|$)", text, flags=re.IGNORECASE)
+    m = re.findall(r"answer(?:\s+is)?\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", text, flags=re.IGNORECASE)
     ans = (m[-1] if m else text).strip()
     gold = str(item.get("answer") or "")
     if re.fullmatch(r"-?[\d,]*\.?\d+", gold.replace(",", "")):

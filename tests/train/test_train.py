@@ -117,3 +117,14 @@ def test_formats_and_text_metrics():
     assert corpus_bleu(["xyz"], [["to rest"]]) == 0.0
     assert rouge_l("to go to bed", ["go to bed early", "eat"]) == pytest.approx(0.75)  # LCS: 3 of 4
     assert degenerate("") and degenerate("the the the the the the the") and not degenerate("to rest at home")
+
+
+def test_exact_match_on_commonsenseqa_and_gsm8k(atomic_db, tiny_lm):
+    db, _ = atomic_db
+    for rel, fmt in (("csqa/train.jsonl", "csqa"), ("gsm8k/train.jsonl", "gsm8k")):
+        p = run_skd("eval", str(tiny_lm), "--questions", str(shared_file(rel)), "--questions-format", fmt,
+                    "--limit", "3", "--offset", "5", "--format", "rationale", "--max-tokens", "8", "--json", db=db,
+                    check=True)
+        r = json.loads(p.stdout)
+        assert r["metrics"]["accuracy"]["n"] == 3 and 0 <= r["metrics"]["accuracy"]["exact_match"] <= 1
+        assert "from 5" in r["config"]["inputs"]

@@ -29,7 +29,8 @@ def embed(
     """Embed items (normalised) into the embeddings table; items already embedded with MODEL are skipped."""
     progress, update = progress_bar("embed", "items", quiet or json)
     stats = run_with_progress(progress, lambda: embed_items(
-        db or default_path(), model, where, chunk=chunk, batch_size=batch_size, on_chunk=lambda st, n: update(st.embedded, n)))
+        db or default_path(), model, where, chunk=chunk, batch_size=batch_size,
+        on_chunk=lambda st, n: update(st.embedded, n)))
     if json:
         print_json(stats.as_dict())
     else:

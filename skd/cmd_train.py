@@ -64,12 +64,12 @@ def train_cmd(
         "gradient_checkpointing": gradient_checkpointing, "epochs": epochs, "max_steps": max_steps, "lr": lr,
         "batch_size": batch_size, "grad_accum": grad_accum, "bf16": bf16, "max_length": max_length,
         "save_steps": save_steps, "seed": seed}, "train")
-    progress, update = progress_bar("train", "steps", quiet or json)
+    progress, update = progress_bar("train", "steps", quiet or json, note="loss {task.fields[loss]}")
 
     def on_step(step: int, total: int, loss: float | None) -> None:
         if progress is not None and not progress.live.is_started:  # shown once training runs, not before errors
             progress.start()
-        update(step, total)
+        update(step, total, loss="-" if loss is None else f"{loss:.3f}")
 
     try:
         card = fit(db or default_path(), cfg, on_step=on_step)  # type: ignore[arg-type]

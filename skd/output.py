@@ -53,16 +53,19 @@ def flatten_nested(df: pl.DataFrame) -> pl.DataFrame:
                                return_dtype=pl.String) for c in nested)
 
 
-def progress_bar(label: str, unit: str, quiet: bool):
-    """A rich progress bar on stderr and its update(completed, total); (None, no-op) with --quiet."""
+def progress_bar(label: str, unit: str, quiet: bool, note: str = ""):
+    """A rich progress bar on stderr and its update(completed, total, **fields); (None, no-op) with --quiet.
+    `note` is a format string over the fields, shown after the bar (e.g. "loss {task.fields[loss]}")."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if quiet:
-        return None, lambda completed, total: None
-    progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                        TimeElapsedColumn(), console=err)
-    task = progress.add_task(label, total=None)
-    return progress, lambda completed, total: progress.update(task, total=total, completed=completed)
+        return None, lambda completed, total, **fields: None
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+               TimeElapsedColumn()] + ([TextColumn(note)] if note else [])
+    progress = Progress(*columns, console=err)
+    task = progress.add_task(label, total=None, loss="-")
+    return progress, lambda completed, total, **fields: progress.update(task, total=total, completed=completed,
+                                                                         **fields)
 
 
 def run_with_progress(progress, fn):

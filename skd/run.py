@@ -200,8 +200,9 @@ class Runner:
         st = self.p.student
         cfg = TrainConfig(snapshot=self.outputs["snapshot"]["snapshot"], out=Path(plan["out"]),
                           **st.model_dump(exclude={"out"}))
-        progress, update = progress_bar("train", "steps", self.quiet)
-        card = run_with_progress(progress, lambda: fit(self.db, cfg, on_step=lambda k, n, _: update(k, n)))
+        progress, update = progress_bar("train", "steps", self.quiet, note="loss {task.fields[loss]}")
+        card = run_with_progress(progress, lambda: fit(self.db, cfg, on_step=lambda k, n, loss: update(
+            k, n, loss="-" if loss is None else f"{loss:.3f}")))
         sm = card["summary"]
         self.say(f"    student {card['student_id']}: {sm['steps']} steps, loss {sm['first_loss']:.3f} -> "
                  f"{sm['last_loss']:.3f}")

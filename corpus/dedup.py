@@ -114,12 +114,13 @@ def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
 
-def item_frame(store: Store, where: str | None, scope: str, critic_id: str | None) -> pa.Table:
+def item_frame(store: Store, where: str | None, scope: str, critic_id: str | None, exact: bool = True) -> pa.Table:
     cond = f"({where})" if where else "TRUE"
     score = "s.score" if critic_id else "NULL::DOUBLE"
     join = "LEFT JOIN scores s ON s.item_id = i.item_id AND s.critic_id = $critic" if critic_id else ""
     fields = ("head", "relation", "tail", "question", "answer", "rationale", "text")
-    exact_key = f"concat_ws(chr(31), i.kind, {', '.join(exact_norm_sql('i.' + c) for c in fields)})"
+    exact_key = f"concat_ws(chr(31), i.kind, {', '.join(exact_norm_sql('i.' + c) for c in fields)})" if exact \
+        else "NULL"  # the normalised form is only needed by exact dedup
     sql = (f"SELECT i.item_id, {scope_sql(scope)} AS scope_key, {exact_key} AS exact_key, {score} AS score "
            f"FROM items i {join} WHERE {cond} ORDER BY i.item_id")
     try:
@@ -179,7 +180,7 @@ def dedup(store: Store, method: str = "semantic", threshold: float = 0.9, scope:
         raise SkdError("--threshold is a cosine similarity in (0, 1]")
     started = time.monotonic()
     threshold = EXACT_THRESHOLD if method == "exact" else float(threshold)
-    frame = item_frame(store, where, scope, critic_id_for(store, critic))
+    frame = item_frame(store, where, scope, critic_id_for(store, critic), exact=method == "exact")
     ids = frame["item_id"].to_pylist()
     n = len(ids)
     result = DedupResult(method, threshold, scope, items=n)

@@ -17,6 +17,7 @@ from critics.verbalize import verbalize_rows
 from store import MINILM, SkdError, open_store, resolve_model, stage_in_chunks
 
 COLUMNS = "item_id, kind, head, relation, tail, question, answer, rationale, text"
+STREAM_MEMORY = "512MB"  # DuckDB's buffer while vectors stream out: they are copied into one matrix anyway
 
 
 @dataclass
@@ -89,21 +90,24 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
 
 def load_vectors(con: duckdb.DuckDBPyConnection, model: str, sql_items: str,
                  batch: int = 65536) -> tuple[np.ndarray, list[str]]:
-    """Embeddings of the items `sql_items` selects (a query returning item_id), streamed from DuckDB in
-    batches into one preallocated float32 matrix: no Python list of vectors is ever built."""
-    n = con.execute(f"SELECT count(*) FROM embeddings WHERE model = ? AND item_id IN ({sql_items})",
-                    [model]).fetchall()[0][0]
+    """Embeddings of the items `sql_items` selects (a query returning item_id), in item_id order, streamed
+    from DuckDB in batches into one preallocated float32 matrix: no Python list of vectors is built, and only
+    the ids are sorted (sorting a million vectors in DuckDB would cost gigabytes)."""
+    cond = f"model = ? AND item_id IN ({sql_items})"
+    ids = [r[0] for r in con.execute(f"SELECT item_id FROM embeddings WHERE {cond} ORDER BY item_id",
+                                     [model]).fetchall()]
     dim = con.execute("SELECT len(vector) FROM embeddings WHERE model = ? LIMIT 1", [model]).fetchall()
-    if not n or not dim:
+    if not ids or not dim:
         return np.zeros((0, 0), dtype=np.float32), []
-    out = np.empty((n, dim[0][0]), dtype=np.float32)
-    ids: list[str] = []
-    reader = con.sql(f"SELECT item_id, vector FROM embeddings WHERE model = ? AND item_id IN ({sql_items}) "
-                     "ORDER BY item_id", params=[model]).to_arrow_reader(batch)
-    row = 0
-    for rb in reader:
-        flat = rb.column(1).values.to_numpy(zero_copy_only=False)
-        out[row:row + rb.num_rows] = flat.reshape(rb.num_rows, -1)
-        ids.extend(rb.column(0).to_pylist())
-        row += rb.num_rows
+    out = np.empty((len(ids), dim[0][0]), dtype=np.float32)
+    order = np.asarray(ids)
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    con.execute(f"SET memory_limit = '{STREAM_MEMORY}'")  # DuckDB would otherwise cache the scanned vectors too
+    try:
+        reader = con.sql(f"SELECT item_id, vector FROM embeddings WHERE {cond}", params=[model]).to_arrow_reader(batch)
+        for rb in reader:
+            rows = np.searchsorted(order, np.asarray(rb.column(0).to_pylist()))
+            out[rows] = rb.column(1).values.to_numpy(zero_copy_only=False).reshape(rb.num_rows, -1)
+    finally:
+        con.execute(f"SET memory_limit = '{limit}'")
     return out, ids

@@ -17,6 +17,7 @@ from .embed import load_vectors
 CONTENT_SQL = "coalesce(i.tail, i.rationale, i.answer, i.text, '')"  # the generated part of an item
 SAMPLE = 2000  # pairwise cosine and Vendi score are quadratic in the sample
 NGRAM_SAMPLE = 200_000
+CLUSTER_SAMPLE = 50_000  # k-means for the cluster entropy
 
 
 def slice_sql(where: str | None = None, snapshot_id: str | None = None) -> str:
@@ -97,14 +98,17 @@ def cluster_entropy(x: np.ndarray, k: int, seed: int) -> dict[str, Any]:
 
 
 def embedding_stats(store: Store, ids: str, model: str, sample: int, seed: int) -> dict[str, Any]:
-    x, _ = load_vectors(store.con, model, ids)
+    """Pairwise cosine and Vendi on `sample` vectors, k-means entropy on up to CLUSTER_SAMPLE (seeded draws)."""
+    drawn = f"SELECT item_id FROM ({ids}) ORDER BY md5(item_id || '{int(seed)}') LIMIT {CLUSTER_SAMPLE}"
+    x, _ = load_vectors(store.con, model, drawn)
+    embedded = store.scalar(f"SELECT count(*) FROM embeddings WHERE model = ? AND item_id IN ({ids})", [model])
     if len(x) < 8:
-        return {"n": int(len(x)), "model": model, "note": "fewer than 8 embedded items; run `skd embed`"}
+        return {"n": int(embedded), "model": model, "note": "fewer than 8 embedded items; run `skd embed`"}
     rng = np.random.default_rng(seed)
     s = x[rng.choice(len(x), min(sample, len(x)), replace=False)]
     sim = s @ s.T
     pairs = sim[np.triu_indices(len(s), 1)]
-    return {"n": int(len(x)), "model": model,
+    return {"n": int(embedded), "model": model,
             "pairwise_cosine": {"n": int(len(s)), "mean": float(pairs.mean()), "std": float(pairs.std()),
                                 "histogram": np.histogram(pairs, bins=20, range=(-1, 1))[0].tolist()},
             "vendi": {"n": int(len(s)), "score": vendi_score(s), "per_item": vendi_score(s) / len(s)},

@@ -22,11 +22,11 @@ from scipy.sparse.csgraph import connected_components
 
 from store import MINILM, SkdError, Store
 
-from .embed import load_vectors
+from .embed import iter_vectors, load_vectors
 
 METHODS = ("exact", "semantic")
 SCOPES = ("global", "head", "head-relation")
-FLAT_MAX = 20_000  # exact inner-product search up to here; an IVF index beyond (bench/dedup.py: 5x faster at 100k)
+FLAT_MAX = 20_000  # exact inner-product search up to here; IVF beyond (bench/dedup.py: 5x faster at 100k)
 EXACT_THRESHOLD = 1.0  # the threshold recorded for exact dedup
 
 
@@ -68,38 +68,51 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def semantic_pairs(x: np.ndarray | list[np.ndarray], threshold: float, queries: np.ndarray | None = None,
-                   block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (i, j, cosine) with cosine >= threshold; `queries` limits the search to those rows.
+def item_index(store: Store, ids: list[str], model: str, where: str | None) -> tuple[Any, np.ndarray | None]:
+    """A faiss index whose row k is the stored vector of ids[k] (sorted ids), and the matrix when small.
 
-    Given the matrix inside a one-element list, the function owns it: beyond FLAT_MAX the vectors then
-    live only in the IVF index (queries are read back from it), which halves peak memory at scale."""
+    Up to FLAT_MAX: exact inner product over an in-memory matrix. Beyond: an IVF index trained on a sample
+    and filled batch by batch from DuckDB, so the vectors are held once, inside the index (1M x 384: 1.5 GiB);
+    queries read them back through a direct map."""
     import faiss
 
-    if isinstance(x, list):
-        x = x.pop()
-    n, d = x.shape
+    cond = f"({where})" if where else "TRUE"
+    sql = f"SELECT item_id FROM items WHERE {cond}"
+    n = len(ids)
     if n <= FLAT_MAX:
-        index = faiss.IndexFlatIP(d)
-    else:  # approximate beyond: IVF with a generous probe count
-        nlist = int(4 * np.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        index.train(x[rng.choice(n, min(n, nlist * 32), replace=False)])
-        index.nprobe = 16
-    index.add(x)
-    if n > FLAT_MAX:
-        index.make_direct_map()
-        x = None  # the index holds the vectors now
+        x = vectors_for(store, ids, model, where)
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        return index, x
+    order = np.asarray(ids)
+    nlist = min(int(4 * np.sqrt(n)), n)
+    rng = np.random.default_rng(0)
+    store.con.register("_sample", pa.table({"item_id": order[rng.choice(n, min(n, nlist * 32), replace=False)]}))
+    sample, _ = load_vectors(store.con, model, "SELECT item_id FROM _sample")
+    store.con.unregister("_sample")
+    if not len(sample):
+        raise SkdError(f"items have no {model} embedding; run `skd embed` first")
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(sample.shape[1]), sample.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(sample)
+    del sample
+    index.nprobe = 16
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    for batch_ids, vectors in iter_vectors(store.con, model, sql):
+        index.add_with_ids(vectors, np.searchsorted(order, batch_ids).astype(np.int64))
+    if index.ntotal != n:
+        raise SkdError(f"{n - index.ntotal:,} items have no {model} embedding; run `skd embed` first")
+    return index, None
 
-    def vectors(rows: np.ndarray) -> np.ndarray:
-        return x[rows] if x is not None else index.reconstruct_batch(rows)
 
-    rows = np.arange(n) if queries is None else queries
+def semantic_pairs(index: Any, x: np.ndarray | None, threshold: float, queries: np.ndarray | None = None,
+                   block: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i, j, cosine) with cosine >= threshold; `queries` limits the search to those rows."""
+    rows = np.arange(index.ntotal) if queries is None else queries
     ii, jj, ss = [], [], []
     for start in range(0, len(rows), block):
         q = rows[start:start + block]
-        lims, dist, idx = index.range_search(vectors(q), threshold - 1e-6)
+        lims, dist, idx = index.range_search(x[q] if x is not None else index.reconstruct_batch(q),
+                                             threshold - 1e-6)
         src = np.repeat(q, np.diff(lims).astype(np.int64))
         keep = src != idx
         if queries is None:
@@ -190,13 +203,13 @@ def dedup(store: Store, method: str = "semantic", threshold: float = 0.9, scope:
         labels = codes([f"{s}\x1f{k}" for s, k in zip(scope_codes.tolist(), frame["exact_key"].to_pylist(),
                                                       strict=True)])
     else:
-        x = [vectors_for(store, ids, model, where)]  # handed over: semantic_pairs may free it
+        index, x = item_index(store, ids, model, where)
         if dry_run:
-            return dry_run_report(store, result, x, ids, scope_codes, dry_run, started)
+            return dry_run_report(store, result, index, x, ids, scope_codes, dry_run, started)
         oi, oj, old = previous_edges(store, ids, method, threshold, scope) if incremental else (
             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(n, dtype=bool))
         queries = np.nonzero(~old)[0] if old.any() else None
-        i, j, _ = semantic_pairs(x, threshold, queries)
+        i, j, _ = semantic_pairs(index, x, threshold, queries)
         same = scope_codes[i] == scope_codes[j]
         i, j = i[same], j[same]
         result.pairs, result.searched = len(i), n if queries is None else len(queries)
@@ -236,12 +249,13 @@ def write_clusters(store: Store, result: DedupResult, ids: list[str], labels: np
         store.finish_run(run_id, "ok", result.as_dict())
 
 
-def dry_run_report(store: Store, result: DedupResult, x: list[np.ndarray], ids: list[str], scope_codes: np.ndarray,
+def dry_run_report(store: Store, result: DedupResult, index: Any, x: np.ndarray | None, ids: list[str],
+                   scope_codes: np.ndarray,
                    thresholds: list[float], started: float, samples: int = 3) -> DedupResult:
     """How many items each threshold would remove, and pairs just above each threshold, to look at."""
     from critics.verbalize import verbalize
 
-    i, j, s = semantic_pairs(x, min(thresholds))
+    i, j, s = semantic_pairs(index, x, min(thresholds))
     same = scope_codes[i] == scope_codes[j]
     i, j, s = i[same], j[same], s[same]
     for t in sorted(thresholds):

@@ -4,7 +4,7 @@ stored per model in `embeddings`; items that already have one are skipped, so em
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,26 +88,34 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
     return stats
 
 
+def iter_vectors(con: duckdb.DuckDBPyConnection, model: str, sql_items: str,
+                 batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(item_ids, float32 matrix) batches of the stored vectors of the items `sql_items` selects, in no
+    particular order, with DuckDB's buffer capped while they stream (it would cache them all otherwise)."""
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    con.execute(f"SET memory_limit = '{STREAM_MEMORY}'")
+    try:
+        reader = con.sql(f"SELECT item_id, vector FROM embeddings WHERE model = ? AND item_id IN ({sql_items})",
+                         params=[model]).to_arrow_reader(batch)
+        for rb in reader:
+            yield (np.asarray(rb.column(0).to_pylist()),
+                   rb.column(1).values.to_numpy(zero_copy_only=False).reshape(rb.num_rows, -1))
+    finally:
+        con.execute(f"SET memory_limit = '{limit}'")
+
+
 def load_vectors(con: duckdb.DuckDBPyConnection, model: str, sql_items: str,
                  batch: int = 65536) -> tuple[np.ndarray, list[str]]:
     """Embeddings of the items `sql_items` selects (a query returning item_id), in item_id order, streamed
-    from DuckDB in batches into one preallocated float32 matrix: no Python list of vectors is built, and only
-    the ids are sorted (sorting a million vectors in DuckDB would cost gigabytes)."""
-    cond = f"model = ? AND item_id IN ({sql_items})"
-    ids = [r[0] for r in con.execute(f"SELECT item_id FROM embeddings WHERE {cond} ORDER BY item_id",
-                                     [model]).fetchall()]
+    into one preallocated float32 matrix: no Python list of vectors is built, and only the ids are sorted
+    (sorting a million vectors in DuckDB would cost gigabytes)."""
+    ids = [r[0] for r in con.execute(f"SELECT item_id FROM embeddings WHERE model = ? AND item_id IN ({sql_items}) "
+                                     "ORDER BY item_id", [model]).fetchall()]
     dim = con.execute("SELECT len(vector) FROM embeddings WHERE model = ? LIMIT 1", [model]).fetchall()
     if not ids or not dim:
         return np.zeros((0, 0), dtype=np.float32), []
     out = np.empty((len(ids), dim[0][0]), dtype=np.float32)
     order = np.asarray(ids)
-    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    con.execute(f"SET memory_limit = '{STREAM_MEMORY}'")  # DuckDB would otherwise cache the scanned vectors too
-    try:
-        reader = con.sql(f"SELECT item_id, vector FROM embeddings WHERE {cond}", params=[model]).to_arrow_reader(batch)
-        for rb in reader:
-            rows = np.searchsorted(order, np.asarray(rb.column(0).to_pylist()))
-            out[rows] = rb.column(1).values.to_numpy(zero_copy_only=False).reshape(rb.num_rows, -1)
-    finally:
-        con.execute(f"SET memory_limit = '{limit}'")
+    for batch_ids, vectors in iter_vectors(con, model, sql_items, batch):
+        out[np.searchsorted(order, batch_ids)] = vectors
     return out, ids

@@ -85,6 +85,17 @@ def test_incremental_dedup_equals_a_full_rerun(corpus_db, tmp_path):
     assert inc.searched == 2 and full.searched == 11 and first.items == 9
 
 
+def test_the_ivf_path_streams_vectors_into_the_index_and_agrees_with_exact_search(corpus_db, monkeypatch):
+    import sys
+
+    with Store(corpus_db) as s:
+        dedup(s, "semantic", 0.8, "head", incremental=False)
+        exact = clusters(s, "semantic", 0.8, "head")
+        monkeypatch.setattr(sys.modules["corpus.dedup"], "FLAT_MAX", 2)  # 9 items: IVF, every list probed
+        r = dedup(s, "semantic", 0.8, "head", incremental=False)
+        assert clusters(s, "semantic", 0.8, "head") == exact and r.items == 9
+
+
 def test_dedup_needs_embeddings_and_valid_settings(tmp_path):
     db = tmp_path / "c.duckdb"
     with Store(db) as s:

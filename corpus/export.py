@@ -66,7 +66,7 @@ def snapshot_dataset(store: Store, name: str):
 
     df = snapshot_frame(store, name)
     return datasets.DatasetDict({split: datasets.Dataset(arrow(df.filter(pl.col("split") == split).drop("split")))
-                                 for split in splits(store, name, df)})
+                                 for split in splits(snapshot_row(store, name), df)})
 
 
 def arrow(df: pl.DataFrame):
@@ -84,10 +84,10 @@ def arrow(df: pl.DataFrame):
     return table.cast(pa.schema([pa.field(f.name, plain(f.type)) for f in table.schema]))
 
 
-def splits(store: Store, name: str, df: pl.DataFrame) -> list[str]:
+def splits(row: dict[str, Any], df: pl.DataFrame) -> list[str]:
     """The snapshot's splits in recipe order (train, validation, test), those with items only."""
     present = set(df["split"].to_list())
-    return [s for s in snapshot_row(store, name)["recipe"]["split"] if s in present]
+    return [s for s in row["recipe"]["split"] if s in present]
 
 
 def export_snapshot(store: Store, name: str, out: Path, fmt: str = "hf") -> dict[str, Any]:
@@ -104,7 +104,7 @@ def export_snapshot(store: Store, name: str, out: Path, fmt: str = "hf") -> dict
     data = tmp / "data" if fmt == "hf" else tmp
     data.mkdir(parents=True)
     files = {}
-    for split in splits(store, name, df):
+    for split in splits(row, df):
         part = df.filter(pl.col("split") == split).drop("split")
         if fmt == "jsonl":
             path = data / f"{split}.jsonl"

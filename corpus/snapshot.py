@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from critics.score import critic_row
 from store import MINILM, SkdError, Store
 
 from .dedup import METHODS, exact_norm_sql
@@ -76,10 +77,8 @@ def critic_cut(store: Store, r: SnapshotRecipe) -> tuple[str | None, float | Non
         if r.min_score is not None or r.threshold_at_recall is not None:
             raise SkdError("--min-score and --threshold-at-recall need --critic")
         return None, None
-    rows = store.con.execute("SELECT critic_id, thresholds FROM critics WHERE name = ?", [r.critic]).fetchall()
-    if not rows:
-        raise SkdError(f"no critic named {r.critic!r}; train one with `skd critic train`")
-    critic_id, thresholds = rows[0][0], json.loads(rows[0][1] or "{}")
+    row = critic_row(store, r.critic)
+    critic_id, thresholds = row["critic_id"], json.loads(row["thresholds"] or "{}")
     if r.min_score is not None:
         return critic_id, r.min_score
     recall = 0.5 if r.threshold_at_recall is None else r.threshold_at_recall

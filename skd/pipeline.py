@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corpus import SnapshotRecipe
 from store import MINILM, SMOLLM2
+from train import StudentOptions
 
 STAGES = ("ingest", "generate", "critic", "score", "embed", "dedup", "snapshot", "export", "train", "eval")
 
@@ -80,21 +81,8 @@ class ExportStage(Strict):
     private: bool = False
 
 
-class StudentStage(Strict):
-    base: str = SMOLLM2
-    out: Path
-    format: Literal["comet", "chat", "rationale"] = "comet"
-    lora: tuple[int, int] | None = None
-    epochs: float = 1.0
-    max_steps: int = -1
-    lr: float = 5e-5
-    batch_size: int = 8
-    grad_accum: int = 1
-    gradient_checkpointing: bool = False
-    bf16: bool = False
-    max_length: int = 256
-    save_steps: int = 50
-    seed: int = 0
+class StudentStage(StudentOptions):
+    format: Literal["comet", "chat", "rationale"] = "comet"  # checked when the config is read
 
 
 class EvalStage(Strict):

@@ -25,6 +25,17 @@ def shared_file(rel: str) -> Path:
     return path
 
 
+def atomic_corpus(d: Path, lines: int) -> Path:
+    """A corpus of the first `lines` (head, relation) lines of the shared ATOMIC-2020 tuples, in d/c.duckdb."""
+    from store import Store, ingest_file
+
+    src = shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()[:lines]
+    (d / "atomic.tsv").write_text("\n".join(src) + "\n")
+    with Store(d / "c.duckdb") as s:
+        ingest_file(s, d / "atomic.tsv", "atomic2020")
+    return d / "c.duckdb"
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "corpus.duckdb"

@@ -1,6 +1,6 @@
 """Student fine-tuning from a snapshot, and evaluation of students and teachers."""
 
-from .fit import TrainConfig, fit
+from .fit import StudentOptions, TrainConfig, fit
 from .formats import FORMATS
 
-__all__ = ["FORMATS", "TrainConfig", "fit"]
+__all__ = ["FORMATS", "StudentOptions", "TrainConfig", "fit"]

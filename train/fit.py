@@ -21,9 +21,9 @@ from store import SMOLLM2, SkdError, Store, open_store, resolve_model
 from .formats import FORMATS, example, tokenized
 
 
-class TrainConfig(BaseModel):
+class StudentOptions(BaseModel):
+    """How to train a student; the pipeline's [student] table is exactly this."""
     model_config = ConfigDict(extra="forbid")
-    snapshot: str
     base: str = SMOLLM2
     out: Path
     format: str = Field("comet", description=f"one of {', '.join(FORMATS)}")
@@ -38,6 +38,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
     max_length: int = 256
     save_steps: int = 50
+
+
+class TrainConfig(StudentOptions):
+    snapshot: str
     split: str = "train"
 
 

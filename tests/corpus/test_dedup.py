@@ -8,7 +8,7 @@ import pytest
 
 from corpus import dedup, embed_items
 from store import SkdError, Store, ingest_file
-from tests.conftest import ROOT, kill_when, run_skd, shared_file
+from tests.conftest import ROOT, atomic_corpus, kill_when, run_skd
 
 ROWS = [
     ("PersonX misses the bus", "xReact", "frustrated"),
@@ -111,13 +111,7 @@ def test_dedup_needs_embeddings_and_valid_settings(tmp_path):
 @pytest.fixture(scope="module")
 def atomic_db(tmp_path_factory):
     """The first 300 (head, relation) lines of ATOMIC-2020: crowd-written tails, some of them paraphrases."""
-    d = tmp_path_factory.mktemp("atomic")
-    lines = shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()[:300]
-    (d / "a.tsv").write_text("\n".join(lines) + "\n")
-    db = d / "c.duckdb"
-    with Store(db) as s:
-        ingest_file(s, d / "a.tsv", "atomic2020")
-    return db
+    return atomic_corpus(tmp_path_factory.mktemp("atomic"), 300)
 
 
 def test_atomic2020_paraphrases_collapse_and_distinct_tails_do_not(atomic_db):

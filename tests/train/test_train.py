@@ -9,8 +9,8 @@ import time
 import pytest
 
 from corpus import SnapshotRecipe, create_snapshot
-from store import SkdError, Store, ingest_file
-from tests.conftest import ROOT, run_skd, shared_file
+from store import SkdError, Store
+from tests.conftest import ROOT, atomic_corpus, run_skd, shared_file
 from train import TrainConfig, fit
 from train.formats import example, extract_answer
 from train.textmetrics import corpus_bleu, degenerate, rouge_l
@@ -21,11 +21,8 @@ def atomic_db(tmp_path_factory):
     """A corpus of 40 real ATOMIC-2020 (head, relation) lines and two snapshots: 8 training items (every step
     sees the same batch, so the loss must fall) and a train/test split for evaluation."""
     d = tmp_path_factory.mktemp("atomic")
-    lines = shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()[:40]
-    (d / "atomic.tsv").write_text("\n".join(lines) + "\n")
-    db = d / "c.duckdb"
+    db = atomic_corpus(d, 40)
     with Store(db) as s:
-        ingest_file(s, d / "atomic.tsv", "atomic2020")
         create_snapshot(s, "eight", SnapshotRecipe(limit=8, seed=0))
         create_snapshot(s, "split", SnapshotRecipe(split={"train": 0.7, "test": 0.3}))
     return db, d

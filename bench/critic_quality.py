@@ -29,6 +29,8 @@ from store import Store, import_labels
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 FINETUNE = {"epochs": 2, "lr": 5e-5, "batch_size": 32, "max_length": 48, "eval_steps": 250, "patience": 4}
+# Question + answer + explanation run to about 80 tokens: 48 would cut most explanations short.
+RATIONALE_FINETUNE = {"epochs": 3, "eval_steps": 100, "max_length": 128}
 
 
 def evaluate(path: Path, store: Store, where: str) -> tuple[float, float, int]:
@@ -67,7 +69,7 @@ def rationale(modes: list[str], tmp: Path, table: Table, folds: int = 5) -> None
             aucs, aps = [], []
             for k in range(folds):
                 cfg = CriticConfig(mode=mode, labels_where=f"abs(hash(lower(question))) % 5 <> {k}",
-                                   **(FINETUNE | {"epochs": 3, "eval_steps": 100} if mode == "finetune" else {}))
+                                   **(FINETUNE | RATIONALE_FINETUNE if mode == "finetune" else {}))
                 train_critic(s, f"rat-{mode}-{k}", cfg, tmp / f"rat-{mode}-{k}")
                 auc, ap, _ = evaluate(tmp / f"rat-{mode}-{k}", s, f"abs(hash(lower(question))) % 5 = {k}")
                 aucs.append(auc)

@@ -33,11 +33,18 @@ FINETUNE = {"epochs": 2, "lr": 5e-5, "batch_size": 32, "max_length": 48, "eval_s
 RATIONALE_FINETUNE = {"epochs": 3, "eval_steps": 100, "max_length": 128}
 
 
-def evaluate(path: Path, store: Store, where: str) -> tuple[float, float, int]:
+def evaluate(path: Path, store: Store, where: str, by: str | None = None) -> tuple[float, float, int, dict]:
+    """AUC, AP and n on the labels matching `where`; with `by` (a key of the labels' extra JSON), the AUC
+    within each of its values as well."""
     df = load_labels(store, where)
     scores = load_critic(path).score(verbalize_rows(df.to_dicts()))
     y = df["label"].to_numpy()
-    return roc_auc_score(y, scores), average_precision_score(y, scores), df.height
+    groups = {}
+    if by:
+        key = store.query(f"SELECT item_id, json_extract_string(extra, '$.{by}') AS g FROM labels WHERE {where}")
+        g = df.join(key, on="item_id", how="left", maintain_order="left")["g"].to_numpy()
+        groups = {v: (roc_auc_score(y[g == v], scores[g == v]), int((g == v).sum())) for v in sorted(set(g))}
+    return roc_auc_score(y, scores), average_precision_score(y, scores), df.height, groups
 
 
 def ckbp(modes: list[str], tmp: Path, table: Table) -> None:
@@ -48,10 +55,13 @@ def ckbp(modes: list[str], tmp: Path, table: Table) -> None:
             t = time.perf_counter()
             cfg = CriticConfig(mode=mode, labels_where="source = 'ckbp1'", **(FINETUNE if mode == "finetune" else {}))
             train_critic(s, f"ckbp-{mode}", cfg, tmp / f"ckbp-{mode}")
-            auc, ap, n = evaluate(tmp / f"ckbp-{mode}", s, "source = 'ckbp2'")
+            auc, ap, n, groups = evaluate(tmp / f"ckbp-{mode}", s, "source = 'ckbp2'", by="class")
             table.add_row("CKBP v1 -> v2 expert dev", f"MiniLM {mode}", f"{auc:.3f}", f"{ap:.3f}", str(n),
                           f"{time.perf_counter() - t:.0f} s")
-            print("row:", mode, auc, ap, flush=True)
+            # v2 adds an adversarial class that v1 lacks: show where the AUC is lost.
+            for cls, (g_auc, g_n) in groups.items():
+                table.add_row(f"  of which class {cls}", "", f"{g_auc:.3f}", "", str(g_n), "")
+            print("row:", mode, auc, ap, groups, flush=True)
 
 
 def rationale(modes: list[str], tmp: Path, table: Table, folds: int = 5) -> None:
@@ -71,7 +81,7 @@ def rationale(modes: list[str], tmp: Path, table: Table, folds: int = 5) -> None
                 cfg = CriticConfig(mode=mode, labels_where=f"abs(hash(lower(question))) % 5 <> {k}",
                                    **(FINETUNE | RATIONALE_FINETUNE if mode == "finetune" else {}))
                 train_critic(s, f"rat-{mode}-{k}", cfg, tmp / f"rat-{mode}-{k}")
-                auc, ap, _ = evaluate(tmp / f"rat-{mode}-{k}", s, f"abs(hash(lower(question))) % 5 = {k}")
+                auc, ap, _, _ = evaluate(tmp / f"rat-{mode}-{k}", s, f"abs(hash(lower(question))) % 5 = {k}")
                 aucs.append(auc)
                 aps.append(ap)
             table.add_row("CSQA rationales, 5-fold by question", f"MiniLM {mode}",

@@ -104,8 +104,8 @@ def main() -> None:
     table.add_row("raw + md5 content id column", f"{raw_id_t:.2f} s", f"{raw_id_t / raw_t:.2f}x", "")
     table.add_row("skd ingest (validate, id, dedup, provenance)", f"{ours_t:.2f} s", f"{ours_t / raw_t:.2f}x",
                   "<= 1.5x")
-    for name, t in q_times.items():
-        table.add_row(name, f"{t * 1000:.1f} ms", "", "< 50 ms")
+    for name, t in q_times.items():  # the issue sets its goal for a filtered count and a group-by
+        table.add_row(name, f"{t * 1000:.1f} ms", "", "" if "heavier" in name else "< 50 ms")
     Console().print(table)
 
 

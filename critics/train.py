@@ -39,7 +39,8 @@ class CriticConfig(BaseModel):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(5e-5, gt=0, description="Learning rate (finetune).")
     weight_decay: float = Field(1e-4, ge=0, description="L2 penalty (embedding head).")
-    max_length: int = Field(64, ge=8)
+    max_length: int | None = Field(
+        None, ge=8, description="Tokens per text (finetune); default: enough for 99% of the training texts.")
     eval_steps: int = Field(200, ge=1, description="Evaluate on dev every this many steps (finetune).")
     patience: int = Field(3, ge=1, description="Early stopping: evaluations without dev AUC gain.")
     recalls: list[float] = Field([0.5, 0.8], description="Thresholds chosen on dev for these recalls.")
@@ -107,6 +108,13 @@ def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Dat
     return critic
 
 
+def fitted_length(tok: Any, texts: list[str], cap: int = 256) -> int:
+    """Tokens enough for 99% of `texts` (rounded up to 8): a fixed default either cut most explanations
+    short (rationales run to 80+ tokens) or padded short triples for nothing."""
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=cap)["input_ids"]] or [8]
+    return int(min(cap, -(-np.percentile(lengths, 99) // 8) * 8))
+
+
 def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):
     from datasets import Dataset
     from sklearn.metrics import roc_auc_score
@@ -122,10 +130,11 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
     weights = class_weights(train["label"].to_numpy())
+    max_length = cfg.max_length or fitted_length(tok, verbalize_rows(train.to_dicts()))
 
     def dataset(df: pl.DataFrame) -> Dataset:
         ds = Dataset.from_dict({"text": verbalize_rows(df.to_dicts()), "label": df["label"].to_list()})
-        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=cfg.max_length), batched=True,
+        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True,
                       remove_columns=["text"])
 
     class WeightedTrainer(Trainer):  # class-weighted loss for imbalanced labels
@@ -155,7 +164,7 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
     trainer.model.save_pretrained(out / "model", safe_serialization=True)
     tok.save_pretrained(out / "model")
     shutil.rmtree(ckpt, ignore_errors=True)
-    return FinetunedCritic(trainer.model, tok, cfg.max_length)
+    return FinetunedCritic(trainer.model, tok, max_length)
 
 
 def fit_judge(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):
@@ -177,6 +186,8 @@ def train_critic(store: Store, name: str, cfg: CriticConfig, out: Path) -> dict[
     tmp.mkdir(parents=True)
     fit = {"embedding": fit_embedding, "finetune": fit_finetune, "llm-judge": fit_judge}[cfg.mode]
     critic = fit(cfg, base, train, dev, tmp)
+    if isinstance(critic, FinetunedCritic):  # the card records the length the critic was trained at
+        cfg = cfg.model_copy(update={"max_length": critic.max_length})
     dev_scores = critic.score(verbalize_rows(dev.to_dicts()))
     dev_labels = dev["label"].to_numpy()
     thresholds = choose_thresholds(dev_scores, dev_labels, cfg.recalls, cfg.precisions)

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
 from critics import CriticConfig, load_critic, train_critic
 from critics.train import load_labels, split
@@ -57,8 +58,14 @@ def test_finetuned_critic_trains_and_reloads(tmp_path, ckbp_small):
     with Store(tmp_path / "c.duckdb") as s:
         import_labels(s, ckbp_small, "ckbp")
         card = train_critic(s, "ft", CriticConfig(mode="finetune", max_steps=24, eval_steps=12, batch_size=16,
-                                                  lr=1e-4, max_length=32), tmp_path / "ft")
-        dev = split(load_labels(s, None), 0.15, 0)[1]
+                                                  lr=1e-4), tmp_path / "ft")
+        train, dev = split(load_labels(s, None), 0.15, 0)
+    # No max_length given: the card records one that fits 99% of the training texts, and the critic uses it.
+    tok = AutoTokenizer.from_pretrained(tmp_path / "ft" / "model")
+    lengths = np.array([len(ids) for ids in tok(verbalize_rows(train.to_dicts()))["input_ids"]])
+    fitted = card["config"]["max_length"]
+    assert fitted % 8 == 0 and (lengths <= fitted).mean() >= 0.99 and fitted < lengths.max() + 8
+    assert load_critic(tmp_path / "ft").max_length == fitted
     assert (tmp_path / "ft" / "model" / "model.safetensors").is_file()
     assert not [p for p in (tmp_path / "ft").rglob("*") if p.suffix in (".bin", ".pkl", ".pt")]
     a = load_critic(tmp_path / "ft").score(verbalize_rows(dev.head(16).to_dicts()))

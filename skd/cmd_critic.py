@@ -57,17 +57,19 @@ def train(
     max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: all epochs).")] = -1,
     batch_size: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option()] = 5e-5,
+    max_length: Annotated[int | None, typer.Option(
+        help="Tokens per text (finetune); by default enough for 99% of the training texts.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     recall: Annotated[str, typer.Option(help="Thresholds for these dev recalls, comma separated.")] = "0.5,0.8",
     precision: Annotated[str, typer.Option(help="... and for these dev precisions.")] = "",
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact folder [default: DB.d/critics/NAME].")]
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact folder \\[default: DB.d/critics/NAME].")]
     = None,
     db: Db = None, json: Json = False,
 ) -> None:
     """Train a critic from the labels table; thresholds are chosen on a dev split by head/question."""
     cfg = validate_config(CriticConfig, {
         "mode": mode.value, "base": base, "labels_where": labels_where, "epochs": epochs, "max_steps": max_steps,
-        "batch_size": batch_size, "lr": lr, "seed": seed,
+        "batch_size": batch_size, "lr": lr, "max_length": max_length, "seed": seed,
         "recalls": [float(x) for x in recall.split(",") if x], "precisions": [float(x) for x in precision.split(",")
                                                                                if x]}, "options")
     db_path = db or default_path()

@@ -83,7 +83,7 @@ def generate(
     teacher: Annotated[str, typer.Option(help="Teacher model: HF id, local path or smollm2-135m-instruct.")]
     = "smollm2-135m-instruct",
     backend: Annotated[Backend, typer.Option(help="Teacher backend.")] = Backend.transformers,
-    config: Annotated[Path | None, typer.Option(help="Recipe config (TOML); a [teacher] table sets backend "
+    config: Annotated[Path | None, typer.Option(help="Recipe config (TOML); a \\[teacher] table sets backend "
                                                      "options.")] = None,
     n: Annotated[int | None, typer.Option(help="Samples per prompt (overrides the config).")] = None,
     limit: Annotated[int | None, typer.Option(help="Generate for at most this many requests.")] = None,

@@ -48,9 +48,9 @@ def info(db: Db = None, json: Json = False) -> None:
 
 def ingest(
     file: Annotated[Path, typer.Argument(help="File of items to ingest.")],
-    format: Annotated[Format | None, typer.Option("--format", "-f", help="Input format [default: from the suffix].",
+    format: Annotated[Format | None, typer.Option("--format", "-f", help="Input format \\[default: from the suffix].",
                                                   show_default=False)] = None,
-    kind: Annotated[Kind | None, typer.Option(help="Kind of rows that do not say [default: inferred].",
+    kind: Annotated[Kind | None, typer.Option(help="Kind of rows that do not say \\[default: inferred].",
                                               show_default=False)] = None,
     strict: Annotated[bool, typer.Option(help="Reject the whole file on the first bad row.")] = False,
     db: Db = None, json: Json = False, quiet: Quiet = False,
@@ -75,7 +75,7 @@ def ingest(
 def labels_import(
     file: Annotated[Path, typer.Argument(help="Label file.")],
     format: Annotated[LabelFormat, typer.Option("--format", "-f", help="Label file format.")],
-    source: Annotated[str | None, typer.Option(help="Name of this label source [default: FORMAT:FILENAME].",
+    source: Annotated[str | None, typer.Option(help="Name of this label source \\[default: FORMAT:FILENAME].",
                                                show_default=False)] = None,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:

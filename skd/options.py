@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-Db = Annotated[Path | None, typer.Option("--db", envvar="SKD_DB", help="Corpus database file [default: ./skd.duckdb].",
-                                         show_default=False)]
+Db = Annotated[Path | None, typer.Option("--db", envvar="SKD_DB", show_default=False,
+                                         help="Corpus database file \\[default: ./skd.duckdb].")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]

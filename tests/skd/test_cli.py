@@ -14,6 +14,12 @@ def test_every_command_has_help(cmd):
     assert proc.returncode == 0 and "Usage" in proc.stdout
 
 
+def test_help_shows_bracketed_defaults():
+    # rich reads "[...]" as markup: an unescaped "[default: ...]" in a help text vanished without a trace.
+    proc = run_skd("ingest", "--help", env={"COLUMNS": "240"}, check=True)
+    assert "[default: from the suffix]" in proc.stdout and "[default: ./skd.duckdb]" in proc.stdout
+
+
 def test_init_ingest_info_query_roundtrip(db_path, tmp_path):
     run_skd("init", db=db_path, check=True)
     proc = run_skd("ingest", str(EXAMPLES / "mini.jsonl"), "--json", db=db_path, check=True)

@@ -80,18 +80,18 @@ def main() -> None:
         raw_id.append(timed(lambda i=i: raw_ingest_with_id(parquet, tmp / f"rawid{i}.duckdb")))
         ours.append(timed(lambda i=i: skd_ingest(parquet, tmp / f"skd{i}.duckdb")))
     raw_t, raw_id_t, ours_t = statistics.median(raw), statistics.median(raw_id), statistics.median(ours)
-    queries = {
+    queries = {  # name: (sql, goal); the issue sets its goal for a filtered count and a group-by
         "filtered count (relation = 'xWant' AND tail LIKE '%eats%')":
-            "SELECT count(*) FROM items WHERE relation = 'xWant' AND tail LIKE '%eats%'",
+            ("SELECT count(*) FROM items WHERE relation = 'xWant' AND tail LIKE '%eats%'", "< 50 ms"),
         "group-by relation: count, mean tail length":
-            "SELECT relation, count(*), avg(length(tail)) FROM items GROUP BY relation",
+            ("SELECT relation, count(*), avg(length(tail)) FROM items GROUP BY relation", "< 50 ms"),
         "group-by relation, distinct heads (heavier)":
-            "SELECT relation, count(DISTINCT head) FROM items GROUP BY relation",
+            ("SELECT relation, count(DISTINCT head) FROM items GROUP BY relation", ""),
     }
     with Store(tmp / "skd0.duckdb", read_only=True) as s:
         n_items = s.scalar("SELECT count(*) FROM items")
         q_times = {}
-        for name, sql in queries.items():
+        for name, (sql, _) in queries.items():
             s.query(sql)  # warm
             q_times[name] = statistics.median(timed(lambda sql=sql: s.query(sql)) for _ in range(5))
     table = Table(title=f"store: {args.rows:,} triples from parquet ({n_items:,} distinct items), median of "
@@ -104,8 +104,8 @@ def main() -> None:
     table.add_row("raw + md5 content id column", f"{raw_id_t:.2f} s", f"{raw_id_t / raw_t:.2f}x", "")
     table.add_row("skd ingest (validate, id, dedup, provenance)", f"{ours_t:.2f} s", f"{ours_t / raw_t:.2f}x",
                   "<= 1.5x")
-    for name, t in q_times.items():  # the issue sets its goal for a filtered count and a group-by
-        table.add_row(name, f"{t * 1000:.1f} ms", "", "" if "heavier" in name else "< 50 ms")
+    for name, t in q_times.items():
+        table.add_row(name, f"{t * 1000:.1f} ms", "", queries[name][1])
     Console().print(table)
 
 

@@ -130,10 +130,11 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
     weights = class_weights(train["label"].to_numpy())
-    max_length = cfg.max_length or fitted_length(tok, verbalize_rows(train.to_dicts()))
+    train_texts = verbalize_rows(train.to_dicts())
+    max_length = cfg.max_length or fitted_length(tok, train_texts)
 
-    def dataset(df: pl.DataFrame) -> Dataset:
-        ds = Dataset.from_dict({"text": verbalize_rows(df.to_dicts()), "label": df["label"].to_list()})
+    def dataset(texts: list[str], df: pl.DataFrame) -> Dataset:  # the train texts are verbalised once
+        ds = Dataset.from_dict({"text": texts, "label": df["label"].to_list()})
         return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True,
                       remove_columns=["text"])
 
@@ -157,7 +158,8 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
         save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="auc", greater_is_better=True,
         logging_steps=max(1, cfg.eval_steps // 4), report_to=[], warmup_steps=max(1, steps // 16),
         use_cpu=device() == "cpu")
-    trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train), eval_dataset=dataset(dev),
+    trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train),
+                              eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev),
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=auc,
                               callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)])
     trainer.train()

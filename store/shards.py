@@ -85,7 +85,7 @@ def ingest_batch(store: Store, batch: Path, run_id: str | None = None) -> int:
 
 def _ingest_batch(store: Store, batch: Path, run_id: str | None) -> int:
     rows = 0
-    with store.transaction() as con:
+    with store.bulk_load(), store.transaction() as con:
         for target in TARGETS:
             shard = batch / f"{target}.parquet"
             if not shard.is_file():

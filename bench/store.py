@@ -1,5 +1,6 @@
 """Store benchmark: skd ingest of N synthetic triples from parquet vs a raw DuckDB INSERT ... SELECT FROM
-read_parquet of the same file, in the same run; then query latency on the ingested corpus.
+read_parquet of the same file, in the same run; query latency on the ingested corpus; then the same rows
+as JSONL: skd's pyarrow fast path and its Python reader vs a raw DuckDB INSERT ... SELECT FROM read_json.
 
     python bench/store.py [--rows 1000000] [--repeat 3]
 """
@@ -23,6 +24,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+import store.ingest as ingest_mod
 from store import Store, ingest_file
 
 RELATIONS = ["xAttr", "xReact", "xEffect", "xWant", "xIntent", "xNeed", "HinderedBy"]
@@ -63,9 +65,46 @@ def raw_ingest_with_id(parquet: Path, db: Path, ordered: bool = True) -> None:
     con.close()
 
 
-def skd_ingest(parquet: Path, db: Path) -> None:
+def raw_json_ingest(jsonl: Path, db: Path) -> None:
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE items (kind VARCHAR, head VARCHAR, relation VARCHAR, tail VARCHAR)")
+    con.execute(f"INSERT INTO items SELECT * FROM read_json('{jsonl}', format = 'newline_delimited')")
+    con.close()
+
+
+def skd_ingest(path: Path, db: Path, fmt: str = "parquet") -> None:
     with Store(db) as s:
-        ingest_file(s, parquet, "parquet")
+        ingest_file(s, path, fmt)
+
+
+def python_reader_ingest(jsonl: Path, db: Path) -> None:
+    """skd ingest with the JSONL fast path turned off: what a file it cannot take costs."""
+    fast, ingest_mod.fast_jsonl = ingest_mod.fast_jsonl, lambda path: None
+    try:
+        skd_ingest(jsonl, db, "jsonl")
+    finally:
+        ingest_mod.fast_jsonl = fast
+
+
+def jsonl_table(parquet: Path, tmp: Path, repeat: int) -> Table:
+    jsonl = tmp / "triples.jsonl"
+    pl.read_parquet(parquet).write_ndjson(jsonl)
+    variants = {"raw INSERT ... SELECT FROM read_json": lambda db: raw_json_ingest(jsonl, db),
+                "skd ingest (pyarrow fast path)": lambda db: skd_ingest(jsonl, db, "jsonl")}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(repeat):
+        for j, (name, fn) in enumerate(variants.items()):
+            times[name].append(timed(lambda fn=fn, db=tmp / f"json{j}-{i}.duckdb": fn(db)))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians["skd ingest, Python reader (1 run)"] = timed(lambda: python_reader_ingest(jsonl, tmp / "py.duckdb"))
+    raw_t = medians["raw INSERT ... SELECT FROM read_json"]
+    table = Table(title=f"the same rows as JSONL ({jsonl.stat().st_size / 1e6:.0f} MB), median of {repeat}")
+    table.add_column("operation")
+    table.add_column("time", justify="right")
+    table.add_column("vs raw DuckDB", justify="right")
+    for name, t in medians.items():
+        table.add_row(name, f"{t:.2f} s", f"{t / raw_t:.2f}x")
+    return table
 
 
 def main() -> None:
@@ -116,6 +155,7 @@ def main() -> None:
     for name, t in q_times.items():
         table.add_row(name, f"{t * 1000:.1f} ms", "", queries[name][1])
     Console().print(table)
+    Console().print(jsonl_table(parquet, tmp, args.repeat))
 
 
 if __name__ == "__main__":

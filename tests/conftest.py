@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +35,32 @@ def atomic_corpus(d: Path, lines: int) -> Path:
     with Store(d / "c.duckdb") as s:
         ingest_file(s, d / "atomic.tsv", "atomic2020")
     return d / "c.duckdb"
+
+
+def ingested_state(path: Path, db: Path) -> dict:
+    """What ingesting the JSONL file `path` into a new corpus stores, in comparable form."""
+    from store import Store, ingest_file
+    with Store(db) as s:
+        r = ingest_file(s, path, "jsonl")
+        return {
+            "items": s.query("SELECT * EXCLUDE (created_at, extra) FROM items ORDER BY item_id").rows(),
+            "extra": [e and json.loads(e) for e in s.query("SELECT extra FROM items ORDER BY item_id")["extra"]],
+            "sources": s.query("SELECT item_id, row_number FROM item_sources ORDER BY row_number").rows(),
+            "rejects": s.query("SELECT row_number, reason, raw FROM rejects ORDER BY row_number").rows(),
+            "counts": (r.rows, r.accepted, r.new_items, r.rejected, r.per_kind)}
+
+
+def jsonl_both_ways(path: Path, d: Path) -> bool | None:
+    """Ingest `path` with the JSONL fast path (where it applies) and with the Python reader, assert both
+    store the same; returns whether the fast path applied."""
+    import store.ingest as ingest_mod
+    fast_applies = ingest_mod.fast_jsonl(path) is not None
+    fast = ingested_state(path, d / "fast.duckdb")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ingest_mod, "fast_jsonl", lambda p: None)
+        slow = ingested_state(path, d / "slow.duckdb")
+    assert fast == slow
+    return fast_applies
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 
 import store.ingest as ingest_mod
 from store import SkdError, Store, ingest_file
-from tests.conftest import EXAMPLES, shared_file
+from tests.conftest import EXAMPLES, jsonl_both_ways, shared_file
 
 
 def norm(s: str) -> str:
@@ -175,3 +175,24 @@ def test_missing_file_and_bad_parquet_are_clear_errors(db_path, tmp_path):
             ingest_file(s, bad, "parquet")
         with pytest.raises(SkdError, match="unknown format"):
             ingest_file(s, bad, "xml")
+
+
+def test_real_jsonl_takes_the_fast_path_and_stores_what_the_python_reader_stores(tmp_path):
+    path = shared_file("gsm8k/train.jsonl")  # answers span lines (escaped newlines), some rows repeat
+    assert jsonl_both_ways(path, tmp_path) is True
+
+
+@pytest.mark.parametrize(("lines", "fast"), [
+    (['{"head": "h", "relation": "xWant", "tail": "t", "score": 0.5, "tags": ["a"]}', "", "  ",
+      '{"text": "x", "score": 1, "tags": []}'], True),
+    (['{"text": "x", "meta": {"a": 1}}', '{"text": "y", "meta": {"b": 2}}'], False),  # nested keys differ
+    (['{"text": "x", "day": "2024-01-02"}'], False),  # pyarrow would read a timestamp
+    (['{"text": "x", "note": "n"}', '{"text": "y"}'], False),  # absent in one row
+    (['{"question": "q", "answer": 42}'], False),  # a number where text belongs
+    (['{"question": "q", "answer": "a", "choices": [{"label": "A", "text": "a"}]}'], False),
+    (['{"text": "x", "extra": {"url": "u"}}'], False),
+    (['{"text": "x"}', '{"text": "y"'], False),  # a truncated line: reported by the Python reader
+])
+def test_jsonl_fast_path_applies_only_where_it_stores_the_same(tmp_path, lines, fast):
+    path = write_lines(tmp_path / "x.jsonl", lines)
+    assert jsonl_both_ways(path, tmp_path) is fast

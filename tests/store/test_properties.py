@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from store import Store, ingest_file
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, jsonl_both_ways
 
 FIELDS = ["kind", "head", "relation", "tail", "question", "answer", "rationale", "text", "domain", "choices",
           "extra", "item_id", "junk"]
@@ -39,3 +39,41 @@ def test_random_jsonl_rows_are_stored_or_rejected_never_lost(lines):
             after = s.query("SELECT * FROM items ORDER BY item_id")
             assert after.join(before, on="item_id", how="semi").equals(before)  # nothing stored was changed
             assert s.scalar("SELECT count(*) FROM items") == before.height + r.new_items
+
+
+# Records of every kind with text fields, as the JSONL fast path (pyarrow) takes them, and some it must hand
+# back to the Python reader (an unknown field absent from some rows): either way, stored exactly alike.
+words = st.text(alphabet=st.sampled_from(list("aAbB éÉ\t\u00a0x?")), max_size=8)
+extra_fields = {"note": words, "n": st.integers(-5, 5), "tags": st.lists(st.sampled_from(["p", "q"]), max_size=2)}
+text_record = st.one_of(
+    st.fixed_dictionaries({"head": words, "relation": st.sampled_from(["xWant", " xAttr"]), "tail": words},
+                          optional={"kind": st.sampled_from(["triple", "qa"])}),
+    st.fixed_dictionaries({"question": words, "answer": words},
+                          optional={"choices": st.lists(words, max_size=3), "kind": st.just("qa")}),
+    st.fixed_dictionaries({"text": words}, optional={"kind": st.sampled_from(["text", "poem"]), "head": st.none(),
+                                                      "domain": words}))
+
+
+@st.composite
+def jsonl_files(draw) -> list[str]:
+    """Lines of records that share their unknown fields (the fast path's case) or, in some files, do not."""
+    names = draw(st.lists(st.sampled_from(sorted(extra_fields)), unique=True, max_size=2))
+    ragged = draw(st.booleans())
+    lines = []
+    for _ in range(draw(st.integers(1, 20))):
+        if draw(st.integers(0, 9)) == 0:
+            lines.append(draw(st.sampled_from(["", "  "])))
+            continue
+        rec = draw(text_record)
+        rec.update({n: draw(extra_fields[n]) for n in names if not ragged or draw(st.booleans())})
+        lines.append(json.dumps(rec))
+    return lines
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jsonl_files())
+def test_jsonl_fast_path_stores_what_the_python_reader_stores(lines):
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "rows.jsonl"
+        path.write_text("\n".join(lines), encoding="utf-8")
+        jsonl_both_ways(path, Path(d))

@@ -1,6 +1,6 @@
 """Store benchmark: skd ingest of N synthetic triples from parquet vs a raw DuckDB INSERT ... SELECT FROM
 read_parquet of the same file, in the same run; query latency on the ingested corpus; then the same rows
-as JSONL: skd's pyarrow fast path and its Python reader vs a raw DuckDB INSERT ... SELECT FROM read_json.
+as JSONL and CSV: skd reading them whole with pyarrow, and line by line, vs DuckDB's JSON and CSV readers.
 
     python bench/store.py [--rows 1000000] [--repeat 3]
 """
@@ -65,10 +65,12 @@ def raw_ingest_with_id(parquet: Path, db: Path, ordered: bool = True) -> None:
     con.close()
 
 
-def raw_json_ingest(jsonl: Path, db: Path) -> None:
+def raw_text_ingest(path: Path, db: Path, fmt: str) -> None:
+    """DuckDB's own JSON or CSV reader into a plain table: the raw baseline for a text format."""
+    reader = f"read_json('{path}', format = 'newline_delimited')" if fmt == "jsonl" else f"read_csv('{path}')"
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE items (kind VARCHAR, head VARCHAR, relation VARCHAR, tail VARCHAR)")
-    con.execute(f"INSERT INTO items SELECT * FROM read_json('{jsonl}', format = 'newline_delimited')")
+    con.execute(f"INSERT INTO items SELECT * FROM {reader}")
     con.close()
 
 
@@ -77,33 +79,38 @@ def skd_ingest(path: Path, db: Path, fmt: str = "parquet") -> None:
         ingest_file(s, path, fmt)
 
 
-def python_reader_ingest(jsonl: Path, db: Path) -> None:
-    """skd ingest with the JSONL fast path turned off: what a file it cannot take costs."""
-    fast, ingest_mod.fast_jsonl = ingest_mod.fast_jsonl, lambda path: None
+def line_reader_ingest(path: Path, db: Path, fmt: str) -> None:
+    """skd ingest with the pyarrow reader turned off: what a file it cannot take costs."""
+    fast, ingest_mod.fast_staged = ingest_mod.fast_staged, lambda path, fmt: None
     try:
-        skd_ingest(jsonl, db, "jsonl")
+        skd_ingest(path, db, fmt)
     finally:
-        ingest_mod.fast_jsonl = fast
+        ingest_mod.fast_staged = fast
 
 
-def jsonl_table(parquet: Path, tmp: Path, repeat: int) -> Table:
-    jsonl = tmp / "triples.jsonl"
-    pl.read_parquet(parquet).write_ndjson(jsonl)
-    variants = {"raw INSERT ... SELECT FROM read_json": lambda db: raw_json_ingest(jsonl, db),
-                "skd ingest (pyarrow fast path)": lambda db: skd_ingest(jsonl, db, "jsonl")}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for i in range(repeat):
-        for j, (name, fn) in enumerate(variants.items()):
-            times[name].append(timed(lambda fn=fn, db=tmp / f"json{j}-{i}.duckdb": fn(db)))
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    medians["skd ingest, Python reader (1 run)"] = timed(lambda: python_reader_ingest(jsonl, tmp / "py.duckdb"))
-    raw_t = medians["raw INSERT ... SELECT FROM read_json"]
-    table = Table(title=f"the same rows as JSONL ({jsonl.stat().st_size / 1e6:.0f} MB), median of {repeat}")
-    table.add_column("operation")
-    table.add_column("time", justify="right")
-    table.add_column("vs raw DuckDB", justify="right")
-    for name, t in medians.items():
-        table.add_row(name, f"{t:.2f} s", f"{t / raw_t:.2f}x")
+def text_formats_table(parquet: Path, tmp: Path, repeat: int) -> Table:
+    """The same rows as JSONL and as CSV: skd read whole by pyarrow, and line by line, vs DuckDB's reader."""
+    rows = pl.read_parquet(parquet)
+    table = Table(title=f"the same rows as JSONL and CSV, median of {repeat} (line-level reader: 1 run)")
+    for col, justify in (("format", "left"), ("operation", "left"), ("time", "right"), ("vs raw DuckDB", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for fmt in ("jsonl", "csv"):
+        path = tmp / f"triples.{fmt}"
+        rows.write_ndjson(path) if fmt == "jsonl" else rows.write_csv(path)
+        variants = {"raw DuckDB reader, INSERT ... SELECT": lambda db, p=path, f=fmt: raw_text_ingest(p, db, f),
+                    "skd ingest (pyarrow reader)": lambda db, p=path, f=fmt: skd_ingest(p, db, f)}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for i in range(repeat):
+            for j, (name, fn) in enumerate(variants.items()):
+                times[name].append(timed(lambda fn=fn, db=tmp / f"{fmt}{j}-{i}.duckdb": fn(db)))
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        medians["skd ingest (line-level reader)"] = timed(
+            lambda p=path, f=fmt: line_reader_ingest(p, tmp / f"{f}-lines.duckdb", f))
+        raw_t = medians["raw DuckDB reader, INSERT ... SELECT"]
+        label = f"{fmt} ({path.stat().st_size / 1e6:.0f} MB)"
+        for name, t in medians.items():
+            table.add_row(label, name, f"{t:.2f} s", f"{t / raw_t:.2f}x")
+            label = ""
     return table
 
 
@@ -155,7 +162,7 @@ def main() -> None:
     for name, t in q_times.items():
         table.add_row(name, f"{t * 1000:.1f} ms", "", queries[name][1])
     Console().print(table)
-    Console().print(jsonl_table(parquet, tmp, args.repeat))
+    Console().print(text_formats_table(parquet, tmp, args.repeat))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
-import pyarrow.json as pa_json
 
+from . import fast_readers
 from .db import Store
 from .errors import SkdError
 from .items import (
+    IGNORED_INPUT_FIELDS,
     KINDS,
     STAGED_SCHEMA,
     TEXT_FIELDS,
@@ -30,7 +30,6 @@ from .items import (
 from .readers import Row, iter_atomic2020, iter_csv, iter_jsonl
 
 FORMATS = ("jsonl", "csv", "parquet", "atomic2020")
-IGNORED_INPUT_FIELDS = {"item_id", "created_at"}
 # ATOMIC marks "no inference" with the tail "none": it is not knowledge, so it is not ingested.
 ATOMIC_EMPTY_TAILS = {"none", ""}
 
@@ -44,8 +43,8 @@ class Reject:
 
 @dataclass
 class Staged:
-    """Rows ready for validation: an Arrow table of staged rows (Python-parsed formats), a SELECT
-    (parquet), or a SELECT over an Arrow table that it reads as `_raw` (JSONL parsed by pyarrow)."""
+    """Rows ready for validation: an Arrow table of staged rows (line-level readers), a SELECT (parquet),
+    or a SELECT over an Arrow table that it reads as `_raw` (JSONL and CSV read whole by pyarrow)."""
     table: pa.Table | None = None
     sql: str | None = None
     rejects: list[Reject] = field(default_factory=list)
@@ -170,61 +169,15 @@ def staged_sql(src: str, cols: dict[str, str], seq: str, row_number: str, exclud
     return f"SELECT {', '.join(select)} FROM {src}"
 
 
-# Columns the JSONL fast path adds to pyarrow's table; named so that no input field clashes with them.
-JSON_SEQ, JSON_ROW = "__skd_seq", "__skd_row_number"
-
-
-def fast_jsonl(path: Path) -> Staged | None:
-    """JSONL parsed by pyarrow (multithreaded, about 5x the Python loop end to end) when that stores
-    exactly what the Python reader would: every line a JSON object or blank, item fields text, `choices`
-    a list of text, no `extra` object to merge, and every other field present in every row with a plain
-    value (pyarrow fills absent fields and nested keys with nulls). Otherwise None: the Python reader
-    runs, and reports bad lines one by one."""
-    data = path.read_bytes()
-    try:
-        table = pa_json.read_json(pa.BufferReader(data))
-    except (pa.ArrowException, ValueError):
+def fast_staged(path: Path, fmt: str) -> Staged | None:
+    """The file read whole by pyarrow (about 5x the line-level reader end to end), where that gives
+    exactly the line-level reader's records; None otherwise."""
+    table = fast_readers.read_jsonl(path) if fmt == "jsonl" else fast_readers.read_csv(path)
+    if table is None:
         return None
-    rows = _line_numbers(data, table.num_rows)
-    if len(rows) != table.num_rows or not all(_fast_column(table, c) for c in table.column_names):
-        return None
-    table = table.append_column(JSON_SEQ, pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    table = table.append_column(JSON_ROW, pa.array(rows))
     cols = {c: ("VARCHAR[]" if c == "choices" else "") for c in table.column_names}
-    return Staged(table=table, sql=staged_sql("_raw", cols, JSON_SEQ, JSON_ROW, (JSON_SEQ, JSON_ROW)))
-
-
-def _fast_column(table: pa.Table, name: str) -> bool:
-    t = table.schema.field(name).type
-    if name in ("kind", *TEXT_FIELDS):
-        return _text_type(t)
-    if name == "choices":
-        return pa.types.is_null(t) or (pa.types.is_list(t) and _text_type(t.value_type))
-    if name in IGNORED_INPUT_FIELDS:
-        return True
-    return name not in ("extra", JSON_SEQ, JSON_ROW) and table.column(name).null_count == 0 and _plain_type(t)
-
-
-def _text_type(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
-
-
-def _plain_type(t: pa.DataType) -> bool:
-    """Types that DuckDB writes back as the same JSON (not structs, whose absent keys become nulls, nor
-    timestamps, which pyarrow infers from strings)."""
-    if pa.types.is_list(t):
-        return pa.types.is_null(t.value_type) or _plain_type(t.value_type)
-    return (pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
-            or pa.types.is_boolean(t))
-
-
-def _line_numbers(data: bytes, n_records: int) -> np.ndarray:
-    """1-based numbers of the non-blank lines, which pyarrow parsed into `n_records` records."""
-    n_lines = data.count(b"\n") + (not data.endswith(b"\n"))
-    if n_lines == n_records:  # no blank line: the common case, without splitting
-        return np.arange(1, n_records + 1, dtype=np.int64)
-    lines = data.split(b"\n")
-    return np.array([n for n, line in enumerate(lines, start=1) if line.strip(b" \t\r")], dtype=np.int64)
+    own = (fast_readers.SEQ, fast_readers.ROW)
+    return Staged(table=table, sql=staged_sql("_raw", cols, *own, own))
 
 
 def _quote(path: Path) -> str:
@@ -232,10 +185,8 @@ def _quote(path: Path) -> str:
 
 
 def read_staged(con: duckdb.DuckDBPyConnection, path: Path, fmt: str) -> Staged:
-    if fmt == "jsonl":
-        return fast_jsonl(path) or stage_rows(iter_jsonl(path))
-    if fmt == "csv":
-        return stage_rows(iter_csv(path))
+    if fmt in ("jsonl", "csv"):
+        return fast_staged(path, fmt) or stage_rows(iter_jsonl(path) if fmt == "jsonl" else iter_csv(path))
     if fmt == "atomic2020":
         return stage_rows(atomic_records(path))
     if fmt == "parquet":

@@ -11,6 +11,8 @@ import pyarrow as pa
 
 KINDS = ("triple", "qa", "rationale", "text")
 TEXT_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text", "domain")
+# Input fields that skd computes itself, so ingest ignores them.
+IGNORED_INPUT_FIELDS = {"item_id", "created_at"}
 # Columns of `items`, in table order (item_id and created_at are computed).
 ITEM_COLUMNS = ("kind", *TEXT_FIELDS[:6], "choices", "text", "domain", "extra")
 ID_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text")

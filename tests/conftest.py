@@ -37,11 +37,11 @@ def atomic_corpus(d: Path, lines: int) -> Path:
     return d / "c.duckdb"
 
 
-def ingested_state(path: Path, db: Path) -> dict:
-    """What ingesting the JSONL file `path` into a new corpus stores, in comparable form."""
+def ingested_state(path: Path, fmt: str, db: Path) -> dict:
+    """What ingesting `path` into a new corpus stores, in comparable form."""
     from store import Store, ingest_file
     with Store(db) as s:
-        r = ingest_file(s, path, "jsonl")
+        r = ingest_file(s, path, fmt)
         return {
             "items": s.query("SELECT * EXCLUDE (created_at, extra) FROM items ORDER BY item_id").rows(),
             "extra": [e and json.loads(e) for e in s.query("SELECT extra FROM items ORDER BY item_id")["extra"]],
@@ -50,15 +50,15 @@ def ingested_state(path: Path, db: Path) -> dict:
             "counts": (r.rows, r.accepted, r.new_items, r.rejected, r.per_kind)}
 
 
-def jsonl_both_ways(path: Path, d: Path) -> bool | None:
-    """Ingest `path` with the JSONL fast path (where it applies) and with the Python reader, assert both
-    store the same; returns whether the fast path applied."""
+def both_ways(path: Path, fmt: str, d: Path) -> bool:
+    """Ingest `path` read whole by pyarrow (where that applies) and by the line-level reader, assert both
+    store the same; returns whether the pyarrow reader applied."""
     import store.ingest as ingest_mod
-    fast_applies = ingest_mod.fast_jsonl(path) is not None
-    fast = ingested_state(path, d / "fast.duckdb")
+    fast_applies = ingest_mod.fast_staged(path, fmt) is not None
+    fast = ingested_state(path, fmt, d / "fast.duckdb")
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(ingest_mod, "fast_jsonl", lambda p: None)
-        slow = ingested_state(path, d / "slow.duckdb")
+        m.setattr(ingest_mod, "fast_staged", lambda path, fmt: None)
+        slow = ingested_state(path, fmt, d / "slow.duckdb")
     assert fast == slow
     return fast_applies
 

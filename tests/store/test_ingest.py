@@ -7,7 +7,7 @@ import pytest
 
 import store.ingest as ingest_mod
 from store import SkdError, Store, ingest_file
-from tests.conftest import EXAMPLES, jsonl_both_ways, shared_file
+from tests.conftest import EXAMPLES, both_ways, shared_file
 
 
 def norm(s: str) -> str:
@@ -179,7 +179,7 @@ def test_missing_file_and_bad_parquet_are_clear_errors(db_path, tmp_path):
 
 def test_real_jsonl_takes_the_fast_path_and_stores_what_the_python_reader_stores(tmp_path):
     path = shared_file("gsm8k/train.jsonl")  # answers span lines (escaped newlines), some rows repeat
-    assert jsonl_both_ways(path, tmp_path) is True
+    assert both_ways(path, "jsonl", tmp_path) is True
 
 
 @pytest.mark.parametrize(("lines", "fast"), [
@@ -195,4 +195,24 @@ def test_real_jsonl_takes_the_fast_path_and_stores_what_the_python_reader_stores
 ])
 def test_jsonl_fast_path_applies_only_where_it_stores_the_same(tmp_path, lines, fast):
     path = write_lines(tmp_path / "x.jsonl", lines)
-    assert jsonl_both_ways(path, tmp_path) is fast
+    assert both_ways(path, "jsonl", tmp_path) is fast
+
+
+def test_real_csv_takes_the_fast_path_and_stores_what_the_python_reader_stores(tmp_path):
+    path = shared_file("ckbp/ckbp1_crowd.csv")  # head,relation,tail,label: label goes to extra
+    assert both_ways(path, "csv", tmp_path) is True
+
+
+@pytest.mark.parametrize(("text", "fast"), [
+    ("\ufeffhead , relation,tail,label\nPersonX sings,xAttr,\"musical,\nloud\",1\n , ,,\n"
+     "PersonX sings,xAttr,,0\n\n\n", True),  # BOM, header spaces, a blank row, trailing blank lines
+    ("head,relation,tail\na,xWant,b\n\nc,xWant,d\n", False),  # a blank line counts as a row
+    ("head,relation,tail\na,xWant\nc,xWant,d\n", False),  # a short row, reported by number
+    ("head,relation,tail\na,xWant,b\0\n", False),
+    ("head,head,tail\na,b,c\n", False),
+    ("text,choices\nx,a;b\n", False),  # choices must be a list: the line reader rejects the row
+])
+def test_csv_fast_path_applies_only_where_it_stores_the_same(tmp_path, text, fast):
+    path = tmp_path / "x.csv"
+    path.write_text(text, encoding="utf-8", newline="")
+    assert both_ways(path, "csv", tmp_path) is fast

@@ -1,0 +1,111 @@
+"""Whole-file readers on pyarrow (multithreaded C++) for JSONL and CSV, used where they give exactly the
+records the line-level readers in `readers.py` would. Each returns an Arrow table with the file's fields
+plus `SEQ` and `ROW` (the 1-based row number the line-level reader would report), or None when the file
+needs the line-level reader: a bad line to report by number, or a shape pyarrow reads differently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+
+from .items import IGNORED_INPUT_FIELDS, TEXT_FIELDS
+
+# Columns added to the table; named so that no input field clashes with them.
+SEQ, ROW = "__skd_seq", "__skd_row_number"
+BOM = b"\xef\xbb\xbf"
+# What Python's str.strip() removes: the line-level CSV reader skips rows whose fields are all made of it.
+PY_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+
+
+def read_jsonl(path: Path) -> pa.Table | None:
+    """Every line a JSON object or blank, item fields text, `choices` a list of text, no `extra` object to
+    merge, every other field present in every row with a plain value (pyarrow fills absent fields and
+    nested keys with nulls, where the Python reader leaves them out)."""
+    data = path.read_bytes()
+    try:
+        table = pa_json.read_json(pa.BufferReader(data))
+    except (pa.ArrowException, ValueError):
+        return None
+    rows = _jsonl_line_numbers(data, table.num_rows)
+    if len(rows) != table.num_rows or not all(_json_column(table, c) for c in table.column_names):
+        return None
+    return _numbered(table, rows)
+
+
+def read_csv(path: Path) -> pa.Table | None:
+    """Every row with the header's number of fields, no blank line before the last row (pyarrow skips
+    blank lines, the Python reader counts them), no NUL byte, distinct non-empty header names. Rows whose
+    fields are all blank are dropped, as the Python reader drops them."""
+    data = path.read_bytes()
+    data = data[len(BOM):] if data.startswith(BOM) else data
+    if b"\0" in data or data[:1] in (b"\r", b"\n") or b"\n\n" in data.rstrip(b"\r\n").replace(b"\r\n", b"\n"):
+        return None
+    try:
+        header = next(csv.reader(io.StringIO(data.split(b"\n", 1)[0].decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return None
+    names = [h.strip() for h in header]
+    if len(set(header)) < len(header) or len(set(names)) < len(names) or not all(names) \
+            or any("\n" in h or "\r" in h for h in header) or SEQ in names or ROW in names:
+        return None
+    try:
+        table = pa_csv.read_csv(
+            pa.BufferReader(data), parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(column_types={h: pa.string() for h in header},
+                                                  strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except (pa.ArrowException, ValueError):
+        return None
+    if table.column_names != header or "choices" in names or "extra" in names:
+        return None
+    table = _numbered(table.rename_columns(names), np.arange(1, table.num_rows + 1, dtype=np.int64))
+    blank = None
+    for name in names:
+        empty = pc.equal(pc.utf8_length(pc.utf8_trim(table[name], characters=PY_WHITESPACE)), 0)
+        blank = empty if blank is None else pc.and_(blank, empty)
+    return table.filter(pc.invert(blank)) if blank is not None else table
+
+
+def _numbered(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    table = table.append_column(SEQ, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    return table.append_column(ROW, pa.array(rows))
+
+
+def _json_column(table: pa.Table, name: str) -> bool:
+    t = table.schema.field(name).type
+    if name in ("kind", *TEXT_FIELDS):
+        return _text_type(t)
+    if name == "choices":
+        return pa.types.is_null(t) or (pa.types.is_list(t) and _text_type(t.value_type))
+    if name in IGNORED_INPUT_FIELDS:
+        return True
+    return name not in ("extra", SEQ, ROW) and table.column(name).null_count == 0 and _plain_type(t)
+
+
+def _text_type(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)
+
+
+def _plain_type(t: pa.DataType) -> bool:
+    """Types that DuckDB writes back as the same JSON (not structs, whose absent keys become nulls, nor
+    timestamps, which pyarrow infers from strings)."""
+    if pa.types.is_list(t):
+        return pa.types.is_null(t.value_type) or _plain_type(t.value_type)
+    return (pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
+            or pa.types.is_boolean(t))
+
+
+def _jsonl_line_numbers(data: bytes, n_records: int) -> np.ndarray:
+    """1-based numbers of the non-blank lines, which pyarrow parsed into `n_records` records."""
+    n_lines = data.count(b"\n") + (not data.endswith(b"\n"))
+    if n_lines == n_records:  # no blank line: the common case, without splitting
+        return np.arange(1, n_records + 1, dtype=np.int64)
+    lines = data.split(b"\n")
+    return np.array([n for n, line in enumerate(lines, start=1) if line.strip(b" \t\r")], dtype=np.int64)

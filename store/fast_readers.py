@@ -46,7 +46,7 @@ def read_csv(path: Path) -> pa.Table | None:
     fields are all blank are dropped, as the Python reader drops them."""
     data = path.read_bytes()
     data = data[len(BOM):] if data.startswith(BOM) else data
-    if b"\0" in data or data[:1] in (b"\r", b"\n") or b"\n\n" in data.rstrip(b"\r\n").replace(b"\r\n", b"\n"):
+    if b"\0" in data or data[:1] in (b"\r", b"\n") or _blank_line_before_end(data):
         return None
     try:
         header = next(csv.reader(io.StringIO(data.split(b"\n", 1)[0].decode("utf-8"), newline="")))
@@ -66,11 +66,27 @@ def read_csv(path: Path) -> pa.Table | None:
     if table.column_names != header or "choices" in names or "extra" in names:
         return None
     table = _numbered(table.rename_columns(names), np.arange(1, table.num_rows + 1, dtype=np.int64))
+    blank = _blank_rows(table, names)
+    return table.filter(pc.invert(blank)) if blank is not None else table
+
+
+def _blank_line_before_end(data: bytes) -> bool:
+    end = len(data)
+    while end and data[end - 1] in b"\r\n":  # blank lines at the very end shift no row number
+        end -= 1
+    return data.find(b"\n\n", 0, end) >= 0 or data.find(b"\n\r\n", 0, end) >= 0
+
+
+def _blank_rows(table: pa.Table, names: list[str]) -> pa.Array | None:
+    """Mask of the rows whose fields are all blank, or None when there is none (the first column
+    rules most rows out, so the others are looked at only when it does not)."""
     blank = None
     for name in names:
         empty = pc.equal(pc.utf8_length(pc.utf8_trim(table[name], characters=PY_WHITESPACE)), 0)
         blank = empty if blank is None else pc.and_(blank, empty)
-    return table.filter(pc.invert(blank)) if blank is not None else table
+        if not pc.any(blank).as_py():
+            return None
+    return blank
 
 
 def _numbered(table: pa.Table, rows: np.ndarray) -> pa.Table:

@@ -8,10 +8,20 @@ from typing import Annotated
 
 import typer
 
-from store import FORMATS, KINDS, LABEL_FORMATS, SkdError, Store, import_labels, ingest_file
+from store import FORMATS, KINDS, LABEL_FORMATS, IngestResult, SkdError, Store, import_labels, ingest_file
 
 from .options import Db, Json, Quiet
-from .output import dict_table, err, flatten_nested, frame_table, out, print_json, status
+from .output import (
+    dict_table,
+    err,
+    flatten_nested,
+    frame_table,
+    out,
+    print_json,
+    progress_bar,
+    run_with_progress,
+    status,
+)
 
 Format = Enum("Format", {f: f for f in FORMATS}, type=str)
 Kind = Enum("Kind", {k: k for k in KINDS}, type=str)
@@ -47,29 +57,76 @@ def info(db: Db = None, json: Json = False) -> None:
 
 
 def ingest(
-    file: Annotated[Path, typer.Argument(help="File of items to ingest.")],
+    files: Annotated[list[Path], typer.Argument(
+        help="Files of items, or folders: every file in them with a known suffix, in path order.")],
     format: Annotated[Format | None, typer.Option("--format", "-f", help="Input format \\[default: from the suffix].",
                                                   show_default=False)] = None,
     kind: Annotated[Kind | None, typer.Option(help="Kind of rows that do not say \\[default: inferred].",
                                               show_default=False)] = None,
-    strict: Annotated[bool, typer.Option(help="Reject the whole file on the first bad row.")] = False,
+    strict: Annotated[bool, typer.Option(help="Reject a whole file on its first bad row, and stop there.")] = False,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
-    """Ingest items from JSONL, CSV, parquet or ATOMIC-2020 TSV; bad rows are reported, good rows kept."""
-    fmt = format.value if format else SUFFIX_FORMATS.get(file.suffix.lower())
-    if fmt is None:
-        raise SkdError(f"cannot tell the format of {file.name}; pass --format ({', '.join(FORMATS)})")
-    with Store(db) as s, status(f"ingesting {file.name}", quiet or json):
-        r = ingest_file(s, file, fmt, kind=kind.value if kind else None, strict=strict)
+    """Ingest items from JSONL, CSV, parquet or ATOMIC-2020 TSV; bad rows are reported, good rows kept.
+    Each file is its own transaction, and a file already ingested is skipped, so an interrupted run of
+    many files is resumed by running it again."""
+    inputs = input_files(files, format.value if format else None)
+    with Store(db) as s:
+        results = ingest_inputs(s, inputs, kind.value if kind else None, strict, quiet or json)
     if json:
-        print_json({**r.__dict__, "already_present": r.already_present})
-    elif r.skipped:
-        out.print(f"{file} was already ingested (run {r.run_id}); nothing to do")
-    else:
+        rows = [{"file": str(f), **r.__dict__, "already_present": r.already_present} for (f, _), r in results]
+        print_json(rows[0] if len(files) == 1 and files[0].is_file() else rows)
+        return
+    for (file, _), r in results:
+        if r.skipped:
+            out.print(f"{file} was already ingested (run {r.run_id}); nothing to do")
+            continue
         out.print(f"ingested {r.rows:,} rows from {file}: {r.new_items:,} new items, "
                   f"{r.already_present:,} duplicates of stored or earlier rows, {r.rejected:,} rejected")
         if r.report:
             err.print(f"rejected rows and reasons: {r.report}")
+    if len(results) > 1:
+        total = {k: sum(getattr(r, k) for _, r in results) for k in ("rows", "new_items", "rejected")}
+        out.print(f"{len(results)} files: {total['rows']:,} rows, {total['new_items']:,} new items, "
+                  f"{total['rejected']:,} rejected")
+
+
+def input_files(paths: list[Path], fmt: str | None) -> list[tuple[Path, str]]:
+    """(file, format) for each file named and each file with a known suffix inside each folder named."""
+    inputs = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIX_FORMATS
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise SkdError(f"no files with a known suffix ({', '.join(SUFFIX_FORMATS)}) in {path}")
+            inputs += [(p, fmt or SUFFIX_FORMATS[p.suffix.lower()]) for p in found]
+            continue
+        f = fmt or SUFFIX_FORMATS.get(path.suffix.lower())
+        if f is None:
+            raise SkdError(f"cannot tell the format of {path.name}; pass --format ({', '.join(FORMATS)})")
+        if not path.exists():
+            raise SkdError(f"no such file: {path}")
+        inputs.append((path, f))
+    return inputs
+
+
+def ingest_inputs(s: Store, inputs: list[tuple[Path, str]], kind: str | None, strict: bool,
+                  quiet: bool) -> list[tuple[tuple[Path, str], IngestResult]]:
+    """Each input in turn, with a spinner for one file and a bar over files for several."""
+    if len(inputs) == 1:
+        with status(f"ingesting {inputs[0][0].name}", quiet):
+            return [(inputs[0], ingest_file(s, *inputs[0], kind=kind, strict=strict))]
+    progress, update = progress_bar("ingest", "files", quiet)
+
+    def run() -> list[tuple[tuple[Path, str], IngestResult]]:
+        results = []
+        for n, item in enumerate(inputs):
+            update(n, len(inputs))
+            results.append((item, ingest_file(s, *item, kind=kind, strict=strict)))
+        update(len(inputs), len(inputs))
+        return results
+
+    return run_with_progress(progress, run)
 
 
 def labels_import(

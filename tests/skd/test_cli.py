@@ -96,3 +96,30 @@ def test_generate_user_errors_are_one_line(db_path, tmp_path, config, args, mess
     proc = run_skd("generate", "atomic10x", "--config", str(cfg), *args, db=db_path, env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and message in proc.stderr
+
+
+def test_ingest_many_files_and_folders_resumes_after_a_failure(db_path, tmp_path):
+    folder = tmp_path / "shards"
+    (folder / "part2").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    (folder / "part1.jsonl").write_text((EXAMPLES / "mini.jsonl").read_text())
+    (folder / "part2" / "b.csv").write_text("text\nA fact from a CSV shard.\n")
+    (folder / ".cache" / "c.jsonl").write_text('{"text": "hidden, not ingested"}\n')
+    (folder / "notes.md").write_text("not data")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a fact before the bad line"}\n{oops\n')
+    later = tmp_path / "later.jsonl"
+    later.write_text('{"text": "a fact after the bad file"}\n')
+
+    proc = run_skd("ingest", str(folder), str(bad), str(later), "--strict", db=db_path)
+    assert proc.returncode == 2 and f"{bad}: row 2" in proc.stderr  # stops at the bad file, keeps the folder's
+    kept = json.loads(run_skd("info", "--json", db=db_path, check=True).stdout)["tables"]["items"]
+    assert kept == 27
+
+    bad.write_text('{"text": "a fact before the bad line"}\n')
+    proc = run_skd("ingest", str(folder), str(bad), str(later), "--json", db=db_path, check=True)
+    results = json.loads(proc.stdout)
+    assert [r["file"] for r in results] == [str(folder / "part1.jsonl"), str(folder / "part2" / "b.csv"), str(bad),
+                                            str(later)]
+    assert [r["skipped"] for r in results] == [True, True, False, False]
+    assert sum(r["new_items"] for r in results) == 2

@@ -58,7 +58,7 @@ def info(db: Db = None, json: Json = False) -> None:
 
 def ingest(
     files: Annotated[list[Path], typer.Argument(
-        help="Files of items, or folders: every file in them with a known suffix, in path order.")],
+        help="Files of items, or folders: every file in them with a suffix of the format, in path order.")],
     format: Annotated[Format | None, typer.Option("--format", "-f", help="Input format \\[default: from the suffix].",
                                                   show_default=False)] = None,
     kind: Annotated[Kind | None, typer.Option(help="Kind of rows that do not say \\[default: inferred].",
@@ -91,14 +91,16 @@ def ingest(
 
 
 def input_files(paths: list[Path], fmt: str | None) -> list[tuple[Path, str]]:
-    """(file, format) for each file named and each file with a known suffix inside each folder named."""
+    """(file, format) for each file named, and for each file inside each folder named whose suffix is one
+    of `fmt`'s (any known suffix without `fmt`)."""
+    suffixes = [x for x, f in SUFFIX_FORMATS.items() if fmt in (None, f)]
     inputs = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIX_FORMATS
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
-                raise SkdError(f"no files with a known suffix ({', '.join(SUFFIX_FORMATS)}) in {path}")
+                raise SkdError(f"no {fmt or 'data'} files ({', '.join(suffixes)}) in {path}")
             inputs += [(p, fmt or SUFFIX_FORMATS[p.suffix.lower()]) for p in found]
             continue
         f = fmt or SUFFIX_FORMATS.get(path.suffix.lower())

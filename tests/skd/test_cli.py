@@ -123,3 +123,12 @@ def test_ingest_many_files_and_folders_resumes_after_a_failure(db_path, tmp_path
                                             str(later)]
     assert [r["skipped"] for r in results] == [True, True, False, False]
     assert sum(r["new_items"] for r in results) == 2
+
+
+def test_ingest_folder_with_format_takes_that_format_only(db_path, tmp_path):
+    (tmp_path / "a.csv").write_text("text\nA fact from CSV.\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "A fact from JSONL."}\n')
+    results = json.loads(run_skd("ingest", str(tmp_path), "-f", "csv", "--json", db=db_path, check=True).stdout)
+    assert [r["file"] for r in results] == [str(tmp_path / "a.csv")] and results[0]["new_items"] == 1
+    proc = run_skd("ingest", str(tmp_path), "-f", "parquet", db=db_path)
+    assert proc.returncode == 2 and "no parquet files (.parquet) in" in proc.stderr

@@ -13,6 +13,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # bench/store.py would shadow the `store` package: import ours, not this script.
@@ -47,31 +48,43 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def raw_ingest(parquet: Path, db: Path, ordered: bool = True) -> None:
+TRIPLE_COLUMNS = "kind VARCHAR, head VARCHAR, relation VARCHAR, tail VARCHAR"
+
+
+def raw_insert(db: Path, columns: str, select: str, ordered: bool = True) -> None:
+    """A plain DuckDB table filled by one INSERT ... SELECT: the baselines skd ingest is compared with."""
     con = duckdb.connect(str(db))
     con.execute(f"SET preserve_insertion_order = {ordered}")
-    con.execute("CREATE TABLE items (kind VARCHAR, head VARCHAR, relation VARCHAR, tail VARCHAR)")
-    con.execute(f"INSERT INTO items SELECT * FROM read_parquet('{parquet}')")
+    con.execute(f"CREATE TABLE items ({columns})")
+    con.execute(f"INSERT INTO items {select}")
     con.close()
+
+
+def raw_ingest(parquet: Path, db: Path, ordered: bool = True) -> None:
+    raw_insert(db, TRIPLE_COLUMNS, f"SELECT * FROM read_parquet('{parquet}')", ordered)
 
 
 def raw_ingest_with_id(parquet: Path, db: Path, ordered: bool = True) -> None:
     """Raw insert plus a content-hash id column: the floor any content-addressed store pays."""
-    con = duckdb.connect(str(db))
-    con.execute(f"SET preserve_insertion_order = {ordered}")
-    con.execute("CREATE TABLE items (item_id VARCHAR, kind VARCHAR, head VARCHAR, relation VARCHAR, tail VARCHAR)")
-    con.execute("INSERT INTO items SELECT substr(md5(concat_ws(chr(31), kind, head, relation, tail)), 1, 16), * "
-                f"FROM read_parquet('{parquet}')")
-    con.close()
+    raw_insert(db, f"item_id VARCHAR, {TRIPLE_COLUMNS}", "SELECT substr(md5(concat_ws(chr(31), kind, head, "
+               f"relation, tail)), 1, 16), * FROM read_parquet('{parquet}')", ordered)
 
 
 def raw_text_ingest(path: Path, db: Path, fmt: str) -> None:
-    """DuckDB's own JSON or CSV reader into a plain table: the raw baseline for a text format."""
+    """DuckDB's own JSON or CSV reader: the raw baseline for a text format."""
     reader = f"read_json('{path}', format = 'newline_delimited')" if fmt == "jsonl" else f"read_csv('{path}')"
-    con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE items (kind VARCHAR, head VARCHAR, relation VARCHAR, tail VARCHAR)")
-    con.execute(f"INSERT INTO items SELECT * FROM {reader}")
-    con.close()
+    raw_insert(db, TRIPLE_COLUMNS, f"SELECT * FROM {reader}")
+
+
+def interleaved_medians(variants: dict[str, Callable[[Path], None]], repeat: int, tmp: Path,
+                        prefix: str) -> dict[str, float]:
+    """Median seconds of each variant, each run into a fresh database; the variants take turns within
+    each repeat, so all of them see the same machine state."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(repeat):
+        for j, (name, fn) in enumerate(variants.items()):
+            times[name].append(timed(lambda fn=fn, db=tmp / f"{prefix}{j}-{i}.duckdb": fn(db)))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def skd_ingest(path: Path, db: Path, fmt: str = "parquet") -> None:
@@ -99,11 +112,7 @@ def text_formats_table(parquet: Path, tmp: Path, repeat: int) -> Table:
         rows.write_ndjson(path) if fmt == "jsonl" else rows.write_csv(path)
         variants = {"raw DuckDB reader, INSERT ... SELECT": lambda db, p=path, f=fmt: raw_text_ingest(p, db, f),
                     "skd ingest (pyarrow reader)": lambda db, p=path, f=fmt: skd_ingest(p, db, f)}
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for i in range(repeat):
-            for j, (name, fn) in enumerate(variants.items()):
-                times[name].append(timed(lambda fn=fn, db=tmp / f"{fmt}{j}-{i}.duckdb": fn(db)))
-        medians = {name: statistics.median(t) for name, t in times.items()}
+        medians = interleaved_medians(variants, repeat, tmp, fmt)
         medians["skd ingest (line-level reader)"] = timed(
             lambda p=path, f=fmt: line_reader_ingest(p, tmp / f"{f}-lines.duckdb", f))
         raw_t = medians["raw DuckDB reader, INSERT ... SELECT"]
@@ -123,7 +132,7 @@ def main() -> None:
     parquet = tmp / "triples.parquet"
     make_triples(args.rows, parquet)
     # skd ingests with insertion order off (row order carries no meaning in a corpus); the raw rows show
-    # what that setting alone buys. Interleaved, so every variant sees the same machine state.
+    # what that setting alone buys.
     variants = {
         "raw INSERT ... SELECT FROM read_parquet": lambda db: raw_ingest(parquet, db),
         "raw, insertion order off": lambda db: raw_ingest(parquet, db, ordered=False),
@@ -131,11 +140,7 @@ def main() -> None:
         "raw + md5 id, insertion order off": lambda db: raw_ingest_with_id(parquet, db, ordered=False),
         "skd ingest (validate, id, dedup, provenance)": lambda db: skd_ingest(parquet, db),
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for i in range(args.repeat):
-        for j, (name, fn) in enumerate(variants.items()):
-            times[name].append(timed(lambda fn=fn, db=tmp / f"v{j}-{i}.duckdb": fn(db)))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = interleaved_medians(variants, args.repeat, tmp, "v")
     raw_t = medians["raw INSERT ... SELECT FROM read_parquet"]
     queries = {  # name: (sql, goal); the issue sets its goal for a filtered count and a group-by
         "filtered count (relation = 'xWant' AND tail LIKE '%eats%')":

@@ -61,7 +61,7 @@ def main() -> None:
     with Store(db) as s:
         ingest_file(s, tmp / "items.parquet", "parquet", kind="triple")
         import_labels(s, args.labels, "ckbp")
-        train_critic(s, "bench", CriticConfig(mode=args.mode, max_steps=10, eval_steps=10), tmp / "critic")
+        train_critic(s.path, "bench", CriticConfig(mode=args.mode, max_steps=10, eval_steps=10), tmp / "critic")
         texts = verbalize_rows(s.query("SELECT * FROM items ORDER BY item_id").to_dicts())
     critic = load_critic(tmp / "critic")
     raw_forward(critic, texts[:512], args.batch_size)  # warm up

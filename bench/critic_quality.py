@@ -54,7 +54,7 @@ def ckbp(modes: list[str], tmp: Path, table: Table) -> None:
         for mode in modes:
             t = time.perf_counter()
             cfg = CriticConfig(mode=mode, labels_where="source = 'ckbp1'", **(FINETUNE if mode == "finetune" else {}))
-            train_critic(s, f"ckbp-{mode}", cfg, tmp / f"ckbp-{mode}")
+            train_critic(s.path, f"ckbp-{mode}", cfg, tmp / f"ckbp-{mode}")
             auc, ap, n, groups = evaluate(tmp / f"ckbp-{mode}", s, "source = 'ckbp2'", by="class")
             table.add_row("CKBP v1 -> v2 expert dev", f"MiniLM {mode}", f"{auc:.3f}", f"{ap:.3f}", str(n),
                           f"{time.perf_counter() - t:.0f} s")
@@ -80,7 +80,7 @@ def rationale(modes: list[str], tmp: Path, table: Table, folds: int = 5) -> None
             for k in range(folds):
                 cfg = CriticConfig(mode=mode, labels_where=f"abs(hash(lower(question))) % 5 <> {k}",
                                    **(FINETUNE | RATIONALE_FINETUNE if mode == "finetune" else {}))
-                train_critic(s, f"rat-{mode}-{k}", cfg, tmp / f"rat-{mode}-{k}")
+                train_critic(s.path, f"rat-{mode}-{k}", cfg, tmp / f"rat-{mode}-{k}")
                 auc, ap, _, _ = evaluate(tmp / f"rat-{mode}-{k}", s, f"abs(hash(lower(question))) % 5 = {k}")
                 aucs.append(auc)
                 aps.append(ap)

@@ -8,6 +8,8 @@ import json
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +34,7 @@ class CriticConfig(BaseModel):
     prompt: str | None = Field(None, description="llm-judge: question template with {text}.")
     base: str = Field("all-minilm-l6-v2", description="Base encoder: HF id, local path or the embedded MiniLM.")
     labels_where: str | None = Field(None, description="SQL filter over the labels table.")
+    sources: list[str] = Field([], description="Train on these label sources only (every source when empty).")
     dev_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of heads/questions held out for dev.")
     seed: int = 0
     epochs: float = Field(3.0, gt=0)
@@ -51,14 +54,19 @@ def group_key(row: dict[str, Any]) -> str:
     return (row.get("head") or row.get("question") or row.get("text") or "").strip().lower()
 
 
-def load_labels(store: Store, where: str | None) -> pl.DataFrame:
-    sql = "SELECT item_id, kind, head, relation, tail, question, answer, rationale, text, label, source FROM labels"
+def load_labels(store: Store, where: str | None, sources: list[str] | None = None) -> pl.DataFrame:
+    """The labels to train on, in a fixed order: the same labels always train the same critic."""
+    sql = ("SELECT item_id, kind, head, relation, tail, question, answer, rationale, text, label, source FROM labels "
+           f"WHERE ({where or 'TRUE'}) AND (len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], source)) "
+           "ORDER BY item_id, source")
     try:
-        df = store.query(sql + (f" WHERE {where}" if where else ""))
+        df = store.query(sql, [sources or [], sources or []])
     except duckdb.Error as e:  # a user's SQL
         raise SkdError(f"--labels-where: {str(e).splitlines()[0]}") from None
     if df.height == 0:
-        raise SkdError("no labels" + (f" match {where!r}" if where else "") + "; import some with `skd labels import`")
+        which = " and ".join(x for x in (f"match {where!r}" if where else "",
+                                          f"come from {', '.join(sources)}" if sources else "") if x)
+        raise SkdError("no labels" + (f" {which}" if which else "") + "; import some with `skd labels import`")
     classes = set(df["label"].to_list())
     if len(classes) < 2:
         raise SkdError(f"the labels have only one class ({classes.pop()}); a critic needs acceptable and not")
@@ -174,11 +182,12 @@ def fit_judge(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFra
     return load_judge(base, cfg.prompt or JUDGE_PROMPT)
 
 
-def train_critic(store: Store, name: str, cfg: CriticConfig, out: Path) -> dict[str, Any]:
-    """Train, choose thresholds on dev, save to `out` and register in `critics`; returns the card."""
-    if store.scalar("SELECT count(*) FROM critics WHERE name = ?", [name]):
-        raise SkdError(f"a critic named {name!r} exists; choose another name")
-    df = load_labels(store, cfg.labels_where)
+def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path) -> dict[str, Any]:
+    """Train, choose thresholds on dev, save to `out` and register in `critics`; returns the card. The corpus
+    is open only to read the labels and to register the critic: readers and writers work while it trains."""
+    with Store(db) as store:  # for writing, like the callers that may hold it in this process
+        check_name_free(store, name)
+        df = load_labels(store, cfg.labels_where, cfg.sources)
     train, dev = split(df, cfg.dev_fraction, cfg.seed)
     if cfg.mode == "llm-judge" and cfg.base == "all-minilm-l6-v2":
         cfg = cfg.model_copy(update={"base": "smollm2-135m-instruct"})  # a judge needs a generative model
@@ -187,7 +196,8 @@ def train_critic(store: Store, name: str, cfg: CriticConfig, out: Path) -> dict[
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     fit = {"embedding": fit_embedding, "finetune": fit_finetune, "llm-judge": fit_judge}[cfg.mode]
-    critic = fit(cfg, base, train, dev, tmp)
+    with deterministic(cfg.seed):
+        critic = fit(cfg, base, train, dev, tmp)
     if isinstance(critic, FinetunedCritic):  # the card records the length the critic was trained at
         cfg = cfg.model_copy(update={"max_length": critic.max_length})
     dev_scores = critic.score(verbalize_rows(dev.to_dicts()))
@@ -201,11 +211,32 @@ def train_critic(store: Store, name: str, cfg: CriticConfig, out: Path) -> dict[
             "config": cfg.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
             "skd_version": skd_version()}
     (tmp / "critic.json").write_text(json.dumps(card, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    store.con.execute(
-        "INSERT INTO critics (critic_id, name, path, base_model, mode, metrics, thresholds, config) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [card["critic_id"], name, str(out.resolve()), cfg.base, cfg.mode, json.dumps(metrics),
-         json.dumps(thresholds), json.dumps(card["config"])])
+    with Store(db) as store:
+        check_name_free(store, name)  # another process may have registered the name while this one trained
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        store.con.execute(
+            "INSERT INTO critics (critic_id, name, path, base_model, mode, metrics, thresholds, config) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [card["critic_id"], name, str(out.resolve()), cfg.base, cfg.mode, json.dumps(metrics),
+             json.dumps(thresholds), json.dumps(card["config"])])
     return card
+
+
+def check_name_free(store: Store, name: str) -> None:
+    if store.scalar("SELECT count(*) FROM critics WHERE name = ?", [name]):
+        raise SkdError(f"a critic named {name!r} exists; choose another name")
+
+
+@contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seeded, deterministic kernels: the same labels train the same critic, so two runs of a pipeline
+    give the same scores and a snapshot cut near a threshold is reproducible."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)

@@ -73,8 +73,7 @@ def train(
         "recalls": [float(x) for x in recall.split(",") if x], "precisions": [float(x) for x in precision.split(",")
                                                                                if x]}, "options")
     db_path = db or default_path()
-    with Store(db_path) as s:
-        card = train_critic(s, name, cfg, out_dir or Path(str(db_path) + ".d") / "critics" / name)
+    card = train_critic(db_path, name, cfg, out_dir or Path(str(db_path) + ".d") / "critics" / name)
     if json:
         print_json(card)
         return

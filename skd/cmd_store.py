@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import csv
+import json as jsonlib
+import sys
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from store import FORMATS, KINDS, LABEL_FORMATS, IngestResult, SkdError, Store, import_labels, ingest_file
+from store import FORMATS, KINDS, LABEL_FORMATS, SkdError, Store
+from store.db import default_path
+from store.user_sql import QueryResult, run_user_sql
+
+if TYPE_CHECKING:
+    from store import IngestResult
 
 from .options import Db, Json, Quiet
 from .output import (
     dict_table,
     err,
-    flatten_nested,
-    frame_table,
     out,
     print_json,
     progress_bar,
+    rows_table,
     run_with_progress,
     status,
 )
@@ -54,6 +62,9 @@ def info(db: Db = None, json: Json = False) -> None:
         out.print(dict_table("triples per relation", data["triples_per_relation"]))
     if len(data["items_per_domain"]) > 1:
         out.print(dict_table("items per domain", data["items_per_domain"]))
+    if data["runs_per_status"]:
+        out.print(dict_table("runs per status (interrupted: its process ended before it finished)",
+                             data["runs_per_status"]))
 
 
 def ingest(
@@ -115,6 +126,8 @@ def input_files(paths: list[Path], fmt: str | None) -> list[tuple[Path, str]]:
 def ingest_inputs(s: Store, inputs: list[tuple[Path, str]], kind: str | None, strict: bool,
                   quiet: bool) -> list[tuple[tuple[Path, str], IngestResult]]:
     """Each input in turn, with a spinner for one file and a bar over files for several."""
+    from store import ingest_file
+
     if len(inputs) == 1:
         with status(f"ingesting {inputs[0][0].name}", quiet):
             return [(inputs[0], ingest_file(s, *inputs[0], kind=kind, strict=strict))]
@@ -136,17 +149,25 @@ def labels_import(
     format: Annotated[LabelFormat, typer.Option("--format", "-f", help="Label file format.")],
     source: Annotated[str | None, typer.Option(help="Name of this label source \\[default: FORMAT:FILENAME].",
                                                show_default=False)] = None,
+    replace: Annotated[bool, typer.Option(help="Replace the labels this source already holds.")] = False,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
-    """Import judgements; duplicates of one item are resolved by majority vote (votes kept)."""
+    """Import judgements; duplicates of one item are resolved by majority vote (votes kept). Importing the
+    same file again changes nothing; a source that holds other judgements is replaced only with --replace."""
+    from store import import_labels
+
     with Store(db) as s, status(f"importing labels from {file.name}", quiet or json):
-        r = import_labels(s, file, format.value, source=source)
+        r = import_labels(s, file, format.value, source=source, replace=replace)
     if json:
         print_json({k: v for k, v in r.__dict__.items() if k != "rejects"}
                    | {"rejects": [x.__dict__ for x in r.rejects[:100]]})
         return
+    if r.skipped:
+        out.print(f"labels [bold]{r.source}[/]: {file} was imported before; {r.items:,} items, nothing changed")
+        return
     out.print(f"labels [bold]{r.source}[/]: {r.items:,} items from {r.judgements:,} judgements "
-              f"({r.positive:,} acceptable, {r.conflicts:,} with disagreeing votes), {r.rejected:,} rows rejected")
+              f"({r.positive:,} acceptable, {r.conflicts:,} with disagreeing votes), {r.rejected:,} rows rejected"
+              + (f"; replaced the {r.replaced:,} labels it held" if r.replaced else ""))
     for x in r.rejects[:5]:
         err.print(f"  row {x.row_number}: {x.reason}")
 
@@ -157,26 +178,47 @@ def query(
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file.")] = None,
     db: Db = None,
 ) -> None:
-    """Query the corpus with SQL on a read-only connection."""
-    with Store(db, read_only=True) as s:
-        df = s.read_query(sql)
+    """Query the corpus with SQL on a connection that cannot write."""
     fmt = format.value
     if fmt == "parquet" and out_file is None:
         raise SkdError("--format parquet needs --out FILE")
+    if fmt == "table" and out_file:
+        raise SkdError("--out needs --format csv, jsonl or parquet")
+    if out_file is not None and out_file.is_dir():
+        raise SkdError(f"--out {out_file} is a folder; name a file")
+    if out_file is not None and not out_file.parent.is_dir():
+        raise SkdError(f"--out {out_file}: no folder {out_file.parent}")
+    result = run_user_sql(db or default_path(), sql, arrow=fmt == "parquet")
     if fmt == "table":
-        if out_file:
-            raise SkdError("--out needs --format csv, jsonl or parquet")
-        out.print(frame_table(df))
-    elif fmt == "parquet":
-        df.write_parquet(out_file)
-    elif fmt == "csv":
-        text = flatten_nested(df).write_csv()
-        out_file.write_text(text) if out_file else print(text, end="")
-    else:
-        text = df.write_ndjson()
-        out_file.write_text(text) if out_file else print(text, end="")
+        out.print(rows_table(result.columns, result.types, result.rows))
+        return
+    try:
+        write_result(result, fmt, out_file)
+    except OSError as e:
+        raise SkdError(f"cannot write {out_file}: {e.strerror}") from None
     if out_file:
-        err.print(f"wrote {df.height:,} rows to {out_file}")
+        err.print(f"wrote {result.height:,} rows to {out_file}")
+
+
+def write_result(result: QueryResult, fmt: str, out_file: Path | None) -> None:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(result.arrow, out_file)
+        return
+    with open(out_file, "w", newline="") if out_file else nullcontext(sys.stdout) as f:
+        if fmt == "csv":
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(result.columns)
+            w.writerows([flat_value(v) for v in row] for row in result.rows)
+        else:
+            f.writelines(jsonlib.dumps(dict(zip(result.columns, row, strict=True)), default=str) + "\n"
+                         for row in result.rows)
+
+
+def flat_value(v: Any) -> Any:
+    """A CSV cell: nested values as JSON text, NULL as empty."""
+    return jsonlib.dumps(v, default=str) if isinstance(v, list | dict) else "" if v is None else v
 
 
 def register(app: typer.Typer) -> None:

@@ -25,11 +25,13 @@ from train.evaluate import (
     cases_from_references,
     cases_from_snapshot,
     compare,
+    eval_key,
     flat_metrics,
     prompts,
     read_references,
     record_eval,
     score_outputs,
+    stored_eval,
 )
 from train.formats import extract_answer
 
@@ -200,26 +202,33 @@ def evaluate_model(db_path: Path, model: str, *, snapshot: str | None = None, sp
                    fmt: str | None = None, backend: str = "transformers", limit: int | None = None,
                    max_tokens: int = 32, temperature: float = 0.0, seed: int = 0, embed_model: str = MINILM,
                    offset: int = 0) -> dict[str, Any]:
-    """Evaluate a student or a teacher and record the result; returns eval_id, model, metrics, config, samples."""
+    """Evaluate a student or a teacher and record the result; returns eval_id, model, metrics, config, samples.
+    An evaluation recorded before (same model, inputs and settings) is returned as it is, not repeated."""
     with Store(db_path, read_only=True) as s:
         student = find_student(s, model)
         cases, source = eval_cases(s, snapshot, split, heads, references, questions, questions_format, relations,
                                    limit, seed, offset)
-        scorer, threshold = critic_scorer(s, critic) if critic else (None, None)
+        critic_id = critic_row(s, critic)["critic_id"] if critic else None
     fmt = fmt or (student["format"] if student else "chat")
     if fmt not in FORMATS:
         raise SkdError(f"--format must be one of {', '.join(FORMATS)}")
+    config = {"inputs": source, "format": fmt, "backend": backend, "max_tokens": max_tokens,
+              "temperature": temperature, "seed": seed, "critic": critic, "limit": limit, "embed_model": embed_model}
+    label = f"{student['student_id']} (student)" if student else f"{model} (teacher)"
+    student_id, snapshot = (student or {}).get("student_id"), snapshot or (student or {}).get("snapshot")
+    eval_id = eval_key(label, config | {"critic_id": critic_id}, student_id, snapshot, cases)
+    with Store(db_path, read_only=True) as s:
+        done = stored_eval(s, eval_id)
+        if done:
+            return done
+        scorer, threshold = critic_scorer(s, critic) if critic else (None, None)
     outputs = generate_outputs(student["path"] if student else model, backend, cases, fmt, max_tokens, temperature,
                                seed)
     metrics = score_outputs(cases, outputs, embed_model=embed_model, scorer=scorer, threshold=threshold,
                             checker=check_answer)
-    config = {"inputs": source, "format": fmt, "backend": backend, "max_tokens": max_tokens,
-              "temperature": temperature, "seed": seed, "critic": critic, "limit": limit}
     samples = [{"input": c.item, "references": c.references, "output": o}
                for c, o in zip(cases, outputs, strict=True)]
-    label = f"{student['student_id']} (student)" if student else f"{model} (teacher)"
-    eval_id = record_eval(db_path, label, metrics, config, student["student_id"] if student else None,
-                          snapshot or (student or {}).get("snapshot"), samples)
+    record_eval(db_path, eval_id, label, metrics, config, student_id, snapshot, samples)
     return {"eval_id": eval_id, "model": label, "metrics": metrics, "config": config, "samples": samples}
 
 

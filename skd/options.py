@@ -9,5 +9,6 @@ import typer
 
 Db = Annotated[Path | None, typer.Option("--db", envvar="SKD_DB", show_default=False,
                                          help="Corpus database file \\[default: ./skd.duckdb].")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+Json = Annotated[bool, typer.Option("--json", envvar="SKD_JSON", show_envvar=False, help="Print the result as JSON.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", envvar="SKD_QUIET", show_envvar=False,
+                                     help="No progress display.")]

@@ -7,8 +7,8 @@ import sys
 from contextlib import nullcontext
 from typing import Any
 
-import polars as pl
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console(soft_wrap=True)
@@ -34,23 +34,18 @@ def dict_table(title: str, data: dict[str, Any], key: str = "", value: str = "")
     return t
 
 
-def frame_table(df: pl.DataFrame, limit: int = TABLE_ROWS) -> Table:
+def rows_table(columns: list[str], types: list[str], rows: list[tuple], limit: int = TABLE_ROWS) -> Table:
+    """A query result for people: numbers right-aligned, NULL as ∅, at most `limit` rows."""
+    numeric = ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL", "HUGEINT", "BIGINT", "SMALLINT", "TINYINT", "UBIGINT")
     t = Table(show_lines=False)
-    for name, dtype in zip(df.columns, df.dtypes, strict=True):
-        t.add_column(name, justify="right" if dtype.is_numeric() else "left", overflow="fold")
-    for row in df.head(limit).iter_rows():
-        t.add_row(*["∅" if v is None else str(v) for v in row])
-    if df.height > limit:
-        t.caption = f"{df.height - limit:,} more rows; use --format csv|jsonl|parquet --out FILE"
+    for name, dtype in zip(columns, types, strict=True):
+        right = dtype.upper().startswith(numeric) and not dtype.endswith("[]")
+        t.add_column(name, justify="right" if right else "left", overflow="fold")
+    for row in rows[:limit]:
+        t.add_row(*["∅" if v is None else escape(str(v)) for v in row])
+    if len(rows) > limit:
+        t.caption = f"{len(rows) - limit:,} more rows; use --format csv|jsonl|parquet --out FILE"
     return t
-
-
-def flatten_nested(df: pl.DataFrame) -> pl.DataFrame:
-    """Nested columns as JSON text, for formats that hold only flat values (CSV)."""
-    nested = [c for c, d in zip(df.columns, df.dtypes, strict=True) if d.is_nested()]
-    return df.with_columns(
-        pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v, default=str),
-                               return_dtype=pl.String) for c in nested)
 
 
 def progress_bar(label: str, unit: str, quiet: bool, note: str = ""):

@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from corpus import SnapshotRecipe
 from store import MINILM, SMOLLM2
 from train import StudentOptions
 
+# Every pipeline critic chooses a dev threshold at each of these recalls, so changing the snapshot's cut
+# (which retrains nothing) always finds its threshold.
+RECALL_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 STAGES = ("ingest", "generate", "critic", "score", "embed", "dedup", "snapshot", "export", "train", "eval")
 
 
@@ -52,8 +55,20 @@ class CriticStage(Strict):
     batch_size: int = 32
     lr: float = 5e-5
     threshold_at_recall: float | None = Field(0.8, description="Snapshot keeps items above the dev threshold "
-                                                               "reaching this recall.")
-    min_score: float | None = Field(None, description="... or above this score.")
+                                                               f"reaching this recall: one of {RECALL_GRID}.")
+    min_score: float | None = Field(None, ge=0, le=1, description="... or above this score.")
+
+    @field_validator("threshold_at_recall")
+    @classmethod
+    def _on_the_grid(cls, v: float | None) -> float | None:
+        if v is not None and v not in RECALL_GRID:
+            raise ValueError(f"must be one of {', '.join(map(str, RECALL_GRID))} (the recalls every pipeline "
+                             "critic has a dev threshold for)")
+        return v
+
+    @staticmethod
+    def recalls() -> list[float]:
+        return list(RECALL_GRID)
 
 
 class DedupStage(Strict):
@@ -92,8 +107,8 @@ class EvalStage(Strict):
     questions_format: Literal["csqa", "gsm8k", "strategyqa", "jsonl"] = "jsonl"
     offset: int = Field(0, ge=0, description="Skip this many questions first (those the teacher was asked).")
     relations: list[str] = Field(default_factory=list)
-    limit: int | None = 50
-    max_tokens: int = 24
+    limit: int | None = Field(50, gt=0)
+    max_tokens: int = Field(24, gt=0)
     teacher: bool = Field(True, description="Evaluate the teacher on the same inputs.")
     teacher_format: Literal["comet", "chat", "rationale"] = "chat"
     use_critic: bool = Field(True, description="Report the pipeline critic's acceptance of the outputs.")
@@ -108,6 +123,22 @@ class Pipeline(Strict):
     export: ExportStage | None = None
     student: StudentStage | None = None
     eval: EvalStage | None = None
+
+    @model_validator(mode="after")
+    def _check_across_stages(self) -> Pipeline:
+        """What would fail at a later stage fails when the config loads, before any stage runs."""
+        try:
+            self.snapshot_recipe(self.critic.name if self.critic else None)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ValueError(f"snapshot.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        if self.generate:
+            from generators import make_recipe
+            from generators.backends import check_teacher_options
+
+            check_teacher_options(self.generate.backend, self.generate.teacher_options, "generate.teacher_options")
+            make_recipe(self.generate.recipe, self.generate.recipe_config, source="generate.recipe_config")
+        return self
 
     def snapshot_recipe(self, critic: str | None) -> SnapshotRecipe:
         s, c, d = self.snapshot, self.critic, self.dedup

@@ -150,10 +150,12 @@ class Runner:
             source = next((f for f in c.labels if Path(f.file).is_file()), None)
             if source is None:
                 raise SkdError(f"critic: none of the label files exist: {', '.join(str(f.file) for f in c.labels)}")
-            labels = import_labels(s, source.file, source.format)
-            cfg = CriticConfig(mode=c.mode, base=c.base, epochs=c.epochs, max_steps=c.max_steps,
-                               batch_size=c.batch_size, lr=c.lr, labels_where=f"source = '{labels.source}'")
-            card = train_critic(s, name, cfg, s.files_dir / "critics" / name)
+            # the pipeline declares this file as the source's content: it replaces an older version of it
+            labels = import_labels(s, source.file, source.format, replace=True)
+            files_dir = s.files_dir
+        cfg = CriticConfig(mode=c.mode, base=c.base, epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size,
+                           lr=c.lr, sources=[labels.source], recalls=c.recalls())
+        card = train_critic(self.db, name, cfg, files_dir / "critics" / name)  # holds the corpus only briefly
         dev = card["metrics"]["dev"]
         self.say(f"    critic {name} on {source.file}: dev AUC {dev['auc']:.3f}, thresholds {card['thresholds']}")
         return {"critic": name, "labels": str(source.file), "dev_auc": dev["auc"],

@@ -1,17 +1,56 @@
-"""The corpus store: one DuckDB file, migrations, typed reads and writes, staging shards, locking."""
+"""The corpus store: one DuckDB file, migrations, typed reads and writes, staging shards, locking.
 
-from .db import DEFAULT_DB, Store, default_path, skd_version
-from .errors import LockedError, SchemaError, SkdError
-from .ingest import FORMATS, IngestResult, ingest_file
-from .items import ITEM_COLUMNS, KINDS
-from .labels import LABEL_FORMATS, LabelResult, import_labels
-from .migrations import LATEST as SCHEMA_VERSION
-from .models import MINILM, SMOLLM2, resolve_model
-from .shards import ShardWriter, commit_batch, ingest_batch, ingest_shards, open_store, pending_shards, stage_in_chunks
+Names are imported from their modules on first use (PEP 562), so `from store import SkdError, Store`
+costs DuckDB only, not pyarrow and polars: commands like `skd info` and `skd query` start in a blink.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    ".db": ("DEFAULT_DB", "Store", "default_path", "skd_version"),
+    ".errors": ("LockedError", "SchemaError", "SkdError"),
+    ".ingest": ("IngestResult", "ingest_file"),
+    ".items": ("FORMATS", "ITEM_COLUMNS", "KINDS", "LABEL_FORMATS"),
+    ".labels": ("LabelResult", "import_labels"),
+    ".migrations": ("SCHEMA_VERSION",),
+    ".models": ("MINILM", "SMOLLM2", "resolve_model"),
+    ".shards": ("ShardWriter", "commit_batch", "ingest_batch", "ingest_shards", "open_store", "pending_shards",
+                "stage_in_chunks"),
+}
+_MODULE = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = [
     "DEFAULT_DB", "FORMATS", "ITEM_COLUMNS", "IngestResult", "KINDS", "LABEL_FORMATS", "LabelResult", "LockedError",
     "MINILM", "SCHEMA_VERSION", "SMOLLM2", "SchemaError", "ShardWriter", "SkdError", "Store", "commit_batch",
-    "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "open_store",
-    "pending_shards", "resolve_model", "skd_version", "stage_in_chunks",
+    "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "open_store", "pending_shards",
+    "resolve_model", "skd_version", "stage_in_chunks",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE:
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE[name], __name__), "LATEST" if name == "SCHEMA_VERSION" else name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .db import DEFAULT_DB, Store, default_path, skd_version
+    from .errors import LockedError, SchemaError, SkdError
+    from .ingest import IngestResult, ingest_file
+    from .items import FORMATS, ITEM_COLUMNS, KINDS, LABEL_FORMATS
+    from .labels import LabelResult, import_labels
+    from .migrations import LATEST as SCHEMA_VERSION
+    from .models import MINILM, SMOLLM2, resolve_model
+    from .shards import (
+        ShardWriter,
+        commit_batch,
+        ingest_batch,
+        ingest_shards,
+        open_store,
+        pending_shards,
+        stage_in_chunks,
+    )

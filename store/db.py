@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import polars as pl
 
 from .errors import LockedError, SchemaError, SkdError
 from .migrations import LATEST, migrate, schema_version
+from .redact import redact, redact_value
+
+if TYPE_CHECKING:
+    import polars as pl
 
 DEFAULT_DB = "skd.duckdb"
-READ_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+DEFAULT_WAIT = 300.0
+log = logging.getLogger("skd.store")
 
 
 def skd_version() -> str:
@@ -47,9 +54,9 @@ def _lock_holder(message: str) -> str:
     return f"process {pid}" + (f" ({cmd[:120]})" if cmd else "")
 
 
-def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _connect(path: Path, read_only: bool, config: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only, config=dict(config or {}))
     except duckdb.IOException as e:
         if "lock" in str(e).lower():
             raise LockedError(
@@ -60,24 +67,49 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         raise SkdError(f"cannot open database {path}: {str(e).splitlines()[0]}") from None
 
 
-class Store:
-    """A corpus. `Store(path)` opens (creating and migrating) for writing; `read_only=True` for queries."""
+def default_wait() -> float:
+    """Seconds to wait for a corpus that another process holds: `--wait` / SKD_WAIT, else 300."""
+    try:
+        return max(0.0, float(os.environ.get("SKD_WAIT") or DEFAULT_WAIT))
+    except ValueError:
+        raise SkdError(f"SKD_WAIT={os.environ['SKD_WAIT']!r} is not a number of seconds") from None
 
-    def __init__(self, path: str | Path | None = None, read_only: bool = False):
+
+class Store:
+    """A corpus. `Store(path)` opens (creating and migrating) for writing; `read_only=True` for queries.
+    While another process holds the file, it waits up to `wait` seconds (default: `default_wait()`),
+    saying once who holds it, then gives up with one line naming the holder."""
+
+    def __init__(self, path: str | Path | None = None, read_only: bool = False, wait: float | None = None):
         self.path = Path(path) if path is not None else default_path()
         self.read_only = read_only
-        if read_only:
-            if not self.path.exists():
-                raise SkdError(f"no corpus at {self.path}; create one with `skd init --db {self.path}`")
-            self.con = self._open_read_only()
-        else:
+        if read_only and not self.path.exists():
+            raise SkdError(f"no corpus at {self.path}; create one with `skd init --db {self.path}`")
+        if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.con = _connect(self.path, read_only=False)
+        deadline = time.monotonic() + (default_wait() if wait is None else wait)
+        said = False
+        while True:
             try:
-                migrate(self.con)
-            except Exception:
-                self.con.close()
-                raise
+                self.con = self._open_read_only() if read_only else self._open_for_writing()
+                return
+            except LockedError as e:
+                if time.monotonic() >= deadline:
+                    raise
+                if not said:
+                    log.warning("%s; waiting (up to --wait seconds)", str(e).split(";")[0])
+                    said = True
+                time.sleep(0.25)
+
+    def _open_for_writing(self) -> duckdb.DuckDBPyConnection:
+        con = _connect(self.path, read_only=False)
+        try:
+            migrate(con)
+            reap_dead_runs(con)
+        except Exception:
+            con.close()
+            raise
+        return con
 
     def _open_read_only(self) -> duckdb.DuckDBPyConnection:
         con = _connect(self.path, read_only=True)
@@ -118,25 +150,9 @@ class Store:
     # -- SQL --------------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
         """Run SQL and return a polars DataFrame (through Arrow)."""
+        import polars as pl  # here, not at the top: commands that never call it start faster
         rel = self.con.sql(sql, params=params) if params else self.con.sql(sql)
         return rel.pl() if rel is not None else pl.DataFrame()
-
-    def read_query(self, sql: str) -> pl.DataFrame:
-        """Like `query`, but refuses anything that is not a read (SELECT, EXPLAIN, PRAGMA)."""
-        try:
-            statements = self.con.extract_statements(sql)
-        except duckdb.Error as e:
-            raise SkdError(f"SQL error: {str(e).splitlines()[0]}") from None
-        if not statements:
-            raise SkdError("no SQL statement given")
-        for st in statements:
-            kind = st.type.name
-            if kind not in READ_STATEMENTS:
-                raise SkdError(f"`skd query` only reads; {kind} statements are refused")
-        try:
-            return self.query(sql)
-        except duckdb.Error as e:
-            raise SkdError(f"SQL error: {str(e).splitlines()[0]}") from None
 
     def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
         rows = self.con.execute(sql, params or []).fetchall()  # fetchall: DuckDB 2 wants results drained
@@ -167,9 +183,10 @@ class Store:
         """Record a stage execution (committed at once, so a crash leaves a visible 'running' row)."""
         run_id = f"{stage}-{datetime.now():%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
         self.con.execute(
-            "INSERT INTO runs (run_id, stage, config, started_at, status, skd_version) "
-            "VALUES (?, ?, ?, current_timestamp, 'running', ?)",
-            [run_id, stage, json.dumps(config, default=str, sort_keys=True), skd_version()],
+            "INSERT INTO runs (run_id, stage, config, started_at, status, skd_version, pid, host, process_start) "
+            "VALUES (?, ?, ?, current_timestamp, 'running', ?, ?, ?, ?)",
+            [run_id, stage, json.dumps(redact_value(config), default=str, sort_keys=True), skd_version(),
+             os.getpid(), socket.gethostname(), process_start(os.getpid())],
         )
         return run_id
 
@@ -178,8 +195,19 @@ class Store:
         self.con.execute(
             "UPDATE runs SET finished_at = current_timestamp, status = ?, summary = ?, error = ? "
             "WHERE run_id = ?",
-            [status, json.dumps(summary or {}, default=str, sort_keys=True), error, run_id],
+            [status, json.dumps(redact_value(summary or {}), default=str, sort_keys=True),
+             redact(error) if error else None, run_id],
         )
+
+    def runs_per_status(self) -> dict[str, int]:
+        """Runs per status, a 'running' run whose process is gone counted as interrupted (a reader cannot
+        mark it; the next writer does)."""
+        rows = self.con.execute("SELECT status, pid, host, process_start FROM runs").fetchall()
+        counts: dict[str, int] = {}
+        for status, pid, host, start in rows:
+            status = "interrupted" if status == "running" and is_dead(pid, host, start) else status or "?"
+            counts[status] = counts.get(status, 0) + 1
+        return dict(sorted(counts.items()))
 
     # -- overview ---------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -202,4 +230,32 @@ class Store:
             "items_per_kind": per_kind,
             "triples_per_relation": per_relation,
             "items_per_domain": per_domain,
+            "runs_per_status": self.runs_per_status(),
         }
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), to tell it from a later process with its pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def is_dead(pid: int | None, host: str | None, start: str | None) -> bool:
+    """Whether the process that started a run on this machine is gone (unknown owners count as alive)."""
+    if pid is None or host != socket.gethostname():
+        return False
+    now = process_start(pid)
+    return now is None or (start is not None and now != start)
+
+
+def reap_dead_runs(con: duckdb.DuckDBPyConnection) -> int:
+    """Mark 'running' runs whose process is gone as interrupted; returns how many."""
+    rows = con.execute("SELECT run_id, pid, host, process_start FROM runs WHERE status = 'running'").fetchall()
+    dead = [run_id for run_id, pid, host, start in rows if is_dead(pid, host, start)]
+    for run_id in dead:
+        con.execute("UPDATE runs SET status = 'interrupted', finished_at = current_timestamp, error = "
+                    "'its process ended before it finished (killed or crashed); rerun to resume' "
+                    "WHERE run_id = ?", [run_id])
+    return len(dead)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,11 @@ from .items import IGNORED_INPUT_FIELDS, TEXT_FIELDS
 # Columns added to the table; named so that no input field clashes with them.
 SEQ, ROW = "__skd_seq", "__skd_row_number"
 BOM = b"\xef\xbb\xbf"
+# Lists nested 16 deep at once: pyarrow's type inference takes minutes over thousands of them (objects cost
+# it seconds, and the line-level reader rejects both). Unrolled, because `(?:\[\s*){16}` scans 50x slower.
+DEEP_LISTS = re.compile(rb"\[\s*" * 15 + rb"\[")
+# A \uD800-\uDFFF escape: paired ones are fine, unpaired ones cannot be stored; the line-level reader decides.
+SURROGATE = re.compile(rb"\\u[dD][89abAB]", re.ASCII)
 # What Python's str.strip() removes: the line-level CSV reader skips rows whose fields are all made of it.
 PY_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 
@@ -30,6 +36,8 @@ def read_jsonl(path: Path) -> pa.Table | None:
     merge, every other field present in every row with a plain value (pyarrow fills absent fields and
     nested keys with nulls, where the Python reader leaves them out)."""
     data = path.read_bytes()
+    if not _utf8(data) or _deeply_nested(data) or SURROGATE.search(data):
+        return None  # the line-level reader reports these lines by number
     try:
         table = pa_json.read_json(pa.BufferReader(data))
     except (pa.ArrowException, ValueError):
@@ -112,10 +120,25 @@ def _text_type(t: pa.DataType) -> bool:
 def _plain_type(t: pa.DataType) -> bool:
     """Types that DuckDB writes back as the same JSON (not structs, whose absent keys become nulls, nor
     timestamps, which pyarrow infers from strings)."""
-    if pa.types.is_list(t):
-        return pa.types.is_null(t.value_type) or _plain_type(t.value_type)
+    while pa.types.is_list(t):  # a loop: a list may nest thousands deep
+        t = t.value_type
+        if pa.types.is_null(t):
+            return True
     return (pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
             or pa.types.is_boolean(t))
+
+
+def _utf8(data: bytes) -> bool:
+    """pyarrow passes invalid UTF-8 through, and DuckDB's string functions then fail on it."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _deeply_nested(data: bytes) -> bool:
+    return DEEP_LISTS.search(data) is not None
 
 
 def _jsonl_line_numbers(data: bytes, n_records: int) -> np.ndarray:

@@ -18,18 +18,23 @@ from . import fast_readers
 from .db import Store
 from .errors import SkdError
 from .items import (
+    FORMATS,
     IGNORED_INPUT_FIELDS,
     KINDS,
-    STAGED_SCHEMA,
     TEXT_FIELDS,
     clean_sql,
     infer_kind_sql,
     item_id_sql,
     reject_reason_sql,
 )
-from .readers import Row, iter_atomic2020, iter_csv, iter_jsonl
+from .readers import Row, iter_atomic2020, iter_csv, iter_jsonl, open_binary
 
-FORMATS = ("jsonl", "csv", "parquet", "atomic2020")
+STAGED_SCHEMA = pa.schema(  # rows from the line-level readers
+    [("seq", pa.int64()), ("row_number", pa.int64()), ("kind", pa.string())]
+    + [(f, pa.string()) for f in TEXT_FIELDS[:6]]
+    + [("choices", pa.list_(pa.string())), ("text", pa.string()), ("domain", pa.string()),
+       ("extra", pa.string())]
+)
 # ATOMIC marks "no inference" with the tail "none": it is not knowledge, so it is not ingested.
 ATOMIC_EMPTY_TAILS = {"none", ""}
 
@@ -247,7 +252,7 @@ def first_bad_row(con: duckdb.DuckDBPyConnection, parse_rejects: list[Reject]) -
 def file_key(path: Path, fmt: str, kind: str | None) -> str:
     """What makes two ingests the same: the file's bytes and the options that change the result."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_binary(path) as f:  # an unreadable file is one line, not a traceback
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return f"file:{h.hexdigest()}:{fmt}:{kind or ''}"

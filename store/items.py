@@ -7,9 +7,9 @@ whitespace collapsed, case folded). Re-ingesting is idempotent and exact duplica
 
 from __future__ import annotations
 
-import pyarrow as pa
-
 KINDS = ("triple", "qa", "rationale", "text")
+FORMATS = ("jsonl", "csv", "parquet", "atomic2020")  # item files `skd ingest` reads
+LABEL_FORMATS = ("ckbp", "rationale-acceptability", "jsonl")  # label files `skd labels import` reads
 TEXT_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text", "domain")
 # Input fields that skd computes itself, so ingest ignores them.
 IGNORED_INPUT_FIELDS = {"item_id", "created_at"}
@@ -22,14 +22,6 @@ REQUIRED = {
     "rationale": ("question", "answer", "rationale"),
     "text": ("text",),
 }
-
-STAGED_SCHEMA = pa.schema(
-    [("seq", pa.int64()), ("row_number", pa.int64()), ("kind", pa.string())]
-    + [(f, pa.string()) for f in TEXT_FIELDS[:6]]
-    + [("choices", pa.list_(pa.string())), ("text", pa.string()), ("domain", pa.string()),
-       ("extra", pa.string())]
-)
-
 
 # DuckDB string literals take no backslash escapes: spell the whitespace set with chr().
 WS = "(' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13))"

@@ -16,11 +16,10 @@ import pyarrow as pa
 
 from .db import Store
 from .errors import SkdError
-from .ingest import Reject, as_text
-from .items import ID_FIELDS, clean_sql, infer_kind_sql, item_id_sql, reject_reason_sql
+from .ingest import Reject, as_text, file_key
+from .items import ID_FIELDS, LABEL_FORMATS, clean_sql, infer_kind_sql, item_id_sql, reject_reason_sql
 from .readers import iter_csv, iter_jsonl
 
-LABEL_FORMATS = ("ckbp", "rationale-acceptability", "jsonl")
 LABEL_WORDS = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
 SCHEMA = pa.schema(
     [("row_number", pa.int64()), ("kind", pa.string())]
@@ -39,6 +38,8 @@ class LabelResult:
     conflicts: int
     rejected: int
     rejects: list[Reject]
+    replaced: int = 0  # labels of the source that this import replaced
+    skipped: bool = False  # the same file was imported into this source before: nothing changed
 
 
 def as_label(value: Any) -> int:
@@ -115,13 +116,20 @@ def read_judgements(path: Path, fmt: str) -> tuple[pa.Table, list[Reject]]:
     return pa.Table.from_pylist(good, schema=SCHEMA), rejects
 
 
-def import_labels(store: Store, path: str | Path, fmt: str, source: str | None = None) -> LabelResult:
-    """Import a label file; importing the same source again replaces its labels (idempotent)."""
+def import_labels(store: Store, path: str | Path, fmt: str, source: str | None = None,
+                  replace: bool = False) -> LabelResult:
+    """Import a label file as one source (default FORMAT:FILENAME). The same bytes again change nothing.
+    A source that already holds other judgements is replaced only with `replace=True`, and a file that
+    yields no judgement is an error: an import never deletes judgements it did not read."""
     path = Path(path)
     if not path.is_file():
         raise SkdError(f"no such file: {path}")
-    table, rejects = read_judgements(path, fmt)
+    key = file_key(path, fmt, None).replace("file:", "labels:", 1)
     source = source or f"{fmt}:{path.name}"
+    held = store.scalar("SELECT count(*) FROM labels WHERE source = ?", [source])
+    if held and _source_key(store, source) == key:
+        return _result(store, source, 0, [], skipped=True)
+    table, rejects = read_judgements(path, fmt)
     con = store.con
     con.register("_judged", table)
     cleaned = ", ".join(f"{clean_sql(c)} AS {c}" for c in ("kind", *ID_FIELDS))
@@ -134,8 +142,36 @@ def import_labels(store: Store, path: str | Path, fmt: str, source: str | None =
     con.unregister("_judged")
     bad = con.execute("SELECT row_number, reason FROM _labels WHERE reason IS NOT NULL").fetchall()
     rejects += [Reject(int(n), r) for n, r in bad]
+    try:
+        good = table.num_rows - len(bad)  # judgements that passed validation (bad ones are in rejects)
+        _check_replacement(store, path, source, held, replace, good, rejects)
+        return _write_labels(store, path, fmt, source, key, good, rejects, held)
+    finally:
+        con.execute("DROP TABLE IF EXISTS _labels")
+
+
+def _source_key(store: Store, source: str) -> str | None:
+    """The file key of the import that last wrote `source`."""
+    return store.scalar("SELECT json_extract_string(config, '$.key') FROM runs WHERE stage = 'labels' AND "
+                        "status = 'ok' AND json_extract_string(config, '$.source') = ? ORDER BY started_at DESC "
+                        "LIMIT 1", [source])
+
+
+def _check_replacement(store: Store, path: Path, source: str, held: int, replace: bool, good: int,
+                       rejects: list[Reject]) -> None:
+    if good == 0:
+        why = f"; first problem, row {rejects[0].row_number}: {rejects[0].reason}" if rejects else ""
+        raise SkdError(f"{path}: no judgements read ({len(rejects):,} rows rejected{why}); nothing imported")
+    if held and not replace:
+        raise SkdError(f"labels source {source!r} already holds {held:,} labels from another file; pass --replace "
+                       f"to replace them with {path.name}'s, or --source NAME to import it as a new source")
+
+
+def _write_labels(store: Store, path: Path, fmt: str, source: str, key: str, rows: int, rejects: list[Reject],
+                  held: int) -> LabelResult:
+    con = store.con
     cols = ", ".join(("kind", *ID_FIELDS))
-    run_id = store.start_run("labels", {"file": str(path.resolve()), "format": fmt, "source": source})
+    run_id = store.start_run("labels", {"file": str(path.resolve()), "format": fmt, "source": source, "key": key})
     with store.transaction():
         con.execute("DELETE FROM labels WHERE source = ?", [source])
         con.execute(f"""
@@ -145,12 +181,16 @@ def import_labels(store: Store, path: str | Path, fmt: str, source: str | None =
             FROM (SELECT item_id, arg_min(struct_pack({cols}, extra), row_number) AS first,
                          sum(label)::INTEGER AS pos, count(*)::INTEGER AS total
                   FROM _labels WHERE reason IS NULL GROUP BY item_id)""", [source])
-        stats = con.execute("""SELECT count(*), coalesce(sum(label), 0),
-                                      count(*) FILTER (WHERE votes_pos > 0 AND votes_pos < votes_total),
-                                      coalesce(sum(votes_total), 0)
-                               FROM labels WHERE source = ?""", [source]).fetchall()[0]
-        result = LabelResult(source, table.num_rows + len(rejects), int(stats[3]), int(stats[0]),
-                             int(stats[1]), int(stats[2]), len(rejects), rejects)
+        result = _result(store, source, rows + len(rejects), rejects, replaced=held)
         store.finish_run(run_id, "ok", {k: v for k, v in result.__dict__.items() if k != "rejects"})
-    con.execute("DROP TABLE IF EXISTS _labels")
     return result
+
+
+def _result(store: Store, source: str, rows: int, rejects: list[Reject], replaced: int = 0,
+            skipped: bool = False) -> LabelResult:
+    stats = store.con.execute("""SELECT count(*), coalesce(sum(label), 0),
+                                        count(*) FILTER (WHERE votes_pos > 0 AND votes_pos < votes_total),
+                                        coalesce(sum(votes_total), 0)
+                                 FROM labels WHERE source = ?""", [source]).fetchall()[0]
+    return LabelResult(source, rows, int(stats[3]), int(stats[0]), int(stats[1]), int(stats[2]), len(rejects),
+                       rejects, replaced=replaced, skipped=skipped)

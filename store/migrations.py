@@ -93,7 +93,14 @@ ALTER TABLE generations ADD COLUMN n_tokens INTEGER;
 ALTER TABLE generations ADD COLUMN logprob DOUBLE;
 """
 
-MIGRATIONS: list[str] = [M001_CORE, M002_INGEST, M003_REQUESTS]
+# Which process runs a stage, so a run whose process died (killed, crashed) shows as interrupted.
+M004_RUN_OWNERS = """
+ALTER TABLE runs ADD COLUMN pid INTEGER;
+ALTER TABLE runs ADD COLUMN host VARCHAR;
+ALTER TABLE runs ADD COLUMN process_start VARCHAR;
+"""
+
+MIGRATIONS: list[str] = [M001_CORE, M002_INGEST, M003_REQUESTS, M004_RUN_OWNERS]
 LATEST = len(MIGRATIONS)
 
 

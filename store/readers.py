@@ -37,6 +37,17 @@ def _decode(line: bytes) -> tuple[str | None, str | None]:
         return None, f"not valid UTF-8 at byte {e.start}"
 
 
+def _encodable(rec: dict[str, Any]) -> bool:
+    """False when a string holds a lone surrogate (from a `\\ud800` escape): it cannot be stored as UTF-8."""
+    try:
+        json.dumps(rec, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    except RecursionError:
+        return True  # nested too deeply to check here; the row is rejected for its nesting later
+    return True
+
+
 def iter_jsonl(path: Path) -> Iterator[Row]:
     with open_binary(path) as f:
         for n, line in enumerate(f, start=1):
@@ -58,6 +69,9 @@ def iter_jsonl(path: Path) -> Iterator[Row]:
             if not isinstance(rec, dict):
                 yield n, None, f"expected a JSON object, got {type(rec).__name__}", raw
                 continue
+            if "\\u" in text and not _encodable(rec):
+                yield n, None, "invalid JSON string: an unpaired surrogate escape (\\ud800-\\udfff)", raw
+                continue
             yield n, rec, None, raw
 
 
@@ -68,7 +82,7 @@ def iter_csv(path: Path) -> Iterator[Row]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise SkdError(f"{path} is not valid UTF-8 (byte {e.start})") from None
-    lines = io.StringIO(text.replace("\0", ""), newline="")
+    lines = io.StringIO(text, newline="")
     reader = csv.reader(lines)
     try:
         header = next(reader)
@@ -93,6 +107,10 @@ def iter_csv(path: Path) -> Iterator[Row]:
             continue
         if len(values) != len(header):
             yield n, None, f"expected {len(header)} fields, found {len(values)}", raw
+            continue
+        nul = next((h for h, v in zip(header, values, strict=True) if "\0" in v), None)
+        if nul is not None:  # a NUL is a sign of a binary or corrupted file: reported, never silently dropped
+            yield n, None, f"field {nul} holds a NUL byte", raw.replace("\0", "\\0")
             continue
         yield n, dict(zip(header, values, strict=True)), None, raw
 

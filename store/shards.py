@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .db import Store
-from .errors import LockedError, SkdError
+from .errors import SkdError
 from .ingest import Staged, _quote, check_staged, insert_new_items, parquet_sql, record_rejects
 
 # Provenance columns an items shard may carry next to the item fields; they go to item_sources.
@@ -121,16 +120,10 @@ def _ingest_items(store: Store, shard: Path, run_id: str | None) -> int:
     return int(store.scalar("SELECT count(*) FROM _checked WHERE reason IS NULL"))
 
 
-def open_store(db_path: str | Path, wait: float = 60.0) -> Store:
-    """Open for writing, waiting a while if another process holds the lock (staged work is safe on disk)."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return Store(db_path)
-        except LockedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+def open_store(db_path: str | Path, wait: float | None = None) -> Store:
+    """Open for writing, waiting (`--wait`, default 300 s) while another process holds the lock: a long
+    stage's staged work is safe on disk meanwhile."""
+    return Store(db_path, wait=wait)
 
 
 def commit_batch(db_path: str | Path, writer: ShardWriter, tables: dict[str, pa.Table], name: str,

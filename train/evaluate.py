@@ -4,8 +4,8 @@ caller owns the backends), so a teacher and a student are measured the same way 
 
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,10 +150,31 @@ def default_check(output: str, item: dict[str, Any]) -> bool:
         return got == gold
 
 
-def record_eval(db: Path, model: str, metrics: dict[str, Any], config: dict[str, Any], student_id: str | None,
-                snapshot: str | None, samples: list[dict[str, Any]]) -> str:
-    """Store the result in `evals` (linked to the student and its snapshot) and the outputs beside the corpus."""
-    eval_id = f"eval-{uuid.uuid4().hex[:12]}"
+def eval_key(model: str, config: dict[str, Any], student_id: str | None, snapshot: str | None,
+             cases: list[Case]) -> str:
+    """The id of an evaluation: a hash of the model, the settings and the inputs themselves, so a rerun (after
+    a kill, or of the same pipeline) finds the stored result instead of adding a second row."""
+    inputs = [[c.item, c.references] for c in cases]
+    what = json.dumps([model, config, student_id, snapshot, inputs], sort_keys=True, default=str)
+    return f"eval-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
+
+
+def stored_eval(store: Store, eval_id: str) -> dict[str, Any] | None:
+    """A recorded evaluation with its outputs, as `evaluate_model` returns it; None when there is none."""
+    rows = store.query("SELECT eval_id, model, metrics, config FROM evals WHERE eval_id = ?", [eval_id]).to_dicts()
+    if not rows:
+        return None
+    config = json.loads(rows[0]["config"] or "{}")
+    out = Path(config.get("outputs", ""))
+    samples = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
+    return {"eval_id": eval_id, "model": rows[0]["model"], "metrics": json.loads(rows[0]["metrics"] or "{}"),
+            "config": config, "samples": samples, "reused": True}
+
+
+def record_eval(db: Path, eval_id: str, model: str, metrics: dict[str, Any], config: dict[str, Any],
+                student_id: str | None, snapshot: str | None, samples: list[dict[str, Any]]) -> str:
+    """Store the result in `evals` (linked to the student and its snapshot) and the outputs beside the corpus;
+    an evaluation already recorded under `eval_id` is kept as it is."""
     with open_store(db) as s:
         snapshot_id = snapshot_row(s, snapshot)["snapshot_id"] if snapshot else None
         if student_id and snapshot_id is None:
@@ -162,8 +183,9 @@ def record_eval(db: Path, model: str, metrics: dict[str, Any], config: dict[str,
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(x, default=str) + "\n" for x in samples))
         s.con.execute("INSERT INTO evals (eval_id, model, student_id, snapshot_id, metrics, config) "
-                      "VALUES (?, ?, ?, ?, ?, ?)", [eval_id, model, student_id, snapshot_id, json.dumps(metrics),
-                                                    json.dumps(config | {"outputs": str(out)}, default=str)])
+                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                      [eval_id, model, student_id, snapshot_id, json.dumps(metrics),
+                       json.dumps(config | {"outputs": str(out)}, default=str)])
     return eval_id
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol
 
 from store import SkdError
@@ -21,15 +22,30 @@ class Teacher(Protocol):
     def close(self) -> None: ...
 
 
-def make_teacher(backend: str, model: str, **options: Any) -> Teacher:
-    """Load-time configuration once; sampling comes with each request."""
+def teacher_class(backend: str) -> type:
     if backend == "transformers":
         from .hf import TransformersTeacher
-        return TransformersTeacher(model, **options)
+        return TransformersTeacher
     if backend == "vllm":
         from .vllm_engine import VllmTeacher
-        return VllmTeacher(model, **options)
+        return VllmTeacher
     if backend == "openai":
         from .openai_http import OpenAITeacher
-        return OpenAITeacher(model, **options)
+        return OpenAITeacher
     raise SkdError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+
+
+def check_teacher_options(backend: str, options: dict[str, Any], source: str = "teacher options") -> None:
+    """Options the backend does not take are named before any model loads (not a TypeError after)."""
+    params = inspect.signature(teacher_class(backend).__init__).parameters
+    known = [p for p in params if p not in ("self", "model")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SkdError(f"{source}: the {backend} backend takes no option {', '.join(map(repr, unknown))} "
+                       f"(its options: {', '.join(known)})")
+
+
+def make_teacher(backend: str, model: str, **options: Any) -> Teacher:
+    """Load-time configuration once; sampling comes with each request."""
+    check_teacher_options(backend, options)
+    return teacher_class(backend)(model, **options)

@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP backend (a `vllm serve`, a hosted API): async requests under a concurrency
 limit, retries with exponential backoff on 429, 5xx and timeouts. The API key comes from the
-environment and is never printed."""
+environment and is never printed: it is registered for redaction (a server may echo it in an error body),
+and credentials in the base URL are kept out of every message."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 
 from store import SkdError
+from store.redact import redact, register_secret, strip_credentials
 
 from ..types import Completion, Request
 
@@ -26,12 +28,14 @@ class OpenAITeacher:
         self.served_model = served_model or model  # the name the server knows the model by
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         self._key = os.environ.get(api_key_env)
+        register_secret(self._key)
+        self.shown_url = strip_credentials(self.base_url)  # what messages name
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
         self.backoff, self.max_backoff = backoff, max_backoff
         self.attempts = 0  # requests sent, retries included (for reports and tests)
 
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAITeacher(model={self.model!r}, base_url={self.base_url!r})"
+        return f"OpenAITeacher(model={self.model!r}, base_url={self.shown_url!r})"
 
     def close(self) -> None:
         pass
@@ -81,8 +85,8 @@ class OpenAITeacher:
                 if resp.status_code == 200:
                     return self.parse(resp.json(), chat=r.prompt is None)
                 if resp.status_code not in RETRY_STATUS:
-                    raise SkdError(f"teacher endpoint {self.base_url}{path} answered {resp.status_code}: "
-                                   f"{_message(resp)}")
+                    raise SkdError(f"teacher endpoint {self.shown_url}{path} answered {resp.status_code}: "
+                                   f"{redact(_message(resp))}")
                 problem = f"HTTP {resp.status_code}"
                 wait = _retry_after(resp)
                 if wait is not None and attempt < self.max_retries:
@@ -91,7 +95,7 @@ class OpenAITeacher:
             if attempt < self.max_retries:
                 delay = min(self.max_backoff, self.backoff * 2 ** attempt)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
-        raise SkdError(f"teacher endpoint {self.base_url}{path} failed after {self.max_retries + 1} attempts "
+        raise SkdError(f"teacher endpoint {self.shown_url}{path} failed after {self.max_retries + 1} attempts "
                        f"(last: {problem}); rerun to resume")
 
     @staticmethod

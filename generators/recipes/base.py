@@ -53,6 +53,12 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise SkdError(f"no such config file: {path}") from None
+    except IsADirectoryError:
+        raise SkdError(f"{path} is a folder, not a config file") from None
+    except OSError as e:
+        raise SkdError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise SkdError(f"{path}: not a TOML file (not valid UTF-8 at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise SkdError(f"{path}: invalid TOML: {e}") from None
 

@@ -28,7 +28,7 @@ def embedding_critic(tmp_path_factory, ckbp_small):
     db = d / "c.duckdb"
     with Store(db) as s:
         import_labels(s, ckbp_small, "ckbp")
-        card = train_critic(s, "emb", CriticConfig(mode="embedding"), d / "emb")
+        card = train_critic(s.path, "emb", CriticConfig(mode="embedding"), d / "emb")
     return db, d / "emb", card
 
 
@@ -57,7 +57,7 @@ def test_embedding_critic_artifact_thresholds_and_fresh_process(embedding_critic
 def test_finetuned_critic_trains_and_reloads(tmp_path, ckbp_small):
     with Store(tmp_path / "c.duckdb") as s:
         import_labels(s, ckbp_small, "ckbp")
-        card = train_critic(s, "ft", CriticConfig(mode="finetune", max_steps=24, eval_steps=12, batch_size=16,
+        card = train_critic(s.path, "ft", CriticConfig(mode="finetune", max_steps=24, eval_steps=12, batch_size=16,
                                                   lr=1e-4), tmp_path / "ft")
         train, dev = split(load_labels(s, None), 0.15, 0)
     # No max_length given: the card records one that fits 99% of the training texts, and the critic uses it.
@@ -80,10 +80,10 @@ def test_bad_label_sets_fail_with_one_line(tmp_path):
     db = tmp_path / "c.duckdb"
     with Store(db) as s:
         with pytest.raises(SkdError, match="no labels"):
-            train_critic(s, "x", CriticConfig(mode="embedding"), tmp_path / "x")
+            train_critic(s.path, "x", CriticConfig(mode="embedding"), tmp_path / "x")
         import_labels(s, one, "ckbp")
         with pytest.raises(SkdError, match="only one class"):
-            train_critic(s, "x", CriticConfig(mode="embedding"), tmp_path / "x")
+            train_critic(s.path, "x", CriticConfig(mode="embedding"), tmp_path / "x")
     proc = run_skd("critic", "train", "x", "--mode", "embedding", db=db)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "only one class" in proc.stderr
     proc = run_skd("critic", "score", "nope", db=db)
@@ -128,7 +128,7 @@ def test_llm_judge_scores_by_probability_of_yes(tmp_path, ckbp_small, smollm2):
     small.write_text("\n".join(ckbp_small.read_text().splitlines()[:301]) + "\n")
     with Store(tmp_path / "c.duckdb") as s:
         import_labels(s, small, "ckbp")
-        card = train_critic(s, "judge", CriticConfig(mode="llm-judge", dev_fraction=0.3), tmp_path / "judge")
+        card = train_critic(s.path, "judge", CriticConfig(mode="llm-judge", dev_fraction=0.3), tmp_path / "judge")
     assert card["base_model"] == "smollm2-135m-instruct" and set(card["thresholds"]) == {"recall@0.5", "recall@0.8"}
     judge = load_critic(tmp_path / "judge")
     scores = judge.score(["PersonX eats dinner. as a result, PersonX feels full",

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ import pytest
 
 from store import SCHEMA_VERSION, LockedError, SchemaError, SkdError, Store, ingest_file
 from store.migrations import migrate
+from store.user_sql import run_user_sql
 from tests.conftest import EXAMPLES, ROOT, run_skd
 
 
@@ -55,25 +57,33 @@ import sys, time
 from store import Store
 s = Store(sys.argv[1])
 print("ready", flush=True)
-time.sleep(60)
+time.sleep(float(sys.argv[2]))
 """
 
 
-def test_second_writer_fails_fast_naming_the_lock_holder(db_path):
+def hold(db_path, seconds: float) -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db_path), str(seconds)], stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    assert holder.stdout.readline().strip() == "ready"
+    return holder
+
+
+def test_second_writer_gives_up_after_its_wait_naming_the_lock_holder(db_path):
     with Store(db_path) as s:
         ingest_file(s, EXAMPLES / "mini.jsonl", "jsonl")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db_path)], stdout=subprocess.PIPE, text=True,
-                              cwd=ROOT)
+    holder = hold(db_path, 60)
     try:
-        assert holder.stdout.readline().strip() == "ready"
         t = time.monotonic()
         with pytest.raises(LockedError, match=rf"locked by process {holder.pid}\b.*wait for it"):
-            Store(db_path)
+            Store(db_path, wait=0)
         assert time.monotonic() - t < 1.0
-        proc = run_skd("ingest", str(EXAMPLES / "mini.jsonl"), db=db_path)
-        assert proc.returncode == 2
-        assert proc.stderr.startswith("skd: error: database") and proc.stderr.count("\n") == 1
-        assert str(holder.pid) in proc.stderr and "Traceback" not in proc.stderr
+        t = time.monotonic()
+        proc = run_skd("--wait", "1.5", "ingest", str(EXAMPLES / "mini.jsonl"), db=db_path)
+        assert time.monotonic() - t > 1.5  # it waited as long as it was allowed
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        note, error = proc.stderr.splitlines()
+        assert note.startswith("skd: database") and "waiting" in note and str(holder.pid) in note
+        assert error.startswith("skd: error: database") and str(holder.pid) in error
     finally:
         holder.kill()
         holder.wait()
@@ -81,16 +91,83 @@ def test_second_writer_fails_fast_naming_the_lock_holder(db_path):
         assert s.scalar("SELECT count(*) FROM items") == 26
 
 
-def test_query_returns_polars_and_refuses_writes(db_path):
+def test_writer_waits_for_a_long_reader_instead_of_failing(db_path, tmp_path):
+    """A process that holds the corpus for 3 s (a long query) delays a writer; the writer then goes on."""
     with Store(db_path) as s:
         ingest_file(s, EXAMPLES / "mini.jsonl", "jsonl")
+    more = tmp_path / "more.jsonl"
+    more.write_text('{"text": "Ice floats on water."}\n')
+    holder = hold(db_path, 3)
+    try:
+        proc = run_skd("ingest", str(more), db=db_path)
+        assert proc.returncode == 0, proc.stderr
+        assert f"locked by process {holder.pid}" in proc.stderr and "waiting" in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
     with Store(db_path, read_only=True) as s:
-        df = s.read_query("SELECT kind, count(*) AS n FROM items GROUP BY kind ORDER BY kind")
-        assert isinstance(df, pl.DataFrame)
-        assert dict(df.iter_rows()) == {"qa": 3, "rationale": 3, "text": 2, "triple": 18}
-        for sql in ("DELETE FROM items", "DROP TABLE items", "COPY items TO '/tmp/x.csv'",
-                    "SELECT 1; UPDATE items SET kind = 'x'"):
-            with pytest.raises(SkdError, match="only reads"):
-                s.read_query(sql)
-        with pytest.raises(SkdError, match="SQL error"):
-            s.read_query("SELECT * FROM nowhere")
+        assert s.scalar("SELECT count(*) FROM items") == 27
+
+
+def test_a_killed_run_shows_as_interrupted(db_path):
+    """A run whose process is gone reads as interrupted (skd info), and the next writer marks it so."""
+    killed = subprocess.run([sys.executable, "-c", "import os, sys\nfrom store import Store\n"
+                             "s = Store(sys.argv[1]); s.start_run('generate', {}); s.close(); os._exit(9)",
+                             str(db_path)], cwd=ROOT)
+    assert killed.returncode == 9
+    with Store(db_path, read_only=True) as s:
+        assert s.scalar("SELECT status FROM runs") == "running"  # as the killed process left it
+        assert s.runs_per_status() == {"interrupted": 1}
+    proc = run_skd("info", "--json", db=db_path)
+    assert json.loads(proc.stdout)["runs_per_status"] == {"interrupted": 1}
+    with Store(db_path) as s:
+        run_id = s.start_run("ingest", {})  # this process is alive: its run stays running
+        assert dict(s.con.execute("SELECT stage, status FROM runs").fetchall()) == {
+            "generate": "interrupted", "ingest": "running"}
+        s.finish_run(run_id, "ok")
+
+
+def test_query_returns_rows_and_refuses_writes(db_path):
+    with Store(db_path) as s:
+        ingest_file(s, EXAMPLES / "mini.jsonl", "jsonl")
+    r = run_user_sql(db_path, "SELECT kind, count(*) AS n FROM items GROUP BY kind ORDER BY kind")
+    assert (r.columns, r.types) == (["kind", "n"], ["VARCHAR", "BIGINT"])
+    assert dict(r.rows) == {"qa": 3, "rationale": 3, "text": 2, "triple": 18}
+    assert run_user_sql(db_path, "SELECT 1 AS x", arrow=True).arrow.to_pydict() == {"x": [1]}
+    for sql in ("DELETE FROM items", "DROP TABLE items", "COPY items TO '/tmp/x.csv'",
+                "SELECT 1; UPDATE items SET kind = 'x'"):
+        with pytest.raises(SkdError, match="only reads"):
+            run_user_sql(db_path, sql)
+    with pytest.raises(SkdError, match="SQL error"):
+        run_user_sql(db_path, "SELECT * FROM nowhere")
+
+
+@pytest.mark.parametrize("sql", [
+    "EXPLAIN ANALYZE COPY (SELECT * FROM items) TO '{out}'",
+    "EXPLAIN ANALYZE COPY (SELECT * FROM items) TO '{out}' (FORMAT parquet)",
+    "PRAGMA force_checkpoint",
+    "EXPLAIN ANALYZE ATTACH '{out}' AS other",
+    "EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1",
+    "EXPLAIN ANALYZE SET threads = 1",
+    "SELECT * FROM read_csv('{src}')",
+    "SELECT * FROM read_parquet('http://127.0.0.1:9/x.parquet')",
+    "PRAGMA create_fts_index('items', 'item_id', 'tail')",
+    "SELECT * FROM glob('/etc/*')",
+])
+def test_user_sql_cannot_write_read_files_or_reach_the_network(db_path, tmp_path, sql):
+    """The connection refuses what the statement check lets through (EXPLAIN ANALYZE of a write, PRAGMAs):
+    no file written, no other file read, no extension downloaded, no setting changed."""
+    with Store(db_path) as s:
+        ingest_file(s, EXAMPLES / "mini.jsonl", "jsonl")
+    home = tmp_path / "home"
+    home.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out, src = tmp_path / "out.csv", EXAMPLES / "mini.jsonl"
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("HOME", str(home))  # where DuckDB would put downloaded extensions
+        with pytest.raises(SkdError):
+            run_user_sql(db_path, sql.format(out=out, src=src))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside the corpus
+    assert not any(home.rglob("*"))  # no extensions folder
+    with Store(db_path, read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM items") == 26

@@ -38,21 +38,29 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("cmd_store", "Create a corpus database (or migrate an existing one to this skd's schema)."),
     "info": ("cmd_store", "Schema version and counts per table, per kind, per relation and per domain."),
-    "ingest": ("cmd_store", "Ingest items from JSONL, CSV, parquet or ATOMIC-2020 TSV; bad rows are reported,..."),
+    "ingest": ("cmd_store", "Ingest items from JSONL, CSV, parquet or ATOMIC-2020 TSV; bad rows are reported, good "
+                            "rows kept."),
     "query": ("cmd_store", "Query the corpus with SQL on a connection that cannot write."),
     "labels": ("cmd_store", "Human or LLM judgements used to train critics."),
-    "generate": ("cmd_generate", "Generate with a teacher through a recipe; resumable (done requests are..."),
+    "generate": ("cmd_generate", "Overgenerate with a teacher: every completion is stored (parsed or not), every "
+                                 "item with provenance."),
     "critic": ("cmd_critic", "Critic models: train from labels, score the corpus, evaluate."),
-    "embed": ("cmd_corpus", "Embed items (skipping those already embedded with this model) into the embeddings..."),
-    "dedup": ("cmd_corpus", "Cluster near-duplicates and choose one representative per cluster (highest critic..."),
-    "stats": ("cmd_snapshot", "Diversity statistics of a snapshot (or of the whole corpus)."),
+    "embed": ("cmd_corpus", "Embed items (normalised) into the embeddings table; items already embedded with MODEL "
+                            "are skipped."),
+    "dedup": ("cmd_corpus", "Cluster duplicates; one representative per cluster; results in dedup_clusters per "
+                            "setting."),
+    "stats": ("cmd_snapshot", "Diversity statistics of the corpus, a --where slice, or a snapshot; each states its "
+                              "sample size."),
     "snapshot": ("cmd_snapshot", "Immutable named slices of the corpus: create, list, show, diff."),
-    "export": ("cmd_snapshot", "Export a snapshot as a Hugging Face dataset folder (with a dataset card), parquet..."),
-    "push": ("cmd_snapshot", "Push an exported snapshot to the Hugging Face Hub as a dataset repo."),
-    "train": ("cmd_train", "Fine-tune a student on a snapshot (TRL SFT, optional LoRA); resumes from its last..."),
-    "eval": ("cmd_train", "Generate for held-out inputs and measure: references overlap, exact match, critic..."),
+    "export": ("cmd_snapshot", "Write a snapshot as a Hugging Face dataset folder (with a dataset card), parquet or "
+                               "JSONL."),
+    "push": ("cmd_snapshot", "Upload a snapshot to the Hugging Face Hub as a dataset, in one commit naming its hash."),
+    "train": ("cmd_train", "Fine-tune a student on a snapshot (TRL SFT, optional LoRA); resumes from its last "
+                           "checkpoint."),
+    "eval": ("cmd_train", "Generate for held-out inputs and measure: references overlap, exact match, critic "
+                          "acceptance,..."),
     "compare": ("cmd_train", "Students and teachers side by side: one row per evaluation."),
-    "run": ("cmd_run", "Run a pipeline: ingest, generate, critic, score, embed, dedup, snapshot, export, train,..."),
+    "run": ("cmd_run", "Run a pipeline: ingest, generate, critic, score, embed, dedup, snapshot, export, train, eval."),
 }
 # Options every command takes; given before the command they reach it through its environment variable.
 GLOBAL_ENV = {"db": "SKD_DB", "json": "SKD_JSON", "quiet": "SKD_QUIET", "wait": "SKD_WAIT"}

@@ -5,13 +5,31 @@ import pytest
 
 from tests.conftest import EXAMPLES, run_skd
 
-COMMANDS = [["init"], ["info"], ["ingest"], ["query"], ["labels", "import"]]
+def all_commands() -> list[list[str]]:
+    """Every command and sub-command path, from the command line's own tree."""
+    from skd.cli import COMMANDS, load_command
+
+    paths = []
+    for name in COMMANDS:
+        cmd = load_command(name)
+        paths.append([name])
+        paths += [[name, sub] for sub in getattr(cmd, "commands", {})]
+    return paths
 
 
-@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("cmd", all_commands(), ids=" ".join)
 def test_every_command_has_help(cmd):
     proc = run_skd(*cmd, "--help")
-    assert proc.returncode == 0 and "Usage" in proc.stdout
+    assert proc.returncode == 0 and "Usage" in proc.stdout and proc.stderr == ""
+
+
+def test_the_help_listing_is_each_commands_own_short_help():
+    from skd.cli import COMMANDS, load_command
+
+    for name, (_, listed) in COMMANDS.items():
+        assert listed == load_command(name).get_short_help_str(limit=100), name
+    top = run_skd("--help", check=True).stdout
+    assert all(name in top for name in COMMANDS)
 
 
 def test_help_shows_bracketed_defaults():

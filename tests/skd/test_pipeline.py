@@ -113,17 +113,45 @@ def test_only_and_from(finished):
     assert [s for s, _ in stage_runs(d / "c.duckdb")[n:]] == ["dedup"]
 
 
-def test_a_kill_in_a_middle_stage_then_a_rerun_gives_the_same_result(finished, tmp_path):
-    _, reference = finished
-    cfg = write(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "skd", "run", str(cfg), "--quiet"], cwd=ROOT, env=os.environ,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    kill_when(proc, tmp_path / "c.duckdb", "SELECT count(*) FROM runs WHERE stage = 'pipeline' AND status = 'ok' "
+def scores(db):
+    with Store(db, read_only=True) as s:
+        return dict(s.con.execute("SELECT item_id, score FROM scores").fetchall())
+
+
+def test_kills_in_a_middle_stage_and_in_eval_then_a_rerun_gives_the_same_result(finished, tmp_path):
+    """Killed after the critic, then again just after the student's eval row is written: the rerun ends with
+    the same snapshot, the same critic scores (a second clean critic, trained deterministically), and each
+    model evaluated once."""
+    d, reference = finished
+    cfg, db = write(tmp_path), tmp_path / "c.duckdb"
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "skd", "run", str(cfg), "--quiet"], cwd=ROOT, env=os.environ,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    kill_when(start(), db, "SELECT count(*) FROM runs WHERE stage = 'pipeline' AND status = 'ok' "
               "AND json_extract_string(config, '$.stage') = 'critic'", 1)  # killed in score or shortly after
+    kill_when(start(), db, "SELECT count(*) FROM evals", 1)  # the student evaluated, the teacher not yet
     p = run_skd("run", str(cfg), "--json", check=True, timeout=900)
     sm = json.loads(p.stdout)
     assert sm["content_hash"] == reference["content_hash"] and sm["funnel"] == reference["funnel"]
     assert sm["snapshot"] == "tiny"
+    with Store(db, read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM evals") == 2
+        assert s.scalar("SELECT count(*) FROM runs WHERE status = 'running'") == 0  # the killed ones: interrupted
+    assert scores(db) == scores(d / "c.duckdb") and scores(db)
+
+
+def test_a_label_file_with_an_apostrophe_in_its_name(tmp_path):
+    labels = tmp_path / "critic's labels.jsonl"
+    labels.write_bytes((ROOT / "examples/data/critic-labels.jsonl").read_bytes())
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(f'[corpus]\npath = "{tmp_path}/c.duckdb"\n'
+                   'ingest = [{ file = "examples/data/mini.jsonl", format = "jsonl" }]\n'
+                   f'[critic]\nmin_score = 0.0001\nlabels = [{{ file = "{labels}", format = "jsonl" }}]\n'
+                   '[snapshot]\nname = "s"\nkinds = ["triple"]\n')
+    sm = json.loads(run_skd("run", str(cfg), "--json", check=True, timeout=600).stdout)
+    assert sm["critic"]["labels"] == str(labels) and sm["funnel"]["snapshot"] > 0
 
 
 @pytest.mark.parametrize("name", ["atomic-mini", "rationale-csqa", "gpu-vllm"])

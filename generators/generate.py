@@ -53,6 +53,14 @@ class GenerateSummary:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"parse_rate": round(self.parse_rate, 4)}
 
+    def plus(self, other: GenerateSummary) -> GenerateSummary:
+        """Two stages' summaries as one (the run id is the later one's)."""
+        counts = {k: getattr(self, k) + getattr(other, k) for k in ("requests", "already_done", "generated",
+                                                                     "completions", "parsed", "items", "new_items",
+                                                                     "tokens", "seconds")}
+        failures = {k: self.failures.get(k, 0) + other.failures.get(k, 0) for k in {*self.failures, *other.failures}}
+        return GenerateSummary(other.run_id, **counts, failures=failures)
+
 
 def shard_dir(db_path: Path) -> Path:
     return Path(str(db_path) + ".d") / "shards" / "generate"
@@ -113,6 +121,19 @@ def pending_requests(store: Store, requests: list[Request]) -> list[Request]:
 def run_generation(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: int = 0,
                    limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
                    on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
+    """Every stage of the recipe in order, each a resumable run; the summary adds them up."""
+    total: GenerateSummary | None = None
+    for part in recipe.stages():
+        stats = run_stage(db_path, part, teacher, seed=seed, limit=limit, batch_size=batch_size, config=config,
+                          on_batch=on_batch)
+        total = stats if total is None else total.plus(stats)
+    assert total is not None
+    return total
+
+
+def run_stage(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: int = 0,
+              limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
+              on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
     db_path = Path(db_path)
     started = time.monotonic()
     with open_store(db_path) as s:

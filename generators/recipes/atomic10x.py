@@ -41,7 +41,8 @@ def read_events(path: Path | None) -> list[str]:
 
 class Atomic10xConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    stage: Literal["events", "inferences"] = Field("inferences", description="Which stage to run.")
+    stage: Literal["both", "events", "inferences"] = Field(
+        "both", description="Which stage to run: both (events, then inferences for them), or one.")
     seeds: Path | None = Field(None, description="Seed events file (one per line, or ATOMIC-2020 TSV); "
                                                  "default: the events shipped with skd.")
     events_from: Literal["generated", "seeds"] = Field(
@@ -78,8 +79,16 @@ class Atomic10x(Recipe):
     Config = Atomic10xConfig
 
     def check_inputs(self) -> None:
-        if self.config.stage == "events" or self.config.events_from == "seeds":
+        if self.config.stage != "inferences" or self.config.events_from == "seeds":
             read_events(self.config.seeds)
+
+    def stages(self) -> list[Recipe]:
+        """`both` on generated events: stage 1 writes the events that stage 2 reads from the corpus."""
+        c = self.config
+        if c.stage != "both":
+            return [self]
+        names = ["events", "inferences"] if c.events_from == "generated" else ["inferences"]
+        return [Atomic10x(c.model_copy(update={"stage": name})) for name in names]
 
     def requests(self, model: str, seed: int, store: Store | None = None) -> list[Request]:
         c = self.config

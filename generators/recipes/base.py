@@ -29,6 +29,10 @@ class Recipe:
     def check_inputs(self) -> None:
         """Read the recipe's input files now, so a bad one fails before a model is loaded."""
 
+    def stages(self) -> list[Recipe]:
+        """The recipes to run in order, each its own resumable run (a two-stage recipe returns two)."""
+        return [self]
+
     def requests(self, model: str, seed: int, store: Store | None = None) -> list[Request]:
         raise NotImplementedError
 

@@ -7,7 +7,7 @@ import pytest
 
 from generators import make_recipe, make_teacher, run_generation
 from store import Store
-from tests.conftest import ROOT, kill_when
+from tests.conftest import ROOT, kill_when, run_skd
 
 INFER = {"events_from": "seeds", "max_events": 6, "relations": ["xWant", "xAttr"],
          "inference_sampling": {"n": 3, "temperature": 1.0, "top_p": 0.5, "max_tokens": 6, "stop": ["\n"]}}
@@ -78,3 +78,23 @@ def test_bad_teacher_inputs_are_clear_errors(db_path, tmp_path):
         make_teacher("transformers", "no-such-org/no-such-model")
     with pytest.raises(SkdError, match="unknown backend"):
         make_teacher("ollama", "x")
+
+
+def test_atomic10x_on_a_fresh_corpus_runs_both_stages(db_path, tmp_path, smollm2):
+    """Events first, then inferences for the events it wrote; a rerun resumes both (nothing generated twice)."""
+    cfg = tmp_path / "a.toml"
+    cfg.write_text('prompts = 2\nmax_events = 1\nrelations = ["xWant"]\n'
+                   '[event_sampling]\nmax_tokens = 48\ntemperature = 0.7\n'
+                   '[inference_sampling]\nn = 1\nmax_tokens = 8\nstop = ["\\n"]\n')
+    p = run_skd("generate", "atomic10x", "--config", str(cfg), "--json", "--quiet", db=db_path, check=True,
+                timeout=600)
+    assert json.loads(p.stdout)["requests"] == 2 + 1
+    with Store(db_path, read_only=True) as s:
+        stages = s.query("SELECT json_extract_string(config, '$.recipe_config.stage') AS stage FROM runs "
+                         "WHERE stage = 'generate' ORDER BY started_at")["stage"].to_list()
+        assert stages == ["events", "inferences"]
+        assert s.scalar("SELECT count(*) FROM requests WHERE json_extract_string(meta, '$.head') IN (SELECT text "
+                        "FROM items WHERE json_extract_string(extra, '$.role') = 'event')") == 1  # stage 2 on stage 1
+    again = json.loads(run_skd("generate", "atomic10x", "--config", str(cfg), "--json", "--quiet", db=db_path,
+                               check=True, timeout=600).stdout)
+    assert again["already_done"] == again["requests"] == 3 and again["generated"] == 0

@@ -5,6 +5,7 @@ import pytest
 
 from tests.conftest import EXAMPLES, run_skd
 
+
 def all_commands() -> list[list[str]]:
     """Every command and sub-command path, from the command line's own tree."""
     from skd.cli import COMMANDS, load_command

@@ -4,7 +4,6 @@ import sys
 import time
 
 import duckdb
-import polars as pl
 import pytest
 
 from store import SCHEMA_VERSION, LockedError, SchemaError, SkdError, Store, ingest_file

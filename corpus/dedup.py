@@ -20,7 +20,6 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from critics.score import critic_row
 from store import MINILM, SkdError, Store
 
 from .embed import iter_vectors, load_vectors
@@ -161,7 +160,7 @@ def codes(values: list[str]) -> np.ndarray:
 def critic_id_for(store: Store, critic: str | None) -> str | None:
     if critic is None:
         return None
-    return critic_row(store, critic)["critic_id"]
+    return store.critics.get(critic)["critic_id"]
 
 
 def previous_edges(store: Store, ids: list[str], method: str, threshold: float, scope: str) -> tuple[

@@ -13,7 +13,6 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from critics.score import critic_row
 from store import MINILM, SkdError, Store
 
 from .dedup import METHODS, exact_norm_sql
@@ -77,8 +76,8 @@ def critic_cut(store: Store, r: SnapshotRecipe) -> tuple[str | None, float | Non
         if r.min_score is not None or r.threshold_at_recall is not None:
             raise SkdError("--min-score and --threshold-at-recall need --critic")
         return None, None
-    row = critic_row(store, r.critic)
-    critic_id, thresholds = row["critic_id"], json.loads(row["thresholds"] or "{}")
+    row = store.critics.get(r.critic)
+    critic_id, thresholds = row["critic_id"], row["thresholds"] or {}
     if r.min_score is not None:
         return critic_id, r.min_score
     recall = 0.5 if r.threshold_at_recall is None else r.threshold_at_recall

@@ -9,15 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
-from store import SkdError, Store, open_store, stage_in_chunks
+from store import open_store, stage_in_chunks
 
 from .model import load_critic
 from .verbalize import verbalize_rows
-
-ITEM_COLUMNS = "item_id, kind, head, relation, tail, question, answer, rationale, text"
 
 
 @dataclass
@@ -33,33 +30,12 @@ class ScoreSummary:
         return asdict(self)
 
 
-def critic_row(store: Store, name: str) -> dict[str, Any]:
-    df = store.query("SELECT critic_id, name, path, mode, thresholds FROM critics WHERE name = ?", [name])
-    if df.height == 0:
-        known = ", ".join(store.query("SELECT name FROM critics ORDER BY name")["name"].to_list()) or "none"
-        raise SkdError(f"no critic named {name!r} (known: {known}); train one with `skd critic train`")
-    return df.row(0, named=True)
-
-
-def unscored(store: Store, critic_id: str, where: str | None) -> tuple[pa.Table, int]:
-    cond = f"({where})" if where else "TRUE"
-    try:
-        total = store.scalar(f"SELECT count(*) FROM items WHERE {cond}")
-        rows = store.con.sql(
-            f"SELECT {ITEM_COLUMNS} FROM items i WHERE {cond} AND NOT EXISTS "
-            "(SELECT 1 FROM scores s WHERE s.item_id = i.item_id AND s.critic_id = ?) ORDER BY item_id",
-            params=[critic_id]).to_arrow_table()
-    except duckdb.Error as e:  # a user's SQL
-        raise SkdError(f"--where: {str(e).splitlines()[0]}") from None
-    return rows, int(total)
-
-
 def score_items(db_path: str | Path, name: str, where: str | None = None, chunk: int = 2048,
                 batch_size: int = 128, on_chunk: Callable[[ScoreSummary, int], None] | None = None) -> ScoreSummary:
     db_path = Path(db_path)
     with open_store(db_path) as s:
-        row = critic_row(s, name)
-        todo, total = unscored(s, row["critic_id"], where)
+        row = s.critics.get(name)
+        todo, total = s.scores.missing(row["critic_id"], where)
         run_id = s.start_run("score", {"critic": name, "critic_id": row["critic_id"], "where": where})
     stats = ScoreSummary(name, row["critic_id"], items=total, already_scored=total - todo.num_rows)
     critic = load_critic(row["path"])

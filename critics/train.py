@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-import duckdb
 import numpy as np
 import polars as pl
 import torch
@@ -56,13 +55,7 @@ def group_key(row: dict[str, Any]) -> str:
 
 def load_labels(store: Store, where: str | None, sources: list[str] | None = None) -> pl.DataFrame:
     """The labels to train on, in a fixed order: the same labels always train the same critic."""
-    sql = ("SELECT item_id, kind, head, relation, tail, question, answer, rationale, text, label, source FROM labels "
-           f"WHERE ({where or 'TRUE'}) AND (len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], source)) "
-           "ORDER BY item_id, source")
-    try:
-        df = store.query(sql, [sources or [], sources or []])
-    except duckdb.Error as e:  # a user's SQL
-        raise SkdError(f"--labels-where: {str(e).splitlines()[0]}") from None
+    df = store.labels.select(where, sources)
     if df.height == 0:
         which = " and ".join(x for x in (f"match {where!r}" if where else "",
                                           f"come from {', '.join(sources)}" if sources else "") if x)
@@ -215,16 +208,12 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path) -> dic
         check_name_free(store, name)  # another process may have registered the name while this one trained
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
-        store.con.execute(
-            "INSERT INTO critics (critic_id, name, path, base_model, mode, metrics, thresholds, config) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [card["critic_id"], name, str(out.resolve()), cfg.base, cfg.mode, json.dumps(metrics),
-             json.dumps(thresholds), json.dumps(card["config"])])
+        store.critics.register(card, str(out.resolve()))
     return card
 
 
 def check_name_free(store: Store, name: str) -> None:
-    if store.scalar("SELECT count(*) FROM critics WHERE name = ?", [name]):
+    if store.critics.exists(name):
         raise SkdError(f"a critic named {name!r} exists; choose another name")
 
 

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from critics import CriticConfig, load_critic, report, train_critic
-from critics.score import critic_row, score_items
+from critics.score import score_items
 from critics.train import load_labels
 from critics.verbalize import verbalize_rows
 from generators.recipes import validate_config
@@ -109,7 +109,7 @@ def evaluate(
 ) -> None:
     """AUC, AP, precision/recall/F1 at the stored thresholds, and 'fraction kept -> fraction acceptable'."""
     with Store(db, read_only=True) as s:
-        row = critic_row(s, name)
+        row = s.critics.get(name)
     with tempfile.TemporaryDirectory() as d, Store(Path(d) / "eval.duckdb") as tmp:
         import_labels(tmp, labels, format.value)
         df = load_labels(tmp, None)
@@ -126,9 +126,9 @@ def evaluate(
 def list_critics(db: Db = None, json: Json = False) -> None:
     """Trained critics with their dev metrics."""
     with Store(db, read_only=True) as s:
-        df = s.query("SELECT name, mode, base_model, path, metrics, created_at FROM critics ORDER BY created_at")
+        critics = s.critics.all()
     rows = [{"name": r["name"], "mode": r["mode"], "base": r["base_model"],
-             "dev_auc": json_loads(r["metrics"])["dev"]["auc"], "path": r["path"]} for r in df.iter_rows(named=True)]
+             "dev_auc": (r["metrics"] or {})["dev"]["auc"], "path": r["path"]} for r in critics]
     if json:
         print_json(rows)
         return

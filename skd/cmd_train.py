@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from critics import load_critic
-from critics.score import critic_row
 from critics.verbalize import verbalize_rows
 from generators import Request, Sampling, make_teacher
 from generators.backends import BACKENDS
@@ -103,14 +102,14 @@ def find_student(store: Store, name: str) -> dict[str, Any] | None:
     card_file = path / "student.json"
     if card_file.is_file():
         return json.loads(card_file.read_text()) | {"path": str(path)}
-    rows = store.query("SELECT path, config FROM students WHERE student_id = ?", [name]).to_dicts()
-    return json.loads(rows[0]["config"]) | {"path": rows[0]["path"]} if rows else None
+    row = store.students.get(name)
+    return row["config"] | {"path": row["path"]} if row else None
 
 
 def critic_scorer(store: Store, name: str) -> tuple[Any, float]:
-    row = critic_row(store, name)
+    row = store.critics.get(name)
     critic = load_critic(row["path"])
-    threshold = json.loads(row["thresholds"] or "{}").get("recall@0.5", 0.5)
+    threshold = (row["thresholds"] or {}).get("recall@0.5", 0.5)
     return (lambda items: critic.score(verbalize_rows(items))), float(threshold)
 
 
@@ -208,7 +207,7 @@ def evaluate_model(db_path: Path, model: str, *, snapshot: str | None = None, sp
         student = find_student(s, model)
         cases, source = eval_cases(s, snapshot, split, heads, references, questions, questions_format, relations,
                                    limit, seed, offset)
-        critic_id = critic_row(s, critic)["critic_id"] if critic else None
+        critic_id = s.critics.get(critic)["critic_id"] if critic else None
     fmt = fmt or (student["format"] if student else "chat")
     if fmt not in FORMATS:
         raise SkdError(f"--format must be one of {', '.join(FORMATS)}")

@@ -38,18 +38,6 @@ def stage_keys(p: Pipeline) -> dict[str, str]:
     return keys
 
 
-def record(store: Store, key: str) -> dict[str, Any] | None:
-    rows = store.con.execute("SELECT run_id, status, config, summary FROM runs WHERE stage = 'pipeline' AND "
-                             "json_extract_string(config, '$.key') = ? ORDER BY started_at DESC", [key]).fetchall()
-    for run_id, status, config, summary in rows:
-        if status == "ok":
-            return {"run_id": run_id, "status": status, "config": json.loads(config),
-                    "summary": json.loads(summary or "{}")}
-    if rows:
-        return {"run_id": rows[0][0], "status": rows[0][1], "config": json.loads(rows[0][2]), "summary": {}}
-    return None
-
-
 def plan_name(store: Store, key: str, base: str, taken: Callable[[str], bool], prior: dict[str, Any] | None,
               field: str) -> str:
     """The stage's output name: the one planned by an earlier try of this key, else BASE if free, else
@@ -75,7 +63,7 @@ class Runner:
         forced = set(order[order.index(start):]) if start else {only} if only else set()
         for k, stage in enumerate(order, 1):
             with open_store(self.db) as s:
-                prior = record(s, self.keys[stage])
+                prior = s.runs.pipeline_stage(self.keys[stage])
             if prior and prior["status"] == "ok" and stage not in forced:
                 self.outputs[stage] = prior["summary"]
                 self.say(f"[{k}/{len(order)}] {stage}: done before, skipped")
@@ -92,7 +80,7 @@ class Runner:
             plan = self.plan(s, stage, key, prior)
             run_id = s.start_run("pipeline", {"stage": stage, "key": key, "plan": plan})
         try:
-            summary = getattr(self, f"stage_{stage}")(plan) | {"plan": plan}
+            summary = self.stage_functions()[stage](plan) | {"plan": plan}
         except BaseException as e:
             with open_store(self.db) as s:
                 s.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:500])
@@ -104,15 +92,20 @@ class Runner:
     def plan(self, s: Store, stage: str, key: str, prior: dict[str, Any] | None) -> dict[str, Any]:
         p = self.p
         if stage == "critic":
-            return {"critic": plan_name(s, key, p.critic.name, lambda n: bool(s.scalar(
-                "SELECT count(*) FROM critics WHERE name = ?", [n])), prior, "critic")}
+            return {"critic": plan_name(s, key, p.critic.name, s.critics.exists, prior, "critic")}
         if stage == "snapshot":
-            return {"snapshot": plan_name(s, key, p.snapshot.name, lambda n: bool(s.scalar(
-                "SELECT count(*) FROM snapshots WHERE name = ?", [n])), prior, "snapshot")}
+            return {"snapshot": plan_name(s, key, p.snapshot.name, s.snapshots.exists, prior, "snapshot")}
         if stage in ("export", "train"):
             base = p.export.out if stage == "export" else p.student.out
             return {"out": plan_name(s, key, str(base), lambda n: Path(n).exists(), prior, "out")}
         return {}
+
+    def stage_functions(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        """Each stage of STAGES and the function that runs it (plan in, summary out)."""
+        return {"ingest": self.stage_ingest, "generate": self.stage_generate, "critic": self.stage_critic,
+                "score": self.stage_score, "embed": self.stage_embed, "dedup": self.stage_dedup,
+                "snapshot": self.stage_snapshot, "export": self.stage_export, "train": self.stage_train,
+                "eval": self.stage_eval}
 
     # -- stages -----------------------------------------------------------------------------------
     def stage_ingest(self, plan: dict[str, Any]) -> dict[str, Any]:
@@ -143,9 +136,9 @@ class Runner:
         c = self.p.critic
         name = c.use or plan["critic"]
         with open_store(self.db) as s:
-            if c.use and not s.scalar("SELECT count(*) FROM critics WHERE name = ?", [c.use]):
+            if c.use and not s.critics.exists(c.use):
                 raise SkdError(f"critic.use: no critic named {c.use!r} in {self.db}")
-            if s.scalar("SELECT count(*) FROM critics WHERE name = ?", [name]):
+            if s.critics.exists(name):
                 return {"critic": name, "reused": True}
             source = next((f for f in c.labels if Path(f.file).is_file()), None)
             if source is None:
@@ -182,7 +175,7 @@ class Runner:
     def stage_snapshot(self, plan: dict[str, Any]) -> dict[str, Any]:
         name = plan["snapshot"]
         with open_store(self.db) as s:
-            exists = s.scalar("SELECT count(*) FROM snapshots WHERE name = ?", [name])
+            exists = s.snapshots.exists(name)
             critic = self.outputs.get("critic", {}).get("critic")
             row = snapshot_row(s, name) if exists else create_snapshot(s, name, self.p.snapshot_recipe(critic))
         self.say(f"    snapshot {name}: {row['funnel']['snapshot']:,} items, hash {row['content_hash'][:12]}")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from .catalog import Critics, Evals, Labels, Runs, Scores, Snapshots, Students
 from .errors import LockedError, SchemaError, SkdError
 from .migrations import LATEST, migrate, schema_version
 from .redact import redact, redact_value
@@ -137,6 +138,35 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- typed verbs per table (store/catalog.py) --------------------------------------------------
+    @property
+    def critics(self) -> Critics:
+        return Critics(self)
+
+    @property
+    def students(self) -> Students:
+        return Students(self)
+
+    @property
+    def evals(self) -> Evals:
+        return Evals(self)
+
+    @property
+    def runs(self) -> Runs:
+        return Runs(self)
+
+    @property
+    def labels(self) -> Labels:
+        return Labels(self)
+
+    @property
+    def scores(self) -> Scores:
+        return Scores(self)
+
+    @property
+    def snapshots(self) -> Snapshots:
+        return Snapshots(self)
 
     @property
     def files_dir(self) -> Path:

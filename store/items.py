@@ -13,6 +13,8 @@ LABEL_FORMATS = ("ckbp", "rationale-acceptability", "jsonl")  # label files `skd
 TEXT_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text", "domain")
 # Input fields that skd computes itself, so ingest ignores them.
 IGNORED_INPUT_FIELDS = {"item_id", "created_at"}
+# What a critic reads of an item (its verbaliser's inputs), with its id.
+SCORED_COLUMNS = ("item_id", "kind", "head", "relation", "tail", "question", "answer", "rationale", "text")
 # Columns of `items`, in table order (item_id and created_at are computed).
 ITEM_COLUMNS = ("kind", *TEXT_FIELDS[:6], "choices", "text", "domain", "extra")
 ID_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text")

@@ -88,8 +88,8 @@ def resolve_model(name: str) -> str:
     if path.exists():
         return str(path.resolve())
     if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
-        raise SkdError(f"model {name!r}: no such folder, and not a Hugging Face id (ORG/NAME) nor an embedded "
-                       f"default ({', '.join(EMBEDDED)})")
+        raise SkdError(f"model {name!r} is neither an embedded default ({', '.join(EMBEDDED)}) nor a local folder "
+                       "(no such path); a Hugging Face id looks like ORG/NAME")
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hf_cache(name):
         raise SkdError(f"model {name!r} is neither an embedded default ({', '.join(EMBEDDED)}), a local path, "
                        "nor in the Hugging Face cache (HF_HUB_OFFLINE=1)")

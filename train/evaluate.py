@@ -161,14 +161,13 @@ def eval_key(model: str, config: dict[str, Any], student_id: str | None, snapsho
 
 def stored_eval(store: Store, eval_id: str) -> dict[str, Any] | None:
     """A recorded evaluation with its outputs, as `evaluate_model` returns it; None when there is none."""
-    rows = store.query("SELECT eval_id, model, metrics, config FROM evals WHERE eval_id = ?", [eval_id]).to_dicts()
-    if not rows:
+    row = store.evals.get(eval_id)
+    if row is None:
         return None
-    config = json.loads(rows[0]["config"] or "{}")
-    out = Path(config.get("outputs", ""))
+    out = Path(row["config"].get("outputs", ""))
     samples = [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
-    return {"eval_id": eval_id, "model": rows[0]["model"], "metrics": json.loads(rows[0]["metrics"] or "{}"),
-            "config": config, "samples": samples, "reused": True}
+    return {"eval_id": eval_id, "model": row["model"], "metrics": row["metrics"], "config": row["config"],
+            "samples": samples, "reused": True}
 
 
 def record_eval(db: Path, eval_id: str, model: str, metrics: dict[str, Any], config: dict[str, Any],
@@ -178,14 +177,11 @@ def record_eval(db: Path, eval_id: str, model: str, metrics: dict[str, Any], con
     with open_store(db) as s:
         snapshot_id = snapshot_row(s, snapshot)["snapshot_id"] if snapshot else None
         if student_id and snapshot_id is None:
-            snapshot_id = s.scalar("SELECT snapshot_id FROM students WHERE student_id = ?", [student_id])
+            snapshot_id = (s.students.get(student_id) or {}).get("snapshot_id")
         out = s.files_dir / "evals" / f"{eval_id}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(x, default=str) + "\n" for x in samples))
-        s.con.execute("INSERT INTO evals (eval_id, model, student_id, snapshot_id, metrics, config) "
-                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                      [eval_id, model, student_id, snapshot_id, json.dumps(metrics),
-                       json.dumps(config | {"outputs": str(out)}, default=str)])
+        s.evals.record(eval_id, model, student_id, snapshot_id, metrics, config | {"outputs": str(out)})
     return eval_id
 
 
@@ -200,16 +196,6 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare(store: Store, eval_ids: list[str] | None = None, snapshot: str | None = None) -> list[dict[str, Any]]:
-    cond, params = "TRUE", []
-    if eval_ids:
-        cond, params = "eval_id IN (SELECT unnest(?))", [eval_ids]
-    elif snapshot:
-        cond, params = "snapshot_id = ?", [snapshot_row(store, snapshot)["snapshot_id"]]
-    rows = store.query(f"SELECT eval_id, model, student_id, metrics, config, created_at FROM evals WHERE {cond} "
-                       "ORDER BY created_at", params).to_dicts()
-    out = []
-    for r in rows:
-        cfg = json.loads(r["config"] or "{}")
-        out.append({"eval_id": r["eval_id"], "model": r["model"], "inputs": cfg.get("inputs", ""),
-                    **flat_metrics(json.loads(r["metrics"] or "{}"))})
-    return out
+    snapshot_id = snapshot_row(store, snapshot)["snapshot_id"] if snapshot and not eval_ids else None
+    return [{"eval_id": r["eval_id"], "model": r["model"], "inputs": r["config"].get("inputs", ""),
+             **flat_metrics(r["metrics"])} for r in store.evals.select(eval_ids or None, snapshot_id)]

@@ -184,7 +184,5 @@ def register(db: Path, cfg: TrainConfig, snap: dict[str, Any], summary: dict[str
             "config": cfg.model_dump(mode="json"), "summary": summary}
     (cfg.out / "student.json").write_text(json.dumps(card, indent=2, default=str))
     with open_store(db) as s:
-        s.con.execute("INSERT INTO students (student_id, snapshot_id, base_model, path, config) VALUES (?, ?, ?, ?, ?)",
-                      [student_id, snap["snapshot_id"], cfg.base, str(cfg.out.resolve()),
-                       json.dumps(card, default=str)])
+        s.students.register(student_id, snap["snapshot_id"], cfg.base, str(cfg.out.resolve()), card)
     return card

@@ -61,12 +61,11 @@ def test_query_does_not_import_torch_or_polars(db_path):
 
 
 def test_model_that_is_no_path_nor_id_says_so(db_path):
-    p = run_skd("critic", "train", "c", "--base", "/nonexistent/model", db=db_path)
     run_skd("init", db=db_path, check=True)
     with Store(db_path) as s:
         import_labels(s, EXAMPLES / "critic-labels.jsonl", "jsonl")
     p = run_skd("critic", "train", "c", "--mode", "embedding", "--base", "/nonexistent/model", db=db_path)
-    one_line_error(p, "no such folder", "not a Hugging Face id")
+    one_line_error(p, "neither an embedded default", "no such path")
 
 
 BAD_LINES = {

@@ -167,3 +167,11 @@ def test_a_bad_pipeline_config_names_the_key(tmp_path):
     cfg.write_text('[snapshot]\nname = "x"\n[dedup]\nthreshold = 2.0\n')
     p = run_skd("run", str(cfg))
     assert p.returncode == 2 and "dedup.threshold" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_every_stage_has_its_function():
+    from skd.pipeline import STAGES, Pipeline
+    from skd.run import Runner
+
+    runner = Runner(Pipeline.model_validate({"snapshot": {"name": "s"}}), say=lambda m: None)
+    assert tuple(runner.stage_functions()) == STAGES

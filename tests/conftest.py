@@ -123,3 +123,15 @@ def tiny_lm(tmp_path_factory, smollm2) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# Modules whose tests load real models (MiniLM, SmolLM2, a vLLM engine) or train them: `pytest -m "not slow"`
+# is the quick subset (the store, the command line's errors, ingest properties).
+MODEL_MODULES = {"test_dedup", "test_snapshot", "test_critics", "test_generate", "test_hf_backend", "test_vllm",
+                 "test_pipeline", "test_train"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in MODEL_MODULES or {"smollm2", "tiny_lm"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

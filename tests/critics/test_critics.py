@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer
 
 from critics import CriticConfig, load_critic, train_critic
@@ -71,7 +72,9 @@ def test_finetuned_critic_trains_and_reloads(tmp_path, ckbp_small):
     a = load_critic(tmp_path / "ft").score(verbalize_rows(dev.head(16).to_dicts()))
     b = load_critic(tmp_path / "ft").score(verbalize_rows(dev.head(16).to_dicts()))
     assert np.allclose(a, b) and ((a >= 0) & (a <= 1)).all()
-    assert card["metrics"]["dev"]["auc"] is not None
+    dev_scores = load_critic(tmp_path / "ft").score(verbalize_rows(dev.to_dicts()))
+    assert card["metrics"]["dev"]["auc"] == pytest.approx(roc_auc_score(dev["label"].to_numpy(), dev_scores),
+                                                          abs=1e-3)  # the card's AUC is the saved critic's
 
 
 def test_bad_label_sets_fail_with_one_line(tmp_path):
@@ -131,6 +134,18 @@ def test_llm_judge_scores_by_probability_of_yes(tmp_path, ckbp_small, smollm2):
         card = train_critic(s.path, "judge", CriticConfig(mode="llm-judge", dev_fraction=0.3), tmp_path / "judge")
     assert card["base_model"] == "smollm2-135m-instruct" and set(card["thresholds"]) == {"recall@0.5", "recall@0.8"}
     judge = load_critic(tmp_path / "judge")
-    scores = judge.score(["PersonX eats dinner. as a result, PersonX feels full",
-                          "PersonX eats dinner. as a result, PersonX feels purple triangle"])
-    assert ((scores > 0) & (scores < 1)).all()
+    texts = ["PersonX eats dinner. as a result, PersonX feels full",
+             "PersonX eats dinner. as a result, PersonX feels purple triangle"]
+    scores = [float(judge.score([t])[0]) for t in texts]  # one at a time: no padding
+    # each score is P(yes) / (P(yes) + P(no)) of the next token, computed here from the model itself
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(smollm2).eval()
+    for text, score in zip(texts, scores, strict=True):
+        ids = judge.tokenizer(judge.render(text), return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            p = torch.softmax(lm(**ids).logits[0, -1].float(), -1)
+        yes, no = p[judge.yes].sum(), p[judge.no].sum()
+        assert score == pytest.approx(float(yes / (yes + no)), abs=1e-4)
+    assert len(set(judge.yes) & set(judge.no)) == 0

@@ -84,8 +84,13 @@ def test_openai_backend_against_real_vllm_serve(vllm_server):
                     messages=(("user", "What is the capital of France?"),))]
     out = t.generate(reqs)
     assert len(out[0]) == 3 and all("\n" not in c.text for c in out[0])
-    assert "Paris" in out[1][0].text
-    assert [c.text for c in t.generate(reqs)[0]] == [c.text for c in out[0]]  # seeded: reproducible
+    # the chat reply: text from the chat endpoint, cut at max_tokens. What a 135M model answers varies with
+    # the CPU's bf16 kernels (here "Paris" on one machine, "L'Étoile, la Marseillaise," on another), so the
+    # check is that greedy decoding repeats itself, not a fact.
+    assert out[1][0].text.strip() and out[1][0].finish_reason in ("stop", "length")
+    again = t.generate(reqs)
+    assert [c.text for c in again[0]] == [c.text for c in out[0]]  # seeded: reproducible
+    assert again[1][0].text == out[1][0].text  # greedy: the same reply
 
 
 def test_rationale_generation_through_vllm_serve(vllm_server, tmp_path):

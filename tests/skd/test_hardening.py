@@ -240,6 +240,7 @@ def test_api_key_and_url_password_never_reach_the_terminal_or_the_store(tmp_path
     assert key not in stored and password not in stored and f"127.0.0.1:{server.port}" in stored
 
 
+@pytest.mark.slow
 def test_readers_work_while_a_critic_trains(tmp_path, db_path):
     """The critic's trainer holds the corpus only to read labels and to register: a query with no wait at all
     succeeds while it trains."""

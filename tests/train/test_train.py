@@ -9,6 +9,7 @@ import time
 import pytest
 
 from corpus import SnapshotRecipe, create_snapshot
+from skd.cmd_train import check_answer
 from store import SkdError, Store
 from tests.conftest import ROOT, atomic_corpus, run_skd, shared_file
 from train import TrainConfig, fit
@@ -83,8 +84,19 @@ def test_a_teacher_is_evaluated_against_human_references(atomic_db, tiny_lm):
     refs = shared_file("atomic2020/human_tuples.tsv")
     p = run_skd("eval", str(tiny_lm), "--references", str(refs), "--relations", "xWant", "--limit", "4",
                 "--max-tokens", "8", "--json", db=db, check=True)
-    m = json.loads(p.stdout)["metrics"]
+    r = json.loads(p.stdout)
+    m, samples = r["metrics"], eval_samples(db, r["eval_id"])
     assert m["n"] == 4 and m["references"]["n"] == 4 and 0 <= m["references"]["embedding_similarity"] <= 1
+    # the figures are those of the stored outputs against their human references
+    outputs, refs = [x["output"] for x in samples], [x["references"] for x in samples]
+    assert all(refs) and m["references"]["bleu2"] == pytest.approx(corpus_bleu(outputs, refs))
+    assert m["references"]["rouge_l"] == pytest.approx(sum(map(rouge_l, outputs, refs)) / 4)
+    assert m["degenerate_rate"] == pytest.approx(sum(map(degenerate, outputs)) / 4)
+
+
+def eval_samples(db, eval_id):
+    return [json.loads(line) for line in (db.parent / (db.name + ".d") / "evals" / f"{eval_id}.jsonl")
+            .read_text().splitlines()]
 
 
 def test_training_errors_are_one_line(atomic_db, tmp_path):
@@ -123,5 +135,6 @@ def test_exact_match_on_commonsenseqa_and_gsm8k(atomic_db, tiny_lm):
                     "--limit", "3", "--offset", "5", "--format", "rationale", "--max-tokens", "8", "--json", db=db,
                     check=True)
         r = json.loads(p.stdout)
-        assert r["metrics"]["accuracy"]["n"] == 3 and 0 <= r["metrics"]["accuracy"]["exact_match"] <= 1
-        assert "from 5" in r["config"]["inputs"]
+        assert r["metrics"]["accuracy"]["n"] == 3 and "from 5" in r["config"]["inputs"]
+        right = [check_answer(x["output"], x["input"]) for x in eval_samples(db, r["eval_id"])]
+        assert r["metrics"]["accuracy"]["exact_match"] == pytest.approx(sum(map(bool, right)) / 3)

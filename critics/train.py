@@ -89,7 +89,7 @@ def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Dat
     torch.manual_seed(cfg.seed)
     encoder = SentenceTransformer(base, device=device())
     critic = EmbeddingCritic(encoder, torch.zeros(1), torch.zeros(1))
-    x = torch.from_numpy(critic.embed(verbalize_rows(train.to_dicts()), progress=len(train) > 2000))
+    x = torch.from_numpy(critic.embed(verbalize_rows(train.to_dicts())))  # no tqdm bar beside rich output
     y = torch.tensor(train["label"].to_list(), dtype=torch.float32)
     w = class_weights(train["label"].to_numpy())[y.long()]
     weight = torch.zeros(x.shape[1], requires_grad=True)

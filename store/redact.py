@@ -14,7 +14,7 @@ _secrets: set[str] = set()
 _PATTERNS = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{4,}"), rf"\1 {MASK}"),
     (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/@:]*(?::[^\s/@]*)?@"), rf"\1{MASK}@"),
-    (re.compile(r"\b(sk|hf|rk|pk)-?_?[A-Za-z0-9]{16,}\b"), MASK),
+    (re.compile(r"\b(?:sk-|sk_|hf_|rk_|pk_)[A-Za-z0-9_\-]{16,}"), MASK),
     (re.compile(r"(?i)\b(api[_-]?key|access[_-]?token|password)(\"?\s*[:=]\s*\"?)[^\s\"',;&]+"), rf"\1\2{MASK}"),
 ]
 

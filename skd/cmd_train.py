@@ -106,8 +106,8 @@ def find_student(store: Store, name: str) -> dict[str, Any] | None:
     return row["config"] | {"path": row["path"]} if row else None
 
 
-def critic_scorer(store: Store, name: str) -> tuple[Any, float]:
-    row = store.critics.get(name)
+def critic_scorer(row: dict[str, Any]) -> tuple[Any, float]:
+    """A scoring function for the registered critic `row` (store.critics.get) and its recall@0.5 threshold."""
     critic = load_critic(row["path"])
     threshold = (row["thresholds"] or {}).get("recall@0.5", 0.5)
     return (lambda items: critic.score(verbalize_rows(items))), float(threshold)
@@ -207,20 +207,21 @@ def evaluate_model(db_path: Path, model: str, *, snapshot: str | None = None, sp
         student = find_student(s, model)
         cases, source = eval_cases(s, snapshot, split, heads, references, questions, questions_format, relations,
                                    limit, seed, offset)
-        critic_id = s.critics.get(critic)["critic_id"] if critic else None
-    fmt = fmt or (student["format"] if student else "chat")
-    if fmt not in FORMATS:
-        raise SkdError(f"--format must be one of {', '.join(FORMATS)}")
-    config = {"inputs": source, "format": fmt, "backend": backend, "max_tokens": max_tokens,
-              "temperature": temperature, "seed": seed, "critic": critic, "limit": limit, "embed_model": embed_model}
-    label = f"{student['student_id']} (student)" if student else f"{model} (teacher)"
-    student_id, snapshot = (student or {}).get("student_id"), snapshot or (student or {}).get("snapshot")
-    eval_id = eval_key(label, config | {"critic_id": critic_id}, student_id, snapshot, cases)
-    with Store(db_path, read_only=True) as s:
+        critic_row = s.critics.get(critic) if critic else None
+        fmt = fmt or (student["format"] if student else "chat")
+        if fmt not in FORMATS:
+            raise SkdError(f"--format must be one of {', '.join(FORMATS)}")
+        config = {"inputs": source, "format": fmt, "backend": backend, "max_tokens": max_tokens,
+                  "temperature": temperature, "seed": seed, "critic": critic, "limit": limit,
+                  "embed_model": embed_model}
+        label = f"{student['student_id']} (student)" if student else f"{model} (teacher)"
+        student_id, snapshot = (student or {}).get("student_id"), snapshot or (student or {}).get("snapshot")
+        eval_id = eval_key(label, config | {"critic_id": critic_row and critic_row["critic_id"]}, student_id,
+                           snapshot, cases)
         done = stored_eval(s, eval_id)
-        if done:
-            return done
-        scorer, threshold = critic_scorer(s, critic) if critic else (None, None)
+    if done:
+        return done
+    scorer, threshold = critic_scorer(critic_row) if critic_row else (None, None)
     outputs = generate_outputs(student["path"] if student else model, backend, cases, fmt, max_tokens, temperature,
                                seed)
     metrics = score_outputs(cases, outputs, embed_model=embed_model, scorer=scorer, threshold=threshold,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .errors import SkdError
+from .errors import SkdError, first_line
 
 if TYPE_CHECKING:
     from .db import Store
@@ -44,10 +44,14 @@ class Critics:
         if not rows:
             known = ", ".join(self.names()) or "none"
             raise SkdError(f"no critic named {name!r} (known: {known}); train one with `skd critic train`")
-        return {k: _json(v) if k in ("metrics", "thresholds", "config") and v else v for k, v in rows[0].items()}
+        return self._parsed(rows[0])
 
     def all(self) -> list[dict[str, Any]]:
-        return [self.get(r["name"]) for r in _rows(self.store, "SELECT name FROM critics ORDER BY created_at")]
+        return [self._parsed(r) for r in _rows(self.store, f"SELECT {self.COLUMNS} FROM critics ORDER BY created_at")]
+
+    @staticmethod
+    def _parsed(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: _json(v) if k in ("metrics", "thresholds", "config") and v else v for k, v in row.items()}
 
     def register(self, card: dict[str, Any], path: str) -> None:
         self.store.con.execute(
@@ -133,7 +137,7 @@ def user_filter(option: str) -> Iterator[None]:
     try:
         yield
     except duckdb.Error as e:
-        raise SkdError(f"{option}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+        raise SkdError(f"{option}: {first_line(e)}") from None
 
 
 def where_sql(where: str | None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 
 from .db import Store, _connect
-from .errors import SkdError
+from .errors import SkdError, first_line
 
 READ_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
 # Settings of the guarded connection (lock_configuration last: after it nothing can be SET).
@@ -74,7 +74,3 @@ def run_user_sql(path: Path, sql: str, arrow: bool = False) -> QueryResult:
         raise SkdError(f"SQL error: {first_line(e)}") from None
     finally:
         con.close()
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

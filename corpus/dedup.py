@@ -12,38 +12,36 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-import duckdb
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from store import MINILM, SkdError, Store
-
-from .embed import iter_vectors, load_vectors
+from store import MINILM, SCOPES, SkdError, Slice, Store
 
 METHODS = ("exact", "semantic")
-SCOPES = ("global", "head", "head-relation")
+
+
+class DedupConfig(BaseModel):
+    """A dedup setting: the one definition behind `skd dedup`'s options, the pipeline's [dedup] table and the
+    defaults of `dedup()`."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["exact", "semantic"] = Field("semantic", description="exact: normalised form; semantic: "
+                                                                         "embedding cosine.")
+    threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity at or above which items are "
+                                                          "duplicates (semantic).")
+    scope: Literal["global", "head", "head-relation"] = Field(
+        "head-relation", description="Compare items globally, within a head, or within a head and relation.")
+    model: str = Field(MINILM, description="Embedding model (semantic): HF id, path, or an embedded one.")
+
+
+DEFAULT = DedupConfig()
 FLAT_MAX = 20_000  # exact inner-product search up to here; IVF beyond (bench/dedup.py: 5x faster at 100k)
 EXACT_THRESHOLD = 1.0  # the threshold recorded for exact dedup
-
-
-def exact_norm_sql(col: str) -> str:
-    """Case, PersonX/Person X spelling, punctuation, articles and whitespace do not make items distinct."""
-    x = f"lower(coalesce({col}, ''))"
-    x = f"regexp_replace({x}, 'person\\s*([xyz])\\b', 'person\\1', 'g')"
-    x = f"regexp_replace({x}, '[^\\w\\s]', ' ', 'g')"
-    x = f"regexp_replace({x}, '\\b(a|an|the)\\b', ' ', 'g')"
-    return f"trim(regexp_replace({x}, '\\s+', ' ', 'g'))"
-
-
-def scope_sql(scope: str) -> str:
-    if scope == "global":
-        return "''"
-    head = f"{exact_norm_sql('head')} || {exact_norm_sql('question')}"
-    return head if scope == "head" else f"{head} || chr(31) || coalesce(relation, '')"
 
 
 @dataclass
@@ -76,8 +74,6 @@ def item_index(store: Store, ids: list[str], model: str, where: str | None) -> t
     queries read them back through a direct map."""
     import faiss
 
-    cond = f"({where})" if where else "TRUE"
-    sql = f"SELECT item_id FROM items WHERE {cond}"
     n = len(ids)
     if n <= FLAT_MAX:
         x = vectors_for(store, ids, model, where)
@@ -87,9 +83,7 @@ def item_index(store: Store, ids: list[str], model: str, where: str | None) -> t
     order = np.asarray(ids)
     nlist = min(int(4 * np.sqrt(n)), n)
     rng = np.random.default_rng(0)
-    store.con.register("_sample", pa.table({"item_id": order[rng.choice(n, min(n, nlist * 32), replace=False)]}))
-    sample, _ = load_vectors(store.con, model, "SELECT item_id FROM _sample")
-    store.con.unregister("_sample")
+    sample, _ = store.embeddings.load(model, order[rng.choice(n, min(n, nlist * 32), replace=False)])
     if not len(sample):
         raise SkdError(f"items have no {model} embedding; run `skd embed` first")
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(sample.shape[1]), sample.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
@@ -97,7 +91,7 @@ def item_index(store: Store, ids: list[str], model: str, where: str | None) -> t
     del sample
     index.nprobe = 16
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
-    for batch_ids, vectors in iter_vectors(store.con, model, sql):
+    for batch_ids, vectors in store.embeddings.iter_vectors(model, Slice(where=where)):
         index.add_with_ids(vectors, np.searchsorted(order, batch_ids).astype(np.int64))
     if index.ntotal != n:
         raise SkdError(f"{n - index.ntotal:,} items have no {model} embedding; run `skd embed` first")
@@ -128,18 +122,8 @@ def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
 
 
 def item_frame(store: Store, where: str | None, scope: str, critic_id: str | None, exact: bool = True) -> pa.Table:
-    cond = f"({where})" if where else "TRUE"
-    score = "s.score" if critic_id else "NULL::DOUBLE"
-    join = "LEFT JOIN scores s ON s.item_id = i.item_id AND s.critic_id = $critic" if critic_id else ""
-    fields = ("head", "relation", "tail", "question", "answer", "rationale", "text")
-    exact_key = f"concat_ws(chr(31), i.kind, {', '.join(exact_norm_sql('i.' + c) for c in fields)})" if exact \
-        else "NULL"  # the normalised form is only needed by exact dedup
-    sql = (f"SELECT i.item_id, {scope_sql(scope)} AS scope_key, {exact_key} AS exact_key, {score} AS score "
-           f"FROM items i {join} WHERE {cond} ORDER BY i.item_id")
-    try:
-        return store.con.sql(sql, params={"critic": critic_id} if critic_id else None).to_arrow_table()
-    except duckdb.Error as e:
-        raise SkdError(f"--where: {str(e).splitlines()[0]}") from None
+    """The items to cluster, by item_id, with their scope key, normalised form (exact only) and critic score."""
+    return store.dedup.items(where, scope, critic_id, exact=exact)
 
 
 def representatives(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -166,8 +150,7 @@ def critic_id_for(store: Store, critic: str | None) -> str | None:
 def previous_edges(store: Store, ids: list[str], method: str, threshold: float, scope: str) -> tuple[
         np.ndarray, np.ndarray, np.ndarray]:
     """Chains through the stored clusters of this setting, and which rows were clustered before."""
-    prev = store.con.execute("SELECT item_id, cluster_id FROM dedup_clusters WHERE method = ? AND threshold = ? "
-                             "AND scope = ?", [method, threshold, scope]).fetchall()
+    prev = store.dedup.clusters(method, threshold, scope)
     row_of = {item: k for k, item in enumerate(ids)}
     old = np.zeros(len(ids), dtype=bool)
     members: dict[str, list[int]] = {}
@@ -180,8 +163,8 @@ def previous_edges(store: Store, ids: list[str], method: str, threshold: float, 
     return np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64), old
 
 
-def dedup(store: Store, method: str = "semantic", threshold: float = 0.9, scope: str = "head-relation",
-          critic: str | None = None, where: str | None = None, model: str = MINILM, incremental: bool = True,
+def dedup(store: Store, method: str = DEFAULT.method, threshold: float = DEFAULT.threshold, scope: str = DEFAULT.scope,
+          critic: str | None = None, where: str | None = None, model: str = DEFAULT.model, incremental: bool = True,
           dry_run: list[float] | None = None) -> DedupResult:
     """Cluster duplicates and store one row per item for this (method, threshold, scope)."""
     if method not in METHODS or scope not in SCOPES:
@@ -217,8 +200,7 @@ def dedup(store: Store, method: str = "semantic", threshold: float = 0.9, scope:
 
 
 def vectors_for(store: Store, ids: list[str], model: str, where: str | None) -> np.ndarray:
-    cond = f"({where})" if where else "TRUE"
-    x, vec_ids = load_vectors(store.con, model, f"SELECT item_id FROM items WHERE {cond}")
+    x, vec_ids = store.embeddings.load(model, Slice(where=where))
     if len(vec_ids) != len(ids):
         raise SkdError(f"{len(ids) - len(vec_ids):,} items have no {model} embedding; run `skd embed` first")
     return x
@@ -235,14 +217,8 @@ def write_clusters(store: Store, result: DedupResult, ids: list[str], labels: np
     result.removed = result.items - result.clusters
     run_id = store.start_run("dedup", {"method": result.method, "threshold": result.threshold,
                                        "scope": result.scope, "where": where})
-    with store.transaction() as con:
-        con.register("_clusters", table)
-        con.execute("DELETE FROM dedup_clusters WHERE method = ? AND threshold = ? AND scope = ? "
-                    "AND item_id IN (SELECT item_id FROM _clusters)", [result.method, result.threshold, result.scope])
-        con.execute("INSERT INTO dedup_clusters (item_id, method, threshold, scope, cluster_id, is_representative, "
-                    "run_id) SELECT item_id, ?, ?, ?, cluster_id, is_representative, ? FROM _clusters",
-                    [result.method, result.threshold, result.scope, run_id])
-        con.unregister("_clusters")
+    with store.transaction():  # the clusters and their run's record commit together
+        store.dedup.write(result.method, result.threshold, result.scope, table, run_id)
         store.finish_run(run_id, "ok", result.as_dict())
 
 
@@ -261,8 +237,7 @@ def dry_run_report(store: Store, result: DedupResult, index: Any, x: np.ndarray 
         near = np.nonzero(keep & (s < t + 0.03))[0][:samples]
         pairs = []
         for k in near:
-            rows = store.query("SELECT * FROM items WHERE item_id IN (?, ?) ORDER BY item_id",
-                               [ids[i[k]], ids[j[k]]]).to_dicts()
+            rows = store.items.select(item_ids=[ids[i[k]], ids[j[k]]])
             pairs.append({"cosine": round(float(s[k]), 4), "a": verbalize(rows[0]), "b": verbalize(rows[-1])})
         result.dry_run.append({"threshold": t, "would_remove": len(ids) - n_clusters, "pairs": int(keep.sum()),
                                "borderline": pairs})

@@ -17,8 +17,6 @@ from .card import dataset_card
 from .snapshot import snapshot_row
 
 FORMATS = ("hf", "parquet", "jsonl")
-ITEM_COLUMNS = ("item_id", "kind", "head", "relation", "tail", "question", "answer", "choices", "rationale", "text",
-                "domain")
 COLUMN_DOCS = {
     "item_id": "stable hash of the item's normalised content (the corpus key)",
     "split": "the split the snapshot assigned (by head or question, so no head is in two splits)",
@@ -40,22 +38,8 @@ def snapshot_frame(store: Store, name: str) -> pl.DataFrame:
     row = snapshot_row(store, name)
     recipe = row["recipe"]
     setting = recipe.get("dedup_setting")
-    params: dict[str, Any] = {"snap": row["snapshot_id"], "critic": recipe.get("critic_id") or "",
-                              "method": recipe.get("dedup") or "", "dthr": setting[0] if setting else -1.0,
-                              "scope": setting[1] if setting else ""}
-    cluster = ("(SELECT count(*) FROM dedup_clusters c WHERE c.cluster_id = d.cluster_id AND c.method = $method "
-               "AND c.threshold = $dthr AND c.scope = $scope)") if setting else "NULL::BIGINT"
-    cols = ", ".join(f"i.{c}" for c in ITEM_COLUMNS)
-    df = store.query(f"""
-        SELECT m.split, {cols}, i.extra::VARCHAR AS extra,
-               (SELECT string_agg(DISTINCT teacher, ', ' ORDER BY teacher) FROM item_sources s
-                WHERE s.item_id = i.item_id AND s.teacher IS NOT NULL) AS teacher,
-               sc.score AS critic_score, {cluster} AS cluster_size
-        FROM snapshot_items m JOIN items i USING (item_id)
-        LEFT JOIN scores sc ON sc.item_id = i.item_id AND sc.critic_id = $critic
-        LEFT JOIN dedup_clusters d ON d.item_id = i.item_id AND d.method = $method AND d.threshold = $dthr
-             AND d.scope = $scope
-        WHERE m.snapshot_id = $snap ORDER BY m.split, i.item_id""", params)  # type: ignore[arg-type]
+    df = store.snapshots.members(row["snapshot_id"], recipe.get("critic_id"),
+                                 (recipe.get("dedup") or "", *setting) if setting else None)
     keep = [c for c in df.columns if c in ("item_id", "split", "kind") or df[c].null_count() < df.height]
     return df.select(keep)
 
@@ -126,11 +110,8 @@ def export_snapshot(store: Store, name: str, out: Path, fmt: str = "hf") -> dict
 
 def teachers(store: Store, row: dict[str, Any]) -> list[dict[str, Any]]:
     """The teacher models and sampling settings (without the per-request seed) behind the snapshot's items."""
-    rows = store.query("SELECT teacher, params::VARCHAR AS params, item_id FROM item_sources WHERE teacher IS NOT NULL "
-                       "AND item_id IN (SELECT item_id FROM snapshot_items WHERE snapshot_id = ?)",
-                       [row["snapshot_id"]]).to_dicts()
     groups: dict[tuple[str, str], set[str]] = {}
-    for r in rows:
+    for r in store.snapshots.sources(row["snapshot_id"]):
         params = {k: v for k, v in json.loads(r["params"] or "{}").items() if k != "seed"}
         groups.setdefault((r["teacher"], json.dumps(params, sort_keys=True)), set()).add(r["item_id"])
     return sorted(({"teacher": t, "params": p, "items": len(ids)} for (t, p), ids in groups.items()),
@@ -138,12 +119,10 @@ def teachers(store: Store, row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def store_critic(store: Store, row: dict[str, Any]) -> dict[str, Any] | None:
+    """The snapshot's critic as the dataset card describes it, or None without one (or once it is gone)."""
     critic_id = row["recipe"].get("critic_id")
-    if not critic_id:
+    c = store.critics.by_id(critic_id) if critic_id else None
+    if c is None:
         return None
-    rows = store.query("SELECT name, base_model, mode, metrics, thresholds FROM critics WHERE critic_id = ?",
-                       [critic_id]).to_dicts()
-    if not rows:
-        return None
-    c = rows[0]
-    return c | {"metrics": json.loads(c["metrics"] or "{}"), "thresholds": json.loads(c["thresholds"] or "{}")}
+    return {k: c[k] for k in ("name", "base_model", "mode")} | {"metrics": c["metrics"] or {},
+                                                                 "thresholds": c["thresholds"] or {}}

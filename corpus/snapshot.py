@@ -5,37 +5,31 @@ statistics. The same recipe over the same corpus gives the same hash; a name is 
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
-from typing import Any
+from typing import Any, Literal
 
-import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from critics.cut import CriticCut, threshold_of
 from store import MINILM, SkdError, Store
+from store.snapshots import BALANCE
 
-from .dedup import METHODS, exact_norm_sql
-from .stats import corpus_stats, slice_sql
+from .stats import corpus_stats
 
 
-class SnapshotRecipe(BaseModel):
-    """What goes into a snapshot; stored with it, so it can be cut again."""
+class SliceSpec(BaseModel):
+    """Which items a snapshot takes and how it splits them (the pipeline's [snapshot] table, with its name)."""
 
     model_config = ConfigDict(extra="forbid")
-    where: str | None = None
-    kinds: list[str] = Field(default_factory=list)
-    relations: list[str] = Field(default_factory=list)
-    critic: str | None = None
-    min_score: float | None = None
-    threshold_at_recall: float | None = None
-    dedup: str | None = None
-    dedup_threshold: float | None = None
-    dedup_scope: str | None = None
-    limit: int | None = Field(default=None, gt=0)
-    seed: int = 0
-    balance: str | None = None
-    split: dict[str, float] = Field(default_factory=lambda: {"train": 1.0})
+    where: str | None = Field(None, description="SQL filter over items.")
+    kinds: list[str] = Field(default_factory=list, description="Item kinds to keep (repeatable).")
+    relations: list[str] = Field(default_factory=list, description="Relations to keep (repeatable).")
+    limit: int | None = Field(default=None, gt=0, description="At most this many items (a seeded draw).")
+    seed: int = Field(0, description="Seed of the draw and of the split.")
+    balance: str | None = Field(None, description=f"Equal counts per {', '.join(BALANCE)}.")
+    split: dict[str, float] = Field(default_factory=lambda: {"train": 0.9, "test": 0.1},
+                                    description="Split fractions, assigned by head (no head in two splits).")
 
     @field_validator("split")
     @classmethod
@@ -47,105 +41,54 @@ class SnapshotRecipe(BaseModel):
     @field_validator("balance")
     @classmethod
     def _balance(cls, v: str | None) -> str | None:
-        if v not in (None, "relation", "kind", "domain"):
-            raise ValueError("balance is one of relation, kind, domain")
+        if v not in (None, *BALANCE):
+            raise ValueError(f"balance is one of {', '.join(BALANCE)}")
         return v
 
 
-def parse_split(text: str) -> dict[str, float]:
-    """'train=0.9,validation=0.05,test=0.05' -> {'train': 0.9, ...}."""
-    try:
-        return {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(",") if part.strip())}
-    except ValueError:
-        raise SkdError(f"--split {text!r}: expected NAME=FRACTION,... e.g. train=0.9,test=0.1") from None
+class SnapshotRecipe(SliceSpec, CriticCut):
+    """What goes into a snapshot (the one definition behind `skd snapshot create`'s options); stored with it,
+    so it can be cut again."""
+
+    critic: str | None = Field(None, description="Keep items this critic scores at or above its cut.")
+    dedup: Literal["exact", "semantic"] | None = Field(None, description="Keep only representatives of this dedup "
+                                                                        "method's clusters.")
+    dedup_threshold: float | None = Field(None, description="Which dedup threshold (default: the latest run).")
+    dedup_scope: str | None = Field(None, description="Which dedup scope (default: the latest run).")
 
 
 def snapshot_row(store: Store, name: str) -> dict[str, Any]:
-    rows = store.query("SELECT * FROM snapshots WHERE name = ?", [name]).to_dicts()
-    if not rows:
-        raise SkdError(f"no snapshot named {name!r}; see `skd snapshot list`")
-    row = rows[0]
-    for key in ("recipe", "funnel", "stats"):
-        row[key] = json.loads(row[key]) if row[key] else {}
-    return row
+    """The snapshot named `name` (see `store.snapshots.get`)."""
+    return store.snapshots.get(name)
 
 
 def critic_cut(store: Store, r: SnapshotRecipe) -> tuple[str | None, float | None]:
-    """The critic's id and the score threshold the recipe asks for."""
+    """The critic's id and the score threshold the recipe asks for (the critics' cut, default recall there)."""
     if r.critic is None:
         if r.min_score is not None or r.threshold_at_recall is not None:
             raise SkdError("--min-score and --threshold-at-recall need --critic")
         return None, None
     row = store.critics.get(r.critic)
-    critic_id, thresholds = row["critic_id"], row["thresholds"] or {}
-    if r.min_score is not None:
-        return critic_id, r.min_score
-    recall = 0.5 if r.threshold_at_recall is None else r.threshold_at_recall
-    key = f"recall@{recall:g}"
-    if key not in thresholds:
-        raise SkdError(f"critic {r.critic!r} has no threshold at recall {recall:g}; it has "
-                       f"{', '.join(thresholds) or 'none'} (or give --min-score)")
-    return critic_id, float(thresholds[key])
+    return row["critic_id"], threshold_of(row, r.threshold_at_recall, r.min_score)
 
 
 def dedup_setting(store: Store, r: SnapshotRecipe) -> tuple[float, str] | None:
     """The (threshold, scope) of the dedup results to keep representatives of: as given, or the latest run."""
     if r.dedup is None:
         return None
-    if r.dedup not in METHODS:
-        raise SkdError(f"--dedup must be one of {', '.join(METHODS)}")
-    cond, params = "method = ?", [r.dedup]
-    if r.dedup_threshold is not None:
-        cond, params = cond + " AND threshold = ?", params + [r.dedup_threshold]
-    if r.dedup_scope is not None:
-        cond, params = cond + " AND scope = ?", params + [r.dedup_scope]
-    rows = store.con.execute(f"SELECT d.threshold, d.scope FROM dedup_clusters d LEFT JOIN runs USING (run_id) "
-                             f"WHERE {cond} ORDER BY runs.started_at DESC NULLS LAST LIMIT 1", params).fetchall()
-    if not rows:
+    setting = store.dedup.latest_setting(r.dedup, r.dedup_threshold, r.dedup_scope)
+    if setting is None:
         raise SkdError(f"no {r.dedup} dedup results match; run `skd dedup --method {r.dedup}` first")
-    return float(rows[0][0]), rows[0][1]
+    return setting
 
 
 def candidates(store: Store, r: SnapshotRecipe, critic_id: str | None, threshold: float | None,
                setting: tuple[float, str] | None) -> tuple[pa.Table, dict[str, int]]:
     """Items passing every filter, each with its split key and the counts at each step of the funnel."""
-    conds = [f"({r.where})" if r.where else "TRUE"]
-    params: dict[str, Any] = {}
-    if r.kinds:
-        conds.append("i.kind IN (SELECT unnest($kinds))")
-        params["kinds"] = r.kinds
-    if r.relations:
-        conds.append("i.relation IN (SELECT unnest($relations))")
-        params["relations"] = r.relations
-    base = f"SELECT i.* FROM items i WHERE {' AND '.join(conds)}"
-    passed = "SELECT * FROM base"
-    if critic_id:
-        params |= {"critic": critic_id, "min": threshold}
-        passed = "SELECT b.* FROM base b JOIN scores s ON s.item_id = b.item_id AND s.critic_id = $critic " \
-                 "AND s.score >= $min"
-    reps = "SELECT * FROM passed"
-    if setting:
-        params |= {"method": r.dedup, "dthr": setting[0], "scope": setting[1]}
-        reps = "SELECT p.* FROM passed p JOIN dedup_clusters d ON d.item_id = p.item_id AND d.method = $method " \
-               "AND d.threshold = $dthr AND d.scope = $scope AND d.is_representative"
-    group = f"coalesce({r.balance}, '')" if r.balance else "''"
-    split_key = f"coalesce({exact_norm_sql('coalesce(head, question)')}, '')"
-    ctes = f"WITH base AS ({base}), passed AS ({passed}), reps AS ({reps})"
-    sql = f"""{ctes}, ranked AS (SELECT item_id,
-            CASE WHEN head IS NULL AND question IS NULL THEN item_id ELSE {split_key} END AS split_key,
-            md5(item_id || $seed) AS draw,
-            row_number() OVER (PARTITION BY {group} ORDER BY md5(item_id || $seed)) AS rank_in_group,
-            {group} AS grp FROM reps)
-        SELECT * FROM ranked ORDER BY rank_in_group, draw"""
-    params["seed"] = str(r.seed)
-    try:
-        table = store.con.sql(sql, params=params).to_arrow_table()
-        n_base, n_passed = store.con.execute(
-            f"{ctes} SELECT (SELECT count(*) FROM base), (SELECT count(*) FROM passed)",
-            {k: v for k, v in params.items() if k != "seed"}).fetchall()[0]
-    except duckdb.Error as e:
-        raise SkdError(f"--where: {str(e).splitlines()[0]}") from None
-    return table, {"items": int(n_base or 0), "passed_critic": int(n_passed), "representatives": table.num_rows}
+    table, n_base, n_passed = store.snapshots.candidates(
+        where=r.where, kinds=r.kinds, relations=r.relations, critic_id=critic_id, min_score=threshold,
+        dedup=(r.dedup, *setting) if setting and r.dedup else None, balance=r.balance, seed=r.seed)
+    return table, {"items": n_base, "passed_critic": n_passed, "representatives": table.num_rows}
 
 
 def select(table: pa.Table, r: SnapshotRecipe) -> pa.Table:
@@ -181,18 +124,9 @@ def content_hash(item_ids: list[str], splits: list[str]) -> str:
     return h.hexdigest()
 
 
-def generation_funnel(store: Store, ids: str) -> dict[str, int]:
-    """Teacher completions and parsed completions of the runs that produced the slice's items."""
-    total, parsed = store.con.execute(
-        f"SELECT count(*), count(*) FILTER (parsed_ok) FROM generations WHERE run_id IN "
-        f"(SELECT DISTINCT run_id FROM item_sources WHERE item_id IN ({ids}) AND request_id IS NOT NULL)"
-    ).fetchall()[0]
-    return {"completions": int(total), "parsed": int(parsed)}
-
-
 def create_snapshot(store: Store, name: str, recipe: SnapshotRecipe, model: str = MINILM) -> dict[str, Any]:
     """Cut the snapshot NAME; refuses a name already used."""
-    if store.scalar("SELECT count(*) FROM snapshots WHERE name = ?", [name]):
+    if store.snapshots.exists(name):
         raise SkdError(f"snapshot {name!r} exists; snapshots are immutable, choose another name")
     critic_id, threshold = critic_cut(store, recipe)
     setting = dedup_setting(store, recipe)
@@ -205,42 +139,26 @@ def create_snapshot(store: Store, name: str, recipe: SnapshotRecipe, model: str 
     full_recipe = recipe.model_dump() | {"critic_id": critic_id, "critic_threshold": threshold,
                                          "dedup_setting": list(setting) if setting else None}
     snapshot_id = f"snap-{uuid.uuid4().hex[:12]}"
-    members = pa.table({"snapshot_id": [snapshot_id] * len(ids), "item_id": ids, "split": splits})
     run_id = store.start_run("snapshot", {"name": name, **full_recipe})
-    with store.transaction() as con:
-        con.register("_members", members)
-        con.execute("INSERT INTO snapshot_items SELECT snapshot_id, item_id, split FROM _members")
-        con.unregister("_members")
-        ids_sql = slice_sql(snapshot_id=snapshot_id)
-        funnel = generation_funnel(store, ids_sql) | funnel | {"snapshot": len(ids)}
+    with store.snapshots.create(snapshot_id, name, ids, splits) as draft:  # one transaction
+        funnel = store.generations.funnel(draft.members) | funnel | {"snapshot": len(ids)}
         funnel["splits"] = {s: splits.count(s) for s in recipe.split}
-        stats = corpus_stats(store, ids_sql, model=model, seed=recipe.seed)
-        con.execute("INSERT INTO snapshots (snapshot_id, name, content_hash, recipe, funnel, stats) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", [snapshot_id, name, content_hash(ids, splits),
-                                                  json.dumps(full_recipe), json.dumps(funnel), json.dumps(stats)])
+        stats = corpus_stats(store, draft.members, model=model, seed=recipe.seed)
+        draft.describe(content_hash(ids, splits), full_recipe, funnel, stats)
         store.finish_run(run_id, "ok", {"snapshot_id": snapshot_id, "items": len(ids)})
     return snapshot_row(store, name)
 
 
 def list_snapshots(store: Store) -> list[dict[str, Any]]:
-    return store.query("SELECT s.name, s.snapshot_id, s.content_hash, count(m.item_id) AS items, s.created_at "
-                       "FROM snapshots s LEFT JOIN snapshot_items m USING (snapshot_id) "
-                       "GROUP BY ALL ORDER BY s.created_at").to_dicts()
+    return store.snapshots.all()
 
 
 def diff_snapshots(store: Store, a: str, b: str, sample: int = 10) -> dict[str, Any]:
     """Items added to and removed from A to get B, split changes, and the statistics side by side."""
     ra, rb = snapshot_row(store, a), snapshot_row(store, b)
-    q = """SELECT {cols} FROM snapshot_items x WHERE x.snapshot_id = ? AND x.item_id NOT IN
-           (SELECT item_id FROM snapshot_items WHERE snapshot_id = ?) ORDER BY x.item_id"""
-    added = [r[0] for r in store.con.execute(q.format(cols="x.item_id"), [rb["snapshot_id"], ra["snapshot_id"]])
-             .fetchall()]
-    removed = [r[0] for r in store.con.execute(q.format(cols="x.item_id"), [ra["snapshot_id"], rb["snapshot_id"]])
-               .fetchall()]
-    moved = store.con.execute("SELECT count(*) FROM snapshot_items x JOIN snapshot_items y USING (item_id) "
-                              "WHERE x.snapshot_id = ? AND y.snapshot_id = ? AND x.split IS DISTINCT FROM y.split",
-                              [ra["snapshot_id"], rb["snapshot_id"]]).fetchall()[0][0]
-    return {"a": a, "b": b, "added": len(added), "removed": len(removed), "split_changed": int(moved),
+    d = store.snapshots.diff(ra["snapshot_id"], rb["snapshot_id"])
+    added, removed = d["added"], d["removed"]
+    return {"a": a, "b": b, "added": len(added), "removed": len(removed), "split_changed": d["split_changed"],
             "added_ids": added[:sample], "removed_ids": removed[:sample],
             "stats": {key: [headline(ra["stats"]).get(key), headline(rb["stats"]).get(key)]
                       for key in headline(ra["stats"]) | headline(rb["stats"])}}

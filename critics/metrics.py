@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from .calibration import calibration_error
+
 
 def threshold_for(scores: np.ndarray, labels: np.ndarray, recall: float | None = None,
                   precision: float | None = None) -> float:
@@ -55,6 +57,7 @@ def report(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float])
         "n": int(len(labels)), "positive_rate": float(labels.mean()) if len(labels) else 0.0,
         "auc": float(roc_auc_score(labels, scores)) if both else None,
         "average_precision": float(average_precision_score(labels, scores)) if both else None,
+        "calibration_error": calibration_error(scores, labels),
         "thresholds": {name: at_threshold(scores, labels, t) for name, t in thresholds.items()},
         "kept_vs_acceptable": kept_table(scores, labels),
     }

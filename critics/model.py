@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from store import SkdError
+
+
+class Critic(Protocol):
+    """What every critic is to the rest of skd: texts in, P(acceptable) out. Scoring, snapshots, dedup's choice
+    of representative and evaluation call only this; which model is behind it is the artifact's business."""
+
+    def score(self, texts: list[str], batch_size: int = ...) -> np.ndarray: ...
 
 
 def device() -> str:
@@ -98,9 +105,16 @@ def read_card(path: Path) -> dict[str, Any]:
     return json.loads(card.read_text())
 
 
-def load_critic(path: str | Path) -> EmbeddingCritic | FinetunedCritic | LlmJudge:
-    path = Path(path)
-    card = read_card(path)
+def load_critic(path: str | Path) -> Critic:
+    """The critic saved at PATH, its scores calibrated as on dev when it was trained."""
+    from .calibration import Calibrated
+
+    card = read_card(Path(path))
+    critic = _load_model(Path(path), card)
+    return Calibrated(critic, card["calibration"]) if card.get("calibration") else critic
+
+
+def _load_model(path: Path, card: dict[str, Any]) -> EmbeddingCritic | FinetunedCritic | LlmJudge:
     if card["mode"] == "llm-judge":
         return load_judge(card["base_model"], card["config"].get("prompt") or JUDGE_PROMPT)
     if card["mode"] == "embedding":

@@ -11,42 +11,20 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
 from store import SkdError, Store, resolve_model, skd_version
 
+from .calibration import apply, calibration_error, fit_platt
+from .config import CriticConfig
 from .metrics import choose_thresholds, report
 from .model import JUDGE_PROMPT, EmbeddingCritic, FinetunedCritic, device, load_judge
 from .verbalize import verbalize_rows
-
-
-class CriticConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mode: Literal["finetune", "embedding", "llm-judge"] = Field(
-        "finetune", description="Fine-tune a classifier, fit a head on frozen embeddings, or ask an LLM (no training).")
-    prompt: str | None = Field(None, description="llm-judge: question template with {text}.")
-    base: str = Field("all-minilm-l6-v2", description="Base encoder: HF id, local path or the embedded MiniLM.")
-    labels_where: str | None = Field(None, description="SQL filter over the labels table.")
-    sources: list[str] = Field([], description="Train on these label sources only (every source when empty).")
-    dev_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of heads/questions held out for dev.")
-    seed: int = 0
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, description="Stop after this many steps (-1: run the epochs).")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(5e-5, gt=0, description="Learning rate (finetune).")
-    weight_decay: float = Field(1e-4, ge=0, description="L2 penalty (embedding head).")
-    max_length: int | None = Field(
-        None, ge=8, description="Tokens per text (finetune); default: enough for 99% of the training texts.")
-    eval_steps: int = Field(200, ge=1, description="Evaluate on dev every this many steps (finetune).")
-    patience: int = Field(3, ge=1, description="Early stopping: evaluations without dev AUC gain.")
-    recalls: list[float] = Field([0.5, 0.8], description="Thresholds chosen on dev for these recalls.")
-    precisions: list[float] = Field([], description="... and for these precisions.")
 
 
 def group_key(row: dict[str, Any]) -> str:
@@ -83,15 +61,46 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(len(labels) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
 
 
+def example_weights(df: pl.DataFrame, cfg: CriticConfig) -> np.ndarray:
+    """Each label's weight in the loss: its class's (balanced classes) times its source's, mean 1. Expert
+    labels can count more than crowd labels without discarding either."""
+    labels = df["label"].to_numpy()
+    w = class_weights(labels).numpy()[labels] * np.asarray([cfg.source_weights.get(s, 1.0)
+                                                            for s in df["source"].to_list()])
+    return (w / w.mean()).astype(np.float32)
+
+
+def coverage(df: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """What the critic was trained on, per kind and per relation: scoring outside it is flagged."""
+    def counts(col: str) -> dict[str, int]:
+        vals = [v for v in df[col].to_list() if v is not None]
+        return {str(k): int(n) for k, n in zip(*np.unique(vals, return_counts=True), strict=True)} if vals else {}
+    return {"kinds": counts("kind"), "relations": counts("relation")}
+
+
+_EMBEDDED: dict[tuple[str, str], np.ndarray] = {}  # (encoder, text) -> vector, for this process
+
+
+def cached_embeddings(critic: EmbeddingCritic, base: str, texts: list[str]) -> np.ndarray:
+    """The frozen encoder's vectors, each text encoded once per process: cross-validation trains a head per
+    fold on mostly the same texts, and encoding them is nearly all of an embedding critic's cost."""
+    if any(key[0] != base for key in _EMBEDDED):
+        _EMBEDDED.clear()  # one encoder's vectors at a time
+    todo = list(dict.fromkeys(t for t in texts if (base, t) not in _EMBEDDED))
+    if todo:
+        _EMBEDDED.update(zip(((base, t) for t in todo), critic.embed(todo), strict=True))
+    return np.stack([_EMBEDDED[(base, t)] for t in texts]) if texts else np.zeros((0, 1), np.float32)
+
+
 def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):
     from sentence_transformers import SentenceTransformer
 
     torch.manual_seed(cfg.seed)
     encoder = SentenceTransformer(base, device=device())
     critic = EmbeddingCritic(encoder, torch.zeros(1), torch.zeros(1))
-    x = torch.from_numpy(critic.embed(verbalize_rows(train.to_dicts())))  # no tqdm bar beside rich output
+    x = torch.from_numpy(cached_embeddings(critic, base, verbalize_rows(train.to_dicts())))
     y = torch.tensor(train["label"].to_list(), dtype=torch.float32)
-    w = class_weights(train["label"].to_numpy())[y.long()]
+    w = torch.from_numpy(example_weights(train, cfg))
     weight = torch.zeros(x.shape[1], requires_grad=True)
     bias = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
@@ -130,20 +139,21 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
 
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
-    weights = class_weights(train["label"].to_numpy())
     train_texts = verbalize_rows(train.to_dicts())
     max_length = cfg.max_length or fitted_length(tok, train_texts)
 
     def dataset(texts: list[str], df: pl.DataFrame) -> Dataset:  # the train texts are verbalised once
-        ds = Dataset.from_dict({"text": texts, "label": df["label"].to_list()})
+        ds = Dataset.from_dict({"text": texts, "label": df["label"].to_list(),
+                                "weight": example_weights(df, cfg).tolist()})
         return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True,
                       remove_columns=["text"])
 
-    class WeightedTrainer(Trainer):  # class-weighted loss for imbalanced labels
+    class WeightedTrainer(Trainer):  # per-example weights: balanced classes, weighted sources
         def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-            labels = inputs.pop("labels")
+            labels, weight = inputs.pop("labels"), inputs.pop("weight")
             outputs = model(**inputs)
-            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weights.to(labels.device))
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, reduction="none")
+            loss = (loss * weight).sum() / weight.sum()
             return (loss, outputs) if return_outputs else loss
 
     def auc(pred) -> dict[str, float]:
@@ -158,7 +168,7 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
         eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
         save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="auc", greater_is_better=True,
         logging_steps=max(1, cfg.eval_steps // 4), report_to=[], warmup_steps=max(1, steps // 16),
-        use_cpu=device() == "cpu")
+        use_cpu=device() == "cpu", remove_unused_columns=False)  # keep the weight column
     trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train),
                               eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev),
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=auc,
@@ -175,6 +185,16 @@ def fit_judge(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFra
     return load_judge(base, cfg.prompt or JUDGE_PROMPT)
 
 
+def fit_critic(cfg: CriticConfig, train: pl.DataFrame, dev: pl.DataFrame, out: Path) -> tuple[Any, np.ndarray,
+                                                                                           dict[str, Any] | None]:
+    """Train on TRAIN (early stopping on DEV) into OUT; the critic, its raw dev scores and its calibration."""
+    fit = {"embedding": fit_embedding, "finetune": fit_finetune, "llm-judge": fit_judge}[cfg.mode]
+    with deterministic(cfg.seed):
+        critic = fit(cfg, resolve_model(cfg.base), train, dev, out)
+    raw = critic.score(verbalize_rows(dev.to_dicts()))
+    return critic, raw, fit_platt(raw, dev["label"].to_numpy()) if cfg.calibrate else None
+
+
 def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path) -> dict[str, Any]:
     """Train, choose thresholds on dev, save to `out` and register in `critics`; returns the card. The corpus
     is open only to read the labels and to register the critic: readers and writers work while it trains."""
@@ -184,23 +204,22 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path) -> dic
     train, dev = split(df, cfg.dev_fraction, cfg.seed)
     if cfg.mode == "llm-judge" and cfg.base == "all-minilm-l6-v2":
         cfg = cfg.model_copy(update={"base": "smollm2-135m-instruct"})  # a judge needs a generative model
-    base = resolve_model(cfg.base)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    fit = {"embedding": fit_embedding, "finetune": fit_finetune, "llm-judge": fit_judge}[cfg.mode]
-    with deterministic(cfg.seed):
-        critic = fit(cfg, base, train, dev, tmp)
+    critic, raw, cal = fit_critic(cfg, train, dev, tmp)
     if isinstance(critic, FinetunedCritic):  # the card records the length the critic was trained at
         cfg = cfg.model_copy(update={"max_length": critic.max_length})
-    dev_scores = critic.score(verbalize_rows(dev.to_dicts()))
     dev_labels = dev["label"].to_numpy()
+    dev_scores = apply(raw, cal)
     thresholds = choose_thresholds(dev_scores, dev_labels, cfg.recalls, cfg.precisions)
-    metrics = {"dev": report(dev_scores, dev_labels, thresholds), "train_size": train.height, "dev_size": dev.height}
+    metrics = {"dev": report(dev_scores, dev_labels, thresholds), "train_size": train.height, "dev_size": dev.height,
+               "dev_calibration_error_raw": calibration_error(raw, dev_labels)}
     card = {"name": name, "critic_id": f"{name}-{uuid.uuid4().hex[:8]}", "mode": cfg.mode, "base_model": cfg.base,
             "label_sources": sorted(set(df["source"].to_list())),
             "label_counts": {str(k): int(v) for k, v in zip(*np.unique(df["label"].to_numpy(), return_counts=True),
                                                                strict=True)},
+            "coverage": coverage(df), "calibration": cal,
             "config": cfg.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
             "skd_version": skd_version()}
     (tmp / "critic.json").write_text(json.dumps(card, indent=2))

@@ -18,14 +18,15 @@ from typing import Any
 import pyarrow as pa
 
 from store import ShardWriter, Store, commit_batch, ingest_shards, open_store
+from store.items import TEXT_FIELDS
 
 from .backends import Teacher
 from .recipes import ParseError, Recipe
 from .types import Completion, Request
 
+# A staged batch's items: the text fields of store.items' one field list, then choices, extra and provenance.
 ITEM_SCHEMA = pa.schema(
-    [(f, pa.string()) for f in ("kind", "head", "relation", "tail", "question", "answer", "rationale", "text",
-                                "domain")]
+    [(f, pa.string()) for f in ("kind", *TEXT_FIELDS)]
     + [("choices", pa.list_(pa.string())), ("extra", pa.string())]
     + [(f, pa.string()) for f in ("run_id", "request_id")] + [("sample_index", pa.int32())]
     + [(f, pa.string()) for f in ("prompt_hash", "teacher", "params")]
@@ -110,11 +111,7 @@ def batch_tables(run_id: str, recipe: Recipe, teacher: Teacher, chunk: list[Requ
 
 def pending_requests(store: Store, requests: list[Request]) -> list[Request]:
     """Requests whose completions are not stored yet (the generations table is the record of done work)."""
-    ids = pa.table({"request_id": [r.request_id for r in requests]})
-    store.con.register("_wanted", ids)
-    done = {row[0] for row in store.con.execute(
-        "SELECT DISTINCT request_id FROM generations SEMI JOIN _wanted USING (request_id)").fetchall()}
-    store.con.unregister("_wanted")
+    done = store.generations.done([r.request_id for r in requests])
     return [r for r in requests if r.request_id not in done]
 
 
@@ -172,7 +169,4 @@ def run_stage(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: in
 
 def new_items(store: Store, run_id: str) -> int:
     """Items this run was the first to produce."""
-    return int(store.scalar("""
-        SELECT count(DISTINCT item_id) FROM item_sources s WHERE run_id = ? AND NOT EXISTS (
-            SELECT 1 FROM item_sources o WHERE o.item_id = s.item_id AND o.run_id IS DISTINCT FROM s.run_id
-              AND o.created_at <= s.created_at)""", [run_id]))
+    return store.items.new_in_run(run_id)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from corpus import METHODS, SCOPES, dedup, embed_items
+from corpus import DedupConfig, dedup, embed_items
 from store import MINILM, Store, default_path
 
+from .config_options import config_options, floats
 from .options import Db, Json, Quiet
 from .output import out, print_json, progress_bar, run_with_progress
-
-Method = Enum("Method", {m: m for m in METHODS}, type=str)
-Scope = Enum("Scope", {s.replace("-", "_") + "_scope": s for s in SCOPES}, type=str)
 
 
 def embed(
@@ -38,16 +35,11 @@ def embed(
                   f"in {stats.seconds:.1f} s")
 
 
+@config_options(DedupConfig, "dedup")
 def dedup_cmd(
-    method: Annotated[Method, typer.Option(help="exact: normalised form; semantic: embedding cosine.")]
-    = Method.semantic,
-    threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which items are duplicates.")]
-    = 0.9,
-    scope: Annotated[Scope, typer.Option(help="Compare items globally, within a head, or head and relation.")]
-    = Scope.head_relation_scope,
+    cfg: DedupConfig,
     critic: Annotated[str | None, typer.Option(help="Keep the member this critic scores best.")] = None,
     where: Annotated[str | None, typer.Option(help="SQL filter over items.")] = None,
-    model: Annotated[str, typer.Option(help="Embedding model (semantic).")] = MINILM,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what thresholds would remove; store nothing.")]
     = False,
     thresholds: Annotated[str, typer.Option(help="Thresholds for --dry-run.")] = "0.8,0.85,0.9,0.95",
@@ -55,9 +47,9 @@ def dedup_cmd(
     db: Db = None, json: Json = False,
 ) -> None:
     """Cluster duplicates; one representative per cluster; results in dedup_clusters per setting."""
-    dry = [float(t) for t in thresholds.split(",")] if dry_run else None
+    dry = floats(thresholds) if dry_run else None
     with Store(db) as s:
-        r = dedup(s, method.value, threshold, scope.value, critic, where, model, incremental=not full, dry_run=dry)
+        r = dedup(s, cfg.method, cfg.threshold, cfg.scope, critic, where, cfg.model, incremental=not full, dry_run=dry)
     if json:
         print_json(r.as_dict())
         return

@@ -11,18 +11,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from critics import CriticConfig, load_critic, report, train_critic
+from critics import load_critic, report, train_critic
+from critics.config import CriticConfig
 from critics.score import score_items
 from critics.train import load_labels
 from critics.verbalize import verbalize_rows
-from generators.recipes import validate_config
 from store import LABEL_FORMATS, Store, default_path, import_labels
 
+from .config_options import FLOATS, PAIRS, config_options
 from .options import Db, Json, Quiet
-from .output import out, print_json, progress_bar, run_with_progress
+from .output import err, out, print_json, progress_bar, run_with_progress
 
 app = typer.Typer(help="Critic models: train from labels, score the corpus, evaluate.", no_args_is_help=True)
-Mode = Enum("Mode", {m.replace("-", "_"): m for m in ("finetune", "embedding", "llm-judge")}, type=str)
 LabelFormat = Enum("LabelFormat", {f.replace("-", "_"): f for f in LABEL_FORMATS}, type=str)
 
 
@@ -34,7 +34,8 @@ def report_tables(name: str, rep: dict) -> list[Table]:
     for t, m in rep["thresholds"].items():
         head.add_row(t, f"{m['threshold']:.3f}", f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
                      f"{m['kept']:.1%}")
-    head.caption = (f"AUC {rep['auc']:.3f}, average precision {rep['average_precision']:.3f}"
+    head.caption = (f"AUC {rep['auc']:.3f}, average precision {rep['average_precision']:.3f}, calibration error "
+                    f"{rep.get('calibration_error', float('nan')):.3f}"
                     if rep["auc"] is not None else "one class only: no AUC")
     kept = Table(title="keep the top-scored ... -> acceptable", title_justify="left")
     kept.add_column("kept", justify="right")
@@ -45,33 +46,17 @@ def report_tables(name: str, rep: dict) -> list[Table]:
 
 
 @app.command("train")
+@config_options(CriticConfig, "critic train", flags={"recalls": "--recall", "precisions": "--precision",
+                                                      "sources": "--source"},
+                text={"recalls": FLOATS, "precisions": FLOATS, "source_weights": PAIRS})
 def train(
+    cfg: CriticConfig,
     name: Annotated[str, typer.Argument(help="Name of the new critic.")],
-    labels_where: Annotated[str | None, typer.Option(help="SQL filter over the labels table.")] = None,
-    base: Annotated[str, typer.Option(help="Base encoder (HF id, path, or the embedded MiniLM).")]
-    = "all-minilm-l6-v2",
-    mode: Annotated[Mode, typer.Option(help="finetune a classifier, fit a head on frozen embeddings, or llm-judge "
-                                            "(ask a generative model yes/no; --base defaults to SmolLM2).")]
-    = Mode.finetune,
-    epochs: Annotated[float, typer.Option()] = 3.0,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: all epochs).")] = -1,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    lr: Annotated[float, typer.Option()] = 5e-5,
-    max_length: Annotated[int | None, typer.Option(
-        help="Tokens per text (finetune); by default enough for 99% of the training texts.")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    recall: Annotated[str, typer.Option(help="Thresholds for these dev recalls, comma separated.")] = "0.5,0.8",
-    precision: Annotated[str, typer.Option(help="... and for these dev precisions.")] = "",
     out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact folder \\[default: DB.d/critics/NAME].")]
     = None,
     db: Db = None, json: Json = False,
 ) -> None:
     """Train a critic from the labels table; thresholds are chosen on a dev split by head/question."""
-    cfg = validate_config(CriticConfig, {
-        "mode": mode.value, "base": base, "labels_where": labels_where, "epochs": epochs, "max_steps": max_steps,
-        "batch_size": batch_size, "lr": lr, "max_length": max_length, "seed": seed,
-        "recalls": [float(x) for x in recall.split(",") if x], "precisions": [float(x) for x in precision.split(",")
-                                                                               if x]}, "options")
     db_path = db or default_path()
     card = train_critic(db_path, name, cfg, out_dir or Path(str(db_path) + ".d") / "critics" / name)
     if json:
@@ -93,6 +78,9 @@ def score(
     progress, update = progress_bar(f"score {name}", "items", quiet or json)
     stats = run_with_progress(progress, lambda: score_items(
         db or default_path(), name, where, chunk, batch_size, on_chunk=lambda st, n: update(st.scored, n)))
+    for what, n in sorted(stats.uncovered.items(), key=lambda kv: -kv[1]):
+        err.print(f"warning: critic {name} was trained on no labels of {what}; {n:,} such items scored anyway "
+                  "(their scores are guesses)")
     if json:
         print_json(stats.as_dict())
     else:

@@ -10,14 +10,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from generators import BACKENDS, RECIPES, GenerateSummary, make_recipe, make_teacher, run_generation
+from generators import RECIPES, GenerateSummary, make_recipe, make_teacher, run_generation
+from generators.config import GenerateConfig
 from generators.recipes import read_toml
 from store import SkdError, default_path
 
+from .config_options import config_options
 from .options import Db, Json, Quiet
-from .output import err, out, print_json
+from .output import err, out, print_json, run_with_progress
 
-Backend = Enum("Backend", {b: b for b in BACKENDS}, type=str)
 RecipeName = Enum("RecipeName", {r: r for r in RECIPES}, type=str)
 SAMPLING_KEY = {"atomic10x": lambda cfg: "event_sampling" if cfg.get("stage") == "events" else "inference_sampling",
                 "rationale": lambda cfg: "sampling", "template": lambda cfg: "sampling"}
@@ -78,17 +79,13 @@ def summary_table(s: GenerateSummary) -> Table:
     return t
 
 
+@config_options(GenerateConfig, "generate")
 def generate(
+    cfg: GenerateConfig,
     recipe: Annotated[RecipeName, typer.Argument(help="Recipe: atomic10x, rationale or template.")],
-    teacher: Annotated[str, typer.Option(help="Teacher model: HF id, local path or smollm2-135m-instruct.")]
-    = "smollm2-135m-instruct",
-    backend: Annotated[Backend, typer.Option(help="Teacher backend.")] = Backend.transformers,
     config: Annotated[Path | None, typer.Option(help="Recipe config (TOML); a \\[teacher] table sets backend "
                                                      "options.")] = None,
     n: Annotated[int | None, typer.Option(help="Samples per prompt (overrides the config).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Generate for at most this many requests.")] = None,
-    seed: Annotated[int, typer.Option(help="Run seed; every request's seed derives from it.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Requests per batch (and per staging shard).")] = 32,
     base_url: Annotated[str | None, typer.Option(help="openai: endpoint, e.g. http://127.0.0.1:8000/v1.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="openai: requests in flight.")] = None,
     tensor_parallel_size: Annotated[int | None, typer.Option(help="vllm: GPUs per model.")] = None,
@@ -98,20 +95,16 @@ def generate(
 ) -> None:
     """Overgenerate with a teacher: every completion is stored (parsed or not), every item with provenance."""
     r = make_recipe(recipe.value, recipe_config(recipe.value, config, n), source=str(config or "config"))
-    opts = teacher_options(backend.value, config, base_url=base_url, concurrency=concurrency,
+    opts = teacher_options(cfg.backend, config, base_url=base_url, concurrency=concurrency,
                            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, dtype=dtype)
     r.check_inputs()
-    db_path = db or default_path()
-    t = make_teacher(backend.value, teacher, **opts)
+    t = make_teacher(cfg.backend, cfg.teacher, **opts)
     progress, update = progress_view(quiet or json)
-    cfg = {"backend": backend.value, "teacher_options": opts, "batch_size": batch_size}
+    record = {"backend": cfg.backend, "teacher_options": opts, "batch_size": cfg.batch_size}
     try:
-        if progress:
-            with progress:
-                stats = run_generation(db_path, r, t, seed=seed, limit=limit, batch_size=batch_size, config=cfg,
-                                       on_batch=update)
-        else:
-            stats = run_generation(db_path, r, t, seed=seed, limit=limit, batch_size=batch_size, config=cfg)
+        stats = run_with_progress(progress, lambda: run_generation(
+            db or default_path(), r, t, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.batch_size, config=record,
+            on_batch=update))
     finally:
         t.close()
     if json:

@@ -26,14 +26,15 @@ def load_pipeline(path: Path) -> Pipeline:
     return validate_config(Pipeline, read_toml(path), str(path))  # type: ignore[return-value]
 
 
-def summary(p: Pipeline, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def summary(p: Pipeline, runner: Runner) -> dict[str, Any]:
     """The funnel, the diversity statistics, the critic's metrics and the evaluation table."""
+    made, done = runner.made, runner.summaries
     with Store(p.corpus.path, read_only=True) as s:
-        snap = snapshot_row(s, outputs["snapshot"]["snapshot"])
-        evals = compare(s, outputs["eval"]["eval_ids"]) if "eval" in outputs else []
+        snap = snapshot_row(s, made.snapshot)
+        evals = compare(s, made.eval_ids) if made.eval_ids else []
     return {"snapshot": snap["name"], "content_hash": snap["content_hash"], "funnel": snap["funnel"],
-            "stats": snap["stats"], "critic": outputs.get("critic"), "evals": evals,
-            "student": outputs.get("train", {}).get("out"), "export": outputs.get("export", {}).get("out")}
+            "stats": snap["stats"], "critic": done.get("critic"), "evals": evals,
+            "student": done.get("train", {}).get("out"), "export": done.get("export", {}).get("out")}
 
 
 def print_summary(sm: dict[str, Any]) -> None:
@@ -63,12 +64,12 @@ def run(
 ) -> None:
     """Run a pipeline: ingest, generate, critic, score, embed, dedup, snapshot, export, train, eval."""
     p = load_pipeline(pipeline)
-    outputs = Runner(p, (lambda m: None) if quiet or json else err.print, quiet=quiet or json).run(only, start)
-    if "snapshot" not in outputs:
+    runner = Runner(p, (lambda m: None) if quiet or json else err.print, quiet=quiet or json)
+    if runner.run(only, start).snapshot is None:
         return
-    sm = summary(p, outputs)
+    sm = summary(p, runner)
     if json:
-        print_json(jsonlib.loads(jsonlib.dumps(sm, default=str)) | {"stages": list(outputs)})
+        print_json(jsonlib.loads(jsonlib.dumps(sm, default=str)) | {"stages": list(runner.summaries)})
     else:
         print_summary(sm)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import duckdb
 import typer
 from rich.table import Table
 
@@ -18,15 +17,13 @@ from corpus import (
     export_snapshot,
     headline,
     list_snapshots,
-    parse_split,
     push_snapshot,
-    slice_sql,
     snapshot_row,
 )
 from corpus.plots import write_plots
-from generators.recipes import validate_config
-from store import MINILM, SkdError, Store
+from store import MINILM, Slice, Store
 
+from .config_options import PAIRS, config_options
 from .options import Db, Json
 from .output import dict_table, err, out, print_json, status
 
@@ -71,11 +68,8 @@ def stats_cmd(
 ) -> None:
     """Diversity statistics of the corpus, a --where slice, or a snapshot; each states its sample size."""
     with Store(db, read_only=True) as s:
-        ids = slice_sql(where, snapshot_row(s, snapshot)["snapshot_id"] if snapshot else None)
-        try:
-            stats = corpus_stats(s, ids, model=model, sample=sample, seed=seed)
-        except duckdb.Error as e:
-            raise SkdError(f"--where: {str(e).splitlines()[0]}") from None
+        ids = Slice(where=where, snapshot_id=snapshot_row(s, snapshot)["snapshot_id"] if snapshot else None)
+        stats = corpus_stats(s, ids, model=model, sample=sample, seed=seed)
     if plots:
         stats["plots"] = [str(p) for p in write_plots(stats, plots)]
     if json:
@@ -88,37 +82,17 @@ def stats_cmd(
 
 
 @app.command("create")
+@config_options(SnapshotRecipe, "snapshot", flags={"kinds": "--kinds", "relations": "--relations"},
+                text={"split": PAIRS})
 def create(
+    cfg: SnapshotRecipe,
     name: Annotated[str, typer.Argument(help="Name of the new snapshot (never reused).")],
-    where: Annotated[str | None, typer.Option(help="SQL filter over items.")] = None,
-    critic: Annotated[str | None, typer.Option(help="Keep items this critic scores at or above the threshold.")]
-    = None,
-    min_score: Annotated[float | None, typer.Option(help="The critic score threshold.")] = None,
-    threshold_at_recall: Annotated[float | None, typer.Option(
-        help="Use the critic's stored threshold at this dev recall (default 0.5).")] = None,
-    dedup: Annotated[str | None, typer.Option(help="Keep only representatives of this dedup method's clusters.")]
-    = None,
-    dedup_threshold: Annotated[float | None, typer.Option(help="Which dedup threshold (default: the latest run).")]
-    = None,
-    dedup_scope: Annotated[str | None, typer.Option(help="Which dedup scope (default: the latest run).")] = None,
-    kinds: Annotated[list[str] | None, typer.Option("--kinds", help="Item kinds to keep (repeatable).")] = None,
-    relations: Annotated[list[str] | None, typer.Option("--relations", help="Relations to keep (repeatable).")]
-    = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many items (a seeded draw).")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    balance: Annotated[str | None, typer.Option(help="Equal counts per relation, kind or domain.")] = None,
-    split: Annotated[str, typer.Option(help="Split fractions, assigned by head.")] = "train=1.0",
     model: Annotated[str, typer.Option(help="Embedding model for the statistics.")] = MINILM,
     db: Db = None, json: Json = False,
 ) -> None:
     """Cut an immutable snapshot: membership, splits, recipe, content hash, funnel and statistics."""
-    recipe = validate_config(SnapshotRecipe, {
-        "where": where, "critic": critic, "min_score": min_score, "threshold_at_recall": threshold_at_recall,
-        "dedup": dedup, "dedup_threshold": dedup_threshold, "dedup_scope": dedup_scope, "kinds": kinds or [],
-        "relations": relations or [], "limit": limit, "seed": seed, "balance": balance,
-        "split": parse_split(split)}, "snapshot")
     with Store(db) as s, status(f"cutting snapshot {name}", json):
-        row = create_snapshot(s, name, recipe, model=model)  # type: ignore[arg-type]
+        row = create_snapshot(s, name, cfg, model=model)
     if json:
         print_json(row)
         return

@@ -1,4 +1,4 @@
-"""Options shared by every command, one spelling each."""
+"""Options shared by every command, one spelling each (kept free of pydantic, so `skd query` starts fast)."""
 
 from __future__ import annotations
 

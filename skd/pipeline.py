@@ -1,20 +1,21 @@
-"""The pipeline config (`skd run PIPELINE.toml`): one pydantic model per stage. Paths are relative to the
-directory `skd run` is started in. A stage table that is absent is skipped (except corpus and snapshot)."""
+"""The pipeline config (`skd run PIPELINE.toml`): one pydantic model per stage, each a component's own config
+(extended with what the pipeline fills in). Paths are relative to the directory `skd run` is started in. A
+stage table that is absent is skipped (except corpus and snapshot)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from corpus import SnapshotRecipe
-from store import MINILM, SMOLLM2
+from corpus import DedupConfig, SliceSpec, SnapshotRecipe
+from critics.config import CriticConfig
+from critics.cut import CriticCut
+from generators.config import GenerateConfig
 from train import StudentOptions
+from train.eval_run import EvalConfig
 
-# Every pipeline critic chooses a dev threshold at each of these recalls, so changing the snapshot's cut
-# (which retrains nothing) always finds its threshold.
-RECALL_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 STAGES = ("ingest", "generate", "critic", "score", "embed", "dedup", "snapshot", "export", "train", "eval")
 
 
@@ -32,61 +33,40 @@ class CorpusStage(Strict):
     ingest: list[SourceFile] = Field(default_factory=list, description="Files to ingest first (seeds, references).")
 
 
-class GenerateStage(Strict):
+class GenerateStage(GenerateConfig):
+    """generators.GenerateConfig, plus the recipe and the backend's load-time options."""
+
     recipe: Literal["atomic10x", "rationale", "template"]
     recipe_config: dict[str, Any] = Field(default_factory=dict, description="The recipe's config (as its TOML).")
-    teacher: str = SMOLLM2
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
     teacher_options: dict[str, Any] = Field(default_factory=dict, description="Backend load-time options.")
-    limit: int | None = Field(None, gt=0, description="At most this many requests.")
-    seed: int = 0
-    batch_size: int = Field(32, ge=1)
 
 
-class CriticStage(Strict):
-    name: str = "critic"
+class CriticStage(CriticConfig, CriticCut):
+    """The critic to train (critics.CriticConfig) and the cut the snapshot makes with it (critics.CriticCut)."""
+
+    name: str = Field("critic", description="Name of the critic to train.")
     use: str | None = Field(None, description="Use this critic of the corpus instead of training one.")
     labels: list[SourceFile] = Field(default_factory=list,
                                      description="Label files, first present one wins (e.g. CKBP, then shipped).")
-    mode: Literal["finetune", "embedding", "llm-judge"] = "embedding"
-    base: str = MINILM
-    epochs: float = 3.0
-    max_steps: int = -1
-    batch_size: int = 32
-    lr: float = 5e-5
-    threshold_at_recall: float | None = Field(0.8, description="Snapshot keeps items above the dev threshold "
-                                                               f"reaching this recall: one of {RECALL_GRID}.")
-    min_score: float | None = Field(None, ge=0, le=1, description="... or above this score.")
 
-    @field_validator("threshold_at_recall")
-    @classmethod
-    def _on_the_grid(cls, v: float | None) -> float | None:
-        if v is not None and v not in RECALL_GRID:
-            raise ValueError(f"must be one of {', '.join(map(str, RECALL_GRID))} (the recalls every pipeline "
-                             "critic has a dev threshold for)")
-        return v
+    @model_validator(mode="after")
+    def _cut_has_a_threshold(self) -> CriticStage:
+        """The snapshot's cut must be one of the recalls the critic chooses thresholds for."""
+        recall = self.threshold_at_recall
+        if self.use is None and recall is not None and recall not in self.recalls:
+            raise ValueError(f"threshold_at_recall {recall:g} must be one of the recalls the critic gets "
+                             f"thresholds for: {', '.join(f'{r:g}' for r in self.recalls)}")
+        return self
 
-    @staticmethod
-    def recalls() -> list[float]:
-        return list(RECALL_GRID)
+    def training(self, sources: list[str]) -> CriticConfig:
+        """The training config: this table's CriticConfig fields, on the imported label sources."""
+        return CriticConfig(**self.model_dump(include=set(CriticConfig.model_fields)) | {"sources": sources})
 
 
-class DedupStage(Strict):
-    method: Literal["exact", "semantic"] = "semantic"
-    threshold: float = Field(0.9, gt=0, le=1)
-    scope: Literal["global", "head", "head-relation"] = "head-relation"
-    model: str = MINILM
+class SnapshotStage(SliceSpec):
+    """corpus.SliceSpec and the snapshot's name; the cut and the dedup setting come from [critic] and [dedup]."""
 
-
-class SnapshotStage(Strict):
-    name: str
-    where: str | None = None
-    kinds: list[str] = Field(default_factory=list)
-    relations: list[str] = Field(default_factory=list)
-    limit: int | None = None
-    seed: int = 0
-    balance: str | None = None
-    split: dict[str, float] = Field(default_factory=lambda: {"train": 0.9, "test": 0.1})
+    name: str = Field(..., description="Name of the snapshot.")
 
 
 class ExportStage(Strict):
@@ -96,21 +76,14 @@ class ExportStage(Strict):
     private: bool = False
 
 
-class StudentStage(StudentOptions):
-    format: Literal["comet", "chat", "rationale"] = "comet"  # checked when the config is read
+class EvalStage(EvalConfig):
+    """train.EvalConfig, plus what the pipeline fills in: by default the inputs are the snapshot's split and the
+    critic is the pipeline's (cut where the snapshot cut)."""
 
-
-class EvalStage(Strict):
-    split: str = "test"
-    references: Path | None = Field(None, description="ATOMIC-2020 file of human references (instead of the split).")
-    questions: Path | None = Field(None, description="A question set to evaluate on (instead of the split).")
-    questions_format: Literal["csqa", "gsm8k", "strategyqa", "jsonl"] = "jsonl"
-    offset: int = Field(0, ge=0, description="Skip this many questions first (those the teacher was asked).")
-    relations: list[str] = Field(default_factory=list)
-    limit: int | None = Field(50, gt=0)
-    max_tokens: int = Field(24, gt=0)
     teacher: bool = Field(True, description="Evaluate the teacher on the same inputs.")
-    teacher_format: Literal["comet", "chat", "rationale"] = "chat"
+    teacher_format: Literal["comet", "chat", "rationale", "fewshot"] | None = Field(
+        None, description="The teacher's prompt: default fewshot (the prompt it generated with) for atomic10x, "
+                          "else chat.")
     use_critic: bool = Field(True, description="Report the pipeline critic's acceptance of the outputs.")
 
 
@@ -118,10 +91,10 @@ class Pipeline(Strict):
     corpus: CorpusStage = Field(default_factory=CorpusStage)
     generate: GenerateStage | None = None
     critic: CriticStage | None = None
-    dedup: DedupStage | None = None
+    dedup: DedupConfig | None = None
     snapshot: SnapshotStage
     export: ExportStage | None = None
-    student: StudentStage | None = None
+    student: StudentOptions | None = None
     eval: EvalStage | None = None
 
     @model_validator(mode="after")
@@ -143,8 +116,7 @@ class Pipeline(Strict):
     def snapshot_recipe(self, critic: str | None) -> SnapshotRecipe:
         s, c, d = self.snapshot, self.critic, self.dedup
         return SnapshotRecipe(
-            where=s.where, kinds=s.kinds, relations=s.relations, limit=s.limit, seed=s.seed, balance=s.balance,
-            split=s.split, critic=critic, min_score=c.min_score if c else None,
+            **s.model_dump(exclude={"name"}), critic=critic, min_score=c.min_score if c else None,
             threshold_at_recall=c.threshold_at_recall if c and c.min_score is None else None,
             dedup=d.method if d else None, dedup_threshold=(1.0 if d.method == "exact" else d.threshold) if d else None,
             dedup_scope=d.scope if d else None)

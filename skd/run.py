@@ -9,20 +9,22 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from corpus import create_snapshot, dedup, embed_items, export_snapshot, push_snapshot, snapshot_row
-from critics import CriticConfig, train_critic
+from critics import train_critic
 from critics.score import score_items
 from generators import make_recipe, make_teacher, run_generation
 from store import SkdError, Store, import_labels, ingest_file, open_store
 from train import TrainConfig, fit
+from train.eval_run import EvalConfig
 
 from .cmd_generate import progress_view
-from .cmd_train import evaluate_model
 from .output import progress_bar, run_with_progress
 from .pipeline import STAGES, Pipeline
+from .wiring import evaluate
 
 Say = Callable[[str], None]
 
@@ -47,14 +49,33 @@ def plan_name(store: Store, key: str, base: str, taken: Callable[[str], bool], p
     return base if not taken(base) else f"{base}-{key[:6]}"
 
 
+@dataclass
+class Made:
+    """What stages make that later stages use, by name (each stage's full summary is a record in `runs`)."""
+    critic: str | None = None
+    snapshot: str | None = None
+    student_id: str | None = None
+    eval_ids: list[str] = field(default_factory=list)
+
+    # stage -> (field of Made, key of that stage's summary): how a skipped stage's product is found again
+    FROM_SUMMARY = {"critic": ("critic", "critic"), "snapshot": ("snapshot", "snapshot"),
+                    "train": ("student_id", "student_id"), "eval": ("eval_ids", "eval_ids")}
+
+    def restore(self, stage: str, summary: dict[str, Any]) -> None:
+        if stage in self.FROM_SUMMARY:
+            name, key = self.FROM_SUMMARY[stage]
+            setattr(self, name, summary[key])
+
+
 class Runner:
     def __init__(self, p: Pipeline, say: Say, quiet: bool = False):
         self.p, self.say, self.quiet = p, say, quiet
         self.db = p.corpus.path
         self.keys = stage_keys(p)
-        self.outputs: dict[str, dict[str, Any]] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.made = Made()
 
-    def run(self, only: str | None = None, start: str | None = None) -> dict[str, dict[str, Any]]:
+    def run(self, only: str | None = None, start: str | None = None) -> Made:
         for name in (only, start):
             if name and name not in self.keys:
                 raise SkdError(f"stage {name!r} is not in this pipeline (stages: {', '.join(self.keys)})")
@@ -65,14 +86,16 @@ class Runner:
             with open_store(self.db) as s:
                 prior = s.runs.pipeline_stage(self.keys[stage])
             if prior and prior["status"] == "ok" and stage not in forced:
-                self.outputs[stage] = prior["summary"]
+                self.summaries[stage] = prior["summary"]
+                self.made.restore(stage, prior["summary"])
                 self.say(f"[{k}/{len(order)}] {stage}: done before, skipped")
                 continue
             if only and stage != only:
                 raise SkdError(f"stage {stage!r} has not run with this config; run without --only first")
             self.say(f"[{k}/{len(order)}] {stage}")
-            self.outputs[stage] = self.run_stage(stage, prior)
-        return self.outputs
+            self.summaries[stage] = self.run_stage(stage, prior)
+            self.made.restore(stage, self.summaries[stage])
+        return self.made
 
     def run_stage(self, stage: str, prior: dict[str, Any] | None) -> dict[str, Any]:
         key = self.keys[stage]
@@ -146,9 +169,7 @@ class Runner:
             # the pipeline declares this file as the source's content: it replaces an older version of it
             labels = import_labels(s, source.file, source.format, replace=True)
             files_dir = s.files_dir
-        cfg = CriticConfig(mode=c.mode, base=c.base, epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size,
-                           lr=c.lr, sources=[labels.source], recalls=c.recalls())
-        card = train_critic(self.db, name, cfg, files_dir / "critics" / name)  # holds the corpus only briefly
+        card = train_critic(self.db, name, c.training([labels.source]), files_dir / "critics" / name)
         dev = card["metrics"]["dev"]
         self.say(f"    critic {name} on {source.file}: dev AUC {dev['auc']:.3f}, thresholds {card['thresholds']}")
         return {"critic": name, "labels": str(source.file), "dev_auc": dev["auc"],
@@ -157,7 +178,7 @@ class Runner:
     def stage_score(self, plan: dict[str, Any]) -> dict[str, Any]:
         progress, update = progress_bar("score", "items", self.quiet)
         return run_with_progress(progress, lambda: score_items(
-            self.db, self.outputs["critic"]["critic"], on_chunk=lambda st, n: update(st.scored, n))).as_dict()
+            self.db, self.made.critic, on_chunk=lambda st, n: update(st.scored, n))).as_dict()
 
     def stage_embed(self, plan: dict[str, Any]) -> dict[str, Any]:
         progress, update = progress_bar("embed", "items", self.quiet)
@@ -166,7 +187,7 @@ class Runner:
 
     def stage_dedup(self, plan: dict[str, Any]) -> dict[str, Any]:
         d = self.p.dedup
-        critic = self.outputs.get("critic", {}).get("critic")
+        critic = self.made.critic
         with open_store(self.db) as s:
             r = dedup(s, d.method, d.threshold, d.scope, critic, None, d.model)
         self.say(f"    {r.items:,} items, {r.clusters:,} clusters, {r.removed:,} duplicates")
@@ -176,14 +197,14 @@ class Runner:
         name = plan["snapshot"]
         with open_store(self.db) as s:
             exists = s.snapshots.exists(name)
-            critic = self.outputs.get("critic", {}).get("critic")
-            row = snapshot_row(s, name) if exists else create_snapshot(s, name, self.p.snapshot_recipe(critic))
+            recipe = self.p.snapshot_recipe(self.made.critic)
+            row = snapshot_row(s, name) if exists else create_snapshot(s, name, recipe)
         self.say(f"    snapshot {name}: {row['funnel']['snapshot']:,} items, hash {row['content_hash'][:12]}")
         return {"snapshot": name, "content_hash": row["content_hash"], "funnel": row["funnel"]}
 
     def stage_export(self, plan: dict[str, Any]) -> dict[str, Any]:
         e = self.p.export
-        name = self.outputs["snapshot"]["snapshot"]
+        name = self.made.snapshot
         with Store(self.db, read_only=True) as s:
             r = export_snapshot(s, name, Path(plan["out"]), e.format) if not Path(plan["out"]).exists() else \
                 {"out": plan["out"], "reused": True}
@@ -193,7 +214,7 @@ class Runner:
 
     def stage_train(self, plan: dict[str, Any]) -> dict[str, Any]:
         st = self.p.student
-        cfg = TrainConfig(snapshot=self.outputs["snapshot"]["snapshot"], out=Path(plan["out"]),
+        cfg = TrainConfig(snapshot=self.made.snapshot, out=Path(plan["out"]),
                           **st.model_dump(exclude={"out"}))
         progress, update = progress_bar("train", "steps", self.quiet, note="loss {task.fields[loss]}")
         card = run_with_progress(progress, lambda: fit(self.db, cfg, on_step=lambda k, n, loss: update(
@@ -204,18 +225,23 @@ class Runner:
         return {"student_id": card["student_id"], "out": plan["out"], **sm}
 
     def stage_eval(self, plan: dict[str, Any]) -> dict[str, Any]:
-        e = self.p.eval
-        critic = self.outputs.get("critic", {}).get("critic") if e.use_critic else None
-        own = e.references is None and e.questions is None
-        common = {"snapshot": self.outputs["snapshot"]["snapshot"] if own else None, "split": e.split,
-                  "references": e.references, "questions": e.questions, "questions_format": e.questions_format,
-                  "offset": e.offset, "relations": e.relations or None, "critic": critic, "limit": e.limit,
-                  "max_tokens": e.max_tokens}
+        e, p, g = self.p.eval, self.p, self.p.generate
+        own = not (e.references or e.questions or e.heads)
+        atomic = g is not None and g.recipe == "atomic10x"
+        fill: dict[str, Any] = {}
+        if own and e.snapshot is None:
+            fill["snapshot"] = self.made.snapshot
+        if atomic and not own and not e.relations:  # ask what the corpus was distilled for
+            fill["relations"] = make_recipe(g.recipe, g.recipe_config).config.relations
+        if e.use_critic and e.critic is None and self.made.critic:  # accept where the snapshot cut
+            fill |= {"critic": self.made.critic, "critic_recall": e.critic_recall or p.critic.threshold_at_recall}
+        cfg = EvalConfig(**e.model_dump(include=set(EvalConfig.model_fields)) | fill)
         ids = []
-        if "train" in self.outputs:
-            ids.append(evaluate_model(self.db, self.outputs["train"]["student_id"], **common)["eval_id"])
+        if self.made.student_id:
+            ids.append(evaluate(self.db, self.made.student_id, cfg)["eval_id"])
         if e.teacher:
-            g = self.p.generate
-            teacher, backend = (g.teacher, g.backend) if g else (self.p.student.base, "transformers")
-            ids.append(evaluate_model(self.db, teacher, fmt=e.teacher_format, backend=backend, **common)["eval_id"])
+            teacher, backend = (g.teacher, g.backend) if g else (p.student.base, "transformers")
+            fmt = e.teacher_format or ("fewshot" if atomic else "chat")
+            ids.append(evaluate(self.db, teacher, cfg.model_copy(update={"format": fmt, "backend": backend}))
+                       ["eval_id"])
         return {"eval_ids": ids}

@@ -10,22 +10,26 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _WHERE = {
+    ".catalog": ("user_filter", "where_sql"),
     ".db": ("DEFAULT_DB", "Store", "default_path", "skd_version"),
     ".errors": ("LockedError", "SchemaError", "SkdError"),
     ".ingest": ("IngestResult", "ingest_file"),
-    ".items": ("FORMATS", "ITEM_COLUMNS", "KINDS", "LABEL_FORMATS"),
+    ".items": ("EMBEDDED_COLUMNS", "EXPORTED_COLUMNS", "FORMATS", "ITEM_COLUMNS", "KINDS", "LABEL_FORMATS", "SCOPES",
+               "SCORED_COLUMNS"),
     ".labels": ("LabelResult", "import_labels"),
     ".migrations": ("SCHEMA_VERSION",),
     ".models": ("MINILM", "SMOLLM2", "resolve_model"),
     ".shards": ("ShardWriter", "commit_batch", "ingest_batch", "ingest_shards", "open_store", "pending_shards",
                 "stage_in_chunks"),
+    ".slices": ("Slice",),
 }
 _MODULE = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = [
-    "DEFAULT_DB", "FORMATS", "ITEM_COLUMNS", "IngestResult", "KINDS", "LABEL_FORMATS", "LabelResult", "LockedError",
-    "MINILM", "SCHEMA_VERSION", "SMOLLM2", "SchemaError", "ShardWriter", "SkdError", "Store", "commit_batch",
-    "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "open_store", "pending_shards",
-    "resolve_model", "skd_version", "stage_in_chunks",
+    "DEFAULT_DB", "EMBEDDED_COLUMNS", "EXPORTED_COLUMNS", "FORMATS", "ITEM_COLUMNS", "IngestResult", "KINDS",
+    "LABEL_FORMATS", "LabelResult", "LockedError", "MINILM", "SCHEMA_VERSION", "SCOPES", "SCORED_COLUMNS", "SMOLLM2",
+    "SchemaError", "ShardWriter", "SkdError", "Slice", "Store", "commit_batch", "default_path", "import_labels",
+    "ingest_batch", "ingest_file", "ingest_shards", "open_store", "pending_shards", "resolve_model", "skd_version",
+    "stage_in_chunks", "user_filter", "where_sql",
 ]
 
 
@@ -38,10 +42,20 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from .catalog import user_filter, where_sql
     from .db import DEFAULT_DB, Store, default_path, skd_version
     from .errors import LockedError, SchemaError, SkdError
     from .ingest import IngestResult, ingest_file
-    from .items import FORMATS, ITEM_COLUMNS, KINDS, LABEL_FORMATS
+    from .items import (
+        EMBEDDED_COLUMNS,
+        EXPORTED_COLUMNS,
+        FORMATS,
+        ITEM_COLUMNS,
+        KINDS,
+        LABEL_FORMATS,
+        SCOPES,
+        SCORED_COLUMNS,
+    )
     from .labels import LabelResult, import_labels
     from .migrations import LATEST as SCHEMA_VERSION
     from .models import MINILM, SMOLLM2, resolve_model
@@ -54,3 +68,4 @@ if TYPE_CHECKING:
         pending_shards,
         stage_in_chunks,
     )
+    from .slices import Slice

@@ -12,6 +12,7 @@ from .errors import SkdError, first_line
 
 if TYPE_CHECKING:
     from .db import Store
+    from .slices import Slice
 
 
 def _json(value: Any) -> Any:
@@ -48,6 +49,11 @@ class Critics:
 
     def all(self) -> list[dict[str, Any]]:
         return [self._parsed(r) for r in _rows(self.store, f"SELECT {self.COLUMNS} FROM critics ORDER BY created_at")]
+
+    def by_id(self, critic_id: str) -> dict[str, Any] | None:
+        """The critic registered under `critic_id` (as `get` gives it), or None when there is none."""
+        rows = _rows(self.store, f"SELECT {self.COLUMNS} FROM critics WHERE critic_id = ?", [critic_id])
+        return self._parsed(rows[0]) if rows else None
 
     @staticmethod
     def _parsed(row: dict[str, Any]) -> dict[str, Any]:
@@ -121,14 +127,6 @@ class Runs:
                 "summary": _json(r["summary"] or "{}") if done else {}}
 
 
-class Snapshots:
-    def __init__(self, store: Store):
-        self.store = store
-
-    def exists(self, name: str) -> bool:
-        return bool(self.store.scalar("SELECT count(*) FROM snapshots WHERE name = ?", [name]))
-
-
 @contextmanager
 def user_filter(option: str) -> Iterator[None]:
     """Where a user's own SQL filter (`--where`) runs: a DuckDB error becomes one line naming the option."""
@@ -146,7 +144,7 @@ def where_sql(where: str | None) -> str:
 
 
 class Labels:
-    COLUMNS = "item_id, kind, head, relation, tail, question, answer, rationale, text, label, source"
+    COLUMNS = "item_id, kind, head, relation, tail, question, answer, rationale, text, label, source, extra"
 
     def __init__(self, store: Store):
         self.store = store
@@ -159,6 +157,34 @@ class Labels:
                 f"SELECT {self.COLUMNS} FROM labels WHERE {where_sql(where)} AND "
                 "(len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], source)) ORDER BY item_id, source",
                 [sources or [], sources or []])
+
+
+class Generations:
+    """Teacher requests and completions (`requests`, `generations`) and the funnel they lead to."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def done(self, request_ids: list[str]) -> set[str]:
+        """Those of the requests whose completions are stored (the generations table is the record of done work)."""
+        import pyarrow as pa
+
+        self.store.con.register("_wanted", pa.table({"request_id": request_ids}))
+        try:
+            return {row[0] for row in self.store.con.execute(
+                "SELECT DISTINCT request_id FROM generations SEMI JOIN _wanted USING (request_id)").fetchall()}
+        finally:
+            self.store.con.unregister("_wanted")
+
+    def funnel(self, sl: Slice) -> dict[str, int]:
+        """Teacher completions and parsed completions of the runs that produced the slice's items."""
+        ids, params = sl.sql()
+        with sl.checked():
+            total, parsed = self.store.con.execute(
+                f"SELECT count(*), count(*) FILTER (parsed_ok) FROM generations WHERE run_id IN "
+                f"(SELECT DISTINCT run_id FROM item_sources WHERE item_id IN ({ids}) AND request_id IS NOT NULL)",
+                params).fetchall()[0]
+        return {"completions": int(total), "parsed": int(parsed)}
 
 
 class Scores:

@@ -18,13 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from .catalog import Critics, Evals, Labels, Runs, Scores, Snapshots, Students
+from .catalog import Critics, Evals, Generations, Labels, Runs, Scores, Students
 from .errors import LockedError, SchemaError, SkdError
 from .migrations import LATEST, migrate, schema_version
 from .redact import redact, redact_value
 
 if TYPE_CHECKING:
     import polars as pl
+
+    from .analytics import Analytics
+    from .dedup import Dedup
+    from .embeddings import Embeddings
+    from .items import Items
+    from .snapshots import Snapshots
+
+Params = list[Any] | dict[str, Any] | None  # positional (?) or named ($name) parameters
 
 DEFAULT_DB = "skd.duckdb"
 DEFAULT_WAIT = 300.0
@@ -84,6 +92,7 @@ class Store:
     def __init__(self, path: str | Path | None = None, read_only: bool = False, wait: float | None = None):
         self.path = Path(path) if path is not None else default_path()
         self.read_only = read_only
+        self._in_transaction = False
         if read_only and not self.path.exists():
             raise SkdError(f"no corpus at {self.path}; create one with `skd init --db {self.path}`")
         if not read_only:
@@ -165,8 +174,34 @@ class Store:
         return Scores(self)
 
     @property
+    def generations(self) -> Generations:
+        return Generations(self)
+
+    # The verbs below live in their own modules, imported on first use (`from store import Store` stays cheap).
+    @property
     def snapshots(self) -> Snapshots:
+        from .snapshots import Snapshots
         return Snapshots(self)
+
+    @property
+    def items(self) -> Items:
+        from .items import Items
+        return Items(self)
+
+    @property
+    def embeddings(self) -> Embeddings:
+        from .embeddings import Embeddings
+        return Embeddings(self)
+
+    @property
+    def dedup(self) -> Dedup:
+        from .dedup import Dedup
+        return Dedup(self)
+
+    @property
+    def analytics(self) -> Analytics:
+        from .analytics import Analytics
+        return Analytics(self)
 
     @property
     def files_dir(self) -> Path:
@@ -178,24 +213,32 @@ class Store:
         return schema_version(self.con)
 
     # -- SQL --------------------------------------------------------------------------------------
-    def query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    def query(self, sql: str, params: Params = None) -> pl.DataFrame:
         """Run SQL and return a polars DataFrame (through Arrow)."""
         import polars as pl  # here, not at the top: commands that never call it start faster
         rel = self.con.sql(sql, params=params) if params else self.con.sql(sql)
         return rel.pl() if rel is not None else pl.DataFrame()
 
-    def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
+    def scalar(self, sql: str, params: Params = None) -> Any:
         rows = self.con.execute(sql, params or []).fetchall()  # fetchall: DuckDB 2 wants results drained
         return rows[0][0] if rows else None
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction. Inside another, it is part of that one (so a verb that writes in a transaction
+        can commit together with the caller's other writes, e.g. its run's record)."""
+        if self._in_transaction:
+            yield self.con
+            return
         self.con.execute("BEGIN TRANSACTION")
+        self._in_transaction = True
         try:
             yield self.con
         except BaseException:
+            self._in_transaction = False
             self.con.execute("ROLLBACK")
             raise
+        self._in_transaction = False
         self.con.execute("COMMIT")
 
     @contextmanager

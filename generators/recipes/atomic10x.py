@@ -136,30 +136,31 @@ class Atomic10x(Recipe):
         else:
             if store is None:
                 raise SkdError("events_from = 'generated' needs a corpus")
-            events = store.query(
-                "SELECT text FROM items WHERE kind = 'text' AND json_extract_string(extra, '$.role') = 'event' "
-                "ORDER BY created_at, item_id")["text"].to_list()
+            events = [r["text"] for r in store.items.select(kind="text", role="event", order="arrival",
+                                                            columns=("text",))]
             if not events:
                 raise SkdError("no generated events in this corpus: run stage 'events' first or set "
                                "events_from = 'seeds'")
         return events[: c.max_events] if c.max_events else events
 
     def _inference_requests(self, model: str, seed: int, store: Store | None) -> list[Request]:
+        return [self.inference_request(model, event, relation, seed)
+                for event in self._events(store) for relation in self.config.relations]
+
+    def inference_request(self, model: str, event: str, relation: str, seed: int) -> Request:
+        """The few-shot prompt for one event and relation (names for PersonX/Y drawn from a seeded RNG); also
+        how a teacher is evaluated with the prompt it generated with."""
         c = self.config
-        out = []
-        for event in self._events(store):
-            for relation in c.relations:
-                rng = random.Random(derive_seed(seed, event, relation))
-                x, y = rng.sample(NAMES, 2)
-                spec = RELATIONS[relation]
-                lead = spec["prompt"].format(X=x)
-                shots = rng.sample(spec["examples"], min(c.examples, len(spec["examples"])))
-                prompt = "".join(f"Event: {with_names(h, x, y)}\n{lead} {with_names(t, x, y)}\n\n" for h, t in shots)
-                prompt += f"Event: {with_names(event, x, y)}\n{lead}"
-                sampling = c.inference_sampling.model_copy(update={"seed": derive_seed(seed, prompt)})
-                out.append(Request(model=model, sampling=sampling, prompt=prompt,
-                                   meta={"stage": "inferences", "head": event, "relation": relation, "x": x, "y": y}))
-        return out
+        rng = random.Random(derive_seed(seed, event, relation))
+        x, y = rng.sample(NAMES, 2)
+        spec = RELATIONS[relation]
+        lead = spec["prompt"].format(X=x)
+        shots = rng.sample(spec["examples"], min(c.examples, len(spec["examples"])))
+        prompt = "".join(f"Event: {with_names(h, x, y)}\n{lead} {with_names(t, x, y)}\n\n" for h, t in shots)
+        prompt += f"Event: {with_names(event, x, y)}\n{lead}"
+        sampling = c.inference_sampling.model_copy(update={"seed": derive_seed(seed, prompt)})
+        return Request(model=model, sampling=sampling, prompt=prompt,
+                       meta={"stage": "inferences", "head": event, "relation": relation, "x": x, "y": y})
 
     def _parse_inference(self, request: Request, completion: Completion) -> list[dict[str, Any]]:
         m = request.meta

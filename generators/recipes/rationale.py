@@ -4,14 +4,14 @@ slice of correct rationales can be cut later (`json_extract(extra, '$.correct')`
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store import SkdError, Store
+from store import Store
+from store.question_sets import read_questions
 
 from ..types import Completion, Request, Sampling, derive_seed
 from .base import ParseError, Recipe
@@ -46,48 +46,6 @@ class RationaleConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="Use at most this many questions.")
     demo: bool = Field(True, description="Show one worked example before each question.")
     sampling: Sampling = Sampling(n=4, temperature=0.7, top_p=0.95, max_tokens=256)
-
-
-def read_questions(path: Path, fmt: str) -> list[dict[str, Any]]:
-    """Questions as {qid, question, choices, gold, type} from the dataset's own format."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise SkdError(f"cannot read questions {path}: {e.strerror}") from None
-    try:
-        rows = json.loads(text) if fmt == "strategyqa" else [json.loads(x) for x in text.splitlines() if x.strip()]
-    except json.JSONDecodeError as e:
-        raise SkdError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}); is it {fmt}?") from None
-    out = []
-    for i, r in enumerate(rows):
-        try:
-            out.append(_question(r, fmt, i))
-        except (KeyError, TypeError, AttributeError):
-            raise SkdError(f"{path}: record {i + 1} is not in {fmt} format") from None
-    if not out:
-        raise SkdError(f"{path} has no questions")
-    return out
-
-
-def _question(r: dict[str, Any], fmt: str, i: int) -> dict[str, Any]:
-    if fmt == "csqa":
-        choices = [c["text"] for c in r["question"]["choices"]]
-        labels = [c["label"] for c in r["question"]["choices"]]
-        gold = choices[labels.index(r["answerKey"])] if r.get("answerKey") in labels else None
-        return {"qid": r.get("id", str(i)), "question": r["question"]["stem"], "choices": choices, "gold": gold,
-                "type": "choice"}
-    if fmt == "gsm8k":
-        gold = r["answer"].split("####")[-1].strip() if "answer" in r else None
-        return {"qid": str(i), "question": r["question"], "choices": None, "gold": gold, "type": "number"}
-    if fmt == "strategyqa":
-        gold = None if r.get("answer") is None else ("yes" if r["answer"] else "no")
-        return {"qid": r.get("qid", str(i)), "question": r["question"], "choices": None, "gold": gold,
-                "type": "yesno"}
-    choices = r.get("choices")
-    gold = r.get("answer")
-    kind = "choice" if choices else "yesno" if str(gold).lower() in ("yes", "no", "true", "false") else "free"
-    return {"qid": str(r.get("id", i)), "question": r["question"], "choices": choices,
-            "gold": None if gold is None else str(gold), "type": kind}
 
 
 def render(q: dict[str, Any]) -> str:

@@ -16,12 +16,11 @@ from corpus import (
     diff_snapshots,
     embed_items,
     export_snapshot,
-    slice_sql,
     snapshot_dataset,
     snapshot_frame,
 )
 from corpus.stats import distinct_n, vendi_score
-from store import SkdError, Store, ingest_file
+from store import SkdError, Slice, Store, ingest_file
 from tests.conftest import run_skd
 from tests.corpus.hub_server import FakeHub
 
@@ -114,7 +113,7 @@ def test_stats_match_hand_computed_values(corpus_db):
         s.con.execute("INSERT INTO item_sources (item_id, request_id, teacher) VALUES ('g1', 'r', 't'), "
                       "('g2', 'r', 't')")
         dedup(s, "exact", scope="global")
-        st = corpus_stats(s, slice_sql("relation = 'xReact'"))
+        st = corpus_stats(s, Slice(where="relation = 'xReact'"))
     assert st["counts"]["n"] == 19 and st["counts"]["relation"] == {"xReact": 19}
     assert st["uniqueness"]["unique_heads"] == 8  # 'Person X misses' normalises to 'PersonX misses'
     assert st["uniqueness"]["unique_tails"] == 19 - 1  # 'Happy!' and 'happy' are one tail

@@ -24,3 +24,32 @@ def test_verbalisation():
         "PersonX eats. as a result, PersonX wants to sleep")
     assert verbalize({"kind": "rationale", "question": "Q?", "answer": "a", "rationale": "because"}) == (
         "Question: Q? Answer: a Explanation: because")
+
+
+def test_platt_calibration_brings_predicted_close_to_observed():
+    from critics.calibration import apply, calibration_error, fit_platt
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.02, 0.98, 4000)
+    labels = (rng.uniform(size=4000) < truth).astype(int)
+    overconfident = 1 / (1 + np.exp(-4 * np.log(truth / (1 - truth)) - 2))  # sharper and shifted up
+    cal = fit_platt(overconfident, labels)
+    fixed = apply(overconfident, cal)
+    assert calibration_error(overconfident, labels) > 0.1
+    assert calibration_error(fixed, labels) < 0.03
+    assert abs(fixed.mean() - labels.mean()) < 0.01
+    assert np.all(np.diff(fixed[np.argsort(overconfident)]) >= 0)  # monotone: the ranking (AUC) is kept
+
+
+def test_grouped_folds_never_split_a_group():
+    from critics.crossval import grouped_folds
+
+    keys = [f"head {i % 37}" for i in range(500)]
+    fold = grouped_folds(keys, 5, seed=3)
+    by_key: dict[str, set[int]] = {}
+    for k, f in zip(keys, fold, strict=True):
+        by_key.setdefault(k, set()).add(int(f))
+    assert all(len(v) == 1 for v in by_key.values()) and set(fold.tolist()) == set(range(5))
+    sizes = np.bincount([next(iter(v)) for v in by_key.values()])
+    assert sizes.max() - sizes.min() <= 1  # groups dealt round-robin
+    assert np.array_equal(fold, grouped_folds(keys, 5, seed=3))

@@ -141,7 +141,7 @@ name = "s"
 BAD_PIPELINES = {
     "negative split": ("", 'split = { train = -0.5, test = 1.5 }', "split"),
     "zero split": ("", 'split = { train = 0.0 }', "split"),
-    "cut off the grid": ('[critic]\nthreshold_at_recall = 0.33\n', "", "critic.threshold_at_recall"),
+    "cut off the grid": ("[critic]\nthreshold_at_recall = 0.33\n", "", "threshold_at_recall 0.33 must be one of"),
     "eval limit": ("[eval]\nlimit = -1\n", "", "eval.limit"),
     "teacher option": ('[generate]\nrecipe = "atomic10x"\n[generate.teacher_options]\nwarp_speed = 9\n', "",
                        "takes no option 'warp_speed'"),

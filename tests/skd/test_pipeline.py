@@ -33,6 +33,7 @@ max_tokens = 8
 stop = ["\\n"]
 
 [critic]
+mode = "embedding"
 labels = [{{ file = "{d}/absent.csv", format = "ckbp" }},
           {{ file = "examples/data/critic-labels.jsonl", format = "jsonl" }}]
 min_score = {min_score}
@@ -148,7 +149,8 @@ def test_a_label_file_with_an_apostrophe_in_its_name(tmp_path):
     cfg = tmp_path / "p.toml"
     cfg.write_text(f'[corpus]\npath = "{tmp_path}/c.duckdb"\n'
                    'ingest = [{ file = "examples/data/mini.jsonl", format = "jsonl" }]\n'
-                   f'[critic]\nmin_score = 0.0001\nlabels = [{{ file = "{labels}", format = "jsonl" }}]\n'
+                   '[critic]\nmode = "embedding"\nmin_score = 0.0001\n'
+                   f'labels = [{{ file = "{labels}", format = "jsonl" }}]\n'
                    '[snapshot]\nname = "s"\nkinds = ["triple"]\n')
     sm = json.loads(run_skd("run", str(cfg), "--json", check=True, timeout=600).stdout)
     assert sm["critic"]["labels"] == str(labels) and sm["funnel"]["snapshot"] > 0

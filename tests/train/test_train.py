@@ -9,7 +9,7 @@ import time
 import pytest
 
 from corpus import SnapshotRecipe, create_snapshot
-from skd.cmd_train import check_answer
+from skd.wiring import check_answer
 from store import SkdError, Store
 from tests.conftest import ROOT, atomic_corpus, run_skd, shared_file
 from train import TrainConfig, fit

@@ -1,0 +1,38 @@
+"""A critic's training config, free of torch so configs load (and `--help` shows) without the models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .cut import RECALL_GRID
+
+
+class CriticConfig(BaseModel):
+    """How a critic trains; the one definition behind `skd critic train`'s options and the pipeline's [critic]."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["finetune", "embedding", "llm-judge"] = Field(
+        "finetune", description="Fine-tune a classifier, fit a head on frozen embeddings, or ask an LLM yes/no (no "
+                   "training; the base defaults to SmolLM2).")
+    prompt: str | None = Field(None, description="llm-judge: question template with {text}.")
+    base: str = Field("all-minilm-l6-v2", description="Base encoder: HF id, local path or the embedded MiniLM.")
+    labels_where: str | None = Field(None, description="SQL filter over the labels table.")
+    sources: list[str] = Field([], description="Train on these label sources only (every source when empty).")
+    source_weights: dict[str, float] = Field({}, description="Loss weight per label source, e.g. ckbp2=3,ckbp1=1 "
+                                                              "(1 for a source not named).")
+    dev_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of heads/questions held out for dev.")
+    seed: int = 0
+    epochs: float = Field(3.0, gt=0, description="Passes over the training labels (finetune).")
+    max_steps: int = Field(-1, description="Stop after this many steps (-1: run the epochs).")
+    batch_size: int = Field(32, ge=1, description="Texts per step.")
+    lr: float = Field(5e-5, gt=0, description="Learning rate (finetune).")
+    weight_decay: float = Field(1e-4, ge=0, description="L2 penalty (embedding head).")
+    max_length: int | None = Field(
+        None, ge=8, description="Tokens per text (finetune); default: enough for 99% of the training texts.")
+    eval_steps: int = Field(200, ge=1, description="Evaluate on dev every this many steps (finetune).")
+    patience: int = Field(3, ge=1, description="Early stopping: evaluations without dev AUC gain.")
+    calibrate: bool = Field(True, description="Calibrate scores on dev (Platt), so a score is a probability.")
+    recalls: list[float] = Field(list(RECALL_GRID), description="Thresholds chosen on dev for these recalls.")
+    precisions: list[float] = Field([], description="... and for these precisions.")

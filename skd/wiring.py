@@ -1,0 +1,85 @@
+"""The application connects components that may not import each other: a teacher backend (generators) and a
+critic (critics) become the callables train/ evaluates with. No measuring happens here."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from store import SkdError
+from train.eval_run import EvalConfig, evaluate_model
+
+
+def critic_scorer(row: dict[str, Any], recall: float | None) -> tuple[Any, float]:
+    """Score items with the registered critic `row`; accept at its cut (the critics' default recall)."""
+    from critics import load_critic, threshold_of
+    from critics.verbalize import verbalize_rows
+
+    critic = load_critic(row["path"])
+    return (lambda items: np.asarray(critic.score(verbalize_rows(items)))), threshold_of(row, recall)
+
+
+def check_answer(output: str, item: dict[str, Any]) -> bool | None:
+    """Answer checking shared with the rationale recipe (choices, numbers, yes/no)."""
+    from generators.recipes.rationale import is_correct, normalise_answer
+    from train.formats import extract_answer
+
+    q = {"choices": item.get("choices"), "type": item.get("type") or ("choice" if item.get("choices") else "free")}
+    return is_correct(normalise_answer(extract_answer(output, item), q), item.get("answer"), q)
+
+
+def fewshot_requests(model: str, items: list[dict[str, Any]], cfg: EvalConfig, sampling: Any):
+    """The ATOMIC-10x recipe's own few-shot prompts for (head, relation) inputs, and the recipe to parse with:
+    a teacher is measured with the prompt it generated the corpus with, not a zero-shot instruction."""
+    from generators import make_recipe
+    from generators.recipes.atomic10x import RELATIONS
+
+    unknown = sorted({i.get("relation") for i in items if i.get("relation") not in RELATIONS}, key=str)
+    if unknown:
+        raise SkdError(f"--format fewshot: the atomic10x recipe has no prompt for relation {unknown[0]!r} "
+                       f"(it has {', '.join(RELATIONS)})")
+    recipe = make_recipe("atomic10x", {"stage": "inferences", "events_from": "seeds"}, source="fewshot")
+    reqs = [recipe.inference_request(model, i["head"], i["relation"], cfg.seed) for i in items]
+    return [dataclasses.replace(r, sampling=sampling) for r in reqs], recipe
+
+
+def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig) -> list[str]:
+    """One output per input from MODEL on the config's backend (greedy at temperature 0)."""
+    from generators import Request, Sampling, make_teacher
+    from generators.recipes.base import ParseError
+    from train.formats import prompt_of
+
+    stop = ("\n",) if fmt != "rationale" else ()
+    sampling = Sampling(n=1, temperature=cfg.temperature, max_tokens=cfg.max_tokens, stop=stop, seed=cfg.seed)
+    recipe = None
+    if fmt == "fewshot":
+        reqs, recipe = fewshot_requests(model, items, cfg, sampling)
+    else:
+        reqs = []
+        for item in items:
+            p = prompt_of(item, fmt)
+            reqs.append(Request(model=model, sampling=sampling, prompt=p) if isinstance(p, str) else
+                        Request(model=model, sampling=sampling, messages=tuple((m["role"], m["content"]) for m in p)))
+    teacher = make_teacher(cfg.backend, model)
+    try:
+        completions = teacher.generate(reqs)
+    finally:
+        teacher.close()
+    outputs = []
+    for req, c in zip(reqs, completions, strict=True):
+        text = c[0].text.strip() if c else ""
+        if recipe is not None and c:
+            try:  # the recipe's parse maps the prompt's names back to PersonX/PersonY
+                text = recipe.parse(req, c[0])[0]["tail"]
+            except ParseError:
+                pass  # measured as the model wrote it (degenerate outputs count as such)
+        outputs.append(text)
+    return outputs
+
+
+def evaluate(db_path: Path, model: str, cfg: EvalConfig) -> dict[str, Any]:
+    """`skd eval` and the pipeline's eval stage: the model generates on its backend, the critic scores."""
+    return evaluate_model(db_path, model, cfg, generate=generate, scorer_for=critic_scorer, checker=check_answer)

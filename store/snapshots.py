@@ -1,0 +1,172 @@
+"""Typed verbs over `snapshots` and `snapshot_items`: a snapshot by name, the list, creating one (members and
+row in one transaction), the candidates a recipe selects, the diff of two memberships, the members with
+their provenance (for export). Which items to keep, balance, splits and hashes are corpus/snapshot.py's."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .catalog import _rows, user_filter, where_sql
+from .errors import SkdError
+from .items import EXPORTED_COLUMNS, exact_norm_sql
+from .slices import Slice
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+    from .db import Store
+
+BALANCE = ("relation", "kind", "domain")  # the columns a snapshot can balance over
+JSON_FIELDS = ("recipe", "funnel", "stats")
+
+
+@dataclass
+class Draft:
+    """A snapshot being created: its members are in (inside the transaction), its row not yet."""
+
+    store: Store
+    snapshot_id: str
+    name: str
+    described: bool = False
+
+    @property
+    def members(self) -> Slice:
+        return Slice(snapshot_id=self.snapshot_id)
+
+    def describe(self, content_hash: str, recipe: dict[str, Any], funnel: dict[str, Any],
+                 stats: dict[str, Any]) -> None:
+        """Write the snapshot's row; it commits with the members when the `create` block ends."""
+        self.store.con.execute("INSERT INTO snapshots (snapshot_id, name, content_hash, recipe, funnel, stats) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", [self.snapshot_id, self.name, content_hash,
+                                                             json.dumps(recipe), json.dumps(funnel), json.dumps(stats)])
+        self.described = True
+
+
+class Snapshots:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def exists(self, name: str) -> bool:
+        return bool(self.store.scalar("SELECT count(*) FROM snapshots WHERE name = ?", [name]))
+
+    def get(self, name: str) -> dict[str, Any]:
+        """The snapshot named `name` (recipe, funnel and stats as dicts); one line when there is none."""
+        rows = _rows(self.store, "SELECT * FROM snapshots WHERE name = ?", [name])
+        if not rows:
+            raise SkdError(f"no snapshot named {name!r}; see `skd snapshot list`")
+        row = rows[0]
+        for key in JSON_FIELDS:
+            row[key] = json.loads(row[key]) if row[key] else {}
+        return row
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every snapshot with its number of items, oldest first."""
+        return _rows(self.store, "SELECT s.name, s.snapshot_id, s.content_hash, count(m.item_id) AS items, "
+                                 "s.created_at FROM snapshots s LEFT JOIN snapshot_items m USING (snapshot_id) "
+                                 "GROUP BY ALL ORDER BY s.created_at")
+
+    @contextmanager
+    def create(self, snapshot_id: str, name: str, item_ids: list[str], splits: list[str]) -> Iterator[Draft]:
+        """Insert the members, then let the block compute what it needs over them (`draft.members`) and
+        `draft.describe` the snapshot; all in one transaction, so a failure leaves no trace of it."""
+        import pyarrow as pa
+
+        members = pa.table({"snapshot_id": [snapshot_id] * len(item_ids), "item_id": item_ids, "split": splits})
+        with self.store.transaction() as con:
+            con.register("_members", members)
+            try:
+                con.execute("INSERT INTO snapshot_items SELECT snapshot_id, item_id, split FROM _members")
+            finally:
+                con.unregister("_members")
+            draft = Draft(self.store, snapshot_id, name)
+            yield draft
+            if not draft.described:
+                raise RuntimeError(f"snapshot {name!r} was created without describing it")
+
+    def candidates(self, *, where: str | None, kinds: list[str], relations: list[str], critic_id: str | None,
+                   min_score: float | None, dedup: tuple[str, float, str] | None, balance: str | None,
+                   seed: int, option: str = "--where") -> tuple[pa.Table, int, int]:
+        """The items passing every filter, each with its split key (its normalised head or question, else its
+        id), a seeded draw and its rank by the draw within its `balance` group, ordered by rank then draw;
+        and how many items the filters before the critic keep, and how many of those the critic keeps.
+
+        `dedup` is the (method, threshold, scope) whose cluster representatives are kept."""
+        if balance not in (None, *BALANCE):
+            raise ValueError(f"balance is one of {', '.join(BALANCE)}")
+        conds = [where_sql(where)]
+        params: dict[str, Any] = {}
+        if kinds:
+            conds.append("i.kind IN (SELECT unnest($kinds))")
+            params["kinds"] = kinds
+        if relations:
+            conds.append("i.relation IN (SELECT unnest($relations))")
+            params["relations"] = relations
+        base = f"SELECT i.* FROM items i WHERE {' AND '.join(conds)}"
+        passed = "SELECT * FROM base"
+        if critic_id:
+            params |= {"critic": critic_id, "min": min_score}
+            passed = "SELECT b.* FROM base b JOIN scores s ON s.item_id = b.item_id AND s.critic_id = $critic " \
+                     "AND s.score >= $min"
+        reps = "SELECT * FROM passed"
+        if dedup:
+            params |= {"method": dedup[0], "dthr": dedup[1], "scope": dedup[2]}
+            reps = "SELECT p.* FROM passed p JOIN dedup_clusters d ON d.item_id = p.item_id AND d.method = $method " \
+                   "AND d.threshold = $dthr AND d.scope = $scope AND d.is_representative"
+        group = f"coalesce({balance}, '')" if balance else "''"
+        split_key = f"coalesce({exact_norm_sql('coalesce(head, question)')}, '')"
+        ctes = f"WITH base AS ({base}), passed AS ({passed}), reps AS ({reps})"
+        sql = f"""{ctes}, ranked AS (SELECT item_id,
+                CASE WHEN head IS NULL AND question IS NULL THEN item_id ELSE {split_key} END AS split_key,
+                md5(item_id || $seed) AS draw,
+                row_number() OVER (PARTITION BY {group} ORDER BY md5(item_id || $seed)) AS rank_in_group,
+                {group} AS grp FROM reps)
+            SELECT * FROM ranked ORDER BY rank_in_group, draw"""
+        with user_filter(option):
+            table = self.store.con.sql(sql, params=params | {"seed": str(seed)}).to_arrow_table()
+            n_base, n_passed = self.store.con.execute(
+                f"{ctes} SELECT (SELECT count(*) FROM base), (SELECT count(*) FROM passed)", params).fetchall()[0]
+        return table, int(n_base or 0), int(n_passed)
+
+    def diff(self, a_id: str, b_id: str) -> dict[str, Any]:
+        """Items of snapshot B not in A (`added`) and of A not in B (`removed`), by item_id, and how many items
+        of both changed split."""
+        q = "SELECT x.item_id FROM snapshot_items x WHERE x.snapshot_id = ? AND x.item_id NOT IN " \
+            "(SELECT item_id FROM snapshot_items WHERE snapshot_id = ?) ORDER BY x.item_id"
+        added = [r[0] for r in self.store.con.execute(q, [b_id, a_id]).fetchall()]
+        removed = [r[0] for r in self.store.con.execute(q, [a_id, b_id]).fetchall()]
+        moved = self.store.scalar("SELECT count(*) FROM snapshot_items x JOIN snapshot_items y USING (item_id) "
+                                  "WHERE x.snapshot_id = ? AND y.snapshot_id = ? AND x.split IS DISTINCT FROM y.split",
+                                  [a_id, b_id])
+        return {"added": added, "removed": removed, "split_changed": int(moved)}
+
+    def members(self, snapshot_id: str, critic_id: str | None = None,
+                dedup: tuple[str, float, str] | None = None) -> pl.DataFrame:
+        """The snapshot's items (EXPORTED_COLUMNS, `extra` as JSON text) with their split, teachers, the
+        critic's score and the size of their cluster under the dedup setting, by split then item_id."""
+        params: dict[str, Any] = {"snap": snapshot_id, "critic": critic_id or "",
+                                  "method": dedup[0] if dedup else "", "dthr": dedup[1] if dedup else -1.0,
+                                  "scope": dedup[2] if dedup else ""}
+        cluster = ("(SELECT count(*) FROM dedup_clusters c WHERE c.cluster_id = d.cluster_id AND c.method = $method "
+                   "AND c.threshold = $dthr AND c.scope = $scope)") if dedup else "NULL::BIGINT"
+        cols = ", ".join(f"i.{c}" for c in EXPORTED_COLUMNS)
+        return self.store.query(f"""
+            SELECT m.split, {cols}, i.extra::VARCHAR AS extra,
+                   (SELECT string_agg(DISTINCT teacher, ', ' ORDER BY teacher) FROM item_sources s
+                    WHERE s.item_id = i.item_id AND s.teacher IS NOT NULL) AS teacher,
+                   sc.score AS critic_score, {cluster} AS cluster_size
+            FROM snapshot_items m JOIN items i USING (item_id)
+            LEFT JOIN scores sc ON sc.item_id = i.item_id AND sc.critic_id = $critic
+            LEFT JOIN dedup_clusters d ON d.item_id = i.item_id AND d.method = $method AND d.threshold = $dthr
+                 AND d.scope = $scope
+            WHERE m.snapshot_id = $snap ORDER BY m.split, i.item_id""", params)
+
+    def sources(self, snapshot_id: str) -> list[dict[str, Any]]:
+        """(teacher, params as JSON text, item_id) of every generated source of the snapshot's items."""
+        return _rows(self.store, "SELECT teacher, params::VARCHAR AS params, item_id FROM item_sources "
+                                 "WHERE teacher IS NOT NULL AND item_id IN "
+                                 "(SELECT item_id FROM snapshot_items WHERE snapshot_id = ?)", [snapshot_id])

@@ -1,0 +1,112 @@
+"""Critics from several label sources (weighted), human tuples with swapped negatives, grouped
+cross-validation, coverage and calibration, on the embedded MiniLM and real label files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from critics import CriticConfig, load_critic, train_critic
+from critics.crossval import cross_validate
+from critics.score import score_items
+from store import Store, import_labels, ingest_file
+from tests.conftest import run_skd, shared_file
+
+GOOD = ["to eat food", "to drink water", "to sleep well", "to rest", "to go home", "to call a friend",
+        "to feel better", "to say thanks", "to take a nap", "to find help"]
+BAD = ["purple mountain singing", "the number seven", "a cold fridge door", "seventeen chairs", "blue cheese moon",
+       "a broken pencil", "the tuesday of glass", "underwater piano", "seventh elbow", "a loud spoon"]
+
+
+def labels_file(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def triple(head, tail, label, relation="xWant"):
+    return {"kind": "triple", "head": head, "relation": relation, "tail": tail, "label": label}
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    """Source `a` says good tails are good; source `b` (the same kind of items, other heads) says the opposite."""
+    heads = [f"PersonX does thing {i}" for i in range(24)]
+    a = [triple(h, t, 1) for h in heads[:12] for t in GOOD[:3]] + [triple(h, t, 0) for h in heads[:12] for t in BAD[:3]]
+    b = [triple(h, t, 0) for h in heads[12:] for t in GOOD[3:6]] + [triple(h, t, 1) for h in heads[12:]
+                                                                       for t in BAD[3:6]]
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        import_labels(s, labels_file(tmp_path / "a.jsonl", a), "jsonl", source="a")
+        import_labels(s, labels_file(tmp_path / "b.jsonl", b), "jsonl", source="b")
+    return db
+
+
+def mean_good_minus_bad(path) -> float:
+    critic = load_critic(path)
+    good = critic.score([f"PersonX rests. as a result, PersonX wants {t}" for t in GOOD[:6]])
+    bad = critic.score([f"PersonX rests. as a result, PersonX wants {t}" for t in BAD[:6]])
+    return float(good.mean() - bad.mean())
+
+
+def test_source_weights_decide_between_sources_that_disagree(two_sources, tmp_path):
+    with Store(two_sources) as s:
+        db = s.path
+    cards = {}
+    for name, weights in {"trust-a": {"a": 10.0}, "trust-b": {"b": 10.0}}.items():
+        cfg = CriticConfig(mode="embedding", sources=["a", "b"], source_weights=weights, dev_fraction=0.3,
+                           calibrate=False)  # dev mixes both sources: calibration would flatten what is measured
+        cards[name] = train_critic(db, name, cfg, tmp_path / name)
+        assert cards[name]["label_sources"] == ["a", "b"]
+    a, b = mean_good_minus_bad(tmp_path / "trust-a"), mean_good_minus_bad(tmp_path / "trust-b")
+    assert a > 0 > b and a - b > 0.2, (a, b)  # the heavier source wins where the two disagree
+
+
+def test_coverage_is_recorded_and_scoring_outside_it_warns(two_sources, tmp_path):
+    card = train_critic(two_sources, "c", CriticConfig(mode="embedding", dev_fraction=0.3), tmp_path / "c")
+    assert card["coverage"] == {"kinds": {"triple": 144}, "relations": {"xWant": 144}}
+    assert 0 <= card["metrics"]["dev"]["calibration_error"] <= card["metrics"]["dev_calibration_error_raw"] + 0.05
+    items = tmp_path / "items.jsonl"
+    labels_file(items, [triple("PersonX eats", "to sleep", None), triple("PersonX eats", "rain", None, "HinderedBy"),
+                        triple("PersonX runs", "tired", None, "HinderedBy"), {"kind": "text", "text": "hello"}])
+    with Store(two_sources) as s:
+        ingest_file(s, items, "jsonl")
+    p = run_skd("critic", "score", "c", db=two_sources, check=True)
+    assert "trained on no labels of relation HinderedBy; 2 such items" in p.stderr
+    assert "trained on no labels of kind text; 1 such items" in p.stderr
+    assert score_items(two_sources, "c").uncovered == {}  # nothing left to score: nothing to warn about
+
+
+def test_atomic2020_human_tuples_as_positives_with_swapped_negatives(tmp_path):
+    src = shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()[:300]
+    path = tmp_path / "tuples.tsv"
+    path.write_text("\n".join(src) + "\n")
+    with Store(tmp_path / "c.duckdb") as s:
+        r = import_labels(s, path, "atomic2020")
+        df = s.labels.select(None, [r.source])
+    pos, neg = df.filter(df["label"] == 1), df.filter(df["label"] == 0)
+    assert pos.height > 200 and neg.height >= pos.height * 0.9  # about one each (repeats collapse)
+    tails = {(h, rel): set() for h, rel in zip(pos["head"], pos["relation"], strict=True)}
+    for h, rel, t in zip(pos["head"], pos["relation"], pos["tail"], strict=True):
+        tails[(h, rel)].add(t)
+    for h, rel, t in zip(neg["head"], neg["relation"], neg["tail"], strict=True):
+        assert t.lower() not in {x.lower() for x in tails[(h, rel)]}  # a swapped tail is another head's
+        assert any(t.lower() in {x.lower() for x in ts} for (h2, r2), ts in tails.items() if r2 == rel and h2 != h)
+    assert "none" not in {t.lower() for t in pos["tail"]}
+
+
+def test_cross_validation_holds_out_whole_heads_and_reports_per_class(tmp_path):
+    rows = []
+    for i in range(40):
+        cls = "adv" if i % 2 else "test_set"
+        rows += [triple(f"PersonX acts {i}", GOOD[i % 10], 1) | {"class": cls},
+                 triple(f"PersonX acts {i}", BAD[i % 10], 0) | {"class": cls}]
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        import_labels(s, labels_file(tmp_path / "expert.jsonl", rows), "jsonl", source="expert")
+    folds_seen = []
+    res = cross_validate(db, CriticConfig(mode="embedding", dev_fraction=0.25), "expert", folds=4, by="class",
+                         on_fold=lambda k, s: folds_seen.append(k))
+    assert folds_seen == [0, 1, 2, 3] and res["n"] == 80 and len(res["scores"]) == 80
+    assert set(res["by"]) == {"adv", "test_set"} and res["by"]["adv"]["n"] == 40
+    assert res["overall"]["auc"] > 0.8  # good and bad tails are easy to tell apart, even for unseen heads
+    assert np.all((np.asarray(res["scores"]) >= 0) & (np.asarray(res["scores"]) <= 1))

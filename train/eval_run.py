@@ -1,0 +1,129 @@
+"""One evaluation, end to end: its config (`EvalConfig`, the one definition behind `skd eval`'s options and the
+pipeline's [eval] table), the inputs it names, generation by the model under test, the metrics, the record.
+
+The backends are the caller's: the model generates through a `Generate` callable, a critic scores through a
+`ScorerFor` callable and answers are checked by a `Checker`, so train/ never loads a teacher or a critic
+itself and a teacher and a student are measured the same way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from store import MINILM, SkdError, Store
+from store.question_sets import read_questions
+
+from .evaluate import (
+    Case,
+    cases_from_heads,
+    cases_from_questions,
+    cases_from_references,
+    cases_from_snapshot,
+    eval_key,
+    read_references,
+    record_eval,
+    score_outputs,
+    stored_eval,
+)
+from .formats import FORMATS
+
+# (model path or id, the inputs to complete, prompt format, settings) -> one output per input. The caller owns
+# prompting for the "fewshot" format (the teacher's own generation prompt); train.evaluate.prompts the rest.
+Generate = Callable[[str, list[dict[str, Any]], str, "EvalConfig"], list[str]]
+# (a registered critic's row, the recall to cut at or None for the critics' default) -> (score items, threshold)
+ScorerFor = Callable[[dict[str, Any], float | None], tuple[Callable[[list[dict[str, Any]]], np.ndarray], float]]
+Checker = Callable[[str, dict[str, Any]], bool | None]
+
+
+class EvalConfig(BaseModel):
+    """What to evaluate on and how to generate; every field is an `skd eval` option and an [eval] key."""
+
+    model_config = ConfigDict(extra="forbid")
+    snapshot: str | None = Field(None, description="Evaluate on this snapshot's --split.")
+    split: str = Field("test", description="The snapshot split to evaluate on.")
+    heads: Path | None = Field(None, description="A file of heads, one per line (with --relations).")
+    references: Path | None = Field(None, description="ATOMIC-2020 file: human references (and the inputs).")
+    questions: Path | None = Field(None, description="A question set (CommonsenseQA, GSM8K, StrategyQA, JSONL).")
+    questions_format: Literal["csqa", "gsm8k", "strategyqa", "jsonl"] = Field("jsonl",
+                                                                             description="The question set's format.")
+    offset: int = Field(0, ge=0, description="Skip this many questions first (those the teacher was asked).")
+    relations: list[str] = Field(default_factory=list, description="Relations to ask (repeatable; default: all).")
+    critic: str | None = Field(None, description="Report this critic's acceptance rate of the outputs.")
+    critic_recall: float | None = Field(None, gt=0, le=1, description="Accept at the critic's dev threshold for "
+                                                                      "this recall (default: the critics' cut).")
+    format: Literal["comet", "chat", "rationale", "fewshot"] | None = Field(
+        None, description="Prompt format (default: the student's; chat for a teacher). fewshot: the prompt the "
+                          "teacher generated with.")
+    backend: Literal["transformers", "vllm", "openai"] = Field("transformers", description="Generation backend.")
+    limit: int | None = Field(200, gt=0, description="At most this many inputs (a seeded draw of references).")
+    max_tokens: int = Field(24, gt=0, description="Tokens per output.")
+    temperature: float = Field(0.0, ge=0, description="0 is greedy.")
+    seed: int = 0
+    embed_model: str = Field(MINILM, description="Encoder for the embedding similarity to the references.")
+
+
+DEFAULT_RELATIONS = ("xAttr", "xEffect", "xIntent", "xNeed", "xReact", "xWant", "HinderedBy")  # ATOMIC-10x's
+
+
+def find_student(store: Store, name: str) -> dict[str, Any] | None:
+    """A registered student by id or folder; None when NAME is a teacher model."""
+    card_file = Path(name) / "student.json"
+    if card_file.is_file():
+        return json.loads(card_file.read_text()) | {"path": name}
+    row = store.students.get(name)
+    return row["config"] | {"path": row["path"]} if row else None
+
+
+def eval_cases(store: Store, cfg: EvalConfig) -> tuple[list[Case], str]:
+    """The inputs the config names, and a short description of where they came from."""
+    refs = read_references(cfg.references) if cfg.references else None
+    limit, relations = cfg.limit, cfg.relations or None
+    if cfg.questions:
+        cases = cases_from_questions(read_questions(cfg.questions, cfg.questions_format))[cfg.offset:]
+        return cases[:limit] if limit else cases, f"{cfg.questions} ({cfg.questions_format}, from {cfg.offset})"
+    if cfg.heads:
+        cases = cases_from_heads(cfg.heads, relations or list(DEFAULT_RELATIONS), refs)
+        return cases[:limit] if limit else cases, str(cfg.heads)
+    if refs:
+        return cases_from_references(refs, relations, limit, cfg.seed), str(cfg.references)
+    if cfg.snapshot:
+        return cases_from_snapshot(store, cfg.snapshot, cfg.split, limit), f"snapshot {cfg.snapshot}:{cfg.split}"
+    raise SkdError("give the inputs: --snapshot NAME [--split test], --heads FILE, --references FILE or --questions")
+
+
+def evaluate_model(db_path: Path, model: str, cfg: EvalConfig, *, generate: Generate, scorer_for: ScorerFor,
+                   checker: Checker | None = None) -> dict[str, Any]:
+    """Evaluate a student or a teacher and record the result; returns eval_id, model, metrics, config, samples.
+    An evaluation recorded before (same model, inputs and settings) is returned as it is, not repeated."""
+    with Store(db_path, read_only=True) as s:
+        student = find_student(s, model)
+        cases, source = eval_cases(s, cfg)
+        critic_row = s.critics.get(cfg.critic) if cfg.critic else None
+        fmt = cfg.format or (student["format"] if student else "chat")
+        if fmt not in (*FORMATS, "fewshot"):
+            raise SkdError(f"--format must be one of {', '.join(FORMATS)}, fewshot")
+        if fmt == "fewshot" and student:
+            raise SkdError("--format fewshot is the teacher's generation prompt; a student answers in its own format")
+        config = cfg.model_dump(mode="json", exclude={"snapshot", "split", "heads", "references", "questions",
+                                                      "offset"}) | {"inputs": source, "format": fmt}
+        label = f"{student['student_id']} (student)" if student else f"{model} (teacher)"
+        student_id = (student or {}).get("student_id")
+        snapshot = cfg.snapshot or (student or {}).get("snapshot")
+        eval_id = eval_key(label, config | {"critic_id": critic_row and critic_row["critic_id"]}, student_id,
+                           snapshot, cases)
+        done = stored_eval(s, eval_id)
+    if done:
+        return done
+    scorer, threshold = scorer_for(critic_row, cfg.critic_recall) if critic_row else (None, None)
+    outputs = generate(student["path"] if student else model, [c.item for c in cases], fmt, cfg)
+    metrics = score_outputs(cases, outputs, embed_model=cfg.embed_model, scorer=scorer, threshold=threshold,
+                            checker=checker)
+    samples = [{"input": c.item, "references": c.references, "output": o}
+               for c, o in zip(cases, outputs, strict=True)]
+    record_eval(db_path, eval_id, label, metrics, config, student_id, snapshot, samples)
+    return {"eval_id": eval_id, "model": label, "metrics": metrics, "config": config, "samples": samples}

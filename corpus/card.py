@@ -16,6 +16,22 @@ TASKS = {"triple": "text-generation", "qa": "question-answering", "rationale": "
          "text": "text-generation"}
 
 
+# What each exported column holds: the card's column table.
+COLUMN_DOCS = {
+    "item_id": "stable hash of the item's normalised content (the corpus key)",
+    "split": "the split the snapshot assigned (by head or question, so no head is in two splits)",
+    "kind": "triple, qa, rationale or text",
+    "head": "the event or concept a triple is about", "relation": "the triple's relation (ATOMIC-2020 names)",
+    "tail": "the inference about the head", "question": "the question (qa, rationale)",
+    "answer": "the answer (qa, rationale)", "choices": "answer choices, when the question has them",
+    "rationale": "the explanation leading to the answer", "text": "free text (kind text)",
+    "domain": "the item's domain label", "extra": "fields of the source that have no column, as JSON",
+    "teacher": "the teacher model(s) that generated the item; null for ingested items",
+    "critic_score": "the snapshot critic's score (null when the snapshot used no critic)",
+    "cluster_size": "items in the item's dedup cluster (1 = no near-duplicate; null without dedup)",
+}
+
+
 def size_category(n: int) -> str:
     for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                          (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
@@ -43,8 +59,6 @@ def table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
 
 def dataset_card(row: dict[str, Any], df: pl.DataFrame, critic: dict[str, Any] | None,
                  teachers: list[dict[str, Any]]) -> str:
-    from .export import COLUMN_DOCS
-
     recipe, funnel = row["recipe"], row["funnel"]
     splits = funnel.get("splits", {})
     parts = [front_matter(row, df), f"# {row['name']}", "",
@@ -64,6 +78,9 @@ def dataset_card(row: dict[str, Any], df: pl.DataFrame, critic: dict[str, Any] |
         parts += [f"Critic `{critic['name']}` ({critic['mode']}, base {critic['base_model']}), dev AUC "
                   f"{auc if auc is None else round(auc, 4)}; kept items scoring at least "
                   f"{recipe.get('critic_threshold')}.", ""]
+        if funnel.get("critic_pass_rate"):
+            parts += [table([(g, f"{r:.1%}") for g, r in funnel["critic_pass_rate"].items()],
+                            ("relation", "passed the critic")), ""]
     if recipe.get("dedup"):
         thr, scope = recipe["dedup_setting"]
         parts += [f"Dedup: {recipe['dedup']}, threshold {thr}, scope {scope}; one representative per cluster.", ""]

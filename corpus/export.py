@@ -17,19 +17,6 @@ from .card import dataset_card
 from .snapshot import snapshot_row
 
 FORMATS = ("hf", "parquet", "jsonl")
-COLUMN_DOCS = {
-    "item_id": "stable hash of the item's normalised content (the corpus key)",
-    "split": "the split the snapshot assigned (by head or question, so no head is in two splits)",
-    "kind": "triple, qa, rationale or text",
-    "head": "the event or concept a triple is about", "relation": "the triple's relation (ATOMIC-2020 names)",
-    "tail": "the inference about the head", "question": "the question (qa, rationale)",
-    "answer": "the answer (qa, rationale)", "choices": "answer choices, when the question has them",
-    "rationale": "the explanation leading to the answer", "text": "free text (kind text)",
-    "domain": "the item's domain label", "extra": "fields of the source that have no column, as JSON",
-    "teacher": "the teacher model(s) that generated the item; null for ingested items",
-    "critic_score": "the snapshot critic's score (null when the snapshot used no critic)",
-    "cluster_size": "items in the item's dedup cluster (1 = no near-duplicate; null without dedup)",
-}
 
 
 def snapshot_frame(store: Store, name: str) -> pl.DataFrame:

@@ -85,10 +85,10 @@ def dedup_setting(store: Store, r: SnapshotRecipe) -> tuple[float, str] | None:
 def candidates(store: Store, r: SnapshotRecipe, critic_id: str | None, threshold: float | None,
                setting: tuple[float, str] | None) -> tuple[pa.Table, dict[str, int]]:
     """Items passing every filter, each with its split key and the counts at each step of the funnel."""
-    table, n_base, n_passed = store.snapshots.candidates(
+    table, funnel = store.snapshots.candidates(
         where=r.where, kinds=r.kinds, relations=r.relations, critic_id=critic_id, min_score=threshold,
         dedup=(r.dedup, *setting) if setting and r.dedup else None, balance=r.balance, seed=r.seed)
-    return table, {"items": n_base, "passed_critic": n_passed, "representatives": table.num_rows}
+    return table, funnel | {"representatives": table.num_rows}
 
 
 def select(table: pa.Table, r: SnapshotRecipe) -> pa.Table:
@@ -134,7 +134,8 @@ def create_snapshot(store: Store, name: str, recipe: SnapshotRecipe, model: str 
     table = select(table, recipe)
     ids = table["item_id"].to_pylist()
     if not ids:
-        raise SkdError(f"snapshot {name!r} would be empty: no item passes its filters ({funnel})")
+        counts = {k: v for k, v in funnel.items() if isinstance(v, int)}
+        raise SkdError(f"snapshot {name!r} would be empty: no item passes its filters ({counts})")
     splits = assign_splits(table["split_key"].to_pylist(), recipe.split, recipe.seed)
     full_recipe = recipe.model_dump() | {"critic_id": critic_id, "critic_threshold": threshold,
                                          "dedup_setting": list(setting) if setting else None}

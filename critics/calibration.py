@@ -16,11 +16,22 @@ def _logit(s: np.ndarray) -> np.ndarray:
     return np.log(s / (1 - s))
 
 
-def fit_platt(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def fit_platt(scores: np.ndarray, labels: np.ndarray) -> dict[str, float] | None:
+    """Platt's fit with his prior-corrected targets ((N+ + 1) / (N+ + 2) for positives, 1 / (N- + 2) for
+    negatives), so a small or separable dev set cannot push the parameters to infinity. None when the dev
+    scores do not rank (slope <= 0): calibrating then would invert the ranking."""
     from sklearn.linear_model import LogisticRegression
 
-    lr = LogisticRegression(C=1e4, max_iter=1000).fit(_logit(scores)[:, None], np.asarray(labels).astype(int))
-    return {"method": "platt", "a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+    y = np.asarray(labels).astype(int)
+    npos, nneg = int(y.sum()), int(len(y) - y.sum())
+    if not npos or not nneg:
+        return None
+    target = np.where(y == 1, (npos + 1) / (npos + 2), 1 / (nneg + 2))
+    x = _logit(scores)[:, None]
+    lr = LogisticRegression(C=1e4, max_iter=1000).fit(  # soft targets as weighted copies of each point
+        np.concatenate([x, x]), np.r_[np.ones(len(x)), np.zeros(len(x))], sample_weight=np.r_[target, 1 - target])
+    a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    return {"method": "platt", "a": a, "b": b} if a > 0 else None
 
 
 def apply(scores: np.ndarray, cal: dict[str, Any] | None) -> np.ndarray:

@@ -40,6 +40,7 @@ def summary(p: Pipeline, runner: Runner) -> dict[str, Any]:
 def print_summary(sm: dict[str, Any]) -> None:
     out.print(Rule("summary"))
     funnel = {k: v for k, v in sm["funnel"].items() if isinstance(v, int)}
+    funnel |= {f"critic pass rate: {g}": f"{r:.1%}" for g, r in sm["funnel"].get("critic_pass_rate", {}).items()}
     out.print(dict_table(f"funnel to snapshot {sm['snapshot']} ({sm['content_hash'][:12]})", funnel))
     for t in stats_tables(sm["stats"]):
         out.print(t)

@@ -103,7 +103,8 @@ def show_row(row: dict) -> None:
     out.print(f"snapshot {row['name']} ({row['snapshot_id']}), content hash {row['content_hash']}")
     out.print(dict_table("funnel", {"created": row["created_at"],
         **{f"funnel: {k}": v for k, v in row["funnel"].items() if isinstance(v, int)},
-        **{f"split: {k}": v for k, v in row["funnel"].get("splits", {}).items()}}))
+        **{f"split: {k}": v for k, v in row["funnel"].get("splits", {}).items()},
+        **{f"critic pass rate: {g}": f"{r:.1%}" for g, r in row["funnel"].get("critic_pass_rate", {}).items()}}))
     for t in stats_tables(row["stats"]):
         out.print(t)
 

@@ -226,9 +226,12 @@ class Runner:
 
     def stage_eval(self, plan: dict[str, Any]) -> dict[str, Any]:
         e, p, g = self.p.eval, self.p, self.p.generate
-        own = not (e.references or e.questions or e.heads)
-        atomic = g is not None and g.recipe == "atomic10x"
         fill: dict[str, Any] = {}
+        if e.references is not None and not Path(e.references).is_file():  # e.g. ../shared/data not there
+            self.say(f"    eval.references {e.references} is absent: evaluating on the snapshot's {e.split} split")
+            fill["references"] = None
+        own = not ((e.references and "references" not in fill) or e.questions or e.heads)
+        atomic = g is not None and g.recipe == "atomic10x"
         if own and e.snapshot is None:
             fill["snapshot"] = self.made.snapshot
         if atomic and not own and not e.relations:  # ask what the corpus was distilled for
@@ -244,4 +247,4 @@ class Runner:
             fmt = e.teacher_format or ("fewshot" if atomic else "chat")
             ids.append(evaluate(self.db, teacher, cfg.model_copy(update={"format": fmt, "backend": backend}))
                        ["eval_id"])
-        return {"eval_ids": ids}
+        return {"eval_ids": ids, "inputs": "snapshot split" if own else str(e.references or e.questions or e.heads)}

@@ -90,10 +90,11 @@ class Snapshots:
 
     def candidates(self, *, where: str | None, kinds: list[str], relations: list[str], critic_id: str | None,
                    min_score: float | None, dedup: tuple[str, float, str] | None, balance: str | None,
-                   seed: int, option: str = "--where") -> tuple[pa.Table, int, int]:
+                   seed: int, option: str = "--where") -> tuple[pa.Table, dict[str, Any]]:
         """The items passing every filter, each with its split key (its normalised head or question, else its
         id), a seeded draw and its rank by the draw within its `balance` group, ordered by rank then draw;
-        and how many items the filters before the critic keep, and how many of those the critic keeps.
+        and the funnel: how many items the filters before the critic keep and how many of those the critic
+        keeps, in all and per relation (kind, for items without one), so a relation the critic drops shows.
 
         `dedup` is the (method, threshold, scope) whose cluster representatives are kept."""
         if balance not in (None, *BALANCE):
@@ -128,9 +129,14 @@ class Snapshots:
             SELECT * FROM ranked ORDER BY rank_in_group, draw"""
         with user_filter(option):
             table = self.store.con.sql(sql, params=params | {"seed": str(seed)}).to_arrow_table()
-            n_base, n_passed = self.store.con.execute(
-                f"{ctes} SELECT (SELECT count(*) FROM base), (SELECT count(*) FROM passed)", params).fetchall()[0]
-        return table, int(n_base or 0), int(n_passed)
+            per = self.store.con.execute(
+                f"{ctes}, b AS (SELECT coalesce(relation, kind) AS g, count(*) AS n FROM base GROUP BY 1), "
+                "p AS (SELECT coalesce(relation, kind) AS g, count(*) AS n FROM passed GROUP BY 1) "
+                "SELECT b.g, b.n, coalesce(p.n, 0) FROM b LEFT JOIN p USING (g) ORDER BY b.g", params).fetchall()
+        funnel = {"items": sum(int(n) for _, n, _ in per), "passed_critic": sum(int(m) for _, _, m in per)}
+        if critic_id:
+            funnel["critic_pass_rate"] = {str(g): round(int(m) / int(n), 4) for g, n, m in per}
+        return table, funnel
 
     def diff(self, a_id: str, b_id: str) -> dict[str, Any]:
         """Items of snapshot B not in A (`added`) and of A not in B (`removed`), by item_id, and how many items

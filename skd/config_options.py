@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from generators.recipes.base import validate_config
 from store import SkdError
 
 SCALARS = (str, int, float, bool, Path)
@@ -94,7 +95,7 @@ def config_options(model: type[BaseModel], source: str, *, skip: tuple[str, ...]
             data = {k: text[k].parse(v) if k in text and isinstance(v, str) else v for k, v in data.items()
                     if v is not None or not model.model_fields[k].is_required()}
             data = {k: v for k, v in data.items() if v is not None or _plain(model.model_fields[k].annotation)[1]}
-            return fn(validated(model, data, source), **kw)
+            return fn(validate_config(model, data, source), **kw)
 
         positional = [p for p in own if p.default is inspect.Parameter.empty]
         rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in positional]
@@ -105,13 +106,3 @@ def config_options(model: type[BaseModel], source: str, *, skip: tuple[str, ...]
         del command.__wrapped__  # typer must read the signature above, not fn's
         return command
     return wrap
-
-
-def validated(model: type[BaseModel], data: dict[str, Any], source: str) -> Any:
-    """A pydantic model from user data; a bad value becomes one line naming the option and the problem."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise SkdError(f"{source}: {key}: {err['msg']}") from None

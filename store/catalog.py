@@ -196,11 +196,17 @@ class Scores:
         matching a user's filter; and how many match in all."""
         from .items import SCORED_COLUMNS
 
-        cond = where_sql(where)
-        with user_filter(option):
-            total = self.store.scalar(f"SELECT count(*) FROM items WHERE {cond}")
-            rows = self.store.con.sql(
-                f"SELECT {', '.join(SCORED_COLUMNS)} FROM items i WHERE {cond} AND NOT EXISTS "
-                "(SELECT 1 FROM scores s WHERE s.item_id = i.item_id AND s.critic_id = ?) ORDER BY item_id",
-                params=[critic_id]).to_arrow_table()
-        return rows, int(total)
+        return items_without(self.store, "scores", "critic_id", critic_id, SCORED_COLUMNS, where, option)
+
+
+def items_without(store: Store, table: str, key: str, value: str, columns: tuple[str, ...], where: str | None,
+                  option: str) -> tuple[Any, int]:
+    """Items matching a user's filter that have no row in TABLE for KEY = VALUE (not yet scored by a critic,
+    embedded by a model), as an Arrow table of COLUMNS by item_id; and how many match in all."""
+    cond = where_sql(where)
+    with user_filter(option):
+        total = store.scalar(f"SELECT count(*) FROM items WHERE {cond}")
+        todo = store.con.sql(
+            f"SELECT {', '.join(columns)} FROM items i WHERE {cond} AND NOT EXISTS (SELECT 1 FROM {table} x "
+            f"WHERE x.item_id = i.item_id AND x.{key} = ?) ORDER BY item_id", params=[value]).to_arrow_table()
+    return todo, int(total)

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .catalog import user_filter, where_sql
+from .catalog import items_without
 from .items import EMBEDDED_COLUMNS
 from .slices import Slice
 
@@ -28,14 +28,7 @@ class Embeddings:
     def missing(self, model: str, where: str | None = None, option: str = "--where") -> tuple[pa.Table, int]:
         """Items (an Arrow table of EMBEDDED_COLUMNS, by item_id) that `model` has not embedded, among those
         matching a user's filter; and how many match in all."""
-        cond = where_sql(where)
-        with user_filter(option):
-            total = self.store.scalar(f"SELECT count(*) FROM items WHERE {cond}")
-            todo = self.store.con.sql(
-                f"SELECT {', '.join(EMBEDDED_COLUMNS)} FROM items i WHERE {cond} AND NOT EXISTS (SELECT 1 FROM "
-                "embeddings e WHERE e.item_id = i.item_id AND e.model = ?) ORDER BY item_id",
-                params=[model]).to_arrow_table()
-        return todo, int(total)
+        return items_without(self.store, "embeddings", "model", model, EMBEDDED_COLUMNS, where, option)
 
     def count(self, model: str, items: Items) -> int:
         """How many of the items have a `model` vector."""

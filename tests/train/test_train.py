@@ -103,7 +103,7 @@ def test_training_errors_are_one_line(atomic_db, tmp_path):
     db, _ = atomic_db
     for args, message in ((["--snapshot", "nope"], "no snapshot named 'nope'"),
                           (["--snapshot", "eight", "--lora", "8"], "--lora '8'"),
-                          (["--snapshot", "eight", "--format", "bad"], "--format must be one of"),
+                          (["--snapshot", "eight", "--format", "bad"], "'bad' is not one of 'comet'"),
                           (["--snapshot", "eight", "--base", str(tmp_path / "missing")], "neither an embedded")):
         p = run_skd("train", "--out", str(tmp_path / "o"), *args, db=db)
         assert p.returncode == 2 and message in p.stderr and p.stderr.strip().count("\n") == 0, p.stderr

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from store.models import MINILM, SMOLLM2
 
 from .cut import RECALL_GRID
 
@@ -36,3 +38,9 @@ class CriticConfig(BaseModel):
     calibrate: bool = Field(True, description="Calibrate scores on dev (Platt), so a score is a probability.")
     recalls: list[float] = Field(list(RECALL_GRID), description="Thresholds chosen on dev for these recalls.")
     precisions: list[float] = Field([], description="... and for these precisions.")
+
+    @model_validator(mode="after")
+    def _judge_needs_a_generative_model(self) -> CriticConfig:
+        if self.mode == "llm-judge" and self.base == MINILM:  # the encoder default cannot answer yes or no
+            self.base = SMOLLM2
+        return self

@@ -39,8 +39,10 @@ def grouped_folds(keys: list[str], k: int, seed: int) -> np.ndarray:
 def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: int = 5, by: str | None = "class",
                    on_fold: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Out-of-fold quality of the critic CFG trains, on the labels of EVAL_SOURCE."""
+    # with `sources` that leave EVAL_SOURCE out, its labels are only evaluated on, never trained on
+    trains_on_eval = not cfg.sources or eval_source in cfg.sources
     with Store(db, read_only=True) as s:
-        df = load_labels(s, cfg.labels_where, cfg.sources or None)
+        df = load_labels(s, cfg.labels_where, [*cfg.sources, eval_source] if cfg.sources else None)
     ev, rest = df.filter(pl.col("source") == eval_source), df.filter(pl.col("source") != eval_source)
     if ev.height == 0:
         raise SkdError(f"no labels from source {eval_source!r} (sources: {', '.join(sorted(set(df['source'])))})")
@@ -52,8 +54,9 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     for k in range(folds):
         started = time.monotonic()
         held = {key for key, f in zip(keys, fold, strict=True) if f == k}
-        train_df = pl.concat([rest.filter(pl.Series([x not in held for x in rest_keys], dtype=pl.Boolean)),
-                              ev.filter(pl.Series(fold != k))], how="vertical_relaxed")
+        parts = [rest.filter(pl.Series([x not in held for x in rest_keys], dtype=pl.Boolean))]
+        train_df = pl.concat(parts + ([ev.filter(pl.Series(fold != k))] if trains_on_eval else []),
+                             how="vertical_relaxed")
         tr, dev = split(train_df, cfg.dev_fraction, cfg.seed)
         out = Path(tempfile.mkdtemp(prefix="skd-cv-"))
         try:
@@ -65,7 +68,8 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
         if on_fold:
             on_fold(k, seconds[-1])
     labels = ev["label"].to_numpy()
-    result = {"eval_source": eval_source, "folds": folds, "n": int(ev.height), "train_labels": int(df.height),
+    result = {"eval_source": eval_source, "folds": folds, "n": int(ev.height), "trains_on_eval": trains_on_eval,
+              "train_labels": int(df.height if trains_on_eval else rest.height),
               "overall": _summary(oof, labels), "seconds_per_fold": float(np.mean(seconds)),
               "fold_of_group": "head or question", "scores": oof.tolist()}
     groups = [json.loads(e or "{}").get(by) for e in ev["extra"].to_list()] if by and "extra" in ev.columns else []

@@ -3,6 +3,7 @@ filtering buys ("keep the top X% -> Y% acceptable")."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,3 +62,21 @@ def report(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float])
         "thresholds": {name: at_threshold(scores, labels, t) for name, t in thresholds.items()},
         "kept_vs_acceptable": kept_table(scores, labels),
     }
+
+
+def evaluate_on_file(critic: dict[str, Any], path: Path, fmt: str) -> dict[str, Any]:
+    """The report of a registered critic (a `store.critics.get` row) on a label file it never saw: the file
+    is read into a throwaway store, so the corpus is not touched."""
+    import tempfile
+
+    from store import Store, import_labels
+
+    from .model import load_critic
+    from .train import load_labels
+    from .verbalize import verbalize_rows
+
+    with tempfile.TemporaryDirectory() as d, Store(Path(d) / "eval.duckdb") as tmp:
+        import_labels(tmp, path, fmt)
+        df = load_labels(tmp, None)
+    scores = load_critic(critic["path"]).score(verbalize_rows(df.to_dicts()))
+    return report(scores, df["label"].to_numpy(), critic["thresholds"] or {})

@@ -202,8 +202,6 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path) -> dic
         check_name_free(store, name)
         df = load_labels(store, cfg.labels_where, cfg.sources)
     train, dev = split(df, cfg.dev_fraction, cfg.seed)
-    if cfg.mode == "llm-judge" and cfg.base == "all-minilm-l6-v2":
-        cfg = cfg.model_copy(update={"base": "smollm2-135m-instruct"})  # a judge needs a generative model
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -11,12 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from critics import load_critic, report, train_critic
+from critics import train_critic
 from critics.config import CriticConfig
-from critics.score import score_items
-from critics.train import load_labels
-from critics.verbalize import verbalize_rows
-from store import LABEL_FORMATS, Store, default_path, import_labels
+from critics.metrics import evaluate_on_file
+from critics.score import ScoreSummary, score_items
+from store import LABEL_FORMATS, Store, default_path
 
 from .config_options import FLOATS, PAIRS, config_options
 from .options import Db, Json, Quiet
@@ -24,6 +21,11 @@ from .output import err, out, print_json, progress_bar, run_with_progress
 
 app = typer.Typer(help="Critic models: train from labels, score the corpus, evaluate.", no_args_is_help=True)
 LabelFormat = Enum("LabelFormat", {f.replace("-", "_"): f for f in LABEL_FORMATS}, type=str)
+
+
+def coverage_warnings(stats: ScoreSummary) -> list[str]:
+    return [f"warning: critic {stats.critic} was trained on no labels of {what}; {n:,} such items scored anyway "
+            "(their scores are guesses)" for what, n in sorted(stats.uncovered.items(), key=lambda kv: -kv[1])]
 
 
 def report_tables(name: str, rep: dict) -> list[Table]:
@@ -78,9 +80,8 @@ def score(
     progress, update = progress_bar(f"score {name}", "items", quiet or json)
     stats = run_with_progress(progress, lambda: score_items(
         db or default_path(), name, where, chunk, batch_size, on_chunk=lambda st, n: update(st.scored, n)))
-    for what, n in sorted(stats.uncovered.items(), key=lambda kv: -kv[1]):
-        err.print(f"warning: critic {name} was trained on no labels of {what}; {n:,} such items scored anyway "
-                  "(their scores are guesses)")
+    for line in coverage_warnings(stats):
+        err.print(line)
     if json:
         print_json(stats.as_dict())
     else:
@@ -98,11 +99,7 @@ def evaluate(
     """AUC, AP, precision/recall/F1 at the stored thresholds, and 'fraction kept -> fraction acceptable'."""
     with Store(db, read_only=True) as s:
         row = s.critics.get(name)
-    with tempfile.TemporaryDirectory() as d, Store(Path(d) / "eval.duckdb") as tmp:
-        import_labels(tmp, labels, format.value)
-        df = load_labels(tmp, None)
-    scores = load_critic(row["path"]).score(verbalize_rows(df.to_dicts()))
-    rep = report(scores, df["label"].to_numpy(), json_loads(row["thresholds"]))
+    rep = evaluate_on_file(row, labels, format.value)
     if json:
         print_json(rep)
         return
@@ -126,10 +123,6 @@ def list_critics(db: Db = None, json: Json = False) -> None:
     for r in rows:
         t.add_row(r["name"], r["mode"], r["base"], f"{r['dev_auc']:.3f}", r["path"])
     out.print(t)
-
-
-def json_loads(value: str | dict) -> dict:
-    return value if isinstance(value, dict) else json.loads(value)
 
 
 def register(root: typer.Typer) -> None:

@@ -14,7 +14,7 @@ from generators.recipes import read_toml, validate_config
 from store import Store
 from train.evaluate import compare
 
-from .cmd_snapshot import stats_tables
+from .cmd_snapshot import pass_rates, stats_tables
 from .cmd_train import compare_table
 from .options import Json, Quiet
 from .output import dict_table, err, out, print_json
@@ -40,7 +40,7 @@ def summary(p: Pipeline, runner: Runner) -> dict[str, Any]:
 def print_summary(sm: dict[str, Any]) -> None:
     out.print(Rule("summary"))
     funnel = {k: v for k, v in sm["funnel"].items() if isinstance(v, int)}
-    funnel |= {f"critic pass rate: {g}": f"{r:.1%}" for g, r in sm["funnel"].get("critic_pass_rate", {}).items()}
+    funnel |= pass_rates(sm["funnel"])
     out.print(dict_table(f"funnel to snapshot {sm['snapshot']} ({sm['content_hash'][:12]})", funnel))
     for t in stats_tables(sm["stats"]):
         out.print(t)

@@ -54,7 +54,7 @@ def train_cmd(cfg: TrainConfig, db: Db = None, json: Json = False, quiet: Quiet 
               + (f" (resumed from {s['resumed_from']})" if s["resumed_from"] else ""))
 
 
-@config_options(EvalConfig, "eval", flags={"relations": "--relations"})
+@config_options(EvalConfig, "eval")
 def eval_cmd(
     cfg: EvalConfig,
     model: Annotated[str, typer.Argument(help="A student (id or folder) or a teacher model (HF id, path, SmolLM2).")],

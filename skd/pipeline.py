@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from corpus import DedupConfig, SliceSpec, SnapshotRecipe
 from critics.config import CriticConfig
-from critics.cut import CriticCut
+from critics.cut import DEFAULT_RECALL, CriticCut
 from generators.config import GenerateConfig
 from train import StudentOptions
 from train.eval_run import EvalConfig
@@ -52,15 +52,16 @@ class CriticStage(CriticConfig, CriticCut):
     @model_validator(mode="after")
     def _cut_has_a_threshold(self) -> CriticStage:
         """The snapshot's cut must be one of the recalls the critic chooses thresholds for."""
-        recall = self.threshold_at_recall
-        if self.use is None and recall is not None and recall not in self.recalls:
+        recall = DEFAULT_RECALL if self.threshold_at_recall is None else self.threshold_at_recall
+        if self.use is None and self.min_score is None and recall not in self.recalls:
             raise ValueError(f"threshold_at_recall {recall:g} must be one of the recalls the critic gets "
                              f"thresholds for: {', '.join(f'{r:g}' for r in self.recalls)}")
         return self
 
     def training(self, sources: list[str]) -> CriticConfig:
-        """The training config: this table's CriticConfig fields, on the imported label sources."""
-        return CriticConfig(**self.model_dump(include=set(CriticConfig.model_fields)) | {"sources": sources})
+        """The training config: this table's CriticConfig fields, on the sources it names and those imported."""
+        named = self.model_dump(include=set(CriticConfig.model_fields))
+        return CriticConfig(**named | {"sources": sorted(set(self.sources) | set(sources))})
 
 
 class SnapshotStage(SliceSpec):

@@ -21,6 +21,7 @@ from store import SkdError, Store, import_labels, ingest_file, open_store
 from train import TrainConfig, fit
 from train.eval_run import EvalConfig
 
+from .cmd_critic import coverage_warnings
 from .cmd_generate import progress_view
 from .output import progress_bar, run_with_progress
 from .pipeline import STAGES, Pipeline
@@ -177,8 +178,11 @@ class Runner:
 
     def stage_score(self, plan: dict[str, Any]) -> dict[str, Any]:
         progress, update = progress_bar("score", "items", self.quiet)
-        return run_with_progress(progress, lambda: score_items(
-            self.db, self.made.critic, on_chunk=lambda st, n: update(st.scored, n))).as_dict()
+        stats = run_with_progress(progress, lambda: score_items(
+            self.db, self.made.critic, on_chunk=lambda st, n: update(st.scored, n)))
+        for line in coverage_warnings(stats):
+            self.say(f"    {line}")
+        return stats.as_dict()
 
     def stage_embed(self, plan: dict[str, Any]) -> dict[str, Any]:
         progress, update = progress_bar("embed", "items", self.quiet)
@@ -237,7 +241,10 @@ class Runner:
         if atomic and not own and not e.relations:  # ask what the corpus was distilled for
             fill["relations"] = make_recipe(g.recipe, g.recipe_config).config.relations
         if e.use_critic and e.critic is None and self.made.critic:  # accept where the snapshot cut
-            fill |= {"critic": self.made.critic, "critic_recall": e.critic_recall or p.critic.threshold_at_recall}
+            cut = e.critic_recall is None and e.critic_min_score is None  # unset: where the snapshot cut
+            fill |= {"critic": self.made.critic,
+                     "critic_recall": p.critic.threshold_at_recall if cut else e.critic_recall,
+                     "critic_min_score": p.critic.min_score if cut else e.critic_min_score}
         cfg = EvalConfig(**e.model_dump(include=set(EvalConfig.model_fields)) | fill)
         ids = []
         if self.made.student_id:

@@ -13,13 +13,13 @@ from store import SkdError
 from train.eval_run import EvalConfig, evaluate_model
 
 
-def critic_scorer(row: dict[str, Any], recall: float | None) -> tuple[Any, float]:
+def critic_scorer(row: dict[str, Any], recall: float | None, min_score: float | None = None) -> tuple[Any, float]:
     """Score items with the registered critic `row`; accept at its cut (the critics' default recall)."""
     from critics import load_critic, threshold_of
     from critics.verbalize import verbalize_rows
 
     critic = load_critic(row["path"])
-    return (lambda items: np.asarray(critic.score(verbalize_rows(items)))), threshold_of(row, recall)
+    return (lambda items: np.asarray(critic.score(verbalize_rows(items)))), threshold_of(row, recall, min_score)
 
 
 def check_answer(output: str, item: dict[str, Any]) -> bool | None:

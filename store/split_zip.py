@@ -93,7 +93,7 @@ def _extract(parts: list[Path], target: Path, marker: str, what: str) -> None:
         with JoinedParts(parts) as raw, zipfile.ZipFile(io.BufferedReader(raw, 1 << 20)) as zf:
             members = [m for m in zf.infolist() if not m.is_dir() and Path(m.filename).name not in SKIP]
             root = _root(members, marker, what)
-            for m in members:
+            for m in [m for m in members if Path(m.filename).is_relative_to(root)]:  # not __MACOSX/ and such
                 dest = tmp / Path(m.filename).relative_to(root)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(dest, "wb") as out:  # ZipExtFile checks the CRC at the end

@@ -33,10 +33,12 @@ from .evaluate import (
 from .formats import FORMATS
 
 # (model path or id, the inputs to complete, prompt format, settings) -> one output per input. The caller owns
-# prompting for the "fewshot" format (the teacher's own generation prompt); train.evaluate.prompts the rest.
+# prompting for the "fewshot" format (the teacher's own generation prompt); train.formats.prompt_of the others.
 Generate = Callable[[str, list[dict[str, Any]], str, "EvalConfig"], list[str]]
-# (a registered critic's row, the recall to cut at or None for the critics' default) -> (score items, threshold)
-ScorerFor = Callable[[dict[str, Any], float | None], tuple[Callable[[list[dict[str, Any]]], np.ndarray], float]]
+# (a registered critic's row, the recall to cut at or None for the critics' default, or a raw score to cut at)
+# -> (score items, threshold)
+ScorerFor = Callable[[dict[str, Any], float | None, float | None],
+                     tuple[Callable[[list[dict[str, Any]]], np.ndarray], float]]
 Checker = Callable[[str, dict[str, Any]], bool | None]
 
 
@@ -56,11 +58,12 @@ class EvalConfig(BaseModel):
     critic: str | None = Field(None, description="Report this critic's acceptance rate of the outputs.")
     critic_recall: float | None = Field(None, gt=0, le=1, description="Accept at the critic's dev threshold for "
                                                                       "this recall (default: the critics' cut).")
+    critic_min_score: float | None = Field(None, ge=0, le=1, description="... or at this critic score.")
     format: Literal["comet", "chat", "rationale", "fewshot"] | None = Field(
         None, description="Prompt format (default: the student's; chat for a teacher). fewshot: the prompt the "
                           "teacher generated with.")
     backend: Literal["transformers", "vllm", "openai"] = Field("transformers", description="Generation backend.")
-    limit: int | None = Field(200, gt=0, description="At most this many inputs (a seeded draw of references).")
+    limit: int = Field(200, ge=0, description="At most this many inputs (a seeded draw of references; 0: all).")
     max_tokens: int = Field(24, gt=0, description="Tokens per output.")
     temperature: float = Field(0.0, ge=0, description="0 is greedy.")
     seed: int = 0
@@ -82,7 +85,7 @@ def find_student(store: Store, name: str) -> dict[str, Any] | None:
 def eval_cases(store: Store, cfg: EvalConfig) -> tuple[list[Case], str]:
     """The inputs the config names, and a short description of where they came from."""
     refs = read_references(cfg.references) if cfg.references else None
-    limit, relations = cfg.limit, cfg.relations or None
+    limit, relations = cfg.limit or None, cfg.relations or None
     if cfg.questions:
         cases = cases_from_questions(read_questions(cfg.questions, cfg.questions_format))[cfg.offset:]
         return cases[:limit] if limit else cases, f"{cfg.questions} ({cfg.questions_format}, from {cfg.offset})"
@@ -119,7 +122,8 @@ def evaluate_model(db_path: Path, model: str, cfg: EvalConfig, *, generate: Gene
         done = stored_eval(s, eval_id)
     if done:
         return done
-    scorer, threshold = scorer_for(critic_row, cfg.critic_recall) if critic_row else (None, None)
+    scorer, threshold = scorer_for(critic_row, cfg.critic_recall, cfg.critic_min_score) if critic_row else (None,
+                                                                                                          None)
     outputs = generate(student["path"] if student else model, [c.item for c in cases], fmt, cfg)
     metrics = score_outputs(cases, outputs, embed_model=cfg.embed_model, scorer=scorer, threshold=threshold,
                             checker=checker)

@@ -17,7 +17,7 @@ from corpus import snapshot_frame, snapshot_row
 from store import MINILM, SkdError, Store, open_store
 from store.readers import iter_atomic2020
 
-from .formats import extract_answer, prompt_of
+from .formats import extract_answer
 from .textmetrics import corpus_bleu, degenerate, rouge_l
 
 
@@ -89,10 +89,6 @@ def cases_from_questions(questions: list[dict[str, Any]]) -> list[Case]:
     """Questions as read by the rationale recipe: {question, choices, gold, type}."""
     return [Case({"kind": "qa", "question": q["question"], "choices": q.get("choices"), "answer": q.get("gold"),
                   "type": q.get("type")}, [q["gold"]] if q.get("gold") else []) for q in questions]
-
-
-def prompts(cases: list[Case], fmt: str) -> list[str | list[dict[str, str]]]:
-    return [prompt_of(c.item, fmt) for c in cases]
 
 
 def similarity(outputs: list[str], cases: list[Case], model: str) -> float | None:

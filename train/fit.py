@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from corpus import snapshot_frame, snapshot_row
 from store import SMOLLM2, SkdError, Store, open_store, resolve_model
 
-from .formats import FORMATS, example, tokenized
+from .formats import example, tokenized
 
 
 class StudentOptions(BaseModel):
@@ -48,8 +48,6 @@ class TrainConfig(StudentOptions):
 
 def training_rows(db: Path, cfg: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The snapshot's training examples and its row (read-only: training never holds the write lock)."""
-    if cfg.format not in FORMATS:
-        raise SkdError(f"--format must be one of {', '.join(FORMATS)}")
     with Store(db, read_only=True) as s:
         row = snapshot_row(s, cfg.snapshot)
         df = snapshot_frame(s, cfg.snapshot)

@@ -22,12 +22,9 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")  # its plugin search scan
 import typer
 import typer.core
 
-try:  # typer 0.16+ vendors click: its commands raise its own exceptions
-    from typer._click import core as click
-    from typer._click.exceptions import ClickException, UsageError
-except ImportError:
-    import click
-    from click import ClickException, UsageError
+# typer (0.26+) vendors click: its commands raise its own exceptions
+from typer._click import core as click
+from typer._click.exceptions import ClickException, UsageError
 
 from store.errors import SkdError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -12,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +39,13 @@ DEFAULT_WAIT = 300.0
 log = logging.getLogger("skd.store")
 
 
+@functools.cache
 def skd_version() -> str:
+    import importlib.metadata  # imported here: it costs `skd query` 30 ms of start-up
+
     try:
-        return version("skd")
-    except PackageNotFoundError:
+        return importlib.metadata.version("skd")
+    except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
 
 

@@ -36,7 +36,9 @@ def main() -> None:
     py = sys.executable
     with tempfile.TemporaryDirectory() as d:
         db = str(Path(d) / "c.duckdb")
-        env = {**os.environ, "SKD_DB": db}
+        # bytecode as a user's install has it (this sandbox sets PYTHONDONTWRITEBYTECODE, so that every run
+        # would compile skd's modules again); best_of's first run writes it
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"SKD_DB": db}
         subprocess.run([py, "-m", "skd", "init"], env=env, check=True, stdout=subprocess.DEVNULL)
         raw_query = [py, "-c", f"import duckdb; print(duckdb.connect({db!r}, read_only=True).sql('select 1')"
                                ".fetchall())"]

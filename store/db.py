@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from .catalog import Critics, Evals, Generations, Labels, Runs, Scores, Students
 from .errors import LockedError, SchemaError, SkdError
 from .migrations import LATEST, migrate, schema_version
 from .redact import redact, redact_value
+from .version import VERSION
 
 if TYPE_CHECKING:
     import polars as pl
@@ -39,14 +39,8 @@ DEFAULT_WAIT = 300.0
 log = logging.getLogger("skd.store")
 
 
-@functools.cache
 def skd_version() -> str:
-    import importlib.metadata  # imported here: it costs `skd query` 30 ms of start-up
-
-    try:
-        return importlib.metadata.version("skd")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
+    return VERSION
 
 
 def default_path() -> Path:
@@ -290,7 +284,8 @@ class Store:
         tables = [r[0] for r in self.con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
             "AND table_name <> 'skd_schema' ORDER BY table_name").fetchall()]
-        counts = {t: self.scalar(f'SELECT count(*) FROM "{t}"') for t in tables}
+        counts = dict(sorted(self.con.execute(" UNION ALL ".join(  # one query: each costs start-up a few ms
+            f"SELECT '{t}', count(*) FROM \"{t}\"" for t in tables)).fetchall())) if tables else {}
         per_kind = dict(self.con.execute(
             "SELECT kind, count(*) FROM items GROUP BY kind ORDER BY kind").fetchall())
         per_relation = dict(self.con.execute(

@@ -1,22 +1,26 @@
 """The Symbolic Knowledge Distillation experiment at this machine's scale, on the embedded models: does a
 student trained on a critic-filtered corpus beat its teacher, measured on held-out heads against human
-references?
+references, and do I2D2 self-imitation rounds improve it further?
 
-1. The ATOMIC-2020 human tuples (../shared/data) are split by head (seeded) into heads to distil on and heads
-   to evaluate on; only the 7 ATOMIC-10x relations are used.
-2. The teacher (SmolLM2-135M-Instruct, transformers) writes ATOMIC-10x inferences for the distillation heads
-   with the recipe's few-shot prompts.
-3. The filtering critic (MiniLM, frozen + head, CKBP v1 crowd labels) scores them; semantic dedup per head
-   and relation. The judging critic is another (MPNet, frozen + head, CKBP v1 + v2 expert labels), so the
-   filter does not grade itself.
-4. Students (SmolLM2 + LoRA, the same steps each): the unfiltered corpus; the filtered, deduplicated corpus at
-   two cuts (recall 0.8 and 0.5 of the critic's dev threshold); the human tuples of the distillation heads
-   (the COMET baseline).
-5. Each, and the teacher with the prompt it generated with, completes the evaluation heads' (head, relation)
-   pairs greedily: judge acceptance, ROUGE-L and BLEU-2 against all human references (best over references),
-   distinct-2 and unique-output ratio, degenerate rate.
+1. The ATOMIC-2020 human tuples (../shared/data) are split by head (seeded) into heads to distil on and heads to
+   evaluate on; only the 7 ATOMIC-10x relations are used.
+2. The filtering critic (MiniLM, frozen + head, CKBP v1 crowd labels) and the judging critic (MPNet, frozen +
+   head, CKBP v1 + v2 expert labels, so the filter does not grade itself) are trained.
+3. `skd run`'s pipeline (skd.run.Runner), round 1: the teacher (SmolLM2-135M-Instruct, transformers) writes
+   ATOMIC-10x inferences for the distillation heads with the recipe's few-shot prompts; the filter scores them;
+   semantic dedup per head and relation; a snapshot cut at recall 0.8 of the filter's dev threshold; a student
+   (SmolLM2 + LoRA) trained on it; the student and the teacher (with the prompt it generated with) evaluated.
+4. Beside it, from the same round-1 corpus: students on the unfiltered corpus, on the cut at recall 0.5, and
+   on the human tuples of the distillation heads (the COMET baseline), with the same steps.
+5. The pipeline again with `[loop] rounds = 3`: round 1 is skipped (done), rounds 2 and 3 generate with the
+   previous round's student, through the same critic and dedup, and train on the accepted corpus so far.
+6. Every model completes the evaluation heads' (head, relation) pairs greedily: judge acceptance, ROUGE-L and
+   BLEU-2 against all human references (best over references), distinct-2 and unique-output ratio, degenerate
+   rate.
 
-    python bench/distill.py [--distil-heads 60] [--eval-pairs 120] [--samples 4] [--steps 80]
+    python bench/distill.py [--distil-heads 60] [--eval-pairs 120] [--samples 4] [--steps 80] [--work DIR]
+
+With --work, what a run in DIR already made (generations, critics, snapshots, students, evaluations) is kept.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from rich.table import Table
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 RELATIONS = ["xAttr", "xEffect", "xIntent", "xNeed", "xReact", "xWant", "HinderedBy"]
+GENERATED = "domain = 'atomic10x'"
+STUDENT = {"lora": (16, 32), "lr": 1e-3, "batch_size": 8, "max_length": 64, "save_steps": 10_000}
 
 
 def say(msg: str) -> None:
@@ -60,21 +66,6 @@ def split_heads(seed: int) -> tuple[list[str], dict[tuple[str, str], list[str]],
     return distil, own, held
 
 
-def generate(db: Path, heads: list[str], samples: int, seed: int, tmp: Path) -> dict:
-    from generators import make_recipe, make_teacher, run_generation
-
-    (tmp / "heads.txt").write_text("\n".join(heads) + "\n")
-    recipe = make_recipe("atomic10x", {"stage": "inferences", "events_from": "seeds", "seeds": str(tmp / "heads.txt"),
-                                       "relations": RELATIONS,
-                                       "inference_sampling": {"n": samples, "temperature": 1.0, "top_p": 0.9,
-                                                              "max_tokens": 16, "stop": ["\n"]}})
-    teacher = make_teacher("transformers", "smollm2-135m-instruct", batch_size=32)
-    try:
-        return run_generation(db, recipe, teacher, seed=seed, batch_size=64).as_dict()
-    finally:
-        teacher.close()
-
-
 def critics(db: Path) -> dict:
     from critics import CriticConfig, train_critic
     from store import Store, import_labels
@@ -83,11 +74,46 @@ def critics(db: Path) -> dict:
         import_labels(s, DATA / "ckbp/ckbp1_crowd.csv", "ckbp", source="ckbp1")
         import_labels(s, DATA / "ckbp/ckbp2_dev.csv", "ckbp", source="ckbp2")
         files = s.files_dir
-    filt = train_critic(db, "filter", CriticConfig(mode="embedding", sources=["ckbp1"]), files / "critics/filter")
-    judge = train_critic(db, "judge", CriticConfig(mode="embedding", base="all-mpnet-base-v2",
-                                                   sources=["ckbp1", "ckbp2"], source_weights={"ckbp2": 3.0}),
-                         files / "critics/judge")
-    return {"filter_dev_auc": filt["metrics"]["dev"]["auc"], "judge_dev_auc": judge["metrics"]["dev"]["auc"]}
+    configs = {"filter": CriticConfig(mode="embedding", sources=["ckbp1"]),
+               "judge": CriticConfig(mode="embedding", base="all-mpnet-base-v2", sources=["ckbp1", "ckbp2"],
+                                     source_weights={"ckbp2": 3.0})}
+    out = {}
+    for name, cfg in configs.items():
+        with Store(db, read_only=True) as s:
+            row = s.critics.get(name) if s.critics.exists(name) else None
+        if row is None:  # kept when an earlier run in the folder trained it
+            row = train_critic(db, name, cfg, files / "critics" / name)
+        out[f"{name}_dev_auc"] = row["metrics"]["dev"]["auc"]
+    return out
+
+
+def pipeline(db: Path, tmp: Path, heads: Path, refs: Path, args: argparse.Namespace, rounds: int):
+    """The `skd run` pipeline of this experiment (round 1, or with self-imitation rounds)."""
+    from skd.pipeline import Pipeline
+
+    return Pipeline.model_validate({
+        "corpus": {"path": db},
+        "generate": {"recipe": "atomic10x", "teacher": "smollm2-135m-instruct", "backend": "transformers",
+                     "seed": args.seed, "batch_size": 64, "teacher_options": {"batch_size": 32},
+                     "recipe_config": {"stage": "inferences", "events_from": "seeds", "seeds": str(heads),
+                                       "relations": RELATIONS,
+                                       "inference_sampling": {"n": args.samples, "temperature": 1.0, "top_p": 0.9,
+                                                              "max_tokens": 16, "stop": ["\n"]}}},
+        "critic": {"use": "filter", "threshold_at_recall": 0.8},
+        "dedup": {"method": "semantic", "threshold": 0.9, "scope": "head-relation"},
+        "snapshot": {"name": "loop", "where": GENERATED, "kinds": ["triple"], "split": {"train": 1.0}},
+        "student": {"out": tmp / "student-loop", **STUDENT, "max_steps": args.steps},
+        "eval": {"references": refs, "relations": RELATIONS, "limit": args.eval_pairs, "critic": "judge",
+                 "max_tokens": 16, "teacher": True},
+        "loop": {"rounds": rounds}})
+
+
+def run_pipeline(p, quiet: bool = True):
+    from skd.run import Runner
+
+    runner = Runner(p, say=lambda m: say(m.strip()), quiet=quiet)
+    runner.run()
+    return runner
 
 
 def human_corpus(db: Path, own: dict[tuple[str, str], list[str]], tmp: Path) -> None:
@@ -103,36 +129,38 @@ def human_corpus(db: Path, own: dict[tuple[str, str], list[str]], tmp: Path) -> 
         ingest_file(s, path, "jsonl")
 
 
-def snapshots(db: Path) -> dict[str, int]:
-    from corpus import SnapshotRecipe, create_snapshot, dedup, embed_items
-    from critics.score import score_items
+def snapshots(db: Path, where: str, cuts: dict[str, float | None]) -> dict[str, int]:
+    """Snapshots of the round-1 corpus beside the pipeline's: unfiltered, or cut by the filter at a recall
+    (deduplicated as the pipeline did); kept when a run in the same folder cut them before."""
+    from corpus import SnapshotRecipe, create_snapshot, snapshot_row
     from store import Store
 
-    gen = "domain = 'atomic10x'"
-    score_items(db, "filter", gen)
-    score_items(db, "judge", gen)
-    embed_items(db, where=gen)
+    out = {}
     with Store(db) as s:
-        dedup(s, "semantic", 0.9, "head-relation", critic="filter", where=gen)
-        train = {"train": 1.0}
-        recipes = {"unfiltered": SnapshotRecipe(where=gen, split=train),
-                   "filtered-r0.8": SnapshotRecipe(where=gen, critic="filter", threshold_at_recall=0.8,
-                                                   dedup="semantic", split=train),
-                   "filtered-r0.5": SnapshotRecipe(where=gen, critic="filter", threshold_at_recall=0.5,
-                                                   dedup="semantic", split=train),
-                   "human": SnapshotRecipe(where="domain = 'human'", split=train)}
-        return {name: create_snapshot(s, name, r)["funnel"]["snapshot"] for name, r in recipes.items()}
+        for name, recall in cuts.items():
+            cut = {} if recall is None else {"critic": "filter", "threshold_at_recall": recall, "dedup": "semantic"}
+            row = snapshot_row(s, name) if s.snapshots.exists(name) else create_snapshot(
+                s, name, SnapshotRecipe(where=where, split={"train": 1.0}, **cut))
+            out[name] = row["funnel"]["snapshot"]
+    return out
 
 
 def students(db: Path, names: list[str], steps: int, tmp: Path) -> dict[str, str]:
+    """Each snapshot's student folder (trained here unless an earlier run in the folder did)."""
+    import json
+
     from train import TrainConfig, fit
 
     out = {}
     for name in names:
         started = time.monotonic()
-        card = fit(db, TrainConfig(snapshot=name, out=tmp / f"student-{name}", lora=(16, 32), max_steps=steps,
-                                   lr=1e-3, batch_size=8, max_length=64, save_steps=10_000))
-        out[name] = card["student_id"]
+        folder = tmp / f"student-{name}"
+        if (folder / "student.json").is_file():  # made by an earlier run in this folder
+            out[name] = str(folder)
+            continue
+        fit(db, TrainConfig(snapshot=name, out=folder, **STUDENT, max_steps=steps))
+        out[name] = str(folder)
+        card = json.loads((folder / "student.json").read_text())
         say(f"student {name}: {steps} steps in {time.monotonic() - started:.0f} s, loss "
             f"{card['summary']['first_loss']:.3f} -> {card['summary']['last_loss']:.3f}")
     return out
@@ -146,8 +174,10 @@ def evaluate(db: Path, models: dict[str, tuple[str, str]], refs: Path, pairs: in
     rows = {}
     for label, (model, fmt) in models.items():
         started = time.monotonic()
-        cfg = EvalConfig(references=refs, relations=RELATIONS, limit=pairs, critic="judge", format=fmt,
-                         max_tokens=16)
+        # the pipeline's eval config, so what it evaluated is found, not repeated
+        cfg = EvalConfig(references=refs, relations=RELATIONS, limit=pairs, critic="judge", max_tokens=16)
+        if fmt:
+            cfg = cfg.model_copy(update={"format": fmt, "backend": "transformers"})
         r = run_eval(db, model, cfg)
         outs = [s["output"] for s in r["samples"]]
         m = r["metrics"]
@@ -166,44 +196,64 @@ def main() -> None:
     ap.add_argument("--eval-pairs", type=int, default=120)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=None, help="Folder to work in (kept); default: a new temporary one.")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"needs ../shared/data ({DATA})")
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="skd-distill-"))
+    tmp = args.work or Path(tempfile.mkdtemp(prefix="skd-distill-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     db = tmp / "c.duckdb"
     distil, own, held = split_heads(args.seed)
     heads = distil[: args.distil_heads]
     own = {k: v for k, v in own.items() if k[0] in set(heads)}
     refs = tmp / "held_out.tsv"  # the evaluation heads' references, in ATOMIC-2020's format
     refs.write_text("".join(f"{h} @@ {r}\t{'| '.join(t)}\n" for (h, r), t in sorted(held.items())))
+    (tmp / "heads.txt").write_text("\n".join(heads) + "\n")
     say(f"{len(heads)} distillation heads ({sum(len(v) for v in own.values())} human tails), "
-        f"{len(held)} held-out (head, relation) pairs; evaluating on {args.eval_pairs}")
-    gen = generate(db, heads, args.samples, args.seed, tmp)
-    say(f"teacher: {gen['completions']} completions, {gen['parsed']} parsed, {gen['new_items']} new items")
+        f"{len(held)} held-out (head, relation) pairs; evaluating on {args.eval_pairs}; work in {tmp}")
     crit = critics(db)
     say(f"critics: {crit}")
-    human_corpus(db, own, tmp)
-    sizes = snapshots(db)
-    say(f"snapshots: {sizes}")
-    ids = students(db, list(sizes), args.steps, tmp)
-    models = {"teacher (few-shot prompt)": ("smollm2-135m-instruct", "fewshot")}
-    models |= {f"student: {name} ({sizes[name]:,} items)": (sid, None) for name, sid in ids.items()}
+    first = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=1))
+    gen = first.summaries["generate"]
+    say(f"round 1: {first.summaries['snapshot']['funnel']}")
+    sizes = snapshots(db, GENERATED, {"unfiltered": None, "filtered-r0.5": 0.5})
+    looped = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=args.rounds))
+    human_corpus(db, own, tmp)  # after the loop: its dedup and snapshots are of the generated corpus only
+    sizes |= snapshots(db, "domain = 'human'", {"human": None})
+    ids = students(db, ["unfiltered", "filtered-r0.5", "human"], args.steps, tmp)
+    loop_rows = looped.round_rows()
+    r1 = loop_rows[0]["snapshot_items"]
+    models = {"teacher (few-shot prompt)": ("smollm2-135m-instruct", "fewshot"),
+              f"student: unfiltered ({sizes['unfiltered']:,} items)": (ids["unfiltered"], None),
+              f"student: filtered-r0.8 = round 1 ({r1:,} items)": (first.made.student_path, None),
+              f"student: filtered-r0.5 ({sizes['filtered-r0.5']:,} items)": (ids["filtered-r0.5"], None),
+              f"student: human ({sizes['human']:,} tuples)": (ids["human"], None)}
+    for row in loop_rows[1:]:
+        models[f"student: round {row['round']} ({row['snapshot_items']:,} items)"] = (
+            looped.summaries[f"train@{row['round']}"]["out"], None)
     rows = evaluate(db, models, refs, args.eval_pairs)
     t = Table(title=f"SKD at small scale: SmolLM2-135M teacher and students, {len(heads)} distillation heads, "
-                    f"{args.eval_pairs} held-out (head, relation) pairs, greedy")
+                    f"{args.samples} samples per (head, relation), {args.steps} LoRA steps, {args.eval_pairs} "
+                    "held-out (head, relation) pairs, greedy", title_justify="left")
     for col in ("model", "judge accept.", "judge mean", "ROUGE-L", "BLEU-2", "distinct-2", "unique", "degen.", "n"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for label, r in rows.items():
         t.add_row(label, f"{r['judge']:.3f}", f"{r['judge_mean']:.3f}", f"{r['rouge_l']:.3f}", f"{r['bleu2']:.3f}",
                   f"{r['distinct_2']:.3f}", f"{r['unique']:.3f}", f"{r['degenerate']:.3f}", str(r["n"]))
-    Console(width=170).print(t)
+    console = Console(width=170)
+    console.print(t)
+    from skd.cmd_run import rounds_table
+
+    console.print(rounds_table(loop_rows))
     print(f"critics: filter dev AUC {crit['filter_dev_auc']:.3f} (MiniLM, CKBP v1), judge dev AUC "
           f"{crit['judge_dev_auc']:.3f} (MPNet, CKBP v1 + v2); teacher parse rate "
-          f"{gen['parsed'] / max(1, gen['completions']):.1%}; total {(time.monotonic() - started) / 60:.1f} min")
+          f"{gen['parsed'] / max(1, gen['completions']):.1%} of {gen['completions']:,} completions; "
+          f"total {(time.monotonic() - started) / 60:.1f} min")
     print(f"python bench/distill.py --distil-heads {args.distil_heads} --eval-pairs {args.eval_pairs} "
-          f"--samples {args.samples} --steps {args.steps} --seed {args.seed}")
+          f"--samples {args.samples} --steps {args.steps} --rounds {args.rounds} --seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.rule import Rule
+from rich.table import Table
 
 from corpus import snapshot_row
 from generators.recipes import read_toml, validate_config
@@ -34,7 +35,8 @@ def summary(p: Pipeline, runner: Runner) -> dict[str, Any]:
         evals = compare(s, made.eval_ids) if made.eval_ids else []
     return {"snapshot": snap["name"], "content_hash": snap["content_hash"], "funnel": snap["funnel"],
             "stats": snap["stats"], "critic": done.get("critic"), "evals": evals,
-            "student": done.get("train", {}).get("out"), "export": done.get("export", {}).get("out")}
+            "student": made.student_path, "export": done.get("export", {}).get("out"),
+            "rounds": runner.round_rows() if p.loop.rounds > 1 else []}
 
 
 def print_summary(sm: dict[str, Any]) -> None:
@@ -52,9 +54,21 @@ def print_summary(sm: dict[str, Any]) -> None:
             **{f"threshold {k}": round(v, 4) for k, v in (c.get("thresholds") or {}).items()}}))
     if sm["evals"]:
         out.print(compare_table(sm["evals"]))
+    if sm["rounds"]:
+        out.print(rounds_table(sm["rounds"]))
     for what in ("export", "student"):
         if sm[what]:
             out.print(f"{what}: {sm[what]}")
+
+
+def rounds_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="self-imitation rounds (passed critic, after dedup, snapshot: the corpus so far)",
+              title_justify="left")
+    for col in rows[0]:
+        t.add_column(col, justify="left" if col in ("generator", "snapshot") else "right")
+    for r in rows:
+        t.add_row(*["-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()])
+    return t
 
 
 def run(

@@ -17,6 +17,13 @@ from train import StudentOptions
 from train.eval_run import EvalConfig
 
 STAGES = ("ingest", "generate", "critic", "score", "embed", "dedup", "snapshot", "export", "train", "eval")
+# what every self-imitation round after the first runs again (the critic, ingest and export are the first's)
+LOOP_STAGES = ("generate", "score", "embed", "dedup", "snapshot", "train", "eval")
+
+
+def step_name(stage: str, round_: int) -> str:
+    """A step of the run: round 1's stages by their names (as without a loop), later ones as STAGE@ROUND."""
+    return stage if round_ == 1 else f"{stage}@{round_}"
 
 
 class Strict(BaseModel):
@@ -88,6 +95,15 @@ class EvalStage(EvalConfig):
     use_critic: bool = Field(True, description="Report the pipeline critic's acceptance of the outputs.")
 
 
+class LoopStage(Strict):
+    """Self-imitation after I2D2: round 1 generates with the teacher; each later round generates with the
+    previous round's student (prompted in its own training format), through the same critic and dedup (over
+    everything earlier rounds made), then cuts its own snapshot of the accepted corpus so far and trains its
+    student on it."""
+
+    rounds: int = Field(1, ge=1, description="Rounds of generate, filter, snapshot and train.")
+
+
 class Pipeline(Strict):
     corpus: CorpusStage = Field(default_factory=CorpusStage)
     generate: GenerateStage | None = None
@@ -97,6 +113,7 @@ class Pipeline(Strict):
     export: ExportStage | None = None
     student: StudentOptions | None = None
     eval: EvalStage | None = None
+    loop: LoopStage = Field(default_factory=LoopStage)
 
     @model_validator(mode="after")
     def _check_across_stages(self) -> Pipeline:
@@ -111,8 +128,25 @@ class Pipeline(Strict):
             from generators.backends import check_teacher_options
 
             check_teacher_options(self.generate.backend, self.generate.teacher_options, "generate.teacher_options")
-            make_recipe(self.generate.recipe, self.generate.recipe_config, source="generate.recipe_config")
+            recipe = make_recipe(self.generate.recipe, self.generate.recipe_config, source="generate.recipe_config")
+            if self.loop.rounds > 1 and getattr(recipe.config, "stage", None) == "events":
+                raise ValueError("loop.rounds > 1: the recipe's stage is 'events', and a student writes inferences")
+        if self.loop.rounds > 1:
+            missing = [t for t in ("generate", "critic", "student") if getattr(self, t) is None]
+            if missing:
+                raise ValueError(f"loop.rounds > 1 needs the tables {', '.join(f'[{t}]' for t in missing)}: each "
+                                 "round generates, filters and trains a student")
+            if self.generate.recipe != "atomic10x" or self.student.format != "comet":
+                raise ValueError("loop.rounds > 1: a student generates the next round for the atomic10x recipe "
+                                 "with format = 'comet' (its (head, relation) prompt); other recipes have no "
+                                 "student prompt yet")
         return self
+
+    def steps(self) -> list[tuple[str, int]]:
+        """(stage, round) in the order they run: the configured stages, then LOOP_STAGES for each later round."""
+        first = [stage for stage in STAGES if self.stage_config(stage) is not None]
+        later = [stage for stage in LOOP_STAGES if stage in first]
+        return [(stage, 1) for stage in first] + [(stage, r) for r in range(2, self.loop.rounds + 1) for stage in later]
 
     def snapshot_recipe(self, critic: str | None) -> SnapshotRecipe:
         s, c, d = self.snapshot, self.critic, self.dedup
@@ -131,6 +165,8 @@ class Pipeline(Strict):
             return None
         if stage in ("critic", "score"):  # the cut belongs to the snapshot: changing it retrains nothing
             return table.model_dump(mode="json", exclude={"threshold_at_recall", "min_score"})
+        if stage == "dedup" and self.snapshot.where:  # dedup clusters what the snapshot is cut from
+            return table.model_dump(mode="json") | {"where": self.snapshot.where}
         if stage == "snapshot":
             return table.model_dump(mode="json") | {"critic_cut": [self.critic.threshold_at_recall,
                                                                    self.critic.min_score] if self.critic else None}

@@ -14,30 +14,32 @@ from pathlib import Path
 from typing import Any
 
 from corpus import create_snapshot, dedup, embed_items, export_snapshot, push_snapshot, snapshot_row
+from corpus.stats import distinct_n
 from critics import train_critic
 from critics.score import score_items
 from generators import make_recipe, make_teacher, run_generation
 from store import SkdError, Store, import_labels, ingest_file, open_store
 from train import TrainConfig, fit
 from train.eval_run import EvalConfig
+from train.evaluate import compare
 
 from .cmd_critic import coverage_warnings
 from .cmd_generate import progress_view
 from .output import progress_bar, run_with_progress
-from .pipeline import STAGES, Pipeline
-from .wiring import evaluate
+from .pipeline import Pipeline, step_name
+from .wiring import evaluate, student_recipe
 
 Say = Callable[[str], None]
 
 
 def stage_keys(p: Pipeline) -> dict[str, str]:
+    """Each step's key, chained through the steps before it. Round 1's keys are those of a pipeline without a
+    loop, and a round's keys do not depend on how many rounds follow: adding rounds reruns nothing."""
     keys, prev = {}, ""
-    for stage in STAGES:
-        cfg = p.stage_config(stage)
-        if cfg is None:
-            continue
-        prev = hashlib.sha256(json.dumps([stage, cfg, prev], sort_keys=True, default=str).encode()).hexdigest()[:16]
-        keys[stage] = prev
+    for stage, round_ in p.steps():
+        parts = [stage, p.stage_config(stage), prev] + ([round_] if round_ > 1 else [])
+        prev = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        keys[step_name(stage, round_)] = prev
     return keys
 
 
@@ -56,15 +58,16 @@ class Made:
     critic: str | None = None
     snapshot: str | None = None
     student_id: str | None = None
+    student_path: str | None = None
     eval_ids: list[str] = field(default_factory=list)
 
     # stage -> (field of Made, key of that stage's summary): how a skipped stage's product is found again
-    FROM_SUMMARY = {"critic": ("critic", "critic"), "snapshot": ("snapshot", "snapshot"),
-                    "train": ("student_id", "student_id"), "eval": ("eval_ids", "eval_ids")}
+    FROM_SUMMARY = {"critic": [("critic", "critic")], "snapshot": [("snapshot", "snapshot")],
+                    "train": [("student_id", "student_id"), ("student_path", "out")],
+                    "eval": [("eval_ids", "eval_ids")]}
 
     def restore(self, stage: str, summary: dict[str, Any]) -> None:
-        if stage in self.FROM_SUMMARY:
-            name, key = self.FROM_SUMMARY[stage]
+        for name, key in self.FROM_SUMMARY.get(stage, []):
             setattr(self, name, summary[key])
 
 
@@ -73,8 +76,9 @@ class Runner:
         self.p, self.say, self.quiet = p, say, quiet
         self.db = p.corpus.path
         self.keys = stage_keys(p)
-        self.summaries: dict[str, dict[str, Any]] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}  # by step: STAGE, or STAGE@ROUND for later rounds
         self.made = Made()
+        self.round = 1
 
     def run(self, only: str | None = None, start: str | None = None) -> Made:
         for name in (only, start):
@@ -83,26 +87,27 @@ class Runner:
         self.db.parent.mkdir(parents=True, exist_ok=True)
         order = list(self.keys)
         forced = set(order[order.index(start):]) if start else {only} if only else set()
-        for k, stage in enumerate(order, 1):
+        for k, (stage, round_) in enumerate(self.p.steps(), 1):
+            step, self.round = step_name(stage, round_), round_
             with open_store(self.db) as s:
-                prior = s.runs.pipeline_stage(self.keys[stage])
-            if prior and prior["status"] == "ok" and stage not in forced:
-                self.summaries[stage] = prior["summary"]
+                prior = s.runs.pipeline_stage(self.keys[step])
+            if prior and prior["status"] == "ok" and step not in forced:
+                self.summaries[step] = prior["summary"]
                 self.made.restore(stage, prior["summary"])
-                self.say(f"[{k}/{len(order)}] {stage}: done before, skipped")
+                self.say(f"[{k}/{len(order)}] {step}: done before, skipped")
                 continue
-            if only and stage != only:
-                raise SkdError(f"stage {stage!r} has not run with this config; run without --only first")
-            self.say(f"[{k}/{len(order)}] {stage}")
-            self.summaries[stage] = self.run_stage(stage, prior)
-            self.made.restore(stage, self.summaries[stage])
+            if only and step != only:
+                raise SkdError(f"stage {step!r} has not run with this config; run without --only first")
+            self.say(f"[{k}/{len(order)}] {step}")
+            self.summaries[step] = self.run_stage(stage, step, prior)
+            self.made.restore(stage, self.summaries[step])
         return self.made
 
-    def run_stage(self, stage: str, prior: dict[str, Any] | None) -> dict[str, Any]:
-        key = self.keys[stage]
+    def run_stage(self, stage: str, step: str, prior: dict[str, Any] | None) -> dict[str, Any]:
+        key = self.keys[step]
         with open_store(self.db) as s:
             plan = self.plan(s, stage, key, prior)
-            run_id = s.start_run("pipeline", {"stage": stage, "key": key, "plan": plan})
+            run_id = s.start_run("pipeline", {"stage": stage, "round": self.round, "key": key, "plan": plan})
         try:
             summary = self.stage_functions()[stage](plan) | {"plan": plan}
         except BaseException as e:
@@ -114,14 +119,14 @@ class Runner:
         return summary
 
     def plan(self, s: Store, stage: str, key: str, prior: dict[str, Any] | None) -> dict[str, Any]:
-        p = self.p
+        p, later = self.p, f"-r{self.round}" if self.round > 1 else ""  # a later round's outputs: NAME-rN
         if stage == "critic":
             return {"critic": plan_name(s, key, p.critic.name, s.critics.exists, prior, "critic")}
         if stage == "snapshot":
-            return {"snapshot": plan_name(s, key, p.snapshot.name, s.snapshots.exists, prior, "snapshot")}
+            return {"snapshot": plan_name(s, key, p.snapshot.name + later, s.snapshots.exists, prior, "snapshot")}
         if stage in ("export", "train"):
-            base = p.export.out if stage == "export" else p.student.out
-            return {"out": plan_name(s, key, str(base), lambda n: Path(n).exists(), prior, "out")}
+            base = str(p.export.out if stage == "export" else p.student.out) + later
+            return {"out": plan_name(s, key, base, lambda n: Path(n).exists(), prior, "out")}
         return {}
 
     def stage_functions(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
@@ -144,17 +149,30 @@ class Runner:
         g = self.p.generate
         recipe = make_recipe(g.recipe, g.recipe_config, source="generate.recipe_config")
         recipe.check_inputs()
-        teacher = make_teacher(g.backend, g.teacher, **g.teacher_options)
+        lineage = {"round": self.round, "generator": "teacher"}
+        if self.round == 1:
+            teacher = make_teacher(g.backend, g.teacher, **g.teacher_options)
+        else:  # self-imitation: the previous round's student, asked as it was trained
+            recipe = student_recipe(recipe, self.p.student.format)
+            backend = g.backend if g.backend in ("transformers", "vllm") else "transformers"
+            teacher = make_teacher(backend, self.made.student_path, **(g.teacher_options if backend == g.backend
+                                                                       else {}))
+            lineage = {"round": self.round, "generator": "student", "student_id": self.made.student_id,
+                       "prompt_format": self.p.student.format}
         progress, update = progress_view(self.quiet)
         try:
             stats = run_with_progress(progress, lambda: run_generation(
                 self.db, recipe, teacher, seed=g.seed, limit=g.limit, batch_size=g.batch_size,
-                config={"backend": g.backend, "teacher_options": g.teacher_options, "pipeline": True},
+                config={"backend": g.backend, "teacher_options": g.teacher_options, "pipeline": True} | lineage,
                 on_batch=update))
         finally:
             teacher.close()
-        self.say(f"    {stats.completions:,} completions, {stats.parsed:,} parsed, {stats.new_items:,} new items")
-        return stats.as_dict()
+        with Store(self.db, read_only=True) as s:  # how varied this round's output is: collapse shows here
+            tails = [r["tail"] for r in s.items.select(kind="triple", run_id=stats.run_id, columns=("tail",))]
+        diversity = distinct_n(tails, (2,)) | {"n": len(tails)}
+        self.say(f"    {stats.completions:,} completions, {stats.parsed:,} parsed, {stats.new_items:,} new items, "
+                 f"distinct-2 {diversity['distinct_2']:.3f}")
+        return stats.as_dict() | lineage | {"distinct_n": diversity}
 
     def stage_critic(self, plan: dict[str, Any]) -> dict[str, Any]:
         c = self.p.critic
@@ -193,7 +211,7 @@ class Runner:
         d = self.p.dedup
         critic = self.made.critic
         with open_store(self.db) as s:
-            r = dedup(s, d.method, d.threshold, d.scope, critic, None, d.model)
+            r = dedup(s, d.method, d.threshold, d.scope, critic, self.p.snapshot.where, d.model)
         self.say(f"    {r.items:,} items, {r.clusters:,} clusters, {r.removed:,} duplicates")
         return r.as_dict()
 
@@ -249,9 +267,27 @@ class Runner:
         ids = []
         if self.made.student_id:
             ids.append(evaluate(self.db, self.made.student_id, cfg)["eval_id"])
-        if e.teacher:
+        if e.teacher and self.round == 1:  # the teacher does not change from round to round
             teacher, backend = (g.teacher, g.backend) if g else (p.student.base, "transformers")
             fmt = e.teacher_format or ("fewshot" if atomic else "chat")
             ids.append(evaluate(self.db, teacher, cfg.model_copy(update={"format": fmt, "backend": backend}))
                        ["eval_id"])
         return {"eval_ids": ids, "inputs": "snapshot split" if own else str(e.references or e.questions or e.heads)}
+
+    def round_rows(self) -> list[dict[str, Any]]:
+        """One row per self-imitation round: what it generated, what the critic and dedup kept of the corpus so
+        far, how varied its output was, and its student's evaluation."""
+        rows = []
+        with Store(self.db, read_only=True) as s:
+            for r in range(1, self.p.loop.rounds + 1):
+                gen, snap = (self.summaries.get(step_name(stage, r), {}) for stage in ("generate", "snapshot"))
+                funnel = snap.get("funnel", {})
+                ids = self.summaries.get(step_name("eval", r), {}).get("eval_ids") or []
+                student = next((e for e in compare(s, ids) if "(student)" in e["model"]), {}) if ids else {}
+                rows.append({"round": r, "generator": gen.get("generator"), "generated": gen.get("new_items"),
+                             "distinct_2": (gen.get("distinct_n") or {}).get("distinct_2"),
+                             "passed_critic": funnel.get("passed_critic"),
+                             "after_dedup": funnel.get("representatives"), "snapshot": snap.get("snapshot"),
+                             "snapshot_items": funnel.get("snapshot"),
+                             **{f"eval {k}": student.get(k) for k in ("critic", "ROUGE-L", "BLEU-2", "n")}})
+        return rows

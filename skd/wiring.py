@@ -46,6 +46,29 @@ def fewshot_requests(model: str, items: list[dict[str, Any]], cfg: EvalConfig, s
     return [dataclasses.replace(r, sampling=sampling) for r in reqs], recipe
 
 
+def student_recipe(recipe: Any, fmt: str) -> Any:
+    """RECIPE's inference requests in a student's training format (its (head, relation) prompt for comet), parsed
+    as the recipe parses: how the student of one self-imitation round writes the next round's corpus."""
+    from generators.recipes.base import Recipe
+    from train.formats import prompt_of
+
+    part = next(r for r in recipe.stages() if r.config.stage == "inferences")  # a student writes no events
+
+    class StudentPrompts(Recipe):
+        name = recipe.name
+
+        def requests(self, model: str, seed: int, store: Any = None) -> list[Any]:
+            return [dataclasses.replace(
+                r, prompt=prompt_of({"kind": "triple", "head": r.meta["head"], "relation": r.meta["relation"]}, fmt),
+                meta=r.meta | {"x": "PersonX", "y": "PersonY"})  # the prompt names nobody: nothing to map back
+                for r in part.requests(model, seed, store)]
+
+        def parse(self, request: Any, completion: Any) -> list[dict[str, Any]]:
+            return part.parse(request, completion)
+
+    return StudentPrompts(part.config)
+
+
 def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig) -> list[str]:
     """One output per input from MODEL on the config's backend (greedy at temperature 0)."""
     from generators import Request, Sampling, make_teacher

@@ -123,9 +123,11 @@ class Items:
         self.store = store
 
     def select(self, *, item_ids: list[str] | None = None, kind: str | None = None, role: str | None = None,
-               order: str = "item_id", columns: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+               run_id: str | None = None, order: str = "item_id",
+               columns: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Items (every column, or those named) matching all the filters given: these ids, this kind, this
-        `extra.role` (how a recipe tags what a stage generated); by item_id, or in the order they came in."""
+        `extra.role` (how a recipe tags what a stage generated), produced by this run (first or again); by
+        item_id, or in the order they came in."""
         cols = ("item_id", *ITEM_COLUMNS, "created_at")
         if columns is not None and not set(columns) <= set(cols):
             raise ValueError(f"items have no column {', '.join(sorted(set(columns) - set(cols)))}")
@@ -139,6 +141,9 @@ class Items:
         if role is not None:
             conds.append("json_extract_string(extra, '$.role') = ?")
             params.append(role)
+        if run_id is not None:
+            conds.append("item_id IN (SELECT item_id FROM item_sources WHERE run_id = ?)")
+            params.append(run_id)
         return self.store.query(f"SELECT {', '.join(columns or ('*',))} FROM items WHERE {' AND '.join(conds)} "
                                 f"ORDER BY {self.ORDERS[order]}", params).to_dicts()
 

@@ -71,45 +71,60 @@ class Made:
             setattr(self, name, summary[key])
 
 
+@dataclass(frozen=True)
+class Step:
+    """One stage of one round, as the runner runs it: its key in `runs` and the function that does it."""
+    stage: str
+    round: int
+    key: str
+    run: Callable[[dict[str, Any]], dict[str, Any]]  # plan in, summary out
+
+    @property
+    def name(self) -> str:
+        return step_name(self.stage, self.round)
+
+
 class Runner:
     def __init__(self, p: Pipeline, say: Say, quiet: bool = False):
         self.p, self.say, self.quiet = p, say, quiet
         self.db = p.corpus.path
-        self.keys = stage_keys(p)
+        keys = stage_keys(p)
+        functions = self.stage_functions()
+        self.steps = [Step(stage, r, keys[step_name(stage, r)], functions[stage]) for stage, r in p.steps()]
         self.summaries: dict[str, dict[str, Any]] = {}  # by step: STAGE, or STAGE@ROUND for later rounds
         self.made = Made()
         self.round = 1
 
     def run(self, only: str | None = None, start: str | None = None) -> Made:
+        names = [step.name for step in self.steps]
         for name in (only, start):
-            if name and name not in self.keys:
-                raise SkdError(f"stage {name!r} is not in this pipeline (stages: {', '.join(self.keys)})")
+            if name and name not in names:
+                raise SkdError(f"stage {name!r} is not in this pipeline (stages: {', '.join(names)})")
         self.db.parent.mkdir(parents=True, exist_ok=True)
-        order = list(self.keys)
-        forced = set(order[order.index(start):]) if start else {only} if only else set()
-        for k, (stage, round_) in enumerate(self.p.steps(), 1):
-            step, self.round = step_name(stage, round_), round_
+        forced = set(names[names.index(start):]) if start else {only} if only else set()
+        for k, step in enumerate(self.steps, 1):
+            self.round = step.round
             with open_store(self.db) as s:
-                prior = s.runs.pipeline_stage(self.keys[step])
-            if prior and prior["status"] == "ok" and step not in forced:
-                self.summaries[step] = prior["summary"]
-                self.made.restore(stage, prior["summary"])
-                self.say(f"[{k}/{len(order)}] {step}: done before, skipped")
+                prior = s.runs.pipeline_stage(step.key)
+            if prior and prior["status"] == "ok" and step.name not in forced:
+                self.summaries[step.name] = prior["summary"]
+                self.made.restore(step.stage, prior["summary"])
+                self.say(f"[{k}/{len(names)}] {step.name}: done before, skipped")
                 continue
-            if only and step != only:
-                raise SkdError(f"stage {step!r} has not run with this config; run without --only first")
-            self.say(f"[{k}/{len(order)}] {step}")
-            self.summaries[step] = self.run_stage(stage, step, prior)
-            self.made.restore(stage, self.summaries[step])
+            if only and step.name != only:
+                raise SkdError(f"stage {step.name!r} has not run with this config; run without --only first")
+            self.say(f"[{k}/{len(names)}] {step.name}")
+            self.summaries[step.name] = self.run_step(step, prior)
+            self.made.restore(step.stage, self.summaries[step.name])
         return self.made
 
-    def run_stage(self, stage: str, step: str, prior: dict[str, Any] | None) -> dict[str, Any]:
-        key = self.keys[step]
+    def run_step(self, step: Step, prior: dict[str, Any] | None) -> dict[str, Any]:
         with open_store(self.db) as s:
-            plan = self.plan(s, stage, key, prior)
-            run_id = s.start_run("pipeline", {"stage": stage, "round": self.round, "key": key, "plan": plan})
+            plan = self.plan(s, step, prior)
+            run_id = s.start_run("pipeline", {"stage": step.stage, "round": step.round, "key": step.key,
+                                              "plan": plan})
         try:
-            summary = self.stage_functions()[stage](plan) | {"plan": plan}
+            summary = step.run(plan) | {"plan": plan}
         except BaseException as e:
             with open_store(self.db) as s:
                 s.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:500])
@@ -118,19 +133,20 @@ class Runner:
             s.finish_run(run_id, "ok", summary)
         return summary
 
-    def plan(self, s: Store, stage: str, key: str, prior: dict[str, Any] | None) -> dict[str, Any]:
-        p, later = self.p, f"-r{self.round}" if self.round > 1 else ""  # a later round's outputs: NAME-rN
-        if stage == "critic":
+    def plan(self, s: Store, step: Step, prior: dict[str, Any] | None) -> dict[str, Any]:
+        """The names of what the step makes, fixed before it starts (a later round's: NAME-rN)."""
+        p, key, later = self.p, step.key, f"-r{step.round}" if step.round > 1 else ""
+        if step.stage == "critic":
             return {"critic": plan_name(s, key, p.critic.name, s.critics.exists, prior, "critic")}
-        if stage == "snapshot":
+        if step.stage == "snapshot":
             return {"snapshot": plan_name(s, key, p.snapshot.name + later, s.snapshots.exists, prior, "snapshot")}
-        if stage in ("export", "train"):
-            base = str(p.export.out if stage == "export" else p.student.out) + later
+        if step.stage in ("export", "train"):
+            base = str(p.export.out if step.stage == "export" else p.student.out) + later
             return {"out": plan_name(s, key, base, lambda n: Path(n).exists(), prior, "out")}
         return {}
 
     def stage_functions(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        """Each stage of STAGES and the function that runs it (plan in, summary out)."""
+        """Each stage of STAGES and the function that runs it: the one place a stage's name meets its code."""
         return {"ingest": self.stage_ingest, "generate": self.stage_generate, "critic": self.stage_critic,
                 "score": self.stage_score, "embed": self.stage_embed, "dedup": self.stage_dedup,
                 "snapshot": self.stage_snapshot, "export": self.stage_export, "train": self.stage_train,

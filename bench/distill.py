@@ -145,7 +145,7 @@ def snapshots(db: Path, where: str, cuts: dict[str, float | None]) -> dict[str, 
     return out
 
 
-def students(db: Path, names: list[str], steps: int, tmp: Path) -> dict[str, str]:
+def train_students(db: Path, names: list[str], steps: int, tmp: Path) -> dict[str, str]:
     """Each snapshot's student folder (trained here unless an earlier run in the folder did)."""
     import json
 
@@ -166,19 +166,24 @@ def students(db: Path, names: list[str], steps: int, tmp: Path) -> dict[str, str
     return out
 
 
-def evaluate(db: Path, models: dict[str, tuple[str, str]], refs: Path, pairs: int) -> dict[str, dict]:
+def evaluate(db: Path, models: dict[str, str], refs: Path, pairs: int) -> dict[str, dict]:
+    """Each model (a student folder, or `eval:ID` for an evaluation the pipeline made) on the held-out pairs,
+    with the pipeline's eval config (the judge, greedy, 16 tokens)."""
     from corpus.stats import distinct_n
     from skd.wiring import evaluate as run_eval
+    from store import Store
     from train.eval_run import EvalConfig
+    from train.evaluate import stored_eval
 
+    cfg = EvalConfig(references=refs, relations=RELATIONS, limit=pairs, critic="judge", max_tokens=16)
     rows = {}
-    for label, (model, fmt) in models.items():
+    for label, model in models.items():
         started = time.monotonic()
-        # the pipeline's eval config, so what it evaluated is found, not repeated
-        cfg = EvalConfig(references=refs, relations=RELATIONS, limit=pairs, critic="judge", max_tokens=16)
-        if fmt:
-            cfg = cfg.model_copy(update={"format": fmt, "backend": "transformers"})
-        r = run_eval(db, model, cfg)
+        if model.startswith("eval:"):
+            with Store(db, read_only=True) as s:
+                r = stored_eval(s, model.removeprefix("eval:"))
+        else:
+            r = run_eval(db, model, cfg)
         outs = [s["output"] for s in r["samples"]]
         m = r["metrics"]
         rows[label] = {"n": m["n"], "judge": m["critic"]["acceptance"], "judge_mean": m["critic"]["mean_score"],
@@ -188,6 +193,19 @@ def evaluate(db: Path, models: dict[str, tuple[str, str]], refs: Path, pairs: in
                        "degenerate": m["degenerate_rate"], "seconds": time.monotonic() - started}
         say(f"eval {label}: {rows[label]}")
     return rows
+
+
+def pipeline_evals(runner) -> dict[str, str]:
+    """The pipeline's evaluations by what they measured: the teacher, then each round's student."""
+    from store import Store
+
+    out = {}
+    with Store(runner.db, read_only=True) as s:
+        for name, summary in runner.summaries.items():
+            if name.split("@")[0] == "eval":
+                for eval_id in summary["eval_ids"]:
+                    out[s.evals.get(eval_id)["model"]] = f"eval:{eval_id}"
+    return out
 
 
 def main() -> None:
@@ -223,17 +241,19 @@ def main() -> None:
     looped = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=args.rounds))
     human_corpus(db, own, tmp)  # after the loop: its dedup and snapshots are of the generated corpus only
     sizes |= snapshots(db, "domain = 'human'", {"human": None})
-    ids = students(db, ["unfiltered", "filtered-r0.5", "human"], args.steps, tmp)
+    ids = train_students(db, ["unfiltered", "filtered-r0.5", "human"], args.steps, tmp)
     loop_rows = looped.round_rows()
     r1 = loop_rows[0]["snapshot_items"]
-    models = {"teacher (few-shot prompt)": ("smollm2-135m-instruct", "fewshot"),
-              f"student: unfiltered ({sizes['unfiltered']:,} items)": (ids["unfiltered"], None),
-              f"student: filtered-r0.8 = round 1 ({r1:,} items)": (first.made.student_path, None),
-              f"student: filtered-r0.5 ({sizes['filtered-r0.5']:,} items)": (ids["filtered-r0.5"], None),
-              f"student: human ({sizes['human']:,} tuples)": (ids["human"], None)}
-    for row in loop_rows[1:]:
-        models[f"student: round {row['round']} ({row['snapshot_items']:,} items)"] = (
-            looped.summaries[f"train@{row['round']}"]["out"], None)
+    made = pipeline_evals(looped)
+    teacher = next(v for k, v in made.items() if k.endswith("(teacher)"))
+    round_students = [v for k, v in made.items() if k.endswith("(student)")]  # round 1, 2, ...
+    models = {"teacher (few-shot prompt)": teacher,
+              f"student: unfiltered ({sizes['unfiltered']:,} items)": ids["unfiltered"],
+              f"student: filtered-r0.8 = round 1 ({r1:,} items)": round_students[0],
+              f"student: filtered-r0.5 ({sizes['filtered-r0.5']:,} items)": ids["filtered-r0.5"],
+              f"student: human ({sizes['human']:,} tuples)": ids["human"]}
+    models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": sid
+               for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
     rows = evaluate(db, models, refs, args.eval_pairs)
     t = Table(title=f"SKD at small scale: SmolLM2-135M teacher and students, {len(heads)} distillation heads, "
                     f"{args.samples} samples per (head, relation), {args.steps} LoRA steps, {args.eval_pairs} "

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from store import SkdError, Store
+from store import SkdError, Store, resolve_model
 
 from .calibration import apply
 from .config import CriticConfig
 from .metrics import report
-from .train import fit_critic, group_key, load_labels, split
+from .train import fit_critic, group_key, label_scores, load_labels, split
 from .verbalize import verbalize_rows
 
 
@@ -51,6 +51,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     fold = grouped_folds(keys, folds, cfg.seed)
     oof = np.zeros(ev.height)
     seconds = []
+    base = resolve_model(cfg.base)
     for k in range(folds):
         started = time.monotonic()
         held = {key for key, f in zip(keys, fold, strict=True) if f == k}
@@ -61,7 +62,8 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
         out = Path(tempfile.mkdtemp(prefix="skd-cv-"))
         try:
             critic, _, cal = fit_critic(cfg, tr, dev, out)
-            oof[fold == k] = apply(critic.score(verbalize_rows(ev.filter(pl.Series(fold == k)).to_dicts())), cal)
+            held_texts = verbalize_rows(ev.filter(pl.Series(fold == k)).to_dicts())
+            oof[fold == k] = apply(label_scores(critic, base, held_texts), cal)
         finally:
             shutil.rmtree(out, ignore_errors=True)
         seconds.append(time.monotonic() - started)

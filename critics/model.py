@@ -37,8 +37,11 @@ class EmbeddingCritic:
                                    show_progress_bar=progress)
 
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        x = torch.from_numpy(self.embed(texts, batch_size))
-        return torch.sigmoid(x @ self.weight + self.bias).numpy().astype(np.float64)
+        return self.score_vectors(self.embed(texts, batch_size))
+
+    def score_vectors(self, x: np.ndarray) -> np.ndarray:
+        """Scores of texts already embedded by this critic's encoder."""
+        return torch.sigmoid(torch.from_numpy(x) @ self.weight + self.bias).numpy().astype(np.float64)
 
 
 class FinetunedCritic:

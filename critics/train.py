@@ -189,10 +189,19 @@ def fit_critic(cfg: CriticConfig, train: pl.DataFrame, dev: pl.DataFrame, out: P
                                                                                            dict[str, Any] | None]:
     """Train on TRAIN (early stopping on DEV) into OUT; the critic, its raw dev scores and its calibration."""
     fit = {"embedding": fit_embedding, "finetune": fit_finetune, "llm-judge": fit_judge}[cfg.mode]
+    base = resolve_model(cfg.base)
     with deterministic(cfg.seed):
-        critic = fit(cfg, resolve_model(cfg.base), train, dev, out)
-    raw = critic.score(verbalize_rows(dev.to_dicts()))
+        critic = fit(cfg, base, train, dev, out)
+    raw = label_scores(critic, base, verbalize_rows(dev.to_dicts()))
     return critic, raw, fit_platt(raw, dev["label"].to_numpy()) if cfg.calibrate else None
+
+
+def label_scores(critic: Any, base: str, texts: list[str]) -> np.ndarray:
+    """Raw scores of label texts; a frozen encoder's vectors come from the per-process cache, so that
+    cross-validation encodes each label text once, whichever fold's dev or held-out part it falls in."""
+    if isinstance(critic, EmbeddingCritic):
+        return critic.score_vectors(cached_embeddings(critic, base, texts))
+    return critic.score(texts)
 
 
 def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path) -> dict[str, Any]:

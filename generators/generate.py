@@ -115,6 +115,11 @@ def pending_requests(store: Store, requests: list[Request]) -> list[Request]:
     return [r for r in requests if r.request_id not in done]
 
 
+def planned_requests(recipe: Recipe, model: str, seed: int, store: Store, limit: int | None = None) -> list[Request]:
+    """The requests a run of this recipe stage makes, once each, in order, at most `limit`."""
+    return list({r.request_id: r for r in recipe.requests(model, seed, store)}.values())[:limit]
+
+
 def run_generation(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: int = 0,
                    limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
                    on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
@@ -135,7 +140,7 @@ def run_stage(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: in
     started = time.monotonic()
     with open_store(db_path) as s:
         ingest_shards(s, shard_dir(db_path))  # batches a killed run wrote but did not ingest
-        requests = list({r.request_id: r for r in recipe.requests(teacher.model, seed, s)}.values())[:limit]
+        requests = planned_requests(recipe, teacher.model, seed, s, limit)
         todo = pending_requests(s, requests)
         run_id = s.start_run("generate", {**(config or {}), "recipe": recipe.name, "teacher": teacher.model,
                                           "seed": seed, "limit": limit, "recipe_config":

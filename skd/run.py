@@ -17,7 +17,7 @@ from corpus import create_snapshot, dedup, embed_items, export_snapshot, push_sn
 from corpus.stats import distinct_n
 from critics import train_critic
 from critics.score import score_items
-from generators import make_recipe, make_teacher, run_generation
+from generators import make_recipe, make_teacher, planned_requests, run_generation
 from store import SkdError, Store, import_labels, ingest_file, open_store
 from train import TrainConfig, fit
 from train.eval_run import EvalConfig
@@ -37,6 +37,8 @@ def stage_keys(p: Pipeline) -> dict[str, str]:
     loop, and a round's keys do not depend on how many rounds follow: adding rounds reruns nothing."""
     keys, prev = {}, ""
     for stage, round_ in p.steps():
+        if stage == "generate" and round_ > 1:  # a round's generator is the last round's student, not its eval
+            prev = keys[step_name("train", round_ - 1)]
         parts = [stage, p.stage_config(stage), prev] + ([round_] if round_ > 1 else [])
         prev = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
         keys[step_name(stage, round_)] = prev
@@ -165,30 +167,42 @@ class Runner:
         g = self.p.generate
         recipe = make_recipe(g.recipe, g.recipe_config, source="generate.recipe_config")
         recipe.check_inputs()
-        lineage = {"round": self.round, "generator": "teacher"}
+        backend, options = g.backend, g.teacher_options
+        lineage: dict[str, Any] = {"round": self.round, "generator": "teacher"}
         if self.round == 1:
-            teacher = make_teacher(g.backend, g.teacher, **g.teacher_options)
+            teacher = make_teacher(backend, g.teacher, **options)
         else:  # self-imitation: the previous round's student, asked as it was trained
-            recipe = student_recipe(recipe, self.p.student.format)
+            with Store(self.db, read_only=True) as s:
+                student = s.students.get(self.made.student_id)
+            # the teacher's load options (a GGUF file, tensor parallelism) are not the student's
             backend = g.backend if g.backend in ("transformers", "vllm") else "transformers"
-            teacher = make_teacher(backend, self.made.student_path, **(g.teacher_options if backend == g.backend
-                                                                       else {}))
-            lineage = {"round": self.round, "generator": "student", "student_id": self.made.student_id,
-                       "prompt_format": self.p.student.format}
+            options = {k: v for k, v in options.items() if k == "batch_size"} if backend == g.backend else {}
+            teacher = make_teacher(backend, student["path"], **options)
+            recipe = student_recipe(recipe, self.p.student.format, self.made.student_id)
+            lineage |= {"generator": "student", "student_id": self.made.student_id,
+                        "prompt_format": self.p.student.format}
         progress, update = progress_view(self.quiet)
         try:
             stats = run_with_progress(progress, lambda: run_generation(
                 self.db, recipe, teacher, seed=g.seed, limit=g.limit, batch_size=g.batch_size,
-                config={"backend": g.backend, "teacher_options": g.teacher_options, "pipeline": True} | lineage,
+                config={"backend": backend, "teacher_options": options, "pipeline": True} | lineage,
                 on_batch=update))
         finally:
             teacher.close()
-        with Store(self.db, read_only=True) as s:  # how varied this round's output is: collapse shows here
-            tails = [r["tail"] for r in s.items.select(kind="triple", run_id=stats.run_id, columns=("tail",))]
-        diversity = distinct_n(tails, (2,)) | {"n": len(tails)}
+        diversity = self.generated_diversity(recipe, teacher.model)
         self.say(f"    {stats.completions:,} completions, {stats.parsed:,} parsed, {stats.new_items:,} new items, "
                  f"distinct-2 {diversity['distinct_2']:.3f}")
         return stats.as_dict() | lineage | {"distinct_n": diversity}
+
+    def generated_diversity(self, recipe: Any, model: str) -> dict[str, Any]:
+        """Distinct-2 of every tail the step's requests produced (in all tries of it, repeats counted): a
+        collapse of the generator from round to round shows here."""
+        g = self.p.generate
+        with Store(self.db, read_only=True) as s:
+            ids = [r.request_id for part in recipe.stages()
+                   for r in planned_requests(part, model, g.seed, s, g.limit)]
+            tails = s.items.outputs_of(ids)
+        return distinct_n(tails, (2,)) | {"n": len(tails)}
 
     def stage_critic(self, plan: dict[str, Any]) -> dict[str, Any]:
         c = self.p.critic
@@ -270,8 +284,8 @@ class Runner:
             fill["references"] = None
         own = not ((e.references and "references" not in fill) or e.questions or e.heads)
         atomic = g is not None and g.recipe == "atomic10x"
-        if own and e.snapshot is None:
-            fill["snapshot"] = self.made.snapshot
+        if own and e.snapshot is None:  # every round on round 1's split: later ones hold student-written tails
+            fill["snapshot"] = self.summaries["snapshot"]["snapshot"]
         if atomic and not own and not e.relations:  # ask what the corpus was distilled for
             fill["relations"] = make_recipe(g.recipe, g.recipe_config).config.relations
         if e.use_critic and e.critic is None and self.made.critic:  # accept where the snapshot cut
@@ -300,8 +314,9 @@ class Runner:
                 funnel = snap.get("funnel", {})
                 ids = self.summaries.get(step_name("eval", r), {}).get("eval_ids") or []
                 student = next((e for e in compare(s, ids) if "(student)" in e["model"]), {}) if ids else {}
-                rows.append({"round": r, "generator": gen.get("generator"), "generated": gen.get("new_items"),
-                             "distinct_2": (gen.get("distinct_n") or {}).get("distinct_2"),
+                diversity = gen.get("distinct_n") or {}
+                rows.append({"round": r, "generator": gen.get("generator"), "generated": diversity.get("n"),
+                             "new_items": gen.get("new_items"), "distinct_2": diversity.get("distinct_2"),
                              "passed_critic": funnel.get("passed_critic"),
                              "after_dedup": funnel.get("representatives"), "snapshot": snap.get("snapshot"),
                              "snapshot_items": funnel.get("snapshot"),

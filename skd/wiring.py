@@ -46,9 +46,11 @@ def fewshot_requests(model: str, items: list[dict[str, Any]], cfg: EvalConfig, s
     return [dataclasses.replace(r, sampling=sampling) for r in reqs], recipe
 
 
-def student_recipe(recipe: Any, fmt: str) -> Any:
+def student_recipe(recipe: Any, fmt: str, student_id: str) -> Any:
     """RECIPE's inference requests in a student's training format (its (head, relation) prompt for comet), parsed
-    as the recipe parses: how the student of one self-imitation round writes the next round's corpus."""
+    as the recipe parses: how the student of one self-imitation round writes the next round's corpus. The
+    requests are keyed by the student's id, not its folder: a student retrained into the same folder is
+    asked again."""
     from generators.recipes.base import Recipe
     from train.formats import prompt_of
 
@@ -61,7 +63,7 @@ def student_recipe(recipe: Any, fmt: str) -> Any:
             return [dataclasses.replace(
                 r, prompt=prompt_of({"kind": "triple", "head": r.meta["head"], "relation": r.meta["relation"]}, fmt),
                 meta=r.meta | {"x": "PersonX", "y": "PersonY"})  # the prompt names nobody: nothing to map back
-                for r in part.requests(model, seed, store)]
+                for r in part.requests(student_id, seed, store)]
 
         def parse(self, request: Any, completion: Any) -> list[dict[str, Any]]:
             return part.parse(request, completion)

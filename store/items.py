@@ -123,11 +123,9 @@ class Items:
         self.store = store
 
     def select(self, *, item_ids: list[str] | None = None, kind: str | None = None, role: str | None = None,
-               run_id: str | None = None, order: str = "item_id",
-               columns: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+               order: str = "item_id", columns: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Items (every column, or those named) matching all the filters given: these ids, this kind, this
-        `extra.role` (how a recipe tags what a stage generated), produced by this run (first or again); by
-        item_id, or in the order they came in."""
+        `extra.role` (how a recipe tags what a stage generated); by item_id, or in the order they came in."""
         cols = ("item_id", *ITEM_COLUMNS, "created_at")
         if columns is not None and not set(columns) <= set(cols):
             raise ValueError(f"items have no column {', '.join(sorted(set(columns) - set(cols)))}")
@@ -141,11 +139,20 @@ class Items:
         if role is not None:
             conds.append("json_extract_string(extra, '$.role') = ?")
             params.append(role)
-        if run_id is not None:
-            conds.append("item_id IN (SELECT item_id FROM item_sources WHERE run_id = ?)")
-            params.append(run_id)
         return self.store.query(f"SELECT {', '.join(columns or ('*',))} FROM items WHERE {' AND '.join(conds)} "
                                 f"ORDER BY {self.ORDERS[order]}", params).to_dicts()
+
+    def outputs_of(self, request_ids: list[str], field: str = "tail") -> list[str]:
+        """FIELD of every item these requests produced, once per completion that produced it (so repeats
+        count: the measure of a generator's diversity), in request and sample order."""
+        if field not in ITEM_COLUMNS:
+            raise ValueError(f"items have no column {field}")
+        rows = self.store.con.execute(
+            f"SELECT i.{field} FROM (SELECT DISTINCT item_id, request_id, sample_index FROM item_sources "
+            "WHERE list_contains(?::VARCHAR[], request_id)) src JOIN items i USING (item_id) "
+            f"WHERE i.{field} IS NOT NULL ORDER BY src.request_id, src.sample_index, i.item_id",
+            [request_ids]).fetchall()
+        return [r[0] for r in rows]
 
     def new_in_run(self, run_id: str) -> int:
         """Items this run was the first to produce."""

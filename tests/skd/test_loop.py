@@ -94,7 +94,10 @@ def test_three_rounds_each_with_its_snapshot_student_and_row(looped, tiny_lm):
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert [r["generator"] for r in rows] == ["teacher", "student", "student"]
     assert [r["snapshot"] for r in rows] == ["loop", "loop-r2", "loop-r3"]
-    assert all(r["generated"] is not None and r["eval n"] == 2 and 0 <= r["distinct_2"] <= 1 for r in rows)
+    assert all(r["generated"] > 0 and r["eval n"] == 2 and 0 < r["distinct_2"] <= 1 for r in rows)
+    cards = [json.loads((d / name / "student.json").read_text()) for name in ("student", "student-r2", "student-r3")]
+    students = [e["model"] for e in sm["evals"] if e["model"].endswith("(student)")]  # each round's, in order
+    assert students == [f"{c['student_id']} (student)" for c in cards] and len(sm["evals"]) == 3  # teacher = false
     assert sm["student"] == f"{d}/student-r3" and (d / "student-r2" / "student.json").exists()
 
 
@@ -132,6 +135,18 @@ def test_a_rerun_skips_every_round(looped, tiny_lm):
     assert p.stderr.count("done before, skipped") == 8 + 2 * len(LATER)
 
 
+def test_a_student_retrained_into_its_folder_is_asked_again(looped, tiny_lm):
+    d, _ = looped
+
+    def round_3_requests():
+        with Store(d / "c.duckdb", read_only=True) as s:
+            return s.scalar("SELECT count(DISTINCT q.request_id) FROM requests q JOIN runs r USING (run_id) "
+                            "WHERE json_extract(r.config, '$.round') = 3")
+    before = round_3_requests()
+    run_skd("run", str(write(d, tiny_lm)), "--from", "train@2", check=True, timeout=900)
+    assert before == 3 and round_3_requests() == 2 * before  # keyed by the new student's id, not its folder
+
+
 def test_more_rounds_rerun_nothing_before_and_bad_loops_fail_at_load(tmp_path, tiny_lm):
     import tomllib
 
@@ -152,6 +167,9 @@ def test_more_rounds_rerun_nothing_before_and_bad_loops_fail_at_load(tmp_path, t
 
 def test_a_kill_in_round_2_resumes_round_2(tmp_path, tiny_lm):
     cfg, db = write(tmp_path, tiny_lm), tmp_path / "c.duckdb"
+    # 8 events x 2 relations, one request a batch: round 2 is still generating when the kill comes
+    cfg.write_text(cfg.read_text().replace("max_events = 3", "max_events = 8")
+                   .replace('relations = ["xWant"]', 'relations = ["xWant", "xNeed"]'))
     proc = subprocess.Popen([sys.executable, "-m", "skd", "run", str(cfg), "--quiet"], cwd=ROOT, env=os.environ,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     kill_when(proc, db, "SELECT count(*) FROM generations g JOIN runs r USING (run_id) "

@@ -235,7 +235,7 @@ def main() -> None:
     crit = critics(db)
     say(f"critics: {crit}")
     first = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=1))
-    gen = first.summaries["generate"]
+    gen = first.summaries["snapshot"]["funnel"]  # the whole round-1 corpus, also when a rerun generated nothing
     say(f"round 1: {first.summaries['snapshot']['funnel']}")
     sizes = snapshots(db, GENERATED, {"unfiltered": None, "filtered-r0.5": 0.5})
     looped = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=args.rounds))
@@ -271,7 +271,7 @@ def main() -> None:
     print(f"critics: filter dev AUC {crit['filter_dev_auc']:.3f} (MiniLM, CKBP v1), judge dev AUC "
           f"{crit['judge_dev_auc']:.3f} (MPNet, CKBP v1 + v2); teacher parse rate "
           f"{gen['parsed'] / max(1, gen['completions']):.1%} of {gen['completions']:,} completions; "
-          f"total {(time.monotonic() - started) / 60:.1f} min")
+          f"this invocation {(time.monotonic() - started) / 60:.1f} min (less when --work held earlier work)")
     print(f"python bench/distill.py --distil-heads {args.distil_heads} --eval-pairs {args.eval_pairs} "
           f"--samples {args.samples} --steps {args.steps} --rounds {args.rounds} --seed {args.seed}")
 

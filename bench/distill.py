@@ -199,12 +199,8 @@ def pipeline_evals(runner) -> dict[str, str]:
     """The pipeline's evaluations by what they measured: the teacher, then each round's student."""
     from store import Store
 
-    out = {}
     with Store(runner.db, read_only=True) as s:
-        for name, summary in runner.summaries.items():
-            if name.split("@")[0] == "eval":
-                for eval_id in summary["eval_ids"]:
-                    out[s.evals.get(eval_id)["model"]] = f"eval:{eval_id}"
+        out = {s.evals.get(eval_id)["model"]: f"eval:{eval_id}" for eval_id in runner.eval_ids()}
     return out
 
 

@@ -32,8 +32,7 @@ def summary(p: Pipeline, runner: Runner) -> dict[str, Any]:
     made, done = runner.made, runner.summaries
     with Store(p.corpus.path, read_only=True) as s:
         snap = snapshot_row(s, made.snapshot)
-        # every round's evaluations: round 1's has the teacher's
-        ids = [i for name, sm in done.items() if name.split("@")[0] == "eval" for i in sm["eval_ids"]]
+        ids = runner.eval_ids()  # every round's
         evals = compare(s, ids) if ids else []
     return {"snapshot": snap["name"], "content_hash": snap["content_hash"], "funnel": snap["funnel"],
             "stats": snap["stats"], "critic": done.get("critic"), "evals": evals,

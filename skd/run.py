@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,10 @@ class Made:
     snapshot: str | None = None
     student_id: str | None = None
     student_path: str | None = None
-    eval_ids: list[str] = field(default_factory=list)
 
     # stage -> (field of Made, key of that stage's summary): how a skipped stage's product is found again
     FROM_SUMMARY = {"critic": [("critic", "critic")], "snapshot": [("snapshot", "snapshot")],
-                    "train": [("student_id", "student_id"), ("student_path", "out")],
-                    "eval": [("eval_ids", "eval_ids")]}
+                    "train": [("student_id", "student_id"), ("student_path", "out")]}
 
     def restore(self, stage: str, summary: dict[str, Any]) -> None:
         for name, key in self.FROM_SUMMARY.get(stage, []):
@@ -304,6 +302,12 @@ class Runner:
                        ["eval_id"])
         return {"eval_ids": ids, "inputs": "snapshot split" if own else str(e.references or e.questions or e.heads)}
 
+    def eval_ids(self, round_: int | None = None) -> list[str]:
+        """The evaluations the eval steps made (of ROUND, or of every round), in the order they ran: round 1's
+        include the teacher's."""
+        return [i for step in self.steps if step.stage == "eval" and round_ in (None, step.round)
+                for i in self.summaries.get(step.name, {}).get("eval_ids", [])]
+
     def round_rows(self) -> list[dict[str, Any]]:
         """One row per self-imitation round: what it generated, what the critic and dedup kept of the corpus so
         far, how varied its output was, and its student's evaluation."""
@@ -312,7 +316,7 @@ class Runner:
             for r in range(1, self.p.loop.rounds + 1):
                 gen, snap = (self.summaries.get(step_name(stage, r), {}) for stage in ("generate", "snapshot"))
                 funnel = snap.get("funnel", {})
-                ids = self.summaries.get(step_name("eval", r), {}).get("eval_ids") or []
+                ids = self.eval_ids(r)
                 student = next((e for e in compare(s, ids) if "(student)" in e["model"]), {}) if ids else {}
                 diversity = gen.get("distinct_n") or {}
                 rows.append({"round": r, "generator": gen.get("generator"), "generated": diversity.get("n"),

@@ -90,8 +90,10 @@ def main() -> None:
         stats = run_generation(tmp / f"b{i}.duckdb", recipe, teacher, seed=i + 1, batch_size=args.batch_size)
         our_rates.append(stats.tokens / (time.perf_counter() - t))
     raw_r, our_r = max(raw_rates), max(our_rates)
+    dtype = getattr(getattr(teacher, "lm", None), "dtype", opts.get("dtype"))
     table = Table(title=f"generate: {len(requests)} prompts x n={args.n}, max {args.max_tokens} new tokens, "
-                        f"{args.backend}, {args.teacher}, best of {args.repeat}; {platform.machine()}, "
+                        f"{args.backend} ({dtype}), {args.teacher}, "
+                        f"best of {args.repeat}; {platform.machine()}, "
                         f"{os.cpu_count()} cores")
     for col in ("path", "tokens/s", "ratio"):
         table.add_column(col, justify="right" if col != "path" else "left")

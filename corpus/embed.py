@@ -29,11 +29,9 @@ class EmbedSummary:
 
 
 def load_encoder(model: str):
-    from sentence_transformers import SentenceTransformer
-
-    from critics.model import device
+    from critics.model import sentence_encoder
     try:
-        return SentenceTransformer(resolve_model(model), device=device())
+        return sentence_encoder(resolve_model(model))
     except OSError as e:
         raise SkdError(f"cannot load embedding model {model!r}: {str(e).splitlines()[0]}") from None
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from store import SkdError
+from store.hardware import compute_dtype, device
 
 
 class Critic(Protocol):
@@ -24,8 +25,12 @@ class Critic(Protocol):
     def score(self, texts: list[str], batch_size: int = ...) -> np.ndarray: ...
 
 
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def sentence_encoder(path: str | Path) -> Any:
+    """A sentence-transformers encoder for inference, in the device's compute precision (bfloat16 where native:
+    4x faster for MPNet on an AMX CPU, embeddings at cosine 0.9999 of float32's)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(path), device=device()).to(compute_dtype())
 
 
 class EmbeddingCritic:
@@ -97,8 +102,8 @@ def load_judge(base: str, prompt: str = JUDGE_PROMPT) -> LlmJudge:
 
     from store import resolve_model
     path = resolve_model(base)
-    return LlmJudge(AutoModelForCausalLM.from_pretrained(path).to(device()), AutoTokenizer.from_pretrained(path),
-                    prompt)
+    return LlmJudge(AutoModelForCausalLM.from_pretrained(path, dtype=compute_dtype()).to(device()),
+                    AutoTokenizer.from_pretrained(path), prompt)
 
 
 def read_card(path: Path) -> dict[str, Any]:
@@ -121,11 +126,9 @@ def _load_model(path: Path, card: dict[str, Any]) -> EmbeddingCritic | Finetuned
     if card["mode"] == "llm-judge":
         return load_judge(card["base_model"], card["config"].get("prompt") or JUDGE_PROMPT)
     if card["mode"] == "embedding":
-        from sentence_transformers import SentenceTransformer
         head = load_file(path / "head.safetensors")
-        return EmbeddingCritic(SentenceTransformer(str(path / "encoder"), device=device()), head["weight"],
-                               head["bias"])
+        return EmbeddingCritic(sentence_encoder(path / "encoder"), head["weight"], head["bias"])
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    model = AutoModelForSequenceClassification.from_pretrained(path / "model").to(device())
+    model = AutoModelForSequenceClassification.from_pretrained(path / "model", dtype=compute_dtype()).to(device())
     return FinetunedCritic(model, AutoTokenizer.from_pretrained(path / "model"),
                            card.get("config", {}).get("max_length", 128))

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from store import SkdError, Store, resolve_model, skd_version
+from store.hardware import bf16_native, compute_dtype
 
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
@@ -97,7 +98,8 @@ def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Dat
 
     torch.manual_seed(cfg.seed)
     encoder = SentenceTransformer(base, device=device())
-    critic = EmbeddingCritic(encoder, torch.zeros(1), torch.zeros(1))
+    encoder.save(str(out / "encoder"))  # at the base's own precision, before it is cast to compute in
+    critic = EmbeddingCritic(encoder.to(compute_dtype()), torch.zeros(1), torch.zeros(1))
     x = torch.from_numpy(cached_embeddings(critic, base, verbalize_rows(train.to_dicts())))
     y = torch.tensor(train["label"].to_list(), dtype=torch.float32)
     w = torch.from_numpy(example_weights(train, cfg))
@@ -113,7 +115,6 @@ def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Dat
         return loss
     opt.step(closure)
     critic.weight, critic.bias = weight.detach(), bias.detach()
-    encoder.save(str(out / "encoder"))
     save_file({"weight": critic.weight.contiguous(), "bias": critic.bias.contiguous()}, out / "head.safetensors")
     return critic
 
@@ -168,7 +169,7 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
         eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
         save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="auc", greater_is_better=True,
         logging_steps=max(1, cfg.eval_steps // 4), report_to=[], warmup_steps=max(1, steps // 16),
-        use_cpu=device() == "cpu", remove_unused_columns=False)  # keep the weight column
+        use_cpu=device() == "cpu", bf16=bf16_native(), remove_unused_columns=False)  # keep the weight column
     trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train),
                               eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev),
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=auc,
@@ -177,7 +178,7 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
     trainer.model.save_pretrained(out / "model", safe_serialization=True)
     tok.save_pretrained(out / "model")
     shutil.rmtree(ckpt, ignore_errors=True)
-    return FinetunedCritic(trainer.model, tok, max_length)
+    return FinetunedCritic(trainer.model.to(compute_dtype()), tok, max_length)  # saved in float32, scores as loaded
 
 
 def fit_judge(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):

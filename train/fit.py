@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corpus import snapshot_frame, snapshot_row
 from store import SMOLLM2, SkdError, Store, open_store, resolve_model
+from store.hardware import bf16_native
 
 from .formats import example, tokenized
 
@@ -35,7 +36,8 @@ class StudentOptions(BaseModel):
     lr: float = Field(5e-5, gt=0, description="Learning rate.")
     batch_size: int = Field(8, ge=1, description="Examples per device step.")
     grad_accum: int = Field(1, ge=1, description="Steps per optimiser update.")
-    bf16: bool = Field(False, description="bfloat16 mixed precision (GPUs that support it).")
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; default: where the hardware has it "
+                                                "natively (recent GPUs, CPUs with AMX or AVX512-BF16).")
     seed: int = 0
     max_length: int = Field(256, ge=8, description="Tokens per example.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (the resume point).")
@@ -63,9 +65,13 @@ def training_args(cfg: TrainConfig):
     return TrainingArguments(
         output_dir=str(cfg.out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.lr, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        gradient_checkpointing=cfg.gradient_checkpointing, bf16=cfg.bf16, seed=cfg.seed, data_seed=cfg.seed,
+        gradient_checkpointing=cfg.gradient_checkpointing, bf16=bf16(cfg), seed=cfg.seed, data_seed=cfg.seed,
         save_steps=cfg.save_steps, save_total_limit=2, logging_steps=1, report_to=[], disable_tqdm=True,
         use_cpu=not _cuda(), dataloader_num_workers=0, remove_unused_columns=False)
+
+
+def bf16(cfg: StudentOptions) -> bool:
+    return bf16_native() if cfg.bf16 is None else cfg.bf16
 
 
 def _cuda() -> bool:
@@ -107,7 +113,10 @@ def load_base(cfg: TrainConfig):
     path = resolve_model(cfg.base)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if cfg.bf16 else "float32")
+        # A LoRA base is frozen, so it can be held in bfloat16 (peft keeps the adapters in float32); full
+        # fine-tuning keeps float32 weights under autocast, as bfloat16 weights would lose small updates.
+        frozen_bf16 = bf16(cfg) and cfg.lora is not None
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if frozen_bf16 else "float32")
     except OSError as e:
         raise SkdError(f"cannot load base model {cfg.base!r}: {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
@@ -162,7 +171,8 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {"steps": trainer.state.global_step, "examples": len(data), "train_loss": result.training_loss,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-               "seconds": time.monotonic() - started, "resumed_from": Path(resume).name if resume else None}
+               "seconds": time.monotonic() - started, "resumed_from": Path(resume).name if resume else None,
+               "bf16": bf16(cfg)}
     save_student(trainer, tok, cfg)
     return register(Path(db), cfg, snap, summary)
 

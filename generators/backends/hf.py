@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging as hf_logging
 
 from store import SkdError, resolve_model
+from store.hardware import compute_dtype
 
 from ..types import Completion, Request, cut_at_stop, stable_hash
 
@@ -34,8 +36,8 @@ class TransformersTeacher:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = resolve_model(model)
         hf_logging.disable_progress_bar()  # skd shows its own progress
-        torch_dtype = {"auto": torch.bfloat16 if self.device.startswith("cuda") else torch.float32,
-                       "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                       "float16": torch.float16}[dtype] if dtype != "auto" else compute_dtype(self.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
@@ -82,8 +84,8 @@ class TransformersTeacher:
             processors.append(PenaltyProcessor(prompt_len, s.presence_penalty, s.frequency_penalty))
         greedy = s.temperature == 0
         gen = self.lm.generate(
-            **enc, do_sample=not greedy, temperature=None if greedy else s.temperature,
-            top_p=None if greedy else s.top_p, top_k=None, max_new_tokens=s.max_tokens, num_return_sequences=s.n,
+            **self._shared_prefill(enc, s.n), do_sample=not greedy, temperature=None if greedy else s.temperature,
+            top_p=None if greedy else s.top_p, top_k=None, max_new_tokens=s.max_tokens,
             pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors,
             stop_strings=list(s.stop) or None, tokenizer=self.tokenizer if s.stop else None,
             return_dict_in_generate=True, output_scores=s.logprobs)
@@ -95,6 +97,21 @@ class TransformersTeacher:
             results.append(self._completion(new[row], row % s.n, s.stop,
                                             token_lp[row] if token_lp is not None else None))
         return [results[i * s.n:(i + 1) * s.n] for i in range(len(requests))]
+
+    def _shared_prefill(self, enc: Any, n: int) -> dict[str, Any]:
+        """generate()'s inputs for N samples of each prompt, the prompt read once: `num_return_sequences`
+        would copy each prompt N times before the forward pass, and with few-shot prompts and short outputs
+        that prefill is most of the work. All but the last prompt token go through the model here and their
+        cache is repeated N times; the samples drawn are the same as `num_return_sequences` draws."""
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if n == 1 or ids.shape[1] < 2:
+            return {"input_ids": ids, "attention_mask": mask, "num_return_sequences": n}
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
+        cache = self.lm(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                        use_cache=True).past_key_values
+        cache.batch_repeat_interleave(n)
+        return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0),
+                "past_key_values": cache}
 
     def _completion(self, tokens: torch.Tensor, index: int, stop: tuple[str, ...],
                     token_lp: torch.Tensor | None) -> Completion:

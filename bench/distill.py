@@ -18,7 +18,7 @@ references, and do I2D2 self-imitation rounds improve it further?
    BLEU-2 against all human references (best over references), distinct-2 and unique-output ratio, degenerate
    rate.
 
-    python bench/distill.py [--distil-heads 60] [--eval-pairs 120] [--samples 4] [--steps 80] [--work DIR]
+    python bench/distill.py [--distil-heads 60] [--eval-pairs 300] [--samples 4] [--steps 80] [--work DIR]
 
 With --work, what a run in DIR already made (generations, critics, snapshots, students, evaluations) is kept.
 """
@@ -207,7 +207,7 @@ def pipeline_evals(runner) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--distil-heads", type=int, default=60)
-    ap.add_argument("--eval-pairs", type=int, default=120)
+    ap.add_argument("--eval-pairs", type=int, default=300)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--rounds", type=int, default=3)

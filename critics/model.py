@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from store import SkdError
-from store.hardware import compute_dtype, device
+from store.hardware import bf16_native, compute_dtype, device
 
 
 class Critic(Protocol):
@@ -25,12 +25,23 @@ class Critic(Protocol):
     def score(self, texts: list[str], batch_size: int = ...) -> np.ndarray: ...
 
 
-def sentence_encoder(path: str | Path) -> Any:
-    """A sentence-transformers encoder for inference, in the device's compute precision (bfloat16 where native:
-    4x faster for MPNet on an AMX CPU, embeddings at cosine 0.9999 of float32's)."""
+def sentence_encoder(path: str | Path, dtype: torch.dtype | None = None) -> Any:
+    """A sentence-transformers encoder for inference, by default in the device's compute precision (bfloat16
+    where native: 4x faster for MPNet on an AMX CPU, embeddings at cosine 0.9999 of float32's)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(path), device=device()).to(compute_dtype())
+    return SentenceTransformer(str(path), device=device()).to(dtype or compute_dtype())
+
+
+def precision() -> str:
+    """The precision critics trained in this process score at, as their card records it."""
+    return "bfloat16" if compute_dtype() == torch.bfloat16 else "float32"
+
+
+def card_dtype(card: dict[str, Any]) -> torch.dtype:
+    """The precision a saved critic scores at: the one its dev thresholds were chosen at (float32 for a card
+    from before precision was recorded), unless this machine would only emulate bfloat16."""
+    return torch.bfloat16 if card.get("precision") == "bfloat16" and bf16_native() else torch.float32
 
 
 class EmbeddingCritic:
@@ -97,12 +108,12 @@ class LlmJudge:
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
-def load_judge(base: str, prompt: str = JUDGE_PROMPT) -> LlmJudge:
+def load_judge(base: str, prompt: str = JUDGE_PROMPT, dtype: torch.dtype | None = None) -> LlmJudge:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from store import resolve_model
     path = resolve_model(base)
-    return LlmJudge(AutoModelForCausalLM.from_pretrained(path, dtype=compute_dtype()).to(device()),
+    return LlmJudge(AutoModelForCausalLM.from_pretrained(path, dtype=dtype or compute_dtype()).to(device()),
                     AutoTokenizer.from_pretrained(path), prompt)
 
 
@@ -123,12 +134,13 @@ def load_critic(path: str | Path) -> Critic:
 
 
 def _load_model(path: Path, card: dict[str, Any]) -> EmbeddingCritic | FinetunedCritic | LlmJudge:
+    dtype = card_dtype(card)
     if card["mode"] == "llm-judge":
-        return load_judge(card["base_model"], card["config"].get("prompt") or JUDGE_PROMPT)
+        return load_judge(card["base_model"], card["config"].get("prompt") or JUDGE_PROMPT, dtype)
     if card["mode"] == "embedding":
         head = load_file(path / "head.safetensors")
-        return EmbeddingCritic(sentence_encoder(path / "encoder"), head["weight"], head["bias"])
+        return EmbeddingCritic(sentence_encoder(path / "encoder", dtype), head["weight"], head["bias"])
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    model = AutoModelForSequenceClassification.from_pretrained(path / "model", dtype=compute_dtype()).to(device())
+    model = AutoModelForSequenceClassification.from_pretrained(path / "model", dtype=dtype).to(device())
     return FinetunedCritic(model, AutoTokenizer.from_pretrained(path / "model"),
                            card.get("config", {}).get("max_length", 128))

@@ -24,7 +24,7 @@ from store.hardware import bf16_native, compute_dtype
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
-from .model import JUDGE_PROMPT, EmbeddingCritic, FinetunedCritic, device, load_judge
+from .model import JUDGE_PROMPT, EmbeddingCritic, FinetunedCritic, device, load_judge, precision
 from .verbalize import verbalize_rows
 
 
@@ -79,18 +79,19 @@ def coverage(df: pl.DataFrame) -> dict[str, dict[str, int]]:
     return {"kinds": counts("kind"), "relations": counts("relation")}
 
 
-_EMBEDDED: dict[tuple[str, str], np.ndarray] = {}  # (encoder, text) -> vector, for this process
+_EMBEDDED: dict[tuple[str, str], np.ndarray] = {}  # (encoder and precision, text) -> vector, for this process
 
 
 def cached_embeddings(critic: EmbeddingCritic, base: str, texts: list[str]) -> np.ndarray:
     """The frozen encoder's vectors, each text encoded once per process: cross-validation trains a head per
     fold on mostly the same texts, and encoding them is nearly all of an embedding critic's cost."""
-    if any(key[0] != base for key in _EMBEDDED):
+    encoder = f"{base}@{next(critic.encoder.parameters()).dtype}"
+    if any(key[0] != encoder for key in _EMBEDDED):
         _EMBEDDED.clear()  # one encoder's vectors at a time
-    todo = list(dict.fromkeys(t for t in texts if (base, t) not in _EMBEDDED))
+    todo = list(dict.fromkeys(t for t in texts if (encoder, t) not in _EMBEDDED))
     if todo:
-        _EMBEDDED.update(zip(((base, t) for t in todo), critic.embed(todo), strict=True))
-    return np.stack([_EMBEDDED[(base, t)] for t in texts]) if texts else np.zeros((0, 1), np.float32)
+        _EMBEDDED.update(zip(((encoder, t) for t in todo), critic.embed(todo), strict=True))
+    return np.stack([_EMBEDDED[(encoder, t)] for t in texts]) if texts else np.zeros((0, 1), np.float32)
 
 
 def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):
@@ -227,7 +228,7 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path) -> dic
             "label_sources": sorted(set(df["source"].to_list())),
             "label_counts": {str(k): int(v) for k, v in zip(*np.unique(df["label"].to_numpy(), return_counts=True),
                                                                strict=True)},
-            "coverage": coverage(df), "calibration": cal,
+            "coverage": coverage(df), "calibration": cal, "precision": precision(),
             "config": cfg.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
             "skd_version": skd_version()}
     (tmp / "critic.json").write_text(json.dumps(card, indent=2))

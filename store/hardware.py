@@ -45,7 +45,9 @@ def bf16_native(on: str | None = None) -> bool:
     on = on or device()
     if on.startswith("cuda"):
         import torch
-        return torch.cuda.is_bf16_supported()
+        index = int(on.split(":")[1]) if ":" in on else torch.cuda.current_device()
+        with torch.cuda.device(index):  # compute capability 8.0 on: T4 and V100 only emulate it
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     return on == "cpu" and cpu_has_native_bf16()
 
 

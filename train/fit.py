@@ -178,10 +178,13 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
 
 
 def save_student(trainer, tok, cfg: TrainConfig) -> None:
+    import torch
+
     model = trainer.model
     if cfg.lora:
         model.save_pretrained(cfg.out / "adapter")
-        model = model.merge_and_unload()
+        # Merged in float32: added to a bfloat16 base, the small LoRA deltas would be rounded away.
+        model = model.to(torch.float32).merge_and_unload()
     model.save_pretrained(cfg.out)
     tok.save_pretrained(cfg.out)
 

@@ -29,6 +29,15 @@ class PenaltyProcessor(LogitsProcessor):
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
+def shareable(lm: Any, cache: Any) -> bool:
+    """Whether a prefilled cache can be repeated for n samples and handed to generate(): a dynamic cache of
+    plain (or sliding-window) attention layers, and no cache implementation of the model's own."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    return (isinstance(cache, DynamicCache) and lm.generation_config.cache_implementation is None
+            and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers))
+
+
 class TransformersTeacher:
     def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 8):
         self.model = model
@@ -43,6 +52,7 @@ class TransformersTeacher:
             self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
         except OSError as e:
             raise SkdError(f"cannot load model {model!r}: {str(e).splitlines()[0]}") from None
+        self.share_prefill: bool | None = None  # prefill once for n samples (see _shared_prefill)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -102,13 +112,20 @@ class TransformersTeacher:
         """generate()'s inputs for N samples of each prompt, the prompt read once: `num_return_sequences`
         would copy each prompt N times before the forward pass, and with few-shot prompts and short outputs
         that prefill is most of the work. All but the last prompt token go through the model here and their
-        cache is repeated N times; the samples drawn are the same as `num_return_sequences` draws."""
+        cache is repeated N times; in float32 the samples are exactly those `num_return_sequences` draws.
+        Models whose cache is more than keys and values (recurrent, hybrid, static) take the plain way."""
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        if n == 1 or ids.shape[1] < 2:
-            return {"input_ids": ids, "attention_mask": mask, "num_return_sequences": n}
+        plain = {"input_ids": ids, "attention_mask": mask, "num_return_sequences": n}
+        if n == 1 or ids.shape[1] < 2 or self.share_prefill is False:
+            return plain
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
-        cache = self.lm(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                        use_cache=True).past_key_values
+        keep = {"logits_to_keep": 1} if self.lm._supports_logits_to_keep() else {}  # no [B, L, vocab] logits
+        cache = getattr(self.lm(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                                use_cache=True, **keep), "past_key_values", None)
+        if self.share_prefill is None:  # decided on the first batch, for the model
+            self.share_prefill = shareable(self.lm, cache)
+            if not self.share_prefill:
+                return plain
         cache.batch_repeat_interleave(n)
         return {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0),
                 "past_key_values": cache}

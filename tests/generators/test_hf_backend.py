@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from generators import Request, Sampling, make_teacher
@@ -27,22 +28,42 @@ def test_smollm2_generates_samples_with_stop_logprobs_and_chat(smollm2):
 
 
 def test_shared_prefill_draws_what_num_return_sequences_draws(tiny_lm):
-    """Each prompt is read once and its cache repeated for the n samples: the samples are those HF's own
-    `num_return_sequences` draws, also for left-padded prompts of different lengths."""
+    """Each prompt is read once and its cache repeated for the n samples: in float32 the completions (texts,
+    stops, logprobs, with penalties) are those of HF's own `num_return_sequences`, also for left-padded
+    prompts of different lengths."""
+    t = make_teacher("transformers", str(tiny_lm), dtype="float32", batch_size=3)
+    s = Sampling(n=3, temperature=1.0, top_p=0.9, max_tokens=8, stop=("e",), logprobs=True, presence_penalty=0.5,
+                 frequency_penalty=0.25)
+    prompts = ("PersonX goes to the store and buys", "a", "PersonX")
+    reqs = [Request(model=t.model, sampling=s, prompt=p) for p in prompts]
+    calls = []
+    forward = t.lm.forward
+    t.lm.forward = lambda *a, **kw: calls.append(kw["input_ids"].shape) or forward(*a, **kw)
+    shared = t.generate(reqs)
+    assert t.share_prefill is True and calls[0][0] == 3 and all(c[0] == 9 for c in calls[1:])  # prefill at 3 rows
+    t.share_prefill = False
+    plain = t.generate(reqs)
+    def fields(out):
+        return [[(c.text, c.index, c.finish_reason, c.n_tokens) for c in o] for o in out]
+    assert fields(shared) == fields(plain)
+    assert [c.logprob for o in shared for c in o] == pytest.approx([c.logprob for o in plain for c in o], abs=1e-3)
+    assert len({c.text for o in shared for c in o}) > 3  # the samples differ: a real draw, not one repeated
+
+
+def test_models_whose_cache_is_more_than_keys_and_values_take_the_plain_way(tiny_lm):
+    from transformers import DynamicCache
+
+    from generators.backends.hf import shareable
+
     t = make_teacher("transformers", str(tiny_lm), dtype="float32")
-    enc = t.tokenizer(["PersonX goes to the store and buys", "a", "PersonX eats"], return_tensors="pt", padding=True,
-                      add_special_tokens=False)
-    assert enc["attention_mask"].sum(1).tolist() != [enc["input_ids"].shape[1]] * 3  # padded rows exist
-    common = {"do_sample": True, "top_p": 0.9, "top_k": None, "max_new_tokens": 8,
-              "pad_token_id": t.tokenizer.pad_token_id}
-    with torch.inference_mode():
-        torch.manual_seed(7)
-        expected = t.lm.generate(**enc, num_return_sequences=3, **common)
-        torch.manual_seed(7)
-        shared = t._shared_prefill(enc, 3)
-        got = t.lm.generate(**shared, **common)
-    assert "past_key_values" in shared and shared["input_ids"].shape[0] == 9
-    assert torch.equal(got, expected)
+    enc = t.tokenizer(["PersonX goes", "a"], return_tensors="pt", padding=True)
+    cache = t.lm(**enc, use_cache=True).past_key_values
+    assert isinstance(cache, DynamicCache) and shareable(t.lm, cache)
+    assert not shareable(t.lm, None)  # e.g. a recurrent model's output has no past_key_values
+    t.lm.generation_config.cache_implementation = "static"  # the model's own cache: generate() builds it
+    assert not shareable(t.lm, cache)
+    out = t.generate([Request(model=t.model, sampling=Sampling(n=2, max_tokens=4), prompt="PersonX goes")])
+    assert t.share_prefill is False and len(out[0]) == 2
 
 
 def test_transformers_teacher_computes_in_the_hardware_precision(tiny_lm, monkeypatch):

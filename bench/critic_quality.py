@@ -24,12 +24,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from critics.config import CriticConfig
-from critics.crossval import cross_validate
+from critics.crossval import cross_validate, summary
 from store import MINILM, Store, import_labels
 from store.models import MPNET
 
@@ -77,18 +78,36 @@ def row(table: Table, task: str, name: str, res: dict, seconds: float) -> None:
           {g: round(m["auc"] or 0, 4) for g, m in (res.get("by") or {}).items()}, f"{seconds:.0f}s", flush=True)
 
 
+def ensemble(table: Table, task: str, runs: dict[str, dict]) -> None:
+    """The mean of the attempts' calibrated out-of-fold scores: the folds are the same (seeded, grouped), so
+    this is out-of-fold too, and says whether an ensemble of critics would be worth building."""
+    if len(runs) < 2:
+        return
+    scores = np.mean([r["scores"] for r in runs.values()], axis=0)
+    first = next(iter(runs.values()))  # every run has the same labels in the same order
+    labels, classes = np.asarray(first["labels"]), first.get("groups")
+    res = {"overall": summary(scores, labels)}
+    if classes:
+        res["by"] = {g: summary(scores[m], labels[m]) for g in sorted(set(classes), key=str)
+                     for m in [np.asarray([c == g for c in classes])]}
+    row(table, task, f"ensemble: mean of {', '.join(runs)}", res, sum(r["seconds"] for r in runs.values()))
+
+
 def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table) -> None:
     db = tmp / "ckbp.duckdb"
     with Store(db) as s:
         import_labels(s, DATA / "ckbp/ckbp1_crowd.csv", "ckbp", source=CROWD)
         import_labels(s, DATA / "ckbp/ckbp2_dev.csv", "ckbp", source=EXPERT)
         import_labels(s, DATA / "atomic2020/human_tuples.tsv", "atomic2020", source=ATOMIC)
+    task, runs = f"CKBP v2 expert, {folds}-fold by head", {}
     for name in attempts:
         what, cfg, sources, weights = CKBP_ATTEMPTS[name]
         started = time.perf_counter()
         res = cross_validate(db, CriticConfig(**cfg, sources=sources, source_weights=weights), EXPERT, folds,
                              by="class", on_fold=progress(name))
-        row(table, f"CKBP v2 expert, {folds}-fold by head", f"{name}: {what}", res, time.perf_counter() - started)
+        runs[name] = res | {"seconds": time.perf_counter() - started}
+        row(table, task, f"{name}: {what}", res, runs[name]["seconds"])
+    ensemble(table, task, runs)
 
 
 def rationale(attempts: list[str], folds: int, tmp: Path, table: Table) -> None:
@@ -100,13 +119,14 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table) -> None:
     y, nll = df["label"].to_numpy(), -df["nll"].to_numpy()
     table.add_row("CSQA rationales", "GPT-3 normalised NLL (baseline, no training)", f"{roc_auc_score(y, nll):.3f}",
                   f"{average_precision_score(y, nll):.3f}", "-", f"{len(y):,}", "")
+    task, runs = f"CSQA rationales, {folds}-fold by question", {}
     for name in attempts:
         what, cfg = RATIONALE_ATTEMPTS[name]
         started = time.perf_counter()
-        res = cross_validate(db, CriticConfig(**cfg), "csqa", folds, by=None,
-                             on_fold=progress(name))
-        row(table, f"CSQA rationales, {folds}-fold by question", f"{name}: {what}", res,
-            time.perf_counter() - started)
+        res = cross_validate(db, CriticConfig(**cfg), "csqa", folds, by=None, on_fold=progress(name))
+        runs[name] = res | {"seconds": time.perf_counter() - started}
+        row(table, task, f"{name}: {what}", res, runs[name]["seconds"])
+    ensemble(table, task, runs)
 
 
 def main() -> None:

@@ -72,15 +72,16 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     labels = ev["label"].to_numpy()
     result = {"eval_source": eval_source, "folds": folds, "n": int(ev.height), "trains_on_eval": trains_on_eval,
               "train_labels": int(df.height if trains_on_eval else rest.height),
-              "overall": _summary(oof, labels), "seconds_per_fold": float(np.mean(seconds)),
-              "fold_of_group": "head or question", "scores": oof.tolist()}
+              "overall": summary(oof, labels), "seconds_per_fold": float(np.mean(seconds)),
+              "fold_of_group": "head or question", "scores": oof.tolist(), "labels": labels.tolist()}
     groups = [json.loads(e or "{}").get(by) for e in ev["extra"].to_list()] if by and "extra" in ev.columns else []
     if any(g is not None for g in groups):
-        result["by"] = {str(g): _summary(oof[m], labels[m]) for g in sorted(set(groups), key=str)
+        result["groups"] = groups
+        result["by"] = {str(g): summary(oof[m], labels[m]) for g in sorted(set(groups), key=str)
                         for m in [np.asarray([v == g for v in groups])]}
     return result
 
 
-def _summary(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def summary(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     r = report(scores, labels, {})
     return {k: r[k] for k in ("n", "positive_rate", "auc", "average_precision", "calibration_error")}

@@ -170,7 +170,8 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
         eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.eval_steps,
         save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="auc", greater_is_better=True,
         logging_steps=max(1, cfg.eval_steps // 4), report_to=[], warmup_steps=max(1, steps // 16),
-        use_cpu=device() == "cpu", bf16=bf16_native(), remove_unused_columns=False)  # keep the weight column
+        use_cpu=device() == "cpu", bf16=bf16_native(), remove_unused_columns=False,  # keep the weight column
+        train_sampling_strategy="group_by_length")  # batches of like lengths: little padding with dynamic padding
     trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train),
                               eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev),
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=auc,

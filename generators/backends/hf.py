@@ -11,6 +11,7 @@ from transformers.utils import logging as hf_logging
 
 from store import SkdError, resolve_model
 from store.hardware import compute_dtype
+from store.hardware import device as default_device
 
 from ..types import Completion, Request, cut_at_stop, stable_hash
 
@@ -42,7 +43,7 @@ class TransformersTeacher:
     def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 8):
         self.model = model
         self.batch_size = batch_size
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         path = resolve_model(model)
         hf_logging.disable_progress_bar()  # skd shows its own progress
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,

@@ -30,7 +30,7 @@ from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from critics.config import CriticConfig
-from critics.crossval import cross_validate, summary
+from critics.crossval import cross_validate, summaries
 from store import MINILM, Store, import_labels
 from store.models import MPNET
 
@@ -85,11 +85,7 @@ def ensemble(table: Table, task: str, runs: dict[str, dict]) -> None:
         return
     scores = np.mean([r["scores"] for r in runs.values()], axis=0)
     first = next(iter(runs.values()))  # every run has the same labels in the same order
-    labels, classes = np.asarray(first["labels"]), first.get("groups")
-    res = {"overall": summary(scores, labels)}
-    if classes:
-        res["by"] = {g: summary(scores[m], labels[m]) for g in sorted(set(classes), key=str)
-                     for m in [np.asarray([c == g for c in classes])]}
+    res = summaries(scores, np.asarray(first["labels"]), first.get("groups"))
     row(table, task, f"ensemble: mean of {', '.join(runs)}", res, sum(r["seconds"] for r in runs.values()))
 
 

@@ -72,14 +72,21 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     labels = ev["label"].to_numpy()
     result = {"eval_source": eval_source, "folds": folds, "n": int(ev.height), "trains_on_eval": trains_on_eval,
               "train_labels": int(df.height if trains_on_eval else rest.height),
-              "overall": summary(oof, labels), "seconds_per_fold": float(np.mean(seconds)),
-              "fold_of_group": "head or question", "scores": oof.tolist(), "labels": labels.tolist()}
+              "seconds_per_fold": float(np.mean(seconds)), "fold_of_group": "head or question",
+              "scores": oof.tolist(), "labels": labels.tolist()}
     groups = [json.loads(e or "{}").get(by) for e in ev["extra"].to_list()] if by and "extra" in ev.columns else []
     if any(g is not None for g in groups):
         result["groups"] = groups
-        result["by"] = {str(g): summary(oof[m], labels[m]) for g in sorted(set(groups), key=str)
-                        for m in [np.asarray([v == g for v in groups])]}
-    return result
+    return result | summaries(oof, labels, result.get("groups"))
+
+
+def summaries(scores: np.ndarray, labels: np.ndarray, groups: list[Any] | None = None) -> dict[str, Any]:
+    """Quality of out-of-fold scores: overall, and per group (CKBP class) when the labels have groups."""
+    out: dict[str, Any] = {"overall": summary(scores, labels)}
+    if groups:
+        out["by"] = {str(g): summary(scores[m], labels[m]) for g in sorted(set(groups), key=str)
+                     for m in [np.asarray([v == g for v in groups])]}
+    return out
 
 
 def summary(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

@@ -57,6 +57,15 @@ def table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:
     return "\n".join(out)
 
 
+def cost_line(cost: dict[str, Any] | None) -> str:
+    """What the generation runs behind the snapshot cost (their filtered-out requests included)."""
+    if not cost or not cost.get("requests"):
+        return "Generation cost: not recorded (a snapshot from before skd kept usage)."
+    dollars = f"${cost['cost']:,.2f}" if cost.get("cost") is not None else "no price given for the teacher"
+    return (f"Generation cost: {cost['requests']:,} teacher requests, {cost['prompt_tokens']:,} prompt and "
+            f"{cost['completion_tokens']:,} completion tokens, {dollars}.")
+
+
 def dataset_card(row: dict[str, Any], df: pl.DataFrame, critic: dict[str, Any] | None,
                  teachers: list[dict[str, Any]]) -> str:
     recipe, funnel = row["recipe"], row["funnel"]
@@ -71,6 +80,7 @@ def dataset_card(row: dict[str, Any], df: pl.DataFrame, critic: dict[str, Any] |
     if teachers:
         parts += [table([(t["teacher"], f"`{t['params']}`", f"{t['items']:,}") for t in teachers],
                         ("teacher", "sampling", "items")), ""]
+        parts += [cost_line(funnel.get("generation_cost")), ""]
     else:
         parts += ["No generated items: every item was ingested.", ""]
     if critic:

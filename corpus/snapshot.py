@@ -144,6 +144,7 @@ def create_snapshot(store: Store, name: str, recipe: SnapshotRecipe, model: str 
     with store.snapshots.create(snapshot_id, name, ids, splits) as draft:  # one transaction
         funnel = store.generations.funnel(draft.members) | funnel | {"snapshot": len(ids)}
         funnel["splits"] = {s: splits.count(s) for s in recipe.split}
+        funnel["generation_cost"] = store.usage.of_slice(draft.members)
         stats = corpus_stats(store, draft.members, model=model, seed=recipe.seed)
         draft.describe(content_hash(ids, splits), full_recipe, funnel, stats)
         store.finish_run(run_id, "ok", {"snapshot_id": snapshot_id, "items": len(ids)})

@@ -22,7 +22,7 @@ from store.items import TEXT_FIELDS
 
 from .backends import Teacher
 from .recipes import ParseError, Recipe
-from .types import Completion, Request
+from .types import Completion, Request, usage_of
 
 # A staged batch's items: the text fields of store.items' one field list, then choices, extra and provenance.
 ITEM_SCHEMA = pa.schema(
@@ -44,8 +44,19 @@ class GenerateSummary:
     items: int = 0
     new_items: int = 0
     tokens: int = 0
+    prompt_tokens: int = 0
+    cost: float | None = None
     seconds: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def count_usage(self, prompt_tokens: int | None, cost: float | None) -> None:
+        self.prompt_tokens += prompt_tokens or 0
+        if cost is not None:
+            self.cost = (self.cost or 0.0) + cost
 
     @property
     def parse_rate(self) -> float:
@@ -58,9 +69,10 @@ class GenerateSummary:
         """Two stages' summaries as one (the run id is the later one's)."""
         counts = {k: getattr(self, k) + getattr(other, k) for k in ("requests", "already_done", "generated",
                                                                      "completions", "parsed", "items", "new_items",
-                                                                     "tokens", "seconds")}
+                                                                     "tokens", "prompt_tokens", "seconds")}
         failures = {k: self.failures.get(k, 0) + other.failures.get(k, 0) for k in {*self.failures, *other.failures}}
-        return GenerateSummary(other.run_id, **counts, failures=failures)
+        costs = [c for c in (self.cost, other.cost) if c is not None]
+        return GenerateSummary(other.run_id, **counts, cost=sum(costs) if costs else None, failures=failures)
 
 
 def shard_dir(db_path: Path) -> Path:
@@ -78,13 +90,17 @@ def parse_completion(recipe: Recipe, request: Request, c: Completion) -> tuple[l
 
 
 def batch_tables(run_id: str, recipe: Recipe, teacher: Teacher, chunk: list[Request],
-                 outputs: list[list[Completion]], stats: GenerateSummary) -> dict[str, pa.Table]:
+                 outputs: list[list[Completion]], stats: GenerateSummary,
+                 batch_key: str | None = None) -> dict[str, pa.Table]:
     reqs, gens, items = [], [], []
     for r, completions in zip(chunk, outputs, strict=True):
         params = json.dumps(r.sampling.key(), sort_keys=True)
+        prompt_tokens, completion_tokens, cost = usage_of(completions)
+        stats.count_usage(prompt_tokens, cost)
         reqs.append({"request_id": r.request_id, "run_id": run_id, "recipe": recipe.name, "model": teacher.model,
                      "prompt": r.prompt_text, "prompt_hash": r.prompt_hash, "params": params,
-                     "meta": json.dumps(r.meta, default=str)})
+                     "meta": json.dumps(r.meta, default=str), "prompt_tokens": prompt_tokens,
+                     "completion_tokens": completion_tokens, "cost": cost, "batch_key": batch_key})
         for c in completions:
             parsed, error = parse_completion(recipe, r, c)
             stats.completions += 1
@@ -125,8 +141,11 @@ def run_generation(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, see
                    on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
     """Every stage of the recipe in order, each a resumable run; the summary adds them up."""
     total: GenerateSummary | None = None
+    stage = run_stage
+    if getattr(teacher, "batch", False):  # provider batch jobs: the same batches, another way to get them
+        from .batch import run_batch_stage as stage
     for part in recipe.stages():
-        stats = run_stage(db_path, part, teacher, seed=seed, limit=limit, batch_size=batch_size, config=config,
+        stats = stage(db_path, part, teacher, seed=seed, limit=limit, batch_size=batch_size, config=config,
                           on_batch=on_batch)
         total = stats if total is None else total.plus(stats)
     assert total is not None

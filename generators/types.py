@@ -94,6 +94,24 @@ class Completion:
     logprob: float | None = None
 
 
+class Response(list):
+    """A request's completions (a list, as every backend returns) and what the request cost: the provider's
+    token counts (`usage`, not shares of it) and, where the teacher has a price, the cost in dollars."""
+
+    def __init__(self, completions=(), prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                 cost: float | None = None):
+        super().__init__(completions)
+        self.prompt_tokens, self.completion_tokens, self.cost = prompt_tokens, completion_tokens, cost
+
+
+def usage_of(completions: list[Completion]) -> tuple[int | None, int | None, float | None]:
+    """(prompt tokens, completion tokens, cost) of one request's completions, whatever backend made them."""
+    generated = [c.n_tokens for c in completions if c.n_tokens is not None]
+    fallback = sum(generated) if generated else None
+    return (getattr(completions, "prompt_tokens", None),
+            getattr(completions, "completion_tokens", None) or fallback, getattr(completions, "cost", None))
+
+
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Text up to the first stop string (backends that keep the stop string in their output)."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)

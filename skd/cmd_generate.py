@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from generators import RECIPES, GenerateSummary, make_recipe, make_teacher, run_generation
+from generators.backends import option_names
 from generators.config import GenerateConfig
 from generators.recipes import read_toml
 from store import SkdError, default_path
@@ -39,9 +40,7 @@ def teacher_options(backend: str, config: Path | None, **flags: Any) -> dict[str
     opts = dict(read_toml(config).get("teacher", {})) if config else {}
     opts.pop("model", None)
     opts.pop("backend", None)
-    allowed = {"transformers": {"device", "dtype", "batch_size"},
-               "vllm": {"tensor_parallel_size", "max_model_len", "dtype", "gpu_memory_utilization", "enforce_eager"},
-               "openai": {"base_url", "api_key_env", "concurrency", "max_retries", "timeout", "served_model"}}[backend]
+    allowed = set(option_names(backend))
     opts.update({k: v for k, v in flags.items() if v is not None and k in allowed})
     bad = set(opts) - allowed
     if bad:
@@ -55,13 +54,19 @@ def progress_view(quiet: bool):
         return None, lambda stats, total: None
     progress = Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
                         TextColumn("{task.fields[rate]:.1f} completions/s"),
-                        TextColumn("parsed {task.fields[parse]:.0%}"), TimeElapsedColumn(), console=err)
-    task = progress.add_task("generate", total=None, rate=0.0, parse=0.0)
+                        TextColumn("parsed {task.fields[parse]:.0%}"), TextColumn("{task.fields[tokens]:,.0f} tok/s"),
+                        TextColumn("{task.fields[cost]}"), TimeElapsedColumn(), console=err)
+    task = progress.add_task("generate", total=None, rate=0.0, parse=0.0, tokens=0.0, cost="")
 
     def update(stats: GenerateSummary, total: int) -> None:
         progress.update(task, total=total, completed=stats.generated, parse=stats.parse_rate,
-                        rate=stats.completions / stats.seconds if stats.seconds else 0.0)
+                        rate=stats.completions / stats.seconds if stats.seconds else 0.0,
+                        tokens=stats.tokens_per_second, cost=dollars(stats.cost))
     return progress, update
+
+
+def dollars(cost: float | None) -> str:
+    return "" if cost is None else f"${cost:,.4f}" if cost < 1 else f"${cost:,.2f}"
 
 
 def summary_table(s: GenerateSummary) -> Table:
@@ -70,8 +75,8 @@ def summary_table(s: GenerateSummary) -> Table:
     t.add_column(justify="right")
     rows = [("requests", s.requests), ("already stored (skipped)", s.already_done), ("generated now", s.generated),
             ("completions", s.completions), ("parsed completions", f"{s.parsed:,} ({s.parse_rate:.0%})"),
-            ("items", s.items), ("new distinct items", s.new_items), ("tokens", s.tokens),
-            ("seconds", f"{s.seconds:.1f}")]
+            ("items", s.items), ("new distinct items", s.new_items), ("prompt tokens", s.prompt_tokens),
+            ("completion tokens", s.tokens), ("cost", dollars(s.cost) or "no price"), ("seconds", f"{s.seconds:.1f}")]
     for k, v in rows:
         t.add_row(k, f"{v:,}" if isinstance(v, int) else v)
     for reason, count in sorted(s.failures.items(), key=lambda kv: -kv[1])[:10]:
@@ -88,6 +93,9 @@ def generate(
     n: Annotated[int | None, typer.Option(help="Samples per prompt (overrides the config).")] = None,
     base_url: Annotated[str | None, typer.Option(help="openai: endpoint, e.g. http://127.0.0.1:8000/v1.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="openai: requests in flight.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="openai: requests per minute at most (default: the "
+                                                   "provider's rate-limit headers).")] = None,
+    tpm: Annotated[float | None, typer.Option(help="openai: tokens per minute at most.")] = None,
     tensor_parallel_size: Annotated[int | None, typer.Option(help="vllm: GPUs per model.")] = None,
     max_model_len: Annotated[int | None, typer.Option(help="vllm: context length.")] = None,
     dtype: Annotated[str | None, typer.Option(help="Model dtype (auto, float32, bfloat16, float16).")] = None,
@@ -95,7 +103,7 @@ def generate(
 ) -> None:
     """Overgenerate with a teacher: every completion is stored (parsed or not), every item with provenance."""
     r = make_recipe(recipe.value, recipe_config(recipe.value, config, n), source=str(config or "config"))
-    opts = teacher_options(cfg.backend, config, base_url=base_url, concurrency=concurrency,
+    opts = teacher_options(cfg.backend, config, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm,
                            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, dtype=dtype)
     r.check_inputs()
     t = make_teacher(cfg.backend, cfg.teacher, **opts)

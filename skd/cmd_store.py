@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.table import Table
 
 from store import FORMATS, KINDS, LABEL_FORMATS, SkdError, Store
 from store.db import default_path
@@ -47,6 +48,19 @@ def init(db: Db = None) -> None:
         out.print(f"corpus {s.path} ready (schema version {s.schema_version})")
 
 
+def cost_table(cost: dict[str, Any]) -> Table:
+    """Teacher tokens and dollars: per teacher, then what the generation behind each snapshot cost."""
+    t = Table(title="generation cost", title_justify="left")
+    for col in ("teacher / snapshot", "requests", "prompt tokens", "completion tokens", "cost"):
+        t.add_column(col, justify="left" if col.startswith("teacher") else "right")
+    rows = [(r["teacher"], r) for r in cost["per_teacher"]] + [(f"snapshot {n}", r) for n, r in
+                                                                cost["per_snapshot"].items()]
+    for name, r in rows:
+        t.add_row(name, f"{r['requests']:,}", f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}",
+                  "no price" if r.get("cost") is None else f"${r['cost']:,.4f}")
+    return t
+
+
 def info(db: Db = None, json: Json = False) -> None:
     """Schema version and counts per table, per kind, per relation and per domain."""
     with Store(db, read_only=True) as s:
@@ -62,6 +76,9 @@ def info(db: Db = None, json: Json = False) -> None:
         out.print(dict_table("triples per relation", data["triples_per_relation"]))
     if len(data["items_per_domain"]) > 1:
         out.print(dict_table("items per domain", data["items_per_domain"]))
+    cost = data["generation_cost"]
+    if cost["per_teacher"] or cost["per_snapshot"]:
+        out.print(cost_table(cost))
     if data["runs_per_status"]:
         out.print(dict_table("runs per status (interrupted: its process ended before it finished)",
                              data["runs_per_status"]))

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from .analytics import Analytics
+    from .batch_jobs import BatchJobs, Usage
     from .dedup import Dedup
     from .embeddings import Embeddings
     from .items import Items
@@ -171,6 +172,16 @@ class Store:
         return Scores(self)
 
     @property
+    def batch_jobs(self) -> BatchJobs:
+        from .batch_jobs import BatchJobs
+        return BatchJobs(self)
+
+    @property
+    def usage(self) -> Usage:
+        from .batch_jobs import Usage
+        return Usage(self)
+
+    @property
     def generations(self) -> Generations:
         return Generations(self)
 
@@ -302,7 +313,15 @@ class Store:
             "triples_per_relation": per_relation,
             "items_per_domain": per_domain,
             "runs_per_status": self.runs_per_status(),
+            "generation_cost": self.generation_cost(),
         }
+
+    def generation_cost(self) -> dict[str, Any]:
+        """Tokens and dollars per teacher, and what made each snapshot (recorded in its funnel when cut)."""
+        snaps = {name: json.loads(cost) for name, cost in self.con.execute(
+            "SELECT name, json_extract(funnel, '$.generation_cost') FROM snapshots "
+            "WHERE json_extract(funnel, '$.generation_cost') IS NOT NULL ORDER BY created_at").fetchall()}
+        return {"per_teacher": [t for t in self.usage.per_teacher() if t["requests"]], "per_snapshot": snaps}
 
 
 def process_start(pid: int) -> str | None:

@@ -100,7 +100,25 @@ ALTER TABLE runs ADD COLUMN host VARCHAR;
 ALTER TABLE runs ADD COLUMN process_start VARCHAR;
 """
 
-MIGRATIONS: list[str] = [M001_CORE, M002_INGEST, M003_REQUESTS, M004_RUN_OWNERS]
+# What each request cost (the provider's usage, and dollars where the teacher has a price), and the provider
+# batch jobs a run submitted: recorded before they are paid for, so a rerun resumes a job instead of paying again.
+M005_BATCH_JOBS = """
+ALTER TABLE requests ADD COLUMN prompt_tokens INTEGER;
+ALTER TABLE requests ADD COLUMN completion_tokens INTEGER;
+ALTER TABLE requests ADD COLUMN cost DOUBLE;
+ALTER TABLE requests ADD COLUMN batch_key VARCHAR;
+CREATE TABLE batch_jobs (
+    batch_key VARCHAR NOT NULL, run_id VARCHAR, recipe VARCHAR, model VARCHAR, endpoint VARCHAR, url VARCHAR,
+    request_ids VARCHAR[], input_file_id VARCHAR, job_id VARCHAR, status VARCHAR, counts JSON,
+    output_file_id VARCHAR, error_file_id VARCHAR, error VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp, updated_at TIMESTAMP, closed_at TIMESTAMP
+);
+CREATE TABLE batch_failures (
+    request_id VARCHAR NOT NULL, batch_key VARCHAR, error VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
+MIGRATIONS: list[str] = [M001_CORE, M002_INGEST, M003_REQUESTS, M004_RUN_OWNERS, M005_BATCH_JOBS]
 LATEST = len(MIGRATIONS)
 
 

@@ -62,7 +62,8 @@ class EvalConfig(BaseModel):
     format: Literal["comet", "chat", "rationale", "fewshot"] | None = Field(
         None, description="Prompt format (default: the student's; chat for a teacher). fewshot: the prompt the "
                           "teacher generated with.")
-    backend: Literal["transformers", "vllm", "openai"] = Field("transformers", description="Generation backend.")
+    backend: Literal["transformers", "vllm", "openai", "openai-batch"] = Field("transformers",
+                                                                              description="Generation backend.")
     limit: int = Field(200, ge=0, description="At most this many inputs (a seeded draw of references; 0: all).")
     max_tokens: int = Field(24, gt=0, description="Tokens per output.")
     temperature: float = Field(0.0, ge=0, description="0 is greedy.")

@@ -9,7 +9,7 @@ from store import SkdError
 
 from ..types import Completion, Request
 
-BACKENDS = ("transformers", "vllm", "openai")
+BACKENDS = ("transformers", "vllm", "openai", "openai-batch")
 
 
 class Teacher(Protocol):
@@ -32,13 +32,21 @@ def teacher_class(backend: str) -> type:
     if backend == "openai":
         from .openai_http import OpenAITeacher
         return OpenAITeacher
+    if backend == "openai-batch":
+        from .openai_batch import OpenAIBatchTeacher
+        return OpenAIBatchTeacher
     raise SkdError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+
+
+def option_names(backend: str) -> list[str]:
+    """The load-time options a backend takes (its constructor's keywords)."""
+    params = inspect.signature(teacher_class(backend).__init__).parameters
+    return [p for p in params if p not in ("self", "model")]
 
 
 def check_teacher_options(backend: str, options: dict[str, Any], source: str = "teacher options") -> None:
     """Options the backend does not take are named before any model loads (not a TypeError after)."""
-    params = inspect.signature(teacher_class(backend).__init__).parameters
-    known = [p for p in params if p not in ("self", "model")]
+    known = option_names(backend)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise SkdError(f"{source}: the {backend} backend takes no option {', '.join(map(repr, unknown))} "

@@ -13,7 +13,7 @@ from store import SkdError, resolve_model
 from store.hardware import compute_dtype
 from store.hardware import device as default_device
 
-from ..types import Completion, Request, cut_at_stop, stable_hash
+from ..types import Completion, Request, Response, cut_at_stop, stable_hash
 
 
 class PenaltyProcessor(LogitsProcessor):
@@ -107,7 +107,9 @@ class TransformersTeacher:
         for row in range(new.shape[0]):
             results.append(self._completion(new[row], row % s.n, s.stop,
                                             token_lp[row] if token_lp is not None else None))
-        return [results[i * s.n:(i + 1) * s.n] for i in range(len(requests))]
+        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()  # each prompt's own length, padding not counted
+        return [Response(results[i * s.n:(i + 1) * s.n], prompt_tokens=int(prompt_tokens[i]))
+                for i in range(len(requests))]
 
     def _shared_prefill(self, enc: Any, n: int) -> dict[str, Any]:
         """generate()'s inputs for N samples of each prompt, the prompt read once: `num_return_sequences`

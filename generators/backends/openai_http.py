@@ -1,5 +1,6 @@
 """OpenAI-compatible HTTP backend (a `vllm serve`, a hosted API): async requests under a concurrency
-limit, retries with exponential backoff on 429, 5xx and timeouts. The API key comes from the
+limit and optional requests/tokens-per-minute limits, retries with exponential backoff on 429, 5xx and
+timeouts; each request's token usage and, with a price table, its cost. The API key comes from the
 environment and is never printed: it is registered for redaction (a server may echo it in an error body),
 and credentials in the base URL are kept out of every message."""
 
@@ -15,7 +16,9 @@ import httpx
 from store import SkdError
 from store.redact import redact, register_secret, strip_credentials
 
-from ..types import Completion, Request
+from ..pricing import price_for
+from ..rate_limit import RateLimiter
+from ..types import Completion, Request, Response
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -23,7 +26,8 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 class OpenAITeacher:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 16, max_retries: int = 6, timeout: float = 120.0, backoff: float = 0.5,
-                 max_backoff: float = 30.0, served_model: str | None = None):
+                 max_backoff: float = 30.0, served_model: str | None = None, rpm: float | None = None,
+                 tpm: float | None = None, prices: dict[str, Any] | None = None):
         self.model = model
         self.served_model = served_model or model  # the name the server knows the model by
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
@@ -33,6 +37,8 @@ class OpenAITeacher:
         self.concurrency, self.max_retries, self.timeout = concurrency, max_retries, timeout
         self.backoff, self.max_backoff = backoff, max_backoff
         self.attempts = 0  # requests sent, retries included (for reports and tests)
+        self.limiter = RateLimiter(rpm, tpm)
+        self.price = price_for(prices, self.served_model, model)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAITeacher(model={self.model!r}, base_url={self.shown_url!r})"
@@ -46,6 +52,7 @@ class OpenAITeacher:
     async def _generate_all(self, requests: list[Request]) -> list[list[Completion]]:
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         limit = asyncio.Semaphore(self.concurrency)
+        self.limiter.new_loop()
         async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.timeout) as client:
             async def one(r: Request) -> list[Completion]:
                 async with limit:
@@ -75,15 +82,20 @@ class OpenAITeacher:
 
     async def _request(self, client: httpx.AsyncClient, r: Request) -> list[Completion]:
         path, body = self.body(r)
+        estimate = estimated_tokens(r)
         for attempt in range(self.max_retries + 1):
             self.attempts += 1
+            await self.limiter.acquire(estimate)
             try:
                 resp = await client.post(path, json=body)
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 problem = f"{type(e).__name__}"
             else:
+                self.limiter.observe(resp.headers)
                 if resp.status_code == 200:
-                    return self.parse(resp.json(), chat=r.prompt is None)
+                    out = self.parse(resp.json(), chat=r.prompt is None)
+                    self.limiter.settle(estimate, _total(out))
+                    return self.priced(out)
                 if resp.status_code not in RETRY_STATUS:
                     raise SkdError(f"teacher endpoint {self.shown_url}{path} answered {resp.status_code}: "
                                    f"{redact(_message(resp))}")
@@ -98,8 +110,13 @@ class OpenAITeacher:
         raise SkdError(f"teacher endpoint {self.shown_url}{path} failed after {self.max_retries + 1} attempts "
                        f"(last: {problem}); rerun to resume")
 
+    def priced(self, out: Response, batch: bool = False) -> Response:
+        if self.price is not None:
+            out.cost = self.price.cost(out.prompt_tokens, out.completion_tokens, batch=batch)
+        return out
+
     @staticmethod
-    def parse(data: dict[str, Any], chat: bool) -> list[Completion]:
+    def parse(data: dict[str, Any], chat: bool) -> Response:
         out = []
         for c in sorted(data.get("choices", []), key=lambda c: c.get("index", 0)):
             text = (c.get("message") or {}).get("content") if chat else c.get("text")
@@ -112,11 +129,23 @@ class OpenAITeacher:
             out.append(Completion(text=text or "", index=c.get("index", 0), finish_reason=c.get("finish_reason"),
                                   logprob=logprob))
         usage = data.get("usage") or {}
-        if out and usage.get("completion_tokens"):
+        if out and usage.get("completion_tokens"):  # per sample only a share: the request's total is exact
             share = usage["completion_tokens"] / len(out)
             for c in out:
                 c.n_tokens = round(share)
-        return out
+        return Response(out, prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
+
+
+def estimated_tokens(r: Request) -> int:
+    """What a request may count against a tokens-per-minute limit before its usage is known: the prompt at
+    about four characters a token, plus every sample's whole budget (providers count max_tokens up front)."""
+    return len(r.prompt_text) // 4 + r.sampling.max_tokens * r.sampling.n
+
+
+def _total(out: Response) -> int | None:
+    if out.prompt_tokens is None and out.completion_tokens is None:
+        return None
+    return (out.prompt_tokens or 0) + (out.completion_tokens or 0)
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

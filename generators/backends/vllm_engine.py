@@ -11,7 +11,7 @@ from typing import Any
 
 from store import SkdError, resolve_model
 
-from ..types import Completion, Request, Sampling
+from ..types import Completion, Request, Response, Sampling
 
 
 class VllmTeacher:
@@ -90,5 +90,7 @@ class VllmTeacher:
 
     @staticmethod
     def _completions(result: Any) -> list[Completion]:
-        return [Completion(text=o.text, index=o.index, finish_reason=o.finish_reason, n_tokens=len(o.token_ids),
-                           logprob=o.cumulative_logprob) for o in sorted(result.outputs, key=lambda o: o.index)]
+        return Response([Completion(text=o.text, index=o.index, finish_reason=o.finish_reason,
+                                    n_tokens=len(o.token_ids), logprob=o.cumulative_logprob)
+                         for o in sorted(result.outputs, key=lambda o: o.index)],
+                        prompt_tokens=len(result.prompt_token_ids or []))

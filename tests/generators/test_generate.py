@@ -25,6 +25,10 @@ def test_generation_stores_everything_with_provenance_and_resumes(db_path, tiny_
         failed = gens.filter(~gens["parsed_ok"])
         assert failed["error"].null_count() == 0  # every failure has its reason
         assert s.scalar("SELECT count(*) FROM requests") == 5
+        # usage per request: the prompt's own tokens (not its padding) and every sample's tokens
+        assert s.scalar("SELECT min(prompt_tokens) FROM requests") > 10
+        generated = s.scalar("SELECT sum(n_tokens) FROM generations")
+        assert s.scalar("SELECT sum(completion_tokens) FROM requests") == generated
         src = s.query("SELECT * FROM item_sources")
         assert src.height == first.items and set(src["teacher"]) == {str(tiny_lm)}
         assert src.select("request_id", "sample_index").is_unique().all()

@@ -106,3 +106,26 @@ def test_rationale_generation_through_vllm_serve(vllm_server, tmp_path):
     with Store(tmp_path / "r.duckdb", read_only=True) as s:
         assert s.scalar("SELECT count(*) FROM generations") == 4
         assert s.scalar("SELECT count(*) FROM requests WHERE prompt LIKE '%bees%'") == 1
+        assert s.scalar("SELECT min(prompt_tokens) FROM requests") > 10  # vLLM's usage, per request
+
+
+def test_batch_jobs_run_by_vllms_batch_runner(smollm2, tmp_path):
+    """The batch JSONL skd writes is the format vLLM's own batch runner reads, and what it writes back is
+    what skd ingests: the whole job life cycle, with a real model behind the endpoint."""
+    from tests.batch_server import BatchServer, vllm_worker
+
+    q = tmp_path / "q.jsonl"
+    q.write_text("\n".join(json.dumps({"question": f"Why do people {v}?", "answer": "yes"})
+                           for v in ("sleep", "eat", "read")))
+    recipe = make_recipe("rationale", {"input": str(q), "sampling": {"n": 2, "temperature": 0.7, "max_tokens": 48}})
+    worker = vllm_worker(str(VLLM_PYTHON), str(smollm2), "smollm2-135m-instruct", env=ENV)
+    with BatchServer(polls=1, worker=worker) as server:
+        t = make_teacher("openai-batch", "smollm2-135m-instruct", base_url=server.url, poll_interval=0.5,
+                         prices={"smollm2-135m-instruct": {"input": 1.0, "output": 1.0}})
+        stats = run_generation(tmp_path / "b.duckdb", recipe, t, seed=0)
+    assert stats.generated == 3 and stats.completions == 6 and server.created == 1
+    with Store(tmp_path / "b.duckdb", read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM generations WHERE length(text) > 0") == 6
+        assert s.scalar("SELECT min(prompt_tokens) FROM requests") > 10
+        assert s.scalar("SELECT sum(completion_tokens) FROM requests") > 6
+        assert s.scalar("SELECT count(*) FROM batch_jobs WHERE status = 'completed'") == 1

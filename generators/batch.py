@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from store import ShardWriter, commit_batch, ingest_shards, open_store
+from store import ShardWriter, commit_batch, open_store
 
 from .backends.openai_batch import TERMINAL, OpenAIBatchTeacher, job_error
-from .generate import GenerateSummary, batch_tables, new_items, pending_requests, planned_requests, shard_dir
+from .generate import GenerateSummary, batch_tables, pending_requests, shard_dir, stage_run
 from .recipes import Recipe
 from .types import Request
 
@@ -145,27 +145,9 @@ def run_batch_stage(db_path: str | Path, recipe: Recipe, teacher: OpenAIBatchTea
                     limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
                     on_batch: OnBatch | None = None) -> GenerateSummary:
     db_path = Path(db_path)
-    started = time.monotonic()
     with open_store(db_path) as s:
-        ingest_shards(s, shard_dir(db_path))
-        requests = planned_requests(recipe, teacher.model, seed, s, limit)
-        todo = pending_requests(s, requests)
         open_jobs = s.batch_jobs.open(teacher.base_url, teacher.model, recipe.name)
-        run_id = s.start_run("generate", {**(config or {}), "recipe": recipe.name, "teacher": teacher.model,
-                                          "seed": seed, "limit": limit, "batch": True,
-                                          "resumed_jobs": [j["job_id"] or j["batch_key"] for j in open_jobs],
-                                          "recipe_config": recipe.config.model_dump(mode="json")})
-    stats = GenerateSummary(run_id, requests=len(requests), already_done=len(requests) - len(todo))
-    status = "failed"
-    try:
+    record = {**(config or {}), "batch": True, "resumed_jobs": [j["job_id"] or j["batch_key"] for j in open_jobs]}
+    with stage_run(db_path, recipe, teacher, seed, limit, record) as (stats, todo):
         BatchRun(db_path, recipe, teacher, stats, batch_size, on_batch).run(todo, open_jobs)
-        status = "ok"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        stats.seconds = time.monotonic() - started
-        with open_store(db_path) as s:
-            stats.new_items = new_items(s, run_id)
-            s.finish_run(run_id, status, stats.as_dict())
     return stats

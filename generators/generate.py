@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,33 +153,23 @@ def run_generation(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, see
     return total
 
 
-def run_stage(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: int = 0,
-              limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
-              on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
-    db_path = Path(db_path)
+@contextmanager
+def stage_run(db_path: Path, recipe: Recipe, teacher: Teacher, seed: int, limit: int | None,
+              config: dict[str, Any]) -> Iterator[tuple[GenerateSummary, list[Request]]]:
+    """A stage's run: its requests planned and the pending ones yielded with the run's summary; the run is
+    finished, 'ok', 'interrupted' or 'failed', whatever the body does."""
     started = time.monotonic()
     with open_store(db_path) as s:
         ingest_shards(s, shard_dir(db_path))  # batches a killed run wrote but did not ingest
         requests = planned_requests(recipe, teacher.model, seed, s, limit)
         todo = pending_requests(s, requests)
-        run_id = s.start_run("generate", {**(config or {}), "recipe": recipe.name, "teacher": teacher.model,
+        run_id = s.start_run("generate", {**config, "recipe": recipe.name, "teacher": teacher.model,
                                           "seed": seed, "limit": limit, "recipe_config":
                                           recipe.config.model_dump(mode="json")})
     stats = GenerateSummary(run_id, requests=len(requests), already_done=len(requests) - len(todo))
-    writer = ShardWriter(shard_dir(db_path))
     status = "failed"
     try:
-        if on_batch:
-            on_batch(stats, len(todo))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            outputs = teacher.generate(chunk)
-            commit_batch(db_path, writer, batch_tables(run_id, recipe, teacher, chunk, outputs, stats),
-                         f"{run_id}-{start:08d}", run_id)
-            stats.generated += len(chunk)
-            stats.seconds = time.monotonic() - started
-            if on_batch:
-                on_batch(stats, len(todo))
+        yield stats, todo
         status = "ok"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -188,6 +179,26 @@ def run_stage(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: in
         with open_store(db_path) as s:
             stats.new_items = new_items(s, run_id)
             s.finish_run(run_id, status, stats.as_dict())
+
+
+def run_stage(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: int = 0,
+              limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
+              on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
+    db_path = Path(db_path)
+    started = time.monotonic()
+    writer = ShardWriter(shard_dir(db_path))
+    with stage_run(db_path, recipe, teacher, seed, limit, config or {}) as (stats, todo):
+        if on_batch:
+            on_batch(stats, len(todo))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            outputs = teacher.generate(chunk)
+            commit_batch(db_path, writer, batch_tables(stats.run_id, recipe, teacher, chunk, outputs, stats),
+                         f"{stats.run_id}-{start:08d}", stats.run_id)
+            stats.generated += len(chunk)
+            stats.seconds = time.monotonic() - started
+            if on_batch:
+                on_batch(stats, len(todo))
     return stats
 
 

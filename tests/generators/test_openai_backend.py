@@ -1,61 +1,34 @@
 """The HTTP backend against a local server that fails on purpose (loopback only)."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from generators import Request, Sampling, make_teacher
 from store import SkdError
+from tests.local_http import JsonServer
 
 SECRET = "sk-test-do-not-print-0123456789"
 
 
-class FlakyServer:
+class FlakyServer(JsonServer):
     """Answers OpenAI completions/chat; fails the first `fail` requests with `status`."""
 
     def __init__(self, fail=0, status=503, retry_after=None):
+        super().__init__()
         self.fail, self.status, self.retry_after = fail, status, retry_after
         self.calls, self.bodies, self.auth = 0, [], []
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.calls += 1
-                server.bodies.append(body)
-                server.auth.append(self.headers.get("Authorization"))
-                if server.calls <= server.fail:
-                    self.send_response(server.status)
-                    if server.retry_after is not None:
-                        self.send_header("Retry-After", str(server.retry_after))
-                    self.end_headers()
-                    self.wfile.write(json.dumps({"error": {"message": "busy, try later"}}).encode())
-                    return
-                chat = self.path.endswith("/chat/completions")
-                choices = [{"index": i, "finish_reason": "stop",
-                            **({"message": {"role": "assistant", "content": f"reply {i}"}} if chat
-                               else {"text": f" sample {i}"})} for i in range(body.get("n", 1))]
-                data = json.dumps({"choices": choices, "usage": {"completion_tokens": 3 * len(choices)}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __exit__(self, *a):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, path, body, headers):
+        self.calls += 1
+        self.bodies.append(body)
+        self.auth.append(headers.get("Authorization"))
+        if self.calls <= self.fail:
+            extra = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+            return self.status, extra, {"error": {"message": "busy, try later"}}
+        chat = path.endswith("/chat/completions")
+        choices = [{"index": i, "finish_reason": "stop",
+                    **({"message": {"role": "assistant", "content": f"reply {i}"}} if chat
+                       else {"text": f" sample {i}"})} for i in range(body.get("n", 1))]
+        return 200, {}, {"choices": choices, "usage": {"completion_tokens": 3 * len(choices)}}
 
 
 def teacher(url, **kw):

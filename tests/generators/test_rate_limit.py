@@ -1,59 +1,42 @@
 """Rate limits of the live OpenAI-compatible backend against a real local server that enforces them."""
 
-import json
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from generators import Request, Sampling, make_teacher
 from generators.rate_limit import parse_reset
+from tests.local_http import JsonServer
 
 
-class LimitedServer:
+class LimitedServer(JsonServer):
     """Answers completions, but 429s any request past `per_second` in a sliding one-second window; sends
     rate-limit headers when `headers` is given."""
 
     def __init__(self, per_second: int = 1000, headers: dict | None = None):
+        super().__init__()
         self.per_second, self.headers = per_second, headers or {}
         self.stamps, self.ok, self.refused = deque(), 0, 0
         self.lock = threading.Lock()
-        server = self
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    now = time.monotonic()
-                    while server.stamps and now - server.stamps[0] > 1.0:
-                        server.stamps.popleft()
-                    allowed = len(server.stamps) < server.per_second
-                    if allowed:
-                        server.stamps.append(now)
-                        server.ok += 1
-                    else:
-                        server.refused += 1
-                self.send_response(200 if allowed else 429)
-                for k, v in server.headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                data = {"choices": [{"index": 0, "text": " ok", "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": 1}}
-                self.wfile.write(json.dumps(data if allowed else {"error": {"message": "rate limited"}}).encode())
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, path, body, headers):
+        with self.lock:
+            now = time.monotonic()
+            while self.stamps and now - self.stamps[0] > 1.0:
+                self.stamps.popleft()
+            allowed = len(self.stamps) < self.per_second
+            if allowed:
+                self.stamps.append(now)
+                self.ok += 1
+            else:
+                self.refused += 1
+        if not allowed:
+            return 429, self.headers, {"error": {"message": "rate limited"}}
+        return 200, self.headers, {"choices": [{"index": 0, "text": " ok", "finish_reason": "stop"}],
+                                   "usage": {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": 1}}
 
 
 def reqs(k):

@@ -61,3 +61,22 @@ def write_plots(stats: dict[str, Any], out: Path) -> list[Path]:
         files.append(histogram(out / f"critic_{name}.png", f"critic {name} scores (n={cs['n']:,})",
                                cs["histogram"], np.linspace(0, 1, 11).tolist(), "score"))
     return files
+
+
+def lines(path: Path, title: str, x: list[float], series: dict[str, list[float]], xlabel: str, ylabel: str) -> Path:
+    """One line per series over a shared x axis (a student's domain mixture over its steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, ys in series.items():
+        ax.plot(x, ys, marker="o", markersize=3, label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+    plt.close(fig)
+    return path

@@ -18,8 +18,8 @@ from typing import Any
 
 from store import ShardWriter, commit_batch, open_store
 
-from .backends.openai_batch import TERMINAL, OpenAIBatchTeacher, job_error
-from .generate import GenerateSummary, batch_tables, pending_requests, shard_dir, stage_run
+from .backends.openai_batch import TERMINAL, NotFound, OpenAIBatchTeacher, job_error
+from .generate import GenerateSummary, batch_tables, pending_requests, planned_requests, shard_dir, stage_run
 from .recipes import Recipe
 from .types import Request
 
@@ -72,14 +72,18 @@ class BatchRun:
         while waiting:
             changed = False
             for job in list(waiting):
-                info = self.teacher.get(job["job_id"])
+                try:
+                    info = self.teacher.get(job["job_id"])
+                except NotFound:  # purged, or another account's: its requests go back to pending
+                    info = {"id": job["job_id"], "status": "lost",
+                            "errors": {"data": [{"code": "lost", "message": "the endpoint no longer knows this job"}]}}
                 status = info.get("status")
                 if status != job.get("status") or info.get("request_counts") != job.get("counts"):
-                    changed = True
+                    changed = changed or status != job.get("status")  # counts move at every poll of a big job
                     job |= {"status": status, "counts": info.get("request_counts") or {}}
                     self.jobs(batch_key=job["batch_key"], status=status, counts=job["counts"])
                 self.job_status[job["batch_key"]] = status
-                if status in TERMINAL:
+                if status in (*TERMINAL, "lost"):
                     self.finish(job, info)
                     waiting.remove(job)
             self.show()
@@ -99,7 +103,9 @@ class BatchRun:
             chunk = answered[start:start + self.batch_size]
             tables = batch_tables(self.stats.run_id, self.recipe, self.teacher, chunk,
                                   [done[r.request_id] for r in chunk], self.stats, batch_key=job["batch_key"])
-            commit_batch(self.db_path, self.writer, tables, f"{job['batch_key']}-{start:08d}", self.stats.run_id)
+            # named by this run too: a rerun after a kill mid-ingest writes the rest under new names
+            name = f"{self.stats.run_id}-{job['batch_key'].rsplit('-', 1)[-1]}-{start:08d}"
+            commit_batch(self.db_path, self.writer, tables, name, self.stats.run_id)
             self.stats.generated += len(chunk)
         whole = job_error(info) or f"no result (job {info.get('status')})"
         missing = {r.request_id: failed.get(r.request_id, whole) for r in asked if r.request_id not in done}
@@ -126,10 +132,10 @@ class BatchRun:
             jobs = []
             for j in open_jobs:
                 mine = [self.requests[rid] for rid in j["request_ids"] if rid in self.requests]
-                if mine or j.get("job_id"):  # a job at the provider is waited for: it is paid for
+                if mine:
                     jobs.append(self.advance(j, mine))
-                else:  # never uploaded, and nothing of it is still wanted
-                    self.jobs(batch_key=j["batch_key"], status="abandoned", closed=True)
+                else:  # everything of it this stage wanted is stored already
+                    self.jobs(batch_key=j["batch_key"], status="superseded", closed=True)
             for url in dict.fromkeys(self.teacher.url(r) for r in pending):  # a job takes one endpoint
                 part = [r for r in pending if self.teacher.url(r) == url]
                 for start in range(0, len(part), self.teacher.max_lines):
@@ -146,7 +152,11 @@ def run_batch_stage(db_path: str | Path, recipe: Recipe, teacher: OpenAIBatchTea
                     on_batch: OnBatch | None = None) -> GenerateSummary:
     db_path = Path(db_path)
     with open_store(db_path) as s:
-        open_jobs = s.batch_jobs.open(teacher.base_url, teacher.model, recipe.name)
+        planned = {r.request_id for r in planned_requests(recipe, teacher.model, seed, s, limit)}
+        # a job is this stage's when it asked for some of the stage's requests (the recipe name alone does
+        # not tell the stages of one recipe apart); other jobs stay open for the run they belong to
+        open_jobs = [j for j in s.batch_jobs.open(teacher.base_url, teacher.model, recipe.name)
+                     if planned.intersection(j["request_ids"])]
     record = {**(config or {}), "batch": True, "resumed_jobs": [j["job_id"] or j["batch_key"] for j in open_jobs]}
     with stage_run(db_path, recipe, teacher, seed, limit, record) as (stats, todo):
         BatchRun(db_path, recipe, teacher, stats, batch_size, on_batch).run(todo, open_jobs)

@@ -54,8 +54,10 @@ class GenerateSummary:
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
-    def count_usage(self, prompt_tokens: int | None, cost: float | None) -> None:
+    def count_usage(self, prompt_tokens: int | None, completion_tokens: int | None, cost: float | None) -> None:
+        """One request's usage: the provider's totals (a sample's share of them would round)."""
         self.prompt_tokens += prompt_tokens or 0
+        self.tokens += completion_tokens or 0
         if cost is not None:
             self.cost = (self.cost or 0.0) + cost
 
@@ -97,7 +99,7 @@ def batch_tables(run_id: str, recipe: Recipe, teacher: Teacher, chunk: list[Requ
     for r, completions in zip(chunk, outputs, strict=True):
         params = json.dumps(r.sampling.key(), sort_keys=True)
         prompt_tokens, completion_tokens, cost = usage_of(completions)
-        stats.count_usage(prompt_tokens, cost)
+        stats.count_usage(prompt_tokens, completion_tokens, cost)
         reqs.append({"request_id": r.request_id, "run_id": run_id, "recipe": recipe.name, "model": teacher.model,
                      "prompt": r.prompt_text, "prompt_hash": r.prompt_hash, "params": params,
                      "meta": json.dumps(r.meta, default=str), "prompt_tokens": prompt_tokens,
@@ -105,7 +107,6 @@ def batch_tables(run_id: str, recipe: Recipe, teacher: Teacher, chunk: list[Requ
         for c in completions:
             parsed, error = parse_completion(recipe, r, c)
             stats.completions += 1
-            stats.tokens += c.n_tokens or 0
             if error:
                 stats.failures[error] = stats.failures.get(error, 0) + 1
             else:

@@ -16,13 +16,19 @@ class Price(BaseModel):
     output: float = Field(ge=0, description="Dollars per million completion tokens.")
     batch_discount: float = Field(0.5, gt=0, le=1, description="Share of the price a batch job pays.")
 
-    def cost(self, prompt_tokens: int | None, completion_tokens: int | None, batch: bool = False) -> float:
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None, batch: bool = False) -> float | None:
+        """Dollars for the tokens; None when the provider said nothing of usage (unknown, not free)."""
+        if prompt_tokens is None and completion_tokens is None:
+            return None
         dollars = ((prompt_tokens or 0) * self.input + (completion_tokens or 0) * self.output) / 1e6
         return dollars * (self.batch_discount if batch else 1.0)
 
 
 def price_for(prices: dict[str, Any] | None, *models: str) -> Price | None:
     """The price of the first of `models` (the served name, then skd's name) that the table lists."""
+    if prices is not None and not isinstance(prices, dict):
+        raise SkdError(f"teacher prices: expected a table of models, e.g. [teacher.prices.\"gpt-4o-mini\"], "
+                       f"got {type(prices).__name__}")
     for name in models:
         if prices and name in prices:
             try:

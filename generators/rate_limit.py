@@ -81,6 +81,10 @@ class RateLimiter:
             if self.tokens:
                 self.tokens.level -= tokens
 
+    def pause(self, seconds: float) -> None:
+        """Hold every request for `seconds` (the endpoint said 429: going on at once would only add to it)."""
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
     def settle(self, estimated: int, used: int | None) -> None:
         """Correct the token bucket once the response says what the request really used."""
         if self.tokens and used is not None:

@@ -6,10 +6,12 @@ full training config. It is registered in the `students` table."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +21,9 @@ from corpus import snapshot_frame, snapshot_row
 from store import SMOLLM2, SkdError, Store, open_store, resolve_model
 from store.hardware import bf16_native
 
-from .formats import example, tokenized
+from .formats import encode, example
+from .mixture import Mixture, domain_losses, sampler
+from .student_trainer import mixture_callback, student_trainer
 
 
 class StudentOptions(BaseModel):
@@ -41,6 +45,21 @@ class StudentOptions(BaseModel):
     seed: int = 0
     max_length: int = Field(256, ge=8, description="Tokens per example.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (the resume point).")
+    mixture: Literal["natural", "uniform", "ddk"] = Field(
+        "natural", description="How domains are sampled: natural (as many as the snapshot has), uniform, or ddk "
+                               "(re-weighted by the student/teacher loss gap per domain, Liu et al. 2024).")
+    domain: str | None = Field(None, description="Column whose value is an example's domain (default: `domain` "
+                                                 "where set, else the relation of a triple, else the kind).")
+    mixture_every: int = Field(50, ge=1, description="Measure the domains and update the mixture every this many "
+                                                     "steps (DDK's K).")
+    mixture_alpha: float = Field(0.5, gt=0, le=1, description="DDK's smoothing: the share of the update in the "
+                                                              "new weights (the rest is uniform).")
+    mixture_holdout: int = Field(16, ge=1, description="Examples per domain held out of training to measure it.")
+    teacher: str | None = Field(None, description="Teacher for DDK's loss gap and the KL term (default: the "
+                                                  "snapshot's teacher).")
+    kd_weight: float = Field(0.0, ge=0, description="Weight of the KL term to the teacher's token distribution "
+                                                    "(white-box distillation; DDK uses 0.2).")
+    kd_temperature: float = Field(1.0, gt=0, description="Temperature of the KL term.")
 
 
 class TrainConfig(StudentOptions):
@@ -48,14 +67,19 @@ class TrainConfig(StudentOptions):
     split: str = Field("train", description="The snapshot split to train on.")
 
 
-def training_rows(db: Path, cfg: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The snapshot's training examples and its row (read-only: training never holds the write lock)."""
+def training_items(db: Path, cfg: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The snapshot's training items and its row (read-only: training never holds the write lock)."""
     with Store(db, read_only=True) as s:
         row = snapshot_row(s, cfg.snapshot)
         df = snapshot_frame(s, cfg.snapshot)
     items = [r for r in df.to_dicts() if r["split"] == cfg.split and r["kind"] in ("triple", "qa", "rationale")]
     if not items:
         raise SkdError(f"snapshot {cfg.snapshot!r} has no triples, qa or rationale items in split {cfg.split!r}")
+    return items, row
+
+
+def training_rows(db: Path, cfg: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    items, row = training_items(db, cfg)
     return [example(r, cfg.format) for r in items], row
 
 
@@ -151,20 +175,29 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
         ) -> dict[str, Any]:
     """Train, save and register a student; resumes from OUT/checkpoints when a checkpoint is there."""
     import datasets
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback
     from transformers.utils import logging as hf_logging
 
-    rows, snap = training_rows(Path(db), cfg)
+    items, snap = training_items(Path(db), cfg)
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     model, tok = load_base(cfg)
-    data = tokenized(rows, tok, cfg.max_length)
+    teacher = load_teacher(cfg, items, tok) if cfg.mixture == "ddk" or cfg.kd_weight else None
+    collate = DataCollatorForSeq2Seq(tok, padding=True)
+    data, mix = training_data(items, tok, cfg, teacher, collate)
     if cfg.lora:
         model = with_lora(model, cfg)
     resume = last_complete_checkpoint(cfg.out / "checkpoints")
-    trainer = Trainer(model=model, args=training_args(cfg), train_dataset=datasets.Dataset.from_list(data),
-                      data_collator=DataCollatorForSeq2Seq(tok, padding=True), processing_class=tok,
-                      callbacks=[no_final_checkpoint()] + ([progress_callback(on_step)] if on_step else []))
+    if mix is not None and resume:
+        mix.mixture.restore(Path(resume))
+    callbacks = [no_final_checkpoint()] + ([progress_callback(on_step)] if on_step else [])
+    if mix is not None:
+        callbacks.append(mixture_callback(mix.mixture, mix.heldout, collate, cfg.mixture_every))
+    trainer = student_trainer()(
+        model=model, args=training_args(cfg), train_dataset=datasets.Dataset.from_list(data), data_collator=collate,
+        processing_class=tok, callbacks=callbacks, mixture_sampler=mix.sampler if mix else None,
+        teacher=teacher[0] if teacher and cfg.kd_weight else None, kd_weight=cfg.kd_weight,
+        kd_temperature=cfg.kd_temperature)
     trainer.remove_callback(PrinterCallback)  # progress goes through on_step, not printed dicts
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -172,9 +205,110 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
     summary = {"steps": trainer.state.global_step, "examples": len(data), "train_loss": result.training_loss,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "seconds": time.monotonic() - started, "resumed_from": Path(resume).name if resume else None,
-               "bf16": bf16(cfg)}
+               "bf16": bf16(cfg), "tokens": sum(len(x["input_ids"]) for x in data)}
+    if mix is not None:
+        summary["mixture"] = mix.mixture.state() | {"teacher": teacher[1] if teacher else None}
     save_student(trainer, tok, cfg)
+    if mix is not None:
+        plot_mixture(mix.mixture, cfg.out / "mixture.png")
     return register(Path(db), cfg, snap, summary)
+
+
+def domain_of(item: dict[str, Any], column: str | None) -> str:
+    """An example's domain: the named column (or `extra` field), else `domain`, else a triple's relation,
+    else the kind."""
+    if column:
+        value = item.get(column)
+        if value is None and item.get("extra"):
+            value = (json.loads(item["extra"]) if isinstance(item["extra"], str) else item["extra"]).get(column)
+        return str(value) if value is not None else "(none)"
+    return str(item.get("domain") or item.get("relation") or item["kind"])
+
+
+@dataclass
+class MixtureSetup:
+    mixture: Mixture
+    sampler: Any
+    heldout: list[list[dict[str, Any]]]
+
+
+def training_data(items: list[dict[str, Any]], tok: Any, cfg: TrainConfig, teacher: tuple[Any, str] | None,
+                  collate: Any) -> tuple[list[dict[str, Any]], MixtureSetup | None]:
+    """Encoded training examples; with a mixture, also each domain's held-out examples (not trained on), the
+    sampler and the mixture, with the teacher's loss per domain measured once."""
+    encoded = [(domain_of(it, cfg.domain), encode(example(it, cfg.format), tok, cfg.max_length)) for it in items]
+    encoded = [(d, x) for d, x in encoded if any(t != -100 for t in x["labels"])]  # not cut off entirely
+    if cfg.mixture == "natural":
+        return [x for _, x in encoded], None
+    domains = sorted({d for d, _ in encoded})
+    order = list(range(len(encoded)))
+    random.Random(cfg.seed).shuffle(order)
+    sizes = {d: sum(1 for e, _ in encoded if e == d) for d in domains}
+    quota = {d: min(cfg.mixture_holdout, sizes[d] // 2) for d in domains}  # a small domain still trains
+    heldout: dict[str, list[dict[str, Any]]] = {d: [] for d in domains}
+    train: list[tuple[str, dict[str, Any]]] = []
+    for i in order:
+        d, x = encoded[i]
+        if len(heldout[d]) < quota[d]:
+            heldout[d].append(x)
+        else:
+            train.append((d, x))
+    kept = [d for d in domains if heldout[d]]
+    train = [(d, x) for d, x in train if d in kept]  # a domain of one example cannot be measured
+    if len(kept) < 2:
+        raise SkdError(f"--mixture {cfg.mixture}: the snapshot's split {cfg.split!r} has {len(kept)} domain(s) "
+                       "with two examples or more; a mixture needs two")
+    mixture = Mixture(kept, cfg.mixture, cfg.mixture_alpha)
+    batches = [heldout[d] for d in kept]
+    if teacher is not None:
+        mixture.teacher_loss = domain_losses(teacher[0], batches, collate)
+    index = {d: k for k, d in enumerate(kept)}
+    return [x for _, x in train], MixtureSetup(mixture, sampler([index[d] for d, _ in train], mixture, cfg.seed),
+                                               batches)
+
+
+def load_teacher(cfg: TrainConfig, items: list[dict[str, Any]], tok: Any) -> tuple[Any, str]:
+    """The teacher for the loss gap and the KL term, which must share the student's tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = cfg.teacher or snapshot_teacher(items)
+    path = resolve_model(name)
+    try:
+        teacher_tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SkdError(f"cannot load teacher {name!r}: {str(e).splitlines()[0]}") from None
+    if teacher_tok.get_vocab() != tok.get_vocab():
+        raise SkdError(f"teacher {name!r} and student base {cfg.base!r} do not share a tokenizer "
+                       f"({len(teacher_tok)} and {len(tok)} tokens): the loss gap and the KL term compare their "
+                       "token distributions, so they need one")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if bf16(cfg) else "float32")
+    except (OSError, ValueError) as e:
+        raise SkdError(f"cannot load teacher {name!r}: {str(e).splitlines()[0]}") from None
+    model.eval().requires_grad_(False)
+    if _cuda():
+        model.to("cuda")
+    return model, name
+
+
+def snapshot_teacher(items: list[dict[str, Any]]) -> str:
+    """The teacher that wrote most of the snapshot's training items."""
+    counts: dict[str, int] = {}
+    for it in items:
+        for t in (it.get("teacher") or "").split(", "):
+            if t:
+                counts[t] = counts.get(t, 0) + 1
+    if not counts:
+        raise SkdError("the snapshot's items name no teacher (they were ingested, not generated): give --teacher")
+    return max(sorted(counts), key=lambda t: counts[t])
+
+
+def plot_mixture(mixture: Mixture, path: Path) -> None:
+    from corpus.plots import lines
+
+    steps = [h["step"] for h in mixture.history]
+    lines(path, f"domain mixture ({mixture.kind}) over training", steps,
+          {d: [h["weights"][k] for h in mixture.history] for k, d in enumerate(mixture.domains)}, "step", "weight")
 
 
 def save_student(trainer, tok, cfg: TrainConfig) -> None:

@@ -27,6 +27,10 @@ class Unanswered(SkdError):
     """Retries ran out without an answer (timeouts, 429, 5xx): the call may or may not have taken effect."""
 
 
+class NotFound(SkdError):
+    """The endpoint answered 404 for a job or file it should know (purged, expired, another account's)."""
+
+
 class OpenAIBatchTeacher(OpenAITeacher):
     batch = True
 
@@ -38,6 +42,10 @@ class OpenAIBatchTeacher(OpenAITeacher):
         super().__init__(model, base_url=base_url, api_key_env=api_key_env, max_retries=max_retries,
                          timeout=timeout, backoff=backoff, max_backoff=max_backoff, served_model=served_model,
                          prices=prices)
+        for name, value in (("max_lines", max_lines), ("rounds", rounds), ("poll_interval", poll_interval),
+                            ("max_poll_interval", max_poll_interval)):
+            if not value > 0:
+                raise SkdError(f"teacher option {name} must be above 0 (got {value!r})")
         self.completion_window, self.max_lines, self.rounds = completion_window, max_lines, rounds
         self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
         self._client: httpx.Client | None = None
@@ -90,8 +98,8 @@ class OpenAIBatchTeacher(OpenAITeacher):
 
     def upload(self, lines: list[str]) -> str:
         data = ("\n".join(lines) + "\n").encode()
-        return self.call("POST", "/files", files={"file": ("skd-batch.jsonl", data, "application/jsonl")},
-                         data={"purpose": "batch"})["id"]
+        return _id(self.call("POST", "/files", files={"file": ("skd-batch.jsonl", data, "application/jsonl")},
+                             data={"purpose": "batch"}), "POST /files")
 
     def create(self, input_file_id: str, url: str, batch_key: str) -> dict[str, Any]:
         """Create the job once: an unanswered create may still have made it (the provider acted, the answer was
@@ -100,7 +108,9 @@ class OpenAIBatchTeacher(OpenAITeacher):
                 "metadata": {"skd_batch_key": batch_key}}
         for attempt in range(self.max_retries + 1):
             try:
-                return self.call("POST", "/batches", retries=0, json=body)
+                job = self.call("POST", "/batches", retries=0, json=body)
+                _id(job, "POST /batches")
+                return job
             except Unanswered:
                 found = self.find(input_file_id, batch_key)
                 if found:
@@ -140,7 +150,9 @@ class OpenAIBatchTeacher(OpenAITeacher):
                 if resp.status_code not in RETRY_STATUS:
                     hint = " (does this endpoint implement the OpenAI batch API?)" if resp.status_code in (
                         404, 405, 501) else ""
-                    raise SkdError(f"batch endpoint {method} {self.shown_url}{path} answered {resp.status_code}: "
+                    known = path.startswith(("/batches/", "/files/"))  # an id it gave us: gone, not unsupported
+                    error = NotFound if resp.status_code == 404 and known else SkdError
+                    raise error(f"batch endpoint {method} {self.shown_url}{path} answered {resp.status_code}: "
                                    f"{redact(_message(resp))}{hint}")
                 problem = f"HTTP {resp.status_code}"
                 wait = _retry_after(resp)
@@ -176,7 +188,11 @@ class OpenAIBatchTeacher(OpenAITeacher):
         done, failed = {}, {}
         for key in ("output_file_id", "error_file_id"):
             if job.get(key):
-                d, f = self.answers(self.content(job[key]), chat)
+                try:
+                    text = self.content(job[key])
+                except NotFound:  # the file expired: its requests count as unanswered and go to a new job
+                    continue
+                d, f = self.answers(text, chat)
                 done |= d
                 failed |= f
         return done, failed
@@ -198,6 +214,12 @@ def _line_error(row: dict[str, Any]) -> str:
     code = err.get("code") if isinstance(err, dict) else None
     text = " ".join(str(x) for x in (f"HTTP {status}" if status else None, code, msg) if x)
     return redact(" ".join(text.split()))[:200] or "failed without a reason"
+
+
+def _id(reply: Any, call: str) -> str:
+    if not isinstance(reply, dict) or not isinstance(reply.get("id"), str):
+        raise SkdError(f"batch endpoint {call} answered without an id: {str(reply)[:80]!r}")
+    return reply["id"]
 
 
 def _json(resp: httpx.Response, where: str) -> Any:

@@ -102,11 +102,15 @@ class OpenAITeacher:
                 problem = f"HTTP {resp.status_code}"
                 wait = _retry_after(resp)
                 if wait is not None and attempt < self.max_retries:
+                    if resp.status_code == 429:  # everyone waits, not only this request: no storm
+                        self.limiter.pause(min(wait, self.max_backoff))
                     await asyncio.sleep(min(wait, self.max_backoff))
                     continue
             if attempt < self.max_retries:
-                delay = min(self.max_backoff, self.backoff * 2 ** attempt)
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
+                if problem == "HTTP 429":
+                    self.limiter.pause(delay)
+                await asyncio.sleep(delay)
         raise SkdError(f"teacher endpoint {self.shown_url}{path} failed after {self.max_retries + 1} attempts "
                        f"(last: {problem}); rerun to resume")
 

@@ -96,28 +96,90 @@ def test_an_endpoint_without_the_batch_api_is_one_line(tmp_path, db_path):
     one_line_error(p, "POST", "/files answered 404", "does this endpoint implement the OpenAI batch API?")
 
 
+def batch_config(path, server, relations=("xWant", "xAttr")):
+    path.write_text(f'events_from = "seeds"\nmax_events = 4\nrelations = {json.dumps(list(relations))}\n'
+                    f'[inference_sampling]\nn = 2\nmax_tokens = 8\nstop = ["\\n"]\n'
+                    f'[teacher]\nbase_url = "{server.url}"\npoll_interval = 0.05\nmax_poll_interval = 0.1\n'
+                    f'[teacher.prices.m]\ninput = 1.0\noutput = 4.0\n')
+    return path
+
+
+def generate_args(cfg, db_path, *extra):
+    return [sys.executable, "-m", "skd", "generate", "atomic10x", "--config", str(cfg), "--backend", "openai-batch",
+            "--teacher", "m", "--seed", "1", "--db", str(db_path), *extra]
+
+
+def kill_mid_poll(cfg, db_path):
+    proc = subprocess.Popen(generate_args(cfg, db_path, "-q"), cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    kill_when(proc, db_path, "SELECT count(*) FROM batch_jobs WHERE status = 'in_progress'", 1)
+
+
 def test_killed_mid_poll_resumes_the_recorded_job_and_pays_once(tmp_path, db_path):
-    cfg = tmp_path / "r.toml"
     with BatchServer(polls=1) as server:
         server.hold.set()  # the job stays in progress until released
-        cfg.write_text(f'events_from = "seeds"\nmax_events = 4\nrelations = ["xWant", "xAttr"]\n'
-                       f'[inference_sampling]\nn = 2\nmax_tokens = 8\nstop = ["\\n"]\n'
-                       f'[teacher]\nbase_url = "{server.url}"\npoll_interval = 0.05\nmax_poll_interval = 0.1\n'
-                       f'[teacher.prices.m]\ninput = 1.0\noutput = 4.0\n')
-        args = [sys.executable, "-m", "skd", "generate", "atomic10x", "--config", str(cfg), "--backend",
-                "openai-batch", "--teacher", "m", "--seed", "1", "-q", "--db", str(db_path)]
-        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        kill_when(proc, db_path, "SELECT count(*) FROM batch_jobs WHERE status = 'in_progress'", 1)
+        cfg = batch_config(tmp_path / "r.toml", server)
+        kill_mid_poll(cfg, db_path)
         assert server.created == 1 and not server.answered
+        # Another run of the same recipe with other requests leaves that job alone: it is not this run's.
+        other = batch_config(tmp_path / "other.toml", server, relations=("xNeed",))
         server.hold.clear()
-        p = run_skd("generate", "atomic10x", "--config", str(cfg), "--backend", "openai-batch", "--teacher", "m",
-                    "--seed", "1", "--json", db=db_path, check=True)
-        assert server.created == 1 and len(server.answered) == 8  # resumed, not submitted again
+        p = subprocess.run(generate_args(other, db_path, "--json"), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300, check=True)
+        assert json.loads(p.stdout)["generated"] == 4 and server.created == 2
+        assert table(db_path, "SELECT count(*) AS n FROM batch_jobs WHERE closed_at IS NULL")["n"][0] == 1
+        p = subprocess.run(generate_args(cfg, db_path, "--json"), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300, check=True)
+        assert server.created == 2 and len(server.answered) == 12  # resumed, not submitted again
     summary = json.loads(p.stdout)
     assert summary["generated"] == 8 and summary["cost"] > 0
     runs = table(db_path, "SELECT config FROM runs WHERE stage = 'generate' ORDER BY started_at")
     assert json.loads(runs["config"][-1])["resumed_jobs"] == ["batch-0"]
+    assert set(server.answered.values()) == {1}
+
+
+def test_a_job_created_by_a_run_killed_before_it_recorded_the_id_is_found(db_path):
+    """The state a kill between create and its record leaves: the job exists at the endpoint, the store
+    knows only the uploaded file. The rerun finds the job by listing; it does not create another."""
+    recipe = make_recipe("atomic10x", INFER)
+    with BatchServer(polls=1) as server:
+        t = batch_teacher(server)
+        with Store(db_path) as s:
+            todo = planned_requests_for(recipe, s)
+            file_id = t.upload([t.line(r) for r in todo])
+            t.create(file_id, t.url(todo[0]), "killed-1")
+            s.batch_jobs.record("killed-1", run_id="killed", recipe="atomic10x", model="m", endpoint=t.base_url,
+                                url=t.url(todo[0]), request_ids=[r.request_id for r in todo],
+                                input_file_id=file_id, status="uploaded")
+        stats = run_generation(db_path, recipe, batch_teacher(server), seed=1)
+        assert stats.generated == 8 and server.created == 1 and set(server.answered.values()) == {1}
+
+
+def test_a_job_the_endpoint_forgot_gives_its_requests_back(db_path):
+    recipe = make_recipe("atomic10x", INFER)
+    with BatchServer(polls=1) as server:
+        server.hold.set()
+        t = batch_teacher(server, rounds=1)
+        with Store(db_path) as s:
+            todo = planned_requests_for(recipe, s)
+            file_id = t.upload([t.line(r) for r in todo])
+            job = t.create(file_id, t.url(todo[0]), "gone-1")
+            s.batch_jobs.record("gone-1", run_id="old", recipe="atomic10x", model="m", endpoint=t.base_url,
+                                url=t.url(todo[0]), request_ids=[r.request_id for r in todo],
+                                input_file_id=file_id, job_id=job["id"], status="in_progress")
+        del server.batches[job["id"]]  # purged at the provider
+        server.hold.clear()
+        first = run_generation(db_path, recipe, t, seed=1)
+        assert first.generated == 0
+        assert table(db_path, "SELECT status FROM batch_jobs WHERE batch_key = 'gone-1'")["status"][0] == "lost"
+        again = run_generation(db_path, recipe, t, seed=1)
+        assert again.generated == 8
+
+
+def planned_requests_for(recipe, store):
+    from generators.generate import planned_requests
+
+    return planned_requests(recipe, "m", 1, store)
 
 
 def test_generate_without_a_store_runs_one_job_and_names_failed_lines(db_path):

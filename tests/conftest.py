@@ -128,7 +128,7 @@ def tiny_lm(tmp_path_factory, smollm2) -> Path:
 # Modules whose tests load real models (MiniLM, SmolLM2, a vLLM engine) or train them: `pytest -m "not slow"`
 # is the quick subset (the store, the command line's errors, ingest properties).
 MODEL_MODULES = {"test_dedup", "test_snapshot", "test_critics", "test_generate", "test_hf_backend", "test_vllm",
-                 "test_pipeline", "test_train", "test_label_sources", "test_models", "test_loop"}
+                 "test_pipeline", "test_train", "test_label_sources", "test_models", "test_loop", "test_mixture"}
 
 
 def pytest_collection_modifyitems(config, items):

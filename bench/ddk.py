@@ -1,7 +1,8 @@
 """DDK against a fixed mixture, with and without white-box distillation, at this machine's scale.
 
 The teacher (SmolLM2-135M-Instruct) writes ATOMIC-10x inferences for the shipped seed events, 7 relations
-(the domains); a snapshot splits them 80/20. Students (SmolLM2 + LoRA, the same steps, data and seed) train
+(the domains); a snapshot splits them 80/20. Students (SmolLM2 + LoRA, chat format, the same steps, data and
+seed) train
 with: the natural mixture (plain SFT, the baseline), a uniform mixture over relations, DDK (re-weighted every
 K steps by the student/teacher loss gap per relation), and each mixture plus the KL term to the teacher
 (weight 0.2, temperature 1, DDK's). Each is measured by its loss per relation on the test split against the
@@ -29,7 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 RELATIONS = ["xAttr", "xEffect", "xIntent", "xNeed", "xReact", "xWant", "HinderedBy"]
-STUDENT = {"lora": (16, 32), "lr": 1e-3, "batch_size": 8, "max_length": 64, "save_steps": 10_000}
+# The chat format: the teacher is an instruction model, so its loss on a chat example means something (on the
+# comet format, `head relation [GEN] tail`, which it never saw, its loss would measure the format, not the gap).
+STUDENT = {"lora": (16, 32), "lr": 1e-3, "batch_size": 8, "max_length": 96, "save_steps": 10_000, "format": "chat"}
 RUNS = {"natural (plain SFT)": {}, "uniform": {"mixture": "uniform"}, "ddk": {"mixture": "ddk"},
         "uniform + KL": {"mixture": "uniform", "kd_weight": 0.2}, "ddk + KL": {"mixture": "ddk", "kd_weight": 0.2}}
 
@@ -67,7 +70,8 @@ def test_losses(db: Path, models: dict[str, str]) -> tuple[list[str], dict[str, 
         rows = [r for r in snapshot_frame(s, "ddk").to_dicts() if r["split"] == "test"]
     tok = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
     domains = sorted({r["relation"] for r in rows})
-    batches = [[encode(example(r, "comet"), tok, 64) for r in rows if r["relation"] == d] for d in domains]
+    batches = [[encode(example(r, STUDENT["format"]), tok, STUDENT["max_length"]) for r in rows
+                if r["relation"] == d] for d in domains]
     collate = DataCollatorForSeq2Seq(tok, padding=True)
     out = {}
     for name, path in models.items():

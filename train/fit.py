@@ -48,8 +48,8 @@ class StudentOptions(BaseModel):
     mixture: Literal["natural", "uniform", "ddk"] = Field(
         "natural", description="How domains are sampled: natural (as many as the snapshot has), uniform, or ddk "
                                "(re-weighted by the student/teacher loss gap per domain, Liu et al. 2024).")
-    domain: str | None = Field(None, description="Column whose value is an example's domain (default: `domain` "
-                                                 "where set, else the relation of a triple, else the kind).")
+    domain: str | None = Field(None, description="Column whose value is an example's domain (default: a "
+                                                 "triple's relation, else the item's domain, else its kind).")
     mixture_every: int = Field(50, ge=1, description="Measure the domains and update the mixture every this many "
                                                      "steps (DDK's K).")
     mixture_alpha: float = Field(0.5, gt=0, le=1, description="DDK's smoothing: the share of the update in the "
@@ -215,14 +215,17 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
 
 
 def domain_of(item: dict[str, Any], column: str | None) -> str:
-    """An example's domain: the named column (or `extra` field), else `domain`, else a triple's relation,
-    else the kind."""
+    """An example's domain: the named column (or `extra` field); else a triple's relation (a generated corpus
+    names one `domain` for all its triples); else the item's `domain` (a question's source dataset); else
+    its kind."""
     if column:
         value = item.get(column)
         if value is None and item.get("extra"):
             value = (json.loads(item["extra"]) if isinstance(item["extra"], str) else item["extra"]).get(column)
         return str(value) if value is not None else "(none)"
-    return str(item.get("domain") or item.get("relation") or item["kind"])
+    if item["kind"] == "triple" and item.get("relation"):
+        return str(item["relation"])
+    return str(item.get("domain") or item["kind"])
 
 
 @dataclass

@@ -26,8 +26,8 @@ def kd_term(student_logits: Any, teacher_logits: Any, labels: Any, temperature: 
     return (kl * mask).sum() / denom * t * t
 
 
-def student_trainer(**extra: Any):
-    """A transformers Trainer that samples by a mixture and adds the KL term, as configured in `extra`."""
+def student_trainer():
+    """The transformers Trainer class that samples by a mixture and adds the KL term (imported on use)."""
     import torch
     from transformers import Trainer
 

@@ -1,8 +1,8 @@
 """DDK against a fixed mixture, with and without white-box distillation, at this machine's scale.
 
 The teacher (SmolLM2-135M-Instruct) writes ATOMIC-10x inferences for the shipped seed events, 7 relations
-(the domains); a snapshot splits them 80/20. Students (SmolLM2 + LoRA, chat format, the same steps, data and
-seed) train
+(the domains); a snapshot splits them 80/20. Students (SmolLM2 + LoRA, chat format, the same steps and seed;
+the mixtures hold 16 examples per relation of the train split out to measure it, plain SFT trains on all) train
 with: the natural mixture (plain SFT, the baseline), a uniform mixture over relations, DDK (re-weighted every
 K steps by the student/teacher loss gap per relation), and each mixture plus the KL term to the teacher
 (weight 0.2, temperature 1, DDK's). Each is measured by its loss per relation on the test split against the

@@ -188,15 +188,19 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
     if cfg.lora:
         model = with_lora(model, cfg)
     resume = last_complete_checkpoint(cfg.out / "checkpoints")
-    if mix is not None and resume:
-        mix.mixture.restore(Path(resume))
+    while mix is not None and resume and not mix.mixture.restore(Path(resume)):
+        # killed after the Trainer's state was written but before the mixture: the one before is whole
+        shutil.rmtree(resume, ignore_errors=True)
+        resume = last_complete_checkpoint(cfg.out / "checkpoints")
     callbacks = [no_final_checkpoint()] + ([progress_callback(on_step)] if on_step else [])
     if mix is not None:
         callbacks.append(mixture_callback(mix.mixture, mix.heldout, collate, cfg.mixture_every))
+    if teacher is not None and not cfg.kd_weight:  # its loss per domain is measured: free it for training
+        teacher = (None, teacher[1])
     trainer = student_trainer()(
         model=model, args=training_args(cfg), train_dataset=datasets.Dataset.from_list(data), data_collator=collate,
         processing_class=tok, callbacks=callbacks, mixture_sampler=mix.sampler if mix else None,
-        teacher=teacher[0] if teacher and cfg.kd_weight else None, kd_weight=cfg.kd_weight,
+        teacher=teacher[0] if teacher else None, kd_weight=cfg.kd_weight,
         kd_temperature=cfg.kd_temperature)
     trainer.remove_callback(PrinterCallback)  # progress goes through on_step, not printed dicts
     started = time.monotonic()
@@ -289,7 +293,7 @@ def load_teacher(cfg: TrainConfig, items: list[dict[str, Any]], tok: Any) -> tup
     except (OSError, ValueError) as e:
         raise SkdError(f"cannot load teacher {name!r}: {str(e).splitlines()[0]}") from None
     model.eval().requires_grad_(False)
-    if _cuda():
+    if _cuda():  # for the loss per domain; the Trainer moves it to each process's device
         model.to("cuda")
     return model, name
 

@@ -15,21 +15,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from store import SkdError
+
 MIXTURE_FILE = "mixture.json"
 
 
 def initial_weights(student: list[float], teacher: list[float]) -> list[float]:
     """r = softmax over domains of student perplexity / teacher perplexity."""
-    gaps = [math.exp(s) / math.exp(t) for s, t in zip(student, teacher, strict=True)]
+    gaps = [math.exp(min(s - t, 50.0)) for s, t in zip(student, teacher, strict=True)]  # PPL_S / PPL_T
     return _softmax(gaps)
 
 
 def ddk_update(weights: list[float], student: list[float], teacher: list[float], alpha: float = 0.5) -> list[float]:
     """psi = r * exp(lS / lT); r <- alpha * psi / sum(psi) + (1 - alpha) / N (DDK's factor-smooth update:
     the uniform share keeps every domain in the mixture)."""
-    psi = [r * math.exp(s / t) for r, s, t in zip(weights, student, teacher, strict=True)]
-    total = sum(psi)
-    return [alpha * p / total + (1 - alpha) / len(psi) for p in psi]
+    log_psi = [math.log(max(r, 1e-300)) + s / t for r, s, t in zip(weights, student, teacher, strict=True)]
+    share = _softmax(log_psi)  # psi / sum(psi), in log space: exp(lS / lT) alone can overflow
+    return [alpha * p + (1 - alpha) / len(share) for p in share]
 
 
 def _softmax(xs: list[float]) -> list[float]:
@@ -69,15 +71,19 @@ class Mixture:
         if not f.is_file():
             return False
         state = json.loads(f.read_text())
-        if state["domains"] != self.domains:
-            return False
+        if state["domains"] != self.domains or state["kind"] != self.kind:
+            raise SkdError(f"the checkpoint {folder.name} was trained with a {state['kind']} mixture over "
+                           f"{len(state['domains'])} domains, not this {self.kind} one over {len(self.domains)}: "
+                           "give a new --out to start over")
         self.weights, self.teacher_loss, self.history = state["weights"], state["teacher_loss"], state["history"]
         return True
 
 
 def sampler(domain_of: list[int], mixture: Mixture, seed: int):
     """Draws a domain by the mixture's current weights, then an example of it: one epoch is as many draws as
-    there are examples. The weights are read at each draw, so an update applies from the next batch on."""
+    there are examples. The weights are read at each draw, so an update applies about a batch later (the
+    loader fetches one ahead). Each draw is seeded by (seed, epoch, position), so a resumed run draws as an
+    uninterrupted one would wherever the weights were the same."""
     import torch
 
     class MixtureSampler(torch.utils.data.Sampler):
@@ -88,10 +94,12 @@ def sampler(domain_of: list[int], mixture: Mixture, seed: int):
         def __len__(self) -> int:
             return len(domain_of)
 
+        def set_epoch(self, epoch: int) -> None:  # the Trainer calls it, on resume too
+            self.epoch = epoch
+
         def __iter__(self):
-            rng = random.Random(seed * 1_000_003 + self.epoch)
-            self.epoch += 1
-            for _ in range(len(domain_of)):
+            for i in range(len(domain_of)):
+                rng = random.Random(f"{seed}-{self.epoch}-{i}")
                 k = rng.choices(range(len(self.members)), weights=mixture.weights)[0]
                 yield rng.choice(self.members[k])
 

@@ -18,12 +18,14 @@ def kd_term(student_logits: Any, teacher_logits: Any, labels: Any, temperature: 
     import torch.nn.functional as F
 
     t = temperature
-    s = F.log_softmax(student_logits[:, :-1].float() / t, dim=-1)
-    p = F.log_softmax(teacher_logits[:, :-1].float() / t, dim=-1)
     mask = labels[:, 1:] != -100
-    kl = (p.exp() * (p - s)).sum(-1)
+    vocab = min(student_logits.size(-1), teacher_logits.size(-1))  # embedding rows past the tokenizer are padding
+    # only the completion's positions: a batch x length x vocab float32 copy of everything would not fit
+    s = F.log_softmax(student_logits[:, :-1][mask][:, :vocab].float() / t, dim=-1)
+    p = F.log_softmax(teacher_logits[:, :-1][mask][:, :vocab].float() / t, dim=-1)
+    kl = F.kl_div(s, p, log_target=True, reduction="sum")
     denom = num_items if num_items is not None else mask.sum().clamp(min=1)
-    return (kl * mask).sum() / denom * t * t
+    return kl / denom * t * t
 
 
 def student_trainer():
@@ -35,6 +37,8 @@ def student_trainer():
         def __init__(self, *args: Any, mixture_sampler: Any = None, teacher: Any = None, kd_weight: float = 0.0,
                      kd_temperature: float = 1.0, **kw: Any):
             super().__init__(*args, **kw)
+            if teacher is not None:
+                teacher.to(self.args.device)  # this process's device, once the Trainer has set it
             self.mixture_sampler, self.teacher = mixture_sampler, teacher
             self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
 
@@ -48,8 +52,11 @@ def student_trainer():
                 with torch.no_grad():
                     teacher_logits = self.teacher(input_ids=inputs["input_ids"],
                                                   attention_mask=inputs["attention_mask"]).logits
-                loss = loss + self.kd_weight * kd_term(outputs.logits, teacher_logits, inputs["labels"],
-                                                       self.kd_temperature, num_items_in_batch)
+                kd = kd_term(outputs.logits, teacher_logits, inputs["labels"], self.kd_temperature,
+                                 num_items_in_batch)
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    kd = kd * self.accelerator.num_processes  # as the Trainer scales the SFT loss across ranks
+                loss = loss + self.kd_weight * kd
             return (loss, outputs) if return_outputs else loss
 
     return StudentTrainer

@@ -46,14 +46,26 @@ def test_the_mixture_shifts_toward_the_domain_the_student_is_worse_at():
     assert len(draws) == 100 and 0.65 < sum(1 for i in draws if i < 50) / 100 < 0.95
 
 
-def test_the_kl_term_is_zero_for_the_same_distribution_and_positive_otherwise():
+def test_the_kl_term_on_hand_computed_distributions():
     import torch
 
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 11)
-    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, 1, 2, -100, -100]])
-    assert float(kd_term(logits, logits.clone(), labels, 1.0)) == pytest.approx(0.0, abs=1e-6)
-    assert float(kd_term(logits, torch.randn(2, 5, 11), labels, 2.0)) > 0.1
+    # one sequence of 3 tokens, vocabulary 2; labels at positions 1 and 2, so logits 0 and 1 are scored
+    student = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [9.0, 9.0]]])
+    teacher = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 9.0]]])
+    labels = torch.tensor([[-100, 1, 1]])
+    t = 2.0
+
+    def kl(p_logits, q_logits):  # KL(p || q) of two logit pairs at temperature t
+        p = torch.softmax(torch.tensor(p_logits) / t, -1)
+        q = torch.softmax(torch.tensor(q_logits) / t, -1)
+        return float((p * (p / q).log()).sum())
+
+    expected = (kl([2.0, 0.0], [0.0, 0.0]) + kl([1.0, 0.0], [1.0, 0.0])) / 2 * t * t
+    assert float(kd_term(student, teacher, labels, t)) == pytest.approx(expected, rel=1e-5)
+    assert float(kd_term(student, teacher, labels, t, num_items=4)) == pytest.approx(expected / 2, rel=1e-5)
+    assert float(kd_term(student, student.clone(), labels, 1.0)) == pytest.approx(0.0, abs=1e-7)
+    wider = torch.cat([teacher, torch.full((1, 3, 3), -50.0)], -1)  # padded embedding rows are ignored
+    assert float(kd_term(student, wider, labels, t)) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +103,25 @@ def test_the_same_model_as_teacher_adds_no_kl(relations_db, tiny_lm):
     plain = fit(db, TrainConfig(out=d / "plain", **base))["summary"]["first_loss"]
     kd = fit(db, TrainConfig(out=d / "kd", teacher=str(tiny_lm), kd_weight=0.5, **base))["summary"]["first_loss"]
     assert kd == pytest.approx(plain, rel=1e-4)
+
+
+def test_another_teacher_adds_its_kl_with_gradient_accumulation(relations_db, tiny_lm, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    other = tmp_path / "other"
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_lm).save_pretrained(other)
+    db, d = relations_db
+    base = {"snapshot": "all", "base": str(tiny_lm), "batch_size": 2, "grad_accum": 2, "max_steps": 1, "seed": 3}
+    plain = fit(db, TrainConfig(out=d / "plain2", **base))["summary"]["first_loss"]
+    kd = fit(db, TrainConfig(out=d / "kd2", teacher=str(other), kd_weight=0.5, **base))["summary"]["first_loss"]
+    assert kd > plain + 0.01 and math.isfinite(kd)
 
 
 def test_a_teacher_with_another_tokenizer_is_one_line(relations_db, tiny_lm):

@@ -32,7 +32,7 @@ class BatchRun:
         self.db_path, self.recipe, self.teacher, self.stats = db_path, recipe, teacher, stats
         self.batch_size, self.on_batch = batch_size, on_batch
         self.writer = ShardWriter(shard_dir(db_path))
-        self.job_status: dict[str, str] = {}  # batch key -> provider status, for the progress line
+        self.unanswered: dict[str, str] = {}  # request -> why its latest job did not answer it
 
     def jobs(self, **fields: Any) -> None:
         """Record a step of a job (a short write transaction: the lock is not held while we wait)."""
@@ -82,7 +82,6 @@ class BatchRun:
                     changed = changed or status != job.get("status")  # counts move at every poll of a big job
                     job |= {"status": status, "counts": info.get("request_counts") or {}}
                     self.jobs(batch_key=job["batch_key"], status=status, counts=job["counts"])
-                self.job_status[job["batch_key"]] = status
                 if status in (*TERMINAL, "lost"):
                     self.finish(job, info)
                     waiting.remove(job)
@@ -109,8 +108,9 @@ class BatchRun:
             self.stats.generated += len(chunk)
         whole = job_error(info) or f"no result (job {info.get('status')})"
         missing = {r.request_id: failed.get(r.request_id, whole) for r in asked if r.request_id not in done}
-        for reason in missing.values():
-            self.stats.failures[f"batch: {reason}"] = self.stats.failures.get(f"batch: {reason}", 0) + 1
+        for rid in done:
+            self.unanswered.pop(rid, None)
+        self.unanswered |= missing
         with open_store(self.db_path) as s, s.transaction():
             s.batch_jobs.fail(job["batch_key"], missing)
             s.batch_jobs.update(job["batch_key"], closed=True, status=info.get("status"),
@@ -145,6 +145,8 @@ class BatchRun:
             self.show()
             self.wait(jobs)
             open_jobs = []
+        for reason in self.unanswered.values():  # what no round answered: it waits for the next run
+            self.stats.failures[f"batch: {reason}"] = self.stats.failures.get(f"batch: {reason}", 0) + 1
 
 
 def run_batch_stage(db_path: str | Path, recipe: Recipe, teacher: OpenAIBatchTeacher, *, seed: int = 0,

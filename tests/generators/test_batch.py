@@ -80,7 +80,7 @@ def test_a_lost_create_answer_is_found_by_listing_not_created_again(db_path):
 def test_a_job_that_fails_validation_is_recorded_and_its_requests_stay_pending(db_path):
     with BatchServer(fail_validation=True) as server:
         stats = run_generation(db_path, make_recipe("atomic10x", INFER), batch_teacher(server), seed=1)
-    assert stats.generated == 0 and stats.failures == {"batch: invalid_request: model not found for batch": 16}
+    assert stats.generated == 0 and stats.failures == {"batch: invalid_request: model not found for batch": 8}
     jobs = table(db_path, "SELECT status, error FROM batch_jobs")
     assert jobs.rows() == [("failed", "invalid_request: model not found for batch")] * 2
     assert table(db_path, "SELECT count(*) AS n FROM generations")["n"][0] == 0

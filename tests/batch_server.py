@@ -63,6 +63,7 @@ class BatchServer:
         self.polls, self.fail_every, self.expire_first = polls, fail_every, expire_first
         self.fail_validation, self.drop_create, self.no_batch_api = fail_validation, drop_create, no_batch_api
         self.worker = worker
+        self.page_size = 100  # the most jobs one list call returns
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.reads: Counter = Counter()
@@ -151,8 +152,13 @@ class BatchServer:
         if self.no_batch_api:
             return 404, {"error": {"message": f"no route {path}"}}
         parts = path.split("?")[0].strip("/").split("/")
-        if parts[1:] == ["batches"]:
-            return 200, {"object": "list", "data": list(reversed(self.batches.values()))}
+        if parts[1:] == ["batches"]:  # newest first, in pages, as OpenAI lists them
+            query = dict(q.split("=", 1) for q in path.partition("?")[2].split("&") if "=" in q)
+            jobs = list(reversed(self.batches.values()))
+            if "after" in query:
+                jobs = jobs[[j["id"] for j in jobs].index(query["after"]) + 1:]
+            size = min(int(query.get("limit", 20)), self.page_size)
+            return 200, {"object": "list", "data": jobs[:size], "has_more": len(jobs) > size}
         if len(parts) == 3 and parts[1] == "batches" and parts[2] in self.batches:
             return 200, self.advance(self.batches[parts[2]])
         if len(parts) == 4 and parts[1] == "files" and parts[3] == "content" and parts[2] in self.files:

@@ -124,11 +124,19 @@ class OpenAIBatchTeacher(OpenAITeacher):
         return self.call("GET", f"/batches/{job_id}")
 
     def find(self, input_file_id: str, batch_key: str) -> dict[str, Any] | None:
-        """The job made from this file (a kill after create, before the job id was recorded), if any."""
-        for job in self.call("GET", "/batches", params={"limit": 100}).get("data", []):
-            key = (job.get("metadata") or {}).get("skd_batch_key")
-            if job.get("input_file_id") == input_file_id or key == batch_key:
-                return job
+        """The job made from this file (a kill after create, before the job id was recorded), if any: the
+        endpoint's jobs are listed newest first, a page of 100 at a time, up to 2,000 (a job skd just made
+        is among the newest)."""
+        params: dict[str, Any] = {"limit": 100}
+        for _ in range(20):
+            page = self.call("GET", "/batches", params=params)
+            for job in page.get("data") or []:
+                key = (job.get("metadata") or {}).get("skd_batch_key")
+                if job.get("input_file_id") == input_file_id or key == batch_key:
+                    return job
+            if not page.get("has_more") or not page.get("data"):
+                return None
+            params["after"] = page["data"][-1]["id"]
         return None
 
     def content(self, file_id: str) -> str:

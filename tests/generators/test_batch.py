@@ -148,11 +148,14 @@ def test_a_job_created_by_a_run_killed_before_it_recorded_the_id_is_found(db_pat
             todo = planned_requests_for(recipe, s)
             file_id = t.upload([t.line(r) for r in todo])
             t.create(file_id, t.url(todo[0]), "killed-1")
+            for k in range(3):  # newer jobs of someone else: the list's first pages are theirs
+                t.create(t.upload([t.line(todo[k])]), t.url(todo[0]), f"other-{k}")
+            server.page_size = 1
             s.batch_jobs.record("killed-1", run_id="killed", recipe="atomic10x", model="m", endpoint=t.base_url,
                                 url=t.url(todo[0]), request_ids=[r.request_id for r in todo],
                                 input_file_id=file_id, status="uploaded")
         stats = run_generation(db_path, recipe, batch_teacher(server), seed=1)
-        assert stats.generated == 8 and server.created == 1 and set(server.answered.values()) == {1}
+        assert stats.generated == 8 and server.created == 4 and set(server.answered.values()) == {1}
 
 
 def test_a_job_the_endpoint_forgot_gives_its_requests_back(db_path):

@@ -133,8 +133,15 @@ def main() -> None:
         table.add_row(name, f"{rate:.0f}", f"{rate / base_rate:.2f}", f"{sum(gaps) / len(gaps):.3f}",
                       f"{domains[worst]} {gaps[worst]:.3f}", f"{m['references']['rouge_l']:.3f}",
                       f"{m['references']['bleu2']:.3f}", f"{m['degenerate_rate']:.3f}", final)
+    per = Table(title="loss gap lS/lT per relation on the test split (lower: closer to the teacher)")
+    per.add_column("student")
+    for d in domains:
+        per.add_column(d, justify="right")
+    for name in cards:
+        per.add_row(name, *(f"{ls / lt:.3f}" for ls, lt in zip(losses[name], teacher, strict=True)))
     console = Console(width=220)
     console.print(table)
+    console.print(per)
     console.print("teacher loss per relation on the test split: "
                   + ", ".join(f"{d} {x:.3f}" for d, x in zip(domains, teacher, strict=True)))
 

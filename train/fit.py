@@ -78,11 +78,6 @@ def training_items(db: Path, cfg: TrainConfig) -> tuple[list[dict[str, Any]], di
     return items, row
 
 
-def training_rows(db: Path, cfg: TrainConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    items, row = training_items(db, cfg)
-    return [example(r, cfg.format) for r in items], row
-
-
 def training_args(cfg: TrainConfig):
     from transformers import TrainingArguments
 

@@ -100,9 +100,3 @@ def encode(row: dict[str, Any], tok: Any, max_length: int) -> dict[str, list[int
         c = tok(row["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     ids = (p + c)[:max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ([-100] * len(p) + c)[:max_length]}
-
-
-def tokenized(rows: list[dict[str, Any]], tok: Any, max_length: int) -> list[dict[str, list[int]]]:
-    """Encoded rows; rows whose completion is cut off entirely by max_length are dropped."""
-    out = [encode(r, tok, max_length) for r in rows]
-    return [x for x in out if any(t != -100 for t in x["labels"])]

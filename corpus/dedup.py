@@ -34,8 +34,9 @@ class DedupConfig(BaseModel):
                                                                          "embedding cosine.")
     threshold: float = Field(0.9, gt=0, le=1, description="Cosine similarity at or above which items are "
                                                           "duplicates (semantic).")
-    scope: Literal["global", "head", "head-relation"] = Field(
-        "head-relation", description="Compare items globally, within a head, or within a head and relation.")
+    scope: Literal["global", "head", "head-relation", "head-tail"] = Field(
+        "head-relation", description="Compare items globally, within a head, within a head and relation, or "
+                                     "within a head and tail (an entity pair).")
     model: str = Field(MINILM, description="Embedding model (semantic): HF id, path, or an embedded one.")
 
 

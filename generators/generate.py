@@ -22,6 +22,7 @@ from store import ShardWriter, Store, commit_batch, ingest_shards, open_store
 from store.items import TEXT_FIELDS
 
 from .backends import Teacher
+from .constraints import unmet
 from .recipes import ParseError, Recipe
 from .types import Completion, Request, usage_of
 
@@ -83,7 +84,12 @@ def shard_dir(db_path: Path) -> Path:
 
 
 def parse_completion(recipe: Recipe, request: Request, c: Completion) -> tuple[list[dict[str, Any]], str | None]:
-    """Items from one completion, or none and the reason. A parser bug is recorded, not raised."""
+    """Items from one completion, or none and the reason. A parser bug is recorded, not raised. A lexical
+    constraint is checked first, whichever backend decoded: a sample that ran out of tokens before its
+    required words is a recorded failure."""
+    reason = unmet(request.sampling.lexical, c.text)
+    if reason:
+        return [], reason
     try:
         return recipe.parse(request, c), None
     except ParseError as e:
@@ -138,6 +144,15 @@ def planned_requests(recipe: Recipe, model: str, seed: int, store: Store, limit:
     return list({r.request_id: r for r in recipe.requests(model, seed, store)}.values())[:limit]
 
 
+def check_constraints(teacher: Teacher, requests: list[Request]) -> None:
+    """A constraint the teacher cannot enforce is one line before any request is sent."""
+    check = getattr(teacher, "check", None)
+    if check is not None:
+        distinct = {r.sampling.model_dump_json(exclude={"seed"}): r.sampling for r in requests}
+        for sampling in distinct.values():
+            check(sampling)
+
+
 def run_generation(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: int = 0,
                    limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
                    on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
@@ -163,6 +178,7 @@ def stage_run(db_path: Path, recipe: Recipe, teacher: Teacher, seed: int, limit:
     with open_store(db_path) as s:
         ingest_shards(s, shard_dir(db_path))  # batches a killed run wrote but did not ingest
         requests = planned_requests(recipe, teacher.model, seed, s, limit)
+        check_constraints(teacher, requests)
         todo = pending_requests(s, requests)
         run_id = s.start_run("generate", {**config, "recipe": recipe.name, "teacher": teacher.model,
                                           "seed": seed, "limit": limit, "recipe_config":

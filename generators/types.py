@@ -24,6 +24,37 @@ class Constraint(BaseModel):
         return self
 
 
+MAX_CLAUSES = 4  # include clauses may come in any order: the grammar spells out every order (4! = 24)
+
+
+class Lexical(BaseModel):
+    """NeuroLogic's lexical constraints: each `include` clause is one word or phrase in its alternative forms
+    (any one form satisfies it) and must appear in the output as whole words; no `exclude` word may appear.
+    Enforced while decoding (a grammar for `include`, banned tokens for `exclude`) on every backend, and
+    checked on every completion, so an output that ran out of tokens first is a recorded failure."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    include: tuple[tuple[str, ...], ...] = Field((), description="Clauses; each a tuple of alternative forms.")
+    exclude: tuple[str, ...] = Field((), description="Words the output must not contain.")
+    boost: float = Field(0.0, ge=0.0, le=10.0, description="Logit bias on the first token of each required "
+                                                           "word until it appears: a small teacher that the "
+                                                           "grammar only keeps from stopping may never write it.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Lexical:
+        if not self.include and not self.exclude:
+            raise ValueError("a lexical constraint needs include or exclude words")
+        if len(self.include) > MAX_CLAUSES:
+            raise ValueError(f"at most {MAX_CLAUSES} include clauses (every order is part of the grammar)")
+        words = [w for clause in self.include for w in clause] + list(self.exclude)
+        if any(not w.strip() or "\n" in w for w in words) or any(not clause for clause in self.include):
+            raise ValueError("include and exclude words must be non-empty single-line strings")
+        banned = {w.lower() for w in self.exclude}
+        for clause in self.include:
+            if all(w.lower() in banned for w in clause):
+                raise ValueError(f"{clause[0]!r} is both required and excluded: no output can satisfy it")
+        return self
+
+
 class Sampling(BaseModel):
     """Call-time sampling parameters (OpenAI/vLLM semantics)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -37,9 +68,20 @@ class Sampling(BaseModel):
     seed: int | None = Field(None, description="Per-request seed; derived from the run seed when unset.")
     logprobs: bool = Field(False, description="Record the cumulative log-probability of each sample.")
     constraint: Constraint | None = None
+    lexical: Lexical | None = None
+
+    @model_validator(mode="after")
+    def _combinable(self) -> Sampling:
+        if self.constraint is not None and self.lexical is not None and self.lexical.include:
+            raise ValueError("include words cannot be combined with a json_schema/regex/choice constraint "
+                             "(no engine intersects two grammars); put the words in the regex instead")
+        return self
 
     def key(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_defaults=False)
+        key = self.model_dump(mode="json", exclude_defaults=False)
+        if self.lexical is None:  # requests from before lexical constraints existed keep their ids
+            del key["lexical"]
+        return key
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

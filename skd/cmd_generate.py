@@ -22,7 +22,8 @@ from .output import err, out, print_json, run_with_progress
 
 RecipeName = Enum("RecipeName", {r: r for r in RECIPES}, type=str)
 SAMPLING_KEY = {"atomic10x": lambda cfg: "event_sampling" if cfg.get("stage") == "events" else "inference_sampling",
-                "rationale": lambda cfg: "sampling", "template": lambda cfg: "sampling"}
+                "rationale": lambda cfg: "sampling", "template": lambda cfg: "sampling",
+                "generics": lambda cfg: "sampling", "comparatives": lambda cfg: "sampling"}
 
 
 def recipe_config(recipe: str, config: Path | None, n: int | None) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def summary_table(s: GenerateSummary) -> Table:
 @config_options(GenerateConfig, "generate")
 def generate(
     cfg: GenerateConfig,
-    recipe: Annotated[RecipeName, typer.Argument(help="Recipe: atomic10x, rationale or template.")],
+    recipe: Annotated[RecipeName, typer.Argument(help="Recipe: " + ", ".join(RECIPES) + ".")],
     config: Annotated[Path | None, typer.Option(help="Recipe config (TOML); a \\[teacher] table sets backend "
                                                      "options.")] = None,
     n: Annotated[int | None, typer.Option(help="Samples per prompt (overrides the config).")] = None,

@@ -29,7 +29,7 @@ SCORED_COLUMNS = ("item_id", *(c for c in ITEM_COLUMNS if c == "kind" or c in ID
 EMBEDDED_COLUMNS = SCORED_COLUMNS
 # What an export holds of each item: everything but `extra`, which the export casts to JSON text itself.
 EXPORTED_COLUMNS = ("item_id", *(c for c in ITEM_COLUMNS if c != "extra"))
-SCOPES = ("global", "head", "head-relation")  # within what dedup looks for duplicates
+SCOPES = ("global", "head", "head-relation", "head-tail")  # within what dedup looks for duplicates
 REQUIRED = {
     "triple": ("head", "relation", "tail"),
     "qa": ("question", "answer"),
@@ -111,6 +111,8 @@ def scope_sql(scope: str) -> str:
     if scope == "global":
         return "''"
     head = f"{exact_norm_sql('head')} || {exact_norm_sql('question')}"
+    if scope == "head-tail":  # a pair of entities (comparatives): duplicates within the pair
+        return f"{head} || chr(31) || {exact_norm_sql('tail')}"
     return head if scope == "head" else f"{head} || chr(31) || coalesce(relation, '')"
 
 

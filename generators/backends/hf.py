@@ -13,7 +13,9 @@ from store import SkdError, resolve_model
 from store.hardware import compute_dtype
 from store.hardware import device as default_device
 
+from ..constraints import banned_words, first_tokens, grammar_of
 from ..types import Completion, Request, Response, cut_at_stop, stable_hash
+from .grammar import BoostProcessor, Grammars
 
 
 class PenaltyProcessor(LogitsProcessor):
@@ -39,6 +41,15 @@ def shareable(lm: Any, cache: Any) -> bool:
             and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers))
 
 
+def group_key(r: Request) -> dict[str, Any]:
+    """The sampling settings one generate() call must share: all but the seed and the grammar, which each
+    row has of its own."""
+    key = r.sampling.model_dump(mode="json", exclude={"seed", "constraint"})
+    if key.get("lexical"):
+        key["lexical"] = {k: key["lexical"][k] for k in ("exclude", "boost")}
+    return key
+
+
 class TransformersTeacher:
     def __init__(self, model: str, device: str | None = None, dtype: str = "auto", batch_size: int = 8):
         self.model = model
@@ -54,6 +65,7 @@ class TransformersTeacher:
         except OSError as e:
             raise SkdError(f"cannot load model {model!r}: {str(e).splitlines()[0]}") from None
         self.share_prefill: bool | None = None  # prefill once for n samples (see _shared_prefill)
+        self.grammars: Grammars | None = None  # compiled on the first constrained request
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -71,8 +83,8 @@ class TransformersTeacher:
     def generate(self, requests: list[Request]) -> list[list[Completion]]:
         out: list[list[Completion]] = [[] for _ in requests]
         groups: dict[str, list[int]] = defaultdict(list)
-        for i, r in enumerate(requests):  # one generate() call takes one sampling setting
-            groups[stable_hash(r.sampling.model_dump(mode="json", exclude={"seed"}))].append(i)
+        for i, r in enumerate(requests):  # one generate() call takes one sampling setting; grammars are per row
+            groups[stable_hash(group_key(r))].append(i)
         for idxs in groups.values():
             for start in range(0, len(idxs), self.batch_size):
                 chunk = idxs[start:start + self.batch_size]
@@ -83,8 +95,6 @@ class TransformersTeacher:
     @torch.inference_mode()
     def _generate(self, requests: list[Request]) -> list[list[Completion]]:
         s = requests[0].sampling
-        if s.constraint is not None:
-            raise SkdError("constrained decoding (json_schema/regex/choice) needs the vllm or openai backend")
         enc = self.tokenizer([self.render(r) for r in requests], return_tensors="pt", padding=True,
                              add_special_tokens=False).to(self.device)
         prompt_len = enc["input_ids"].shape[1]
@@ -93,12 +103,20 @@ class TransformersTeacher:
         processors = LogitsProcessorList()
         if s.presence_penalty or s.frequency_penalty:
             processors.append(PenaltyProcessor(prompt_len, s.presence_penalty, s.frequency_penalty))
+        if s.lexical is not None and s.lexical.boost:
+            rows = [[first_tokens(self.tokenizer, clause) for clause in r.sampling.lexical.include]
+                    for r in requests for _ in range(s.n)]
+            processors.append(BoostProcessor(prompt_len, rows, s.lexical.boost))
+        constraints = [grammar_of(r.sampling) for r in requests]
+        if any(c is not None for c in constraints):  # last: the grammar masks what the others have shaped
+            processors.append(self._grammars().processor([c for c in constraints for _ in range(s.n)]))
         greedy = s.temperature == 0
         gen = self.lm.generate(
             **self._shared_prefill(enc, s.n), do_sample=not greedy, temperature=None if greedy else s.temperature,
             top_p=None if greedy else s.top_p, top_k=None, max_new_tokens=s.max_tokens,
             pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors,
             stop_strings=list(s.stop) or None, tokenizer=self.tokenizer if s.stop else None,
+            bad_words_ids=self._bad_words_ids(s),
             return_dict_in_generate=True, output_scores=s.logprobs)
         new = gen.sequences[:, prompt_len:]
         token_lp = (self.lm.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
@@ -110,6 +128,17 @@ class TransformersTeacher:
         prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()  # each prompt's own length, padding not counted
         return [Response(results[i * s.n:(i + 1) * s.n], prompt_tokens=int(prompt_tokens[i]))
                 for i in range(len(requests))]
+
+    def _grammars(self) -> Grammars:
+        if self.grammars is None:
+            self.grammars = Grammars(self.tokenizer, self.lm.config.vocab_size)
+        return self.grammars
+
+    def _bad_words_ids(self, s: Any) -> list[list[int]] | None:
+        """Each excluded word as the token sequences it takes alone and after a space (vLLM's rule)."""
+        seqs = {tuple(self.tokenizer.encode(prefix + w, add_special_tokens=False))
+                for w in banned_words(s) for prefix in ("", " ")}
+        return [list(q) for q in sorted(seqs) if q] or None
 
     def _shared_prefill(self, enc: Any, n: int) -> dict[str, Any]:
         """generate()'s inputs for N samples of each prompt, the prompt read once: `num_return_sequences`

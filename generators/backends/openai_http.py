@@ -16,6 +16,7 @@ import httpx
 from store import SkdError
 from store.redact import redact, register_secret, strip_credentials
 
+from ..constraints import banned_words, grammar_of
 from ..pricing import price_for
 from ..rate_limit import RateLimiter
 from ..types import Completion, Request, Response
@@ -46,6 +47,13 @@ class OpenAITeacher:
     def close(self) -> None:
         pass
 
+    def check(self, s: Any) -> None:
+        """Constraints travel as vLLM's extra parameters (`structured_outputs`, `bad_words`), which OpenAI's
+        own API refuses: say so before the first request."""
+        if (grammar_of(s) is not None or banned_words(s)) and "api.openai.com" in self.base_url:
+            raise SkdError("api.openai.com cannot enforce regex/JSON/lexical constraints (vLLM's extensions): "
+                           "serve the teacher with vLLM, or drop constrain/include/exclude")
+
     def generate(self, requests: list[Request]) -> list[list[Completion]]:
         return asyncio.run(self._generate_all(requests))
 
@@ -68,10 +76,12 @@ class OpenAITeacher:
             body["stop"] = list(s.stop)
         if s.seed is not None:
             body["seed"] = s.seed
-        if s.constraint is not None:  # vLLM's extra parameter; hosted APIs use response_format instead
-            c = s.constraint
+        c = grammar_of(s)
+        if c is not None:  # vLLM's extra parameters; hosted APIs use response_format instead
             body["structured_outputs"] = {k: v for k, v in
                                           {"json": c.json_schema, "regex": c.regex, "choice": c.choice}.items() if v}
+        if banned_words(s):
+            body["bad_words"] = banned_words(s)
         if r.prompt is not None:
             if s.logprobs:
                 body["logprobs"] = 1

@@ -11,6 +11,7 @@ from typing import Any
 
 from store import SkdError, resolve_model
 
+from ..constraints import banned_words, first_tokens, grammar_of
 from ..types import Completion, Request, Response, Sampling
 
 
@@ -35,17 +36,19 @@ class VllmTeacher:
     def close(self) -> None:
         del self.llm
 
-    @staticmethod
-    def params(s: Sampling):
+    def params(self, s: Sampling):
         from vllm import SamplingParams
 
         kw: dict[str, Any] = dict(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                                   stop=list(s.stop) or None, presence_penalty=s.presence_penalty,
                                   frequency_penalty=s.frequency_penalty, seed=s.seed,
-                                  logprobs=0 if s.logprobs else None)
-        if s.constraint is not None:
+                                  logprobs=0 if s.logprobs else None, bad_words=banned_words(s) or None)
+        if s.lexical is not None and s.lexical.boost:  # static here: vLLM's bias lasts the whole sample
+            tok = self.llm.get_tokenizer()
+            kw["logit_bias"] = {t: s.lexical.boost for clause in s.lexical.include for t in first_tokens(tok, clause)}
+        c = grammar_of(s)
+        if c is not None:
             from vllm.sampling_params import StructuredOutputsParams
-            c = s.constraint
             kw["structured_outputs"] = StructuredOutputsParams(json=c.json_schema, regex=c.regex, choice=c.choice)
         return SamplingParams(**kw)
 

@@ -6,10 +6,12 @@ from store import SkdError
 
 from .atomic10x import Atomic10x
 from .base import ParseError, Recipe, read_toml, validate_config
+from .comparatives import Comparatives
+from .generics import Generics
 from .rationale import Rationale
 from .template import Template
 
-RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (Atomic10x, Rationale, Template)}
+RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (Atomic10x, Rationale, Template, Generics, Comparatives)}
 
 
 def make_recipe(name: str, config: dict | None = None, source: str = "config") -> Recipe:

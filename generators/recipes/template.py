@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from store import KINDS, SkdError, Store
 
-from ..types import Completion, Constraint, Request, Sampling, derive_seed
+from ..types import Completion, Constraint, Lexical, Request, Sampling, derive_seed
 from .base import ParseError, Recipe, check_item
 
 ITEM_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text", "domain", "choices")
@@ -32,7 +32,10 @@ class TemplateConfig(BaseModel):
     parser: Literal["regex", "json"] = Field("json", description="How completions become items.")
     regex: str | None = Field(None, description="With parser = regex: named groups become item fields.")
     json_schema: dict[str, Any] | None = Field(None, description="With parser = json: the schema outputs must meet.")
-    constrain: bool = Field(False, description="Also ask the backend to enforce the regex/schema (vLLM).")
+    constrain: bool = Field(False, description="Also enforce the regex/schema while decoding (every backend).")
+    include: list[str] = Field([], description="Words the output must contain, each a Jinja2 template over `row` "
+                                                "(a lexical constraint, enforced on every backend).")
+    exclude: list[str] = Field([], description="Words the output must not contain.")
     fields: dict[str, str] = Field({}, description="Extra item fields, each a Jinja2 template over `row`.")
     limit: int | None = Field(None, ge=1, description="Use at most this many rows.")
     sampling: Sampling = Sampling(n=1, temperature=0.7, top_p=0.95, max_tokens=128)
@@ -53,9 +56,11 @@ class TemplateConfig(BaseModel):
                 jsonschema.Draft202012Validator.check_schema(self.json_schema)
             except jsonschema.SchemaError as e:
                 raise ValueError(f"invalid JSON schema: {e.message}") from None
+        if self.include and self.constrain:
+            raise ValueError("include words cannot be combined with constrain = true (one grammar per output)")
         try:
             ENV.parse(self.prompt)
-            for t in self.fields.values():
+            for t in [*self.fields.values(), *self.include]:
                 ENV.parse(t)
         except jinja2.TemplateSyntaxError as e:
             raise ValueError(f"invalid Jinja2 template: {e.message}") from None
@@ -99,6 +104,7 @@ class Template(Recipe):
         c = self.config
         prompt_t = ENV.from_string(c.prompt)
         field_ts = {k: ENV.from_string(v) for k, v in c.fields.items()}
+        include_ts = [ENV.from_string(t) for t in c.include]
         constraint = None
         if c.constrain:
             constraint = Constraint(regex=c.regex) if c.parser == "regex" else Constraint(
@@ -108,9 +114,13 @@ class Template(Recipe):
             try:
                 prompt = prompt_t.render(row=row)
                 fields = {k: t.render(row=row) for k, t in field_ts.items()}
+                words = tuple(w for w in (t.render(row=row).strip() for t in include_ts) if w)
             except jinja2.UndefinedError as e:
                 raise SkdError(f"{c.input}: row {i + 1}: template error: {e.message}") from None
-            sampling = c.sampling.model_copy(update={"seed": derive_seed(seed, prompt), "constraint": constraint})
+            include = tuple((w, w[:1].upper() + w[1:]) if w[:1].islower() else (w,) for w in words)
+            lexical = Lexical(include=include, exclude=tuple(c.exclude)) if include or c.exclude else None
+            sampling = c.sampling.model_copy(update={"seed": derive_seed(seed, prompt), "constraint": constraint,
+                                                     "lexical": lexical})
             meta = {"fields": fields, "row": i + 1}
             if c.chat:
                 messages = ((("system", c.system),) if c.system else ()) + (("user", prompt),)

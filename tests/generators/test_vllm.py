@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -11,6 +12,8 @@ import httpx
 import pytest
 
 from generators import Request, Sampling, make_recipe, make_teacher, run_generation
+from generators.constraints import noun_forms, unmet
+from generators.types import Lexical
 from store import Store
 from tests.conftest import ROOT
 
@@ -36,6 +39,30 @@ def test_skd_generate_on_the_vllm_engine(tmp_path, smollm2):
         assert s.scalar("SELECT count(*) FROM generations WHERE teacher = 'smollm2-135m-instruct'") == 48
         assert s.scalar("SELECT count(*) FROM items WHERE kind = 'triple'") > 0
         assert json.loads(s.scalar("SELECT config FROM runs WHERE stage = 'generate'"))["backend"] == "vllm"
+
+
+def test_lexical_constraints_on_the_vllm_engine(tmp_path, smollm2):
+    """The generics recipe on vLLM: the concept enforced by vLLM's structured outputs (a regex), the banned
+    word by its bad_words, the bias by its logit_bias."""
+    cfg = tmp_path / "generics.toml"
+    cfg.write_text('max_concepts = 6\nexclude = ["made"]\n[sampling]\nn = 4\ntemperature = 1.0\ntop_p = 0.9\n'
+                   'max_tokens = 32\nstop = ["\\n"]\n'
+                   '[teacher]\ndtype = "bfloat16"\nenforce_eager = true\nmax_model_len = 1024\n')
+    db = tmp_path / "g.duckdb"
+    proc = subprocess.run([str(VLLM_PYTHON), "-m", "skd", "generate", "generics", "--backend", "vllm", "--config",
+                           str(cfg), "--db", str(db), "--json", "-q"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Store(db, read_only=True) as s:
+        rows = s.query("SELECT g.text, g.finish_reason, g.error, r.meta FROM generations g JOIN requests r "
+                       "USING (request_id)").rows()
+    assert len(rows) == 24
+    for text, finish, _, meta in rows:
+        assert not re.search(r"\bmade\b", text, re.I), text
+        concept = json.loads(meta)["concept"]
+        if finish == "stop":  # the grammar does not let an output end without the concept
+            assert unmet(Lexical(include=(noun_forms(concept),)), text) is None, text
+    assert sum(error is None or not error.startswith("constraint") for *_, error, _ in rows) >= 18
 
 
 def free_port() -> int:
@@ -84,6 +111,11 @@ def test_openai_backend_against_real_vllm_serve(vllm_server):
                     messages=(("user", "What is the capital of France?"),))]
     out = t.generate(reqs)
     assert len(out[0]) == 3 and all("\n" not in c.text for c in out[0])
+    lexical = Sampling(n=3, max_tokens=24, seed=2, stop=("\n",),
+                       lexical={"include": [["bird", "birds", "Birds"]], "exclude": ["fly"]})
+    constrained, = t.generate([Request(model=t.model, sampling=lexical, prompt="Generic statements.\nAbout birds:")])
+    assert all(not re.search(r"\bfly\b", c.text, re.I) for c in constrained)  # the server took bad_words
+    assert all(unmet(lexical.lexical, c.text) is None for c in constrained if c.finish_reason == "stop")
     # the chat reply: text from the chat endpoint, cut at max_tokens. What a 135M model answers varies with
     # the CPU's bf16 kernels (here "Paris" on one machine, "L'Étoile, la Marseillaise," on another), so the
     # check is that greedy decoding repeats itself, not a fact.

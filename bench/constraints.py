@@ -8,7 +8,9 @@ Per recipe and setting: constraint satisfaction (share of completions that name 
 concept; both entities and "than"), parse rate, items kept, acceptance by the general critic (MiniLM
 embedding critic trained on the CKBP v1 crowd labels in ../shared/data, cut at its dev threshold for recall
 0.8; trained for commonsense triples, so a weak judge of these sentences: say so when quoting it), and the
-decoding cost of constraints as generated tokens per second against the unconstrained run.
+decoding cost of constraints: wall time for the same prompts and budget, and generated tokens per second,
+each against the unconstrained run (a batch runs until its longest sample ends, so tokens per second also
+rises when constrained samples run longer).
 """
 
 from __future__ import annotations
@@ -71,11 +73,9 @@ def measure(db: Path, run_id: str, recipe: str) -> dict:
 
 
 def acceptance(db: Path, critic: str, run_id: str) -> tuple[float, float]:
-    from critics import score_items
     from critics.cut import threshold_of
     from store import Store
 
-    score_items(db, critic)
     with Store(db, read_only=True) as s:
         row = s.critics.get(critic)
         cut = threshold_of(row, 0.8)
@@ -112,19 +112,23 @@ def main() -> None:
             console.print(f"{recipe} constrain={constrain}: {seconds:.1f} s")
     teacher.close()
     critic = train_judge(db)
+    if critic:
+        from critics.score import score_items
+        score_items(db, critic)
     table = Table(title=f"lexical constraints, SmolLM2-135M on {args.backend} ({args.prompts} prompts x n={args.n} "
                         "per row)")
     for col in ("recipe", "constrained", "completions", "satisfied", "parsed", "items", "critic accepts",
-                "mean score", "tok/s", "tok/s vs free"):
+                "mean score", "seconds", "vs free", "tok/s", "tok/s vs free"):
         table.add_column(col, justify="left" if col == "recipe" else "right")
     free = {}
     for run in runs:
         rate = run["tokens"] / run["seconds"]
-        free.setdefault(run["recipe"], rate)
+        free.setdefault(run["recipe"], (rate, run["seconds"]))
         accepted, mean = acceptance(db, critic, run["run_id"]) if critic else (float("nan"), float("nan"))
         table.add_row(run["recipe"], "yes" if run["constrain"] else "no", f"{run['completions']:,}",
                       f"{run['satisfied']:.1%}", f"{run['parsed']:.1%}", f"{run['items']:,}", f"{accepted:.1%}",
-                      f"{mean:.3f}", f"{rate:,.0f}", f"{rate / free[run['recipe']]:.2f}")
+                      f"{mean:.3f}", f"{run['seconds']:.1f}", f"{run['seconds'] / free[run['recipe']][1]:.2f}",
+                      f"{rate:,.0f}", f"{rate / free[run['recipe']][0]:.2f}")
     Console().print(table)
 
 

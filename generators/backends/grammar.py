@@ -45,45 +45,57 @@ class Grammars:
 
 
 class GrammarProcessor(LogitsProcessor):
-    """One matcher per row (None: unconstrained). A row that has finished (its grammar accepted the end of
-    sequence, or a stop string ended it and generate() pads it) is left alone; one generate() call each."""
+    """One matcher per row (None: unconstrained), advanced and asked for masks in one batched call per step
+    (xgrammar's BatchGrammarMatcher, on a thread per core). A row that has finished (its grammar accepted
+    the end of sequence, or a stop string ended it and generate() pads it) is left alone; one generate() call
+    each."""
 
     def __init__(self, xgr: Any, grammars: list[Any], vocab_size: int):
         self.xgr = xgr
         self.matchers = [None if g is None else xgr.GrammarMatcher(g) for g in grammars]
         self.bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)
+        self.batch = xgr.BatchGrammarMatcher(max_threads=torch.get_num_threads())
+        self.active = [row for row, m in enumerate(self.matchers) if m is not None]
         self.started = False
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.started:  # the token each row took last step
-            last = input_ids[:, -1].tolist()
-            for row, m in enumerate(self.matchers):
-                if m is not None and (not m.accept_token(last[row]) or m.is_terminated()):
-                    self.matchers[row] = None  # finished: whatever generate() pads it with is not ours to judge
+        if self.started and self.active:  # the token each row took last step
+            last = input_ids[self.active, -1].tolist()
+            accepted = self.batch.batch_accept_token([self.matchers[r] for r in self.active], last)
+            # finished rows: whatever generate() pads them with is not ours to judge
+            self.active = [r for r, ok in zip(self.active, accepted, strict=True)
+                           if ok and not self.matchers[r].is_terminated()]
         self.started = True
-        active = [row for row, m in enumerate(self.matchers) if m is not None]
-        if not active:
+        if not self.active:
             return scores
-        for row in active:
-            self.matchers[row].fill_next_token_bitmask(self.bitmask, row)
+        self.batch.batch_fill_next_token_bitmask([self.matchers[r] for r in self.active], self.bitmask,
+                                                 indices=self.active)
         masked = scores.to("cpu", torch.float32)
-        self.xgr.apply_token_bitmask_inplace(masked, self.bitmask, vocab_size=scores.shape[-1], indices=active)
+        self.xgr.apply_token_bitmask_inplace(masked, self.bitmask, vocab_size=scores.shape[-1], indices=self.active)
         return masked.to(scores.device, scores.dtype)
 
 
 class BoostProcessor(LogitsProcessor):
     """NeuroLogic's look towards unmet constraints, at its cheapest: each row's bias on the first tokens of
-    its required words, until one of a clause's first tokens has been generated."""
+    its required words, until one of a clause's first tokens has been generated. Vectorised over rows,
+    clauses and tokens: [rows, clauses, tokens] ids, padded, and a [rows, clauses] record of met clauses."""
 
-    def __init__(self, prompt_len: int, rows: list[list[list[int]]], bias: float):
-        self.prompt_len, self.bias = prompt_len, bias
-        self.rows = [[torch.tensor(clause) for clause in row] for row in rows]  # row -> clause -> first tokens
+    def __init__(self, rows: list[list[list[int]]], bias: float):
+        width = max((len(c) for row in rows for c in row), default=1)
+        depth = max((len(row) for row in rows), default=1)
+        ids = torch.full((len(rows), depth, width), -1, dtype=torch.long)
+        for r, row in enumerate(rows):
+            for c, clause in enumerate(row):
+                ids[r, c, :len(clause)] = torch.tensor(clause, dtype=torch.long)
+        self.valid, self.ids = ids >= 0, ids.clamp(min=0)
+        self.met = torch.zeros(ids.shape[:2], dtype=torch.bool)
+        self.bias, self.started = bias, False
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_len:]
-        for row, clauses in enumerate(self.rows):
-            for ids in clauses:
-                if not torch.isin(ids, generated[row]).any():
-                    scores[row, ids] += self.bias
-        return scores
-
+        if self.started:
+            last = input_ids[:, -1].cpu()
+            self.met |= ((self.ids == last[:, None, None]) & self.valid).any(-1)
+        self.started = True
+        values = (self.valid & ~self.met[..., None]).to(scores.dtype) * self.bias
+        rows = self.ids.shape[0]
+        return scores.scatter_add(1, self.ids.view(rows, -1).to(scores.device), values.view(rows, -1).to(scores.device))

@@ -106,7 +106,7 @@ class TransformersTeacher:
         if s.lexical is not None and s.lexical.boost:
             rows = [[first_tokens(self.tokenizer, clause) for clause in r.sampling.lexical.include]
                     for r in requests for _ in range(s.n)]
-            processors.append(BoostProcessor(prompt_len, rows, s.lexical.boost))
+            processors.append(BoostProcessor(rows, s.lexical.boost))
         constraints = [grammar_of(r.sampling) for r in requests]
         if any(c is not None for c in constraints):  # last: the grammar masks what the others have shaped
             processors.append(self._grammars().processor([c for c in constraints for _ in range(s.n)]))

@@ -166,3 +166,12 @@ def test_statement_recipes_resume_after_a_kill(recipe, tmp_path, tiny_lm):
     assert summary["already_done"] > 0 and summary["already_done"] + summary["generated"] == 40
     (gens_a, items_a), (gens_b, items_b) = _generations(full), _generations(killed)
     assert gens_a.height == 120 and gens_a.equals(gens_b) and items_a.equals(items_b)  # all once, as uninterrupted
+
+
+def test_shipped_example_config_and_seed_lists():
+    from generators.recipes import read_toml
+    data = read_toml(ROOT / "examples" / "generics.toml")
+    data.pop("teacher")
+    reqs = make_recipe("generics", data).requests("m", seed=0)
+    assert len(reqs) == 80 and reqs[0].sampling.lexical.exclude == ("always", "never")
+    assert len(make_recipe("generics", {}).concepts()) >= 140 and len(make_recipe("comparatives", {}).pairs()) >= 80

@@ -129,7 +129,7 @@ def main() -> None:
                       f"{run['satisfied']:.1%}", f"{run['parsed']:.1%}", f"{run['items']:,}", f"{accepted:.1%}",
                       f"{mean:.3f}", f"{run['seconds']:.1f}", f"{run['seconds'] / free[run['recipe']][1]:.2f}",
                       f"{rate:,.0f}", f"{rate / free[run['recipe']][0]:.2f}")
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import itertools
 import re
 from typing import Any
 
+from store import SkdError
+
 from .types import Constraint, Lexical, Sampling
 
 REGEX_SPECIAL = set("\\.^$|?*+()[]{}/")
@@ -45,6 +47,8 @@ def grammar_of(s: Sampling) -> Constraint | None:
     """The structured constraint a backend enforces for these sampling parameters: the one given, or the
     include clauses as a regex."""
     if s.constraint is not None:
+        if s.constraint.regex is not None:  # group names are for parsing; grammar engines refuse them
+            return Constraint(regex=re.sub(r"\(\?P<\w+>", "(", s.constraint.regex))
         return s.constraint
     if s.lexical is not None and s.lexical.include:
         return Constraint(regex=include_regex(s.lexical.include, single_line="\n" in s.stop))
@@ -75,20 +79,54 @@ def unmet(lexical: Lexical | None, text: str) -> str | None:
     return None
 
 
+IRREGULAR = {"mouse": "mice", "child": "children", "tooth": "teeth", "foot": "feet", "goose": "geese",
+             "man": "men", "woman": "women", "person": "people", "knife": "knives", "leaf": "leaves",
+             "wolf": "wolves", "loaf": "loaves", "shelf": "shelves", "half": "halves", "life": "lives",
+             "wife": "wives", "potato": "potatoes", "tomato": "tomatoes", "hero": "heroes", "volcano": "volcanoes",
+             "sheep": "sheep", "fish": "fish", "deer": "deer", "scissors": "scissors", "glasses": "glasses",
+             "police officer": "police officers", "cactus": "cacti"}
+
+
+def plural(noun: str) -> str:
+    head, _, last = noun.rpartition(" ")
+    lower = last.lower()
+    if lower in IRREGULAR:
+        form = IRREGULAR[lower]
+    elif re.search(r"[^aeiou]y$", lower):
+        form = last[:-1] + "ies"
+    elif re.search(r"(s|x|z|ch|sh)$", lower):
+        form = last + "es"
+    else:
+        form = last + "s"
+    return f"{head} {form}" if head else form
+
+
 def noun_forms(noun: str) -> tuple[str, ...]:
     """A noun as a generic may use it: singular and plural, each as written and capitalised."""
     noun = noun.strip()
-    last = noun.rsplit(" ", 1)[-1]
-    if re.search(r"[^aeiou]y$", last):
-        plural = noun[:-1] + "ies"
-    elif re.search(r"(s|x|z|ch|sh)$", last):
-        plural = noun + "es"
-    else:
-        plural = noun + "s"
-    return tuple(dict.fromkeys(f for w in (noun, plural) for f in (w, w[:1].upper() + w[1:])))
+    return tuple(dict.fromkeys(f for w in (noun, plural(noun)) for f in (w, w[:1].upper() + w[1:])))
+
+
+def make_lexical(include: tuple[tuple[str, ...], ...], exclude: tuple[str, ...], boost: float,
+                 where: str) -> Lexical | None:
+    """A recipe's lexical constraint for one input; a contradiction in it is one line naming the input."""
+    if not include and not exclude:
+        return None
+    try:
+        return Lexical(include=include, exclude=exclude, boost=boost if include else 0.0)
+    except ValueError as e:
+        msg = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
+        raise SkdError(f"{where}: {msg.removeprefix('Value error, ')}") from None
 
 
 def first_tokens(tokenizer: Any, words: tuple[str, ...]) -> list[int]:
-    """The tokens a word can start with, alone or after a space."""
-    encoded = (tokenizer.encode(p + w, add_special_tokens=False) for w in words for p in ("", " "))
-    return sorted({ids[0] for ids in encoded if ids})
+    """The tokens a word can start with, alone or after a space, where that token is a word piece of its
+    own (at least 3 characters, or the whole word): a tokenizer that splits " mouse" into " m" + "ouse"
+    would otherwise have every word in m biased."""
+    out = set()
+    for w in words:
+        for prefix in ("", " "):
+            ids = tokenizer.encode(prefix + w, add_special_tokens=False)
+            if ids and len(tokenizer.decode(ids[:1]).strip()) >= min(3, len(w)):
+                out.add(ids[0])
+    return sorted(out)

@@ -20,6 +20,7 @@ class Grammars:
 
     def __init__(self, tokenizer: Any, vocab_size: int):
         import xgrammar as xgr
+        self.eos = tokenizer.eos_token_id
 
         self.xgr = xgr
         # Stop tokens: the tokenizer's end of sequence, which is what the backend cuts completions at.
@@ -41,7 +42,7 @@ class Grammars:
 
     def processor(self, constraints: list[Constraint | None]) -> GrammarProcessor:
         return GrammarProcessor(self.xgr, [None if c is None else self.compile(c) for c in constraints],
-                                self.vocab_size)
+                                self.vocab_size, self.eos)
 
 
 class GrammarProcessor(LogitsProcessor):
@@ -50,8 +51,8 @@ class GrammarProcessor(LogitsProcessor):
     the end of sequence, or a stop string ended it and generate() pads it) is left alone; one generate() call
     each."""
 
-    def __init__(self, xgr: Any, grammars: list[Any], vocab_size: int):
-        self.xgr = xgr
+    def __init__(self, xgr: Any, grammars: list[Any], vocab_size: int, eos: int):
+        self.xgr, self.eos = xgr, eos
         self.matchers = [None if g is None else xgr.GrammarMatcher(g) for g in grammars]
         self.bitmask = xgr.allocate_token_bitmask(len(grammars), vocab_size)
         self.batch = xgr.BatchGrammarMatcher(max_threads=torch.get_num_threads())
@@ -70,8 +71,15 @@ class GrammarProcessor(LogitsProcessor):
             return scores
         self.batch.batch_fill_next_token_bitmask([self.matchers[r] for r in self.active], self.bitmask,
                                                  indices=self.active)
-        masked = scores.to("cpu", torch.float32)
-        self.xgr.apply_token_bitmask_inplace(masked, self.bitmask, vocab_size=scores.shape[-1], indices=self.active)
+        on_gpu = scores.device.type == "cuda"  # xgrammar masks on CUDA or on the CPU
+        masked = scores if on_gpu else scores.to("cpu", torch.float32)
+        self.xgr.apply_token_bitmask_inplace(masked, self.bitmask.to(masked.device), vocab_size=scores.shape[-1],
+                                             indices=self.active)
+        # A row whose grammar allows only tokens another processor banned (a narrow regex and an excluded
+        # word) has nothing left to sample: end it, so it is a recorded failure, not a NaN in sampling.
+        dead = torch.isneginf(masked).all(dim=-1)
+        if dead.any():
+            masked[dead, self.eos] = 0.0
         return masked.to(scores.device, scores.dtype)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -130,9 +131,20 @@ class TransformersTeacher:
                 for i in range(len(requests))]
 
     def _grammars(self) -> Grammars:
-        if self.grammars is None:
-            self.grammars = Grammars(self.tokenizer, self.lm.config.vocab_size)
+        if self.grammars is None:  # the output layer's width: configs of composite models have no vocab_size
+            self.grammars = Grammars(self.tokenizer, self.lm.get_output_embeddings().weight.shape[0])
         return self.grammars
+
+    def check(self, s: Any) -> None:
+        """A grammar xgrammar cannot compile (a regex with lookarounds or backreferences) is one line
+        before any request runs."""
+        c = grammar_of(s)
+        if c is not None:
+            try:
+                self._grammars().compile(c)
+            except RuntimeError as e:
+                reason = re.sub(r"^\[[\d:]+\] \S+: ", "", str(e).strip().splitlines()[-1])  # xgrammar's log prefix
+                raise SkdError(f"cannot enforce this constraint: {reason[:160]}") from None
 
     def _bad_words_ids(self, s: Any) -> list[list[int]] | None:
         """Each excluded word as the token sequences it takes alone and after a space (vLLM's rule)."""

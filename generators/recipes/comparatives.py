@@ -14,15 +14,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from store import SkdError, Store
 
-from ..constraints import noun_forms
+from ..constraints import make_lexical, noun_forms
 from ..types import Completion, Lexical, Request, Sampling, derive_seed
 from .base import ParseError, Recipe
-from .statements import lexical, require, seed_lines, shipped_examples, shots, statement
+from .statements import require, seed_lines, shipped_examples, shots, statement
 
 EXAMPLES = shipped_examples("comparative_examples.json")  # [entity, entity, statement], written for skd
 # "stronger than", "more expensive than", "better than"; not "rather than" or "other than".
-COMPARATIVE = re.compile(r"\b((?:more|less|much|far)\s+\w+|\w+er|better|worse|fewer)\s+than\b", re.IGNORECASE)
-NOT_COMPARATIVE = {"rather", "other", "whether", "either", "neither"}
+COMPARATIVE = re.compile(r"\b((?:more|less|much|far)\s+\w+|\w{3,}er|better|worse|more|less|fewer)\s+than\b",
+                         re.IGNORECASE)
+# Words in -er before "than" that compare nothing ("rather than", "water than"); the pair's own entities too.
+NOT_COMPARATIVE = {"rather", "other", "whether", "either", "neither", "never", "ever", "over", "under", "after",
+                   "water", "paper", "number", "order", "offer", "mother", "father", "brother", "sister", "river",
+                   "silver", "copper", "tiger", "spider", "computer", "letter", "teacher", "farmer", "winter",
+                   "summer", "flower", "tower", "power", "finger", "corner", "dinner", "weather", "feather",
+                   "leather", "cucumber", "ladder", "hammer", "butter", "pepper", "danger", "member", "answer"}
 
 
 def read_pairs(path: Path | None) -> list[tuple[str, str]]:
@@ -36,10 +42,11 @@ def read_pairs(path: Path | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def comparative_of(sentence: str) -> str:
+def comparative_of(sentence: str, entities: tuple[str, ...] = ()) -> str:
+    others = NOT_COMPARATIVE | {w.lower() for e in entities for w in e.split()}
     for m in COMPARATIVE.finditer(sentence):
         words = m.group(1).lower().split()
-        if words[-1] not in NOT_COMPARATIVE:
+        if words[-1] not in others:
             return " ".join(words[1:] if words[0] in ("much", "far") else words) + " than"
     raise ParseError("no comparative ('...er than', 'more ... than')")
 
@@ -78,7 +85,8 @@ class Comparatives(Recipe):
 
     def constraint_for(self, a: str, b: str) -> Lexical | None:
         c = self.config
-        return lexical((noun_forms(a), noun_forms(b), ("than",)) if c.constrain else (), c.exclude, c.boost)
+        include = (noun_forms(a), noun_forms(b), ("than",)) if c.constrain else ()
+        return make_lexical(include, tuple(c.exclude), c.boost, f"comparatives: pair {a!r}, {b!r}")
 
     def requests(self, model: str, seed: int, store: Store | None = None) -> list[Request]:
         out = []
@@ -98,4 +106,4 @@ class Comparatives(Recipe):
         require(noun_forms(a), text, f"{a!r}")
         require(noun_forms(b), text, f"{b!r}")
         return [{"kind": "text", "text": text, "head": a, "tail": b, "relation": "comparative",
-                 "domain": "comparatives", "extra": {"recipe": self.name, "comparative": comparative_of(text)}}]
+                 "domain": "comparatives", "extra": {"recipe": self.name, "comparative": comparative_of(text, (a, b))}}]

@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from store import Store
 
-from ..constraints import noun_forms
+from ..constraints import make_lexical, noun_forms
 from ..types import Completion, Lexical, Request, Sampling, derive_seed
 from .base import Recipe
-from .statements import lexical, require, seed_lines, shipped_examples, shots, statement
+from .statements import require, seed_lines, shipped_examples, shots, statement
 
 EXAMPLES = shipped_examples("generic_examples.json")  # [concept, generic] pairs, written for skd
 
@@ -55,7 +55,8 @@ class Generics(Recipe):
 
     def constraint_for(self, concept: str) -> Lexical | None:
         c = self.config
-        return lexical((noun_forms(concept),) if c.constrain else (), c.exclude, c.boost)
+        include = (noun_forms(concept),) if c.constrain else ()
+        return make_lexical(include, tuple(c.exclude), c.boost, f"generics: concept {concept!r}")
 
     def requests(self, model: str, seed: int, store: Store | None = None) -> list[Request]:
         out = []

@@ -46,7 +46,7 @@ def shots(examples: list[list[str]], k: int, avoid: set[str], rng: random.Random
 
 def statement(text: str, min_words: int, max_words: int) -> str:
     """The first sentence of a completion's first line, as a statement of `min_words`..`max_words` words."""
-    line = re.sub(r"^[\s\-*\d.)]+", "", text.strip().split("\n")[0]).strip()
+    line = re.sub(r"^\s*(?:[-*•]|\d+[.)])?\s*", "", text.strip().split("\n")[0]).strip()  # list markers only
     if not line:
         raise ParseError("empty output")
     sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0].strip()
@@ -65,10 +65,3 @@ def require(words: tuple[str, ...], sentence: str, what: str) -> None:
     """The statement names `what` (in one of its forms), whether or not decoding was constrained."""
     if unmet(Lexical(include=(words,)), sentence):
         raise ParseError(f"{what} does not appear")
-
-
-def lexical(include: tuple[tuple[str, ...], ...], exclude: list[str], boost: float) -> Lexical | None:
-    """A statement recipe's constraint: the required words (none when not constraining), the banned ones."""
-    if not include and not exclude:
-        return None
-    return Lexical(include=include, exclude=tuple(exclude), boost=boost if include else 0.0)

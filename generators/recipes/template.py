@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from store import KINDS, SkdError, Store
 
-from ..types import Completion, Constraint, Lexical, Request, Sampling, derive_seed
+from ..constraints import make_lexical
+from ..types import Completion, Constraint, Request, Sampling, derive_seed
 from .base import ParseError, Recipe, check_item
 
 ITEM_FIELDS = ("head", "relation", "tail", "question", "answer", "rationale", "text", "domain", "choices")
@@ -118,7 +119,7 @@ class Template(Recipe):
             except jinja2.UndefinedError as e:
                 raise SkdError(f"{c.input}: row {i + 1}: template error: {e.message}") from None
             include = tuple((w, w[:1].upper() + w[1:]) if w[:1].islower() else (w,) for w in words)
-            lexical = Lexical(include=include, exclude=tuple(c.exclude)) if include or c.exclude else None
+            lexical = make_lexical(include, tuple(c.exclude), 0.0, f"{c.input}: row {i + 1}")
             sampling = c.sampling.model_copy(update={"seed": derive_seed(seed, prompt), "constraint": constraint,
                                                      "lexical": lexical})
             meta = {"fields": fields, "row": i + 1}

@@ -140,6 +140,35 @@ def test_unsatisfiable_constraint_is_a_recorded_failure_within_the_budget(db_pat
                for e, f, n in rows)
 
 
+def test_template_regex_with_named_groups_is_enforced_on_transformers(db_path, tiny_lm):
+    """Group names are for the parser: the grammar takes the regex without them. A regex xgrammar cannot
+    compile is one line before any request runs."""
+    rows = db_path.parent / "rows.jsonl"
+    rows.write_text('{"x": "a"}\n{"x": "b"}\n')
+    cfg = {"input": str(rows), "prompt": "Say {{ row.x }}", "chat": False, "parser": "regex", "kind": "text",
+           "regex": "(?P<text>[a-z]{3,8})", "constrain": True, "sampling": {"n": 3, "max_tokens": 8}}
+    teacher = make_teacher("transformers", str(tiny_lm))
+    stats = run_generation(db_path, make_recipe("template", cfg), teacher, seed=0)
+    with Store(db_path, read_only=True) as s:
+        texts = s.query("SELECT text FROM generations")["text"].to_list()
+    assert stats.completions == 6 and all(re.fullmatch("[a-z]{3,8}", t) for t in texts), texts
+    with pytest.raises(SkdError, match="cannot enforce this constraint: .*Lookahead"):
+        run_generation(db_path.parent / "other.duckdb", make_recipe("template", {**cfg, "regex": "(?=a)(?P<text>b)"}),
+                       teacher, seed=0)
+
+
+def test_recipe_constraints_that_contradict_themselves_are_one_line():
+    with pytest.raises(SkdError, match="generics: concept 'bird': 'bird' is both required and excluded"):
+        make_recipe("generics", {"exclude": ["bird", "birds"]}).requests("m", seed=0)
+    assert noun_forms("mouse")[2:] == ("mice", "Mice") and noun_forms("knife")[2] == "knives"
+    generics = make_recipe("generics", {})
+    bird = next(q for q in generics.requests("m", 0) if q.meta["concept"] == "bird")
+    assert generics.parse(bird, Completion(" 3 birds sat on a wire."))[0]["text"] == "3 birds sat on a wire."
+    assert comparative_of("An elephant weighs more than a mouse") == "more than"
+    with pytest.raises(ValueError, match="no comparative"):
+        comparative_of("Copper than gold", ("copper", "gold"))
+
+
 def _generations(db):
     with Store(db, read_only=True) as s:
         return (s.query("SELECT request_id, sample_index, text FROM generations ORDER BY ALL"),

@@ -38,10 +38,8 @@ console = Console(stderr=True)
 
 def required(recipe: str, meta: dict) -> Lexical:
     """The words a completion should name, whether or not decoding was constrained."""
-    if recipe == "generics":
-        return Lexical(include=(noun_forms(meta["concept"]),))
-    a, b = meta["pair"]
-    return Lexical(include=(noun_forms(a), noun_forms(b), ("than",)))
+    clauses = tuple(noun_forms(e) for e in meta["entities"])
+    return Lexical(include=clauses + ((("than",),) if recipe == "comparatives" else ()))
 
 
 def train_judge(db: Path) -> str | None:

@@ -71,12 +71,12 @@ def test_openai_body_carries_vllms_constraint_parameters():
 def test_generics_parsing_keeps_the_concept():
     r = make_recipe("generics", {"max_concepts": 3})
     reqs = r.requests("m", seed=0)
-    assert len(reqs) == 3 and all(q.prompt.endswith(f"About {q.meta['concept']}:") for q in reqs)
-    assert reqs[0].sampling.lexical.include == (noun_forms(reqs[0].meta["concept"]),)
-    bird = next(q for q in make_recipe("generics", {}).requests("m", 0) if q.meta["concept"] == "bird")
+    assert len(reqs) == 3 and all(q.prompt.endswith(f"About {q.meta['entities'][0]}:") for q in reqs)
+    assert reqs[0].sampling.lexical.include == (noun_forms(reqs[0].meta["entities"][0]),)
+    bird = next(q for q in make_recipe("generics", {}).requests("m", 0) if q.meta["entities"] == ["bird"])
     item, = r.parse(bird, Completion(" birds can fly. About dogs: Dogs bark."))
     assert (item["text"], item["head"], item["domain"]) == ("Birds can fly.", "bird", "generics")
-    for text, reason in [(" Dogs bark at night.", "the concept does not appear"), (" Do birds fly?", "a question"),
+    for text, reason in [(" Dogs bark at night.", "'bird' does not appear"), (" Do birds fly?", "a question"),
                          (" I like birds.", "personal"), (" Birds.", "statement of 1 words")]:
         with pytest.raises(ParseError, match=reason):  # the parser holds unconstrained outputs to it too
             r.parse(bird, Completion(text))
@@ -86,7 +86,7 @@ def test_generics_parsing_keeps_the_concept():
 def test_comparatives_parsing_keeps_both_entities_and_the_comparative(tmp_path):
     r = make_recipe("comparatives", {})
     steel = r.requests("m", seed=0)[0]
-    assert steel.meta["pair"] == ["steel", "styrofoam"] and steel.prompt.endswith("steel, styrofoam:")
+    assert steel.meta["entities"] == ["steel", "styrofoam"] and steel.prompt.endswith("steel, styrofoam:")
     item, = r.parse(steel, Completion(" Steel is much stronger than styrofoam. Also..."))
     assert (item["head"], item["tail"], item["relation"]) == ("steel", "styrofoam", "comparative")
     assert item["extra"]["comparative"] == "stronger than" and item["text"] == "Steel is much stronger than styrofoam."
@@ -158,11 +158,11 @@ def test_template_regex_with_named_groups_is_enforced_on_transformers(db_path, t
 
 
 def test_recipe_constraints_that_contradict_themselves_are_one_line():
-    with pytest.raises(SkdError, match="generics: concept 'bird': 'bird' is both required and excluded"):
+    with pytest.raises(SkdError, match="generics: 'bird': 'bird' is both required and excluded"):
         make_recipe("generics", {"exclude": ["bird", "birds"]}).requests("m", seed=0)
     assert noun_forms("mouse")[2:] == ("mice", "Mice") and noun_forms("knife")[2] == "knives"
     generics = make_recipe("generics", {})
-    bird = next(q for q in generics.requests("m", 0) if q.meta["concept"] == "bird")
+    bird = next(q for q in generics.requests("m", 0) if q.meta["entities"] == ["bird"])
     assert generics.parse(bird, Completion(" 3 birds sat on a wire."))[0]["text"] == "3 birds sat on a wire."
     assert comparative_of("An elephant weighs more than a mouse") == "more than"
     with pytest.raises(ValueError, match="no comparative"):

@@ -59,7 +59,7 @@ def test_lexical_constraints_on_the_vllm_engine(tmp_path, smollm2):
     assert len(rows) == 24
     for text, finish, _, meta in rows:
         assert not re.search(r"\bmade\b", text, re.I), text
-        concept = json.loads(meta)["concept"]
+        concept, = json.loads(meta)["entities"]
         if finish == "stop":  # the grammar does not let an output end without the concept
             assert unmet(Lexical(include=(noun_forms(concept),)), text) is None, text
     assert sum(error is None or not error.startswith("constraint") for *_, error, _ in rows) >= 18

@@ -81,6 +81,20 @@ def run_skd(*args: str, db: Path | None = None, check: bool = False, timeout: fl
     return proc
 
 
+def full_and_killed_runs(args: list[str], tmp_path: Path, shards: int) -> tuple[Path, Path, dict]:
+    """The command run whole into full.duckdb, and into killed.duckdb killed after `shards` ingested staging
+    shards, then rerun to the end: (full db, killed db, the rerun's --json summary)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    full, killed = tmp_path / "full.duckdb", tmp_path / "killed.duckdb"
+    subprocess.run(args + ["--db", str(full)], check=True, cwd=ROOT, env=env, capture_output=True, timeout=600)
+    proc = subprocess.Popen(args + ["--db", str(killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    kill_when(proc, killed, "SELECT count(*) FROM ingested_shards", shards)
+    rerun = subprocess.run(args + ["--db", str(killed), "--json"], check=True, cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    return full, killed, json.loads(rerun.stdout)
+
+
 def kill_when(proc: subprocess.Popen, db: Path, sql: str, minimum: int, timeout: float = 300) -> None:
     """SIGKILL `proc` once `sql` on `db` counts at least `minimum` (polled between its writes)."""
     import signal

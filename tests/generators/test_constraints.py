@@ -2,9 +2,7 @@
 on vLLM), and the generics and comparatives recipes that use them."""
 
 import json
-import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -17,7 +15,7 @@ from generators.recipes import ParseError
 from generators.recipes.comparatives import comparative_of, read_pairs
 from generators.types import Completion, Lexical
 from store import SkdError, Store
-from tests.conftest import ROOT, kill_when
+from tests.conftest import ROOT, full_and_killed_runs
 
 BIRD = Lexical(include=(noun_forms("bird"), ("than",)))
 
@@ -183,15 +181,7 @@ def test_statement_recipes_resume_after_a_kill(recipe, tmp_path, tiny_lm):
                    'stop = ["\\n"]\n')
     args = [sys.executable, "-m", "skd", "generate", recipe, "--teacher", str(tiny_lm), "--config", str(cfg),
             "--seed", "3", "--batch-size", "2", "-q"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    full, killed = tmp_path / "full.duckdb", tmp_path / "killed.duckdb"
-    subprocess.run(args + ["--db", str(full)], check=True, cwd=ROOT, env=env, capture_output=True, timeout=600)
-    proc = subprocess.Popen(args + ["--db", str(killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    kill_when(proc, killed, "SELECT count(*) FROM ingested_shards", 2)
-    rerun = subprocess.run(args + ["--db", str(killed), "--json"], check=True, cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)
-    summary = json.loads(rerun.stdout)
+    full, killed, summary = full_and_killed_runs(args, tmp_path, shards=2)
     assert summary["already_done"] > 0 and summary["already_done"] + summary["generated"] == 40
     (gens_a, items_a), (gens_b, items_b) = _generations(full), _generations(killed)
     assert gens_a.height == 120 and gens_a.equals(gens_b) and items_a.equals(items_b)  # all once, as uninterrupted

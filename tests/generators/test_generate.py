@@ -1,13 +1,11 @@
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
 from generators import make_recipe, make_teacher, run_generation
 from store import Store
-from tests.conftest import ROOT, kill_when, run_skd
+from tests.conftest import full_and_killed_runs, run_skd
 
 INFER = {"events_from": "seeds", "max_events": 6, "relations": ["xWant", "xAttr"],
          "inference_sampling": {"n": 3, "temperature": 1.0, "top_p": 0.5, "max_tokens": 6, "stop": ["\n"]}}
@@ -57,20 +55,9 @@ def test_killed_generate_resumes_to_the_uninterrupted_result(tmp_path, tiny_lm):
                    '[inference_sampling]\nn = 4\ntemperature = 1.0\ntop_p = 0.5\nmax_tokens = 24\nstop = ["\\n"]\n')
     args = [sys.executable, "-m", "skd", "generate", "atomic10x", "--teacher", str(tiny_lm), "--config", str(cfg),
             "--seed", "5", "--batch-size", "2", "-q"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    full, killed = tmp_path / "full.duckdb", tmp_path / "killed.duckdb"
-    subprocess.run(args + ["--db", str(full)], check=True, cwd=ROOT, env=env, capture_output=True, timeout=600)
-
-    proc = subprocess.Popen(args + ["--db", str(killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    kill_when(proc, killed, "SELECT count(*) FROM ingested_shards", 3)
-    with Store(killed, read_only=True) as s:
-        partial = s.scalar("SELECT count(*) FROM generations")
-    assert 0 < partial < 24 * 4
-    rerun = subprocess.run(args + ["--db", str(killed), "--json"], check=True, cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)
-    summary = json.loads(rerun.stdout)
-    assert summary["already_done"] > 0 and summary["already_done"] + summary["generated"] == 24
+    full, killed, summary = full_and_killed_runs(args, tmp_path, shards=3)
+    assert summary["already_done"] > 0 and summary["generated"] > 0  # killed part way
+    assert summary["already_done"] + summary["generated"] == 24
     (items_a, src_a), (items_b, src_b) = _items(full), _items(killed)
     assert items_a.equals(items_b)  # the same items as a run that was never killed
     assert src_a.equals(src_b) and src_b.select("request_id", "sample_index").is_unique().all()  # none twice

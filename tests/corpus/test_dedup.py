@@ -144,3 +144,19 @@ def test_a_kill_during_embedding_resumes(atomic_db, tmp_path):
     with Store(db, read_only=True) as s:
         total, distinct = s.con.execute("SELECT count(*), count(DISTINCT item_id) FROM embeddings").fetchall()[0]
     assert 0 < partial < n and total == distinct == n and done["embedded"] <= n - partial + 64
+
+
+def test_head_tail_scope_dedups_within_an_entity_pair(tmp_path):
+    """Comparatives: the same statement for two pairs is two items; duplicates are sought within a pair."""
+    rows = [("steel", "styrofoam", "Steel is stronger than styrofoam."),
+            ("steel", "styrofoam", "steel is stronger than Styrofoam"),
+            ("steel", "paper", "Steel is stronger than styrofoam.")]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"kind": "text", "head": h, "tail": t, "text": x, "relation": "comparative"})
+                              for h, t, x in rows) + "\n")
+    with Store(tmp_path / "c.duckdb") as s:
+        ingest_file(s, path, "jsonl")
+    embed_items(tmp_path / "c.duckdb")  # a text item is embedded by its text: all three alike
+    with Store(tmp_path / "c.duckdb") as s:
+        assert dedup(s, "semantic", 0.9, "head-tail").removed == 1
+        assert dedup(s, "semantic", 0.9, "head").removed == 2

@@ -11,16 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Constraint(BaseModel):
-    """Constrained decoding, where the backend supports it (vLLM structured outputs): one of the three."""
+    """Constrained decoding (vLLM's structured outputs; xgrammar on transformers): one of the four."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     json_schema: dict[str, Any] | None = Field(None, description="A JSON schema the output must follow.")
     regex: str | None = Field(None, description="A regular expression the output must match.")
     choice: list[str] | None = Field(None, description="The output is exactly one of these strings.")
+    grammar: str | None = Field(None, description="An EBNF grammar (GBNF style, `root ::= ...`) the output follows.")
 
     @model_validator(mode="after")
     def _one(self) -> Constraint:
-        if sum(x is not None for x in (self.json_schema, self.regex, self.choice)) != 1:
-            raise ValueError("give exactly one of json_schema, regex, choice")
+        if sum(x is not None for x in (self.json_schema, self.regex, self.choice, self.grammar)) != 1:
+            raise ValueError("give exactly one of json_schema, regex, choice, grammar")
         return self
 
 

@@ -35,6 +35,8 @@ class Grammars:
         if key not in self.cache:
             if c.json_schema is not None:
                 self.cache[key] = self.compiler.compile_json_schema(json.dumps(c.json_schema))
+            elif c.grammar is not None:
+                self.cache[key] = self.compiler.compile_grammar(c.grammar)
             else:
                 regex = c.regex if c.regex is not None else choice_regex(c.choice)
                 self.cache[key] = self.compiler.compile_regex(regex)

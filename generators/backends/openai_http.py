@@ -79,7 +79,8 @@ class OpenAITeacher:
         c = grammar_of(s)
         if c is not None:  # vLLM's extra parameters; hosted APIs use response_format instead
             body["structured_outputs"] = {k: v for k, v in
-                                          {"json": c.json_schema, "regex": c.regex, "choice": c.choice}.items() if v}
+                                          {"json": c.json_schema, "regex": c.regex, "choice": c.choice,
+                                           "grammar": c.grammar}.items() if v}
         if banned_words(s):
             body["bad_words"] = banned_words(s)
         if r.prompt is not None:

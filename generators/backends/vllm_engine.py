@@ -49,7 +49,8 @@ class VllmTeacher:
         c = grammar_of(s)
         if c is not None:
             from vllm.sampling_params import StructuredOutputsParams
-            kw["structured_outputs"] = StructuredOutputsParams(json=c.json_schema, regex=c.regex, choice=c.choice)
+            kw["structured_outputs"] = StructuredOutputsParams(json=c.json_schema, regex=c.regex, choice=c.choice,
+                                                               grammar=c.grammar)
         return SamplingParams(**kw)
 
     def generate(self, requests: list[Request]) -> list[list[Completion]]:

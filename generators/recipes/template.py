@@ -34,6 +34,8 @@ class TemplateConfig(BaseModel):
     regex: str | None = Field(None, description="With parser = regex: named groups become item fields.")
     json_schema: dict[str, Any] | None = Field(None, description="With parser = json: the schema outputs must meet.")
     constrain: bool = Field(False, description="Also enforce the regex/schema while decoding (every backend).")
+    grammar: str | None = Field(None, description="With constrain: an EBNF grammar to enforce instead of the "
+                                                  "regex/schema (the parser still reads the output).")
     include: list[str] = Field([], description="Words the output must contain, each a Jinja2 template over `row` "
                                                 "(a lexical constraint, enforced on every backend).")
     exclude: list[str] = Field([], description="Words the output must not contain.")
@@ -107,7 +109,9 @@ class Template(Recipe):
         field_ts = {k: ENV.from_string(v) for k, v in c.fields.items()}
         include_ts = [ENV.from_string(t) for t in c.include]
         constraint = None
-        if c.constrain:
+        if c.constrain and c.grammar:
+            constraint = Constraint(grammar=c.grammar)
+        elif c.constrain:
             constraint = Constraint(regex=c.regex) if c.parser == "regex" else Constraint(
                 json_schema=c.json_schema or {"type": "object"})
         out = []

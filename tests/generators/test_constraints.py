@@ -150,6 +150,10 @@ def test_template_regex_with_named_groups_is_enforced_on_transformers(db_path, t
     with Store(db_path, read_only=True) as s:
         texts = s.query("SELECT text FROM generations")["text"].to_list()
     assert stats.completions == 6 and all(re.fullmatch("[a-z]{3,8}", t) for t in texts), texts
+    ebnf = 'root ::= "A" [0-9] [0-9] " " ("yes" | "no")'  # an EBNF grammar, enforced the same way
+    out, = teacher.generate([Request(model=teacher.model, prompt="Code:",
+                                     sampling=Sampling(n=4, max_tokens=12, constraint={"grammar": ebnf}))])
+    assert all(re.fullmatch("A[0-9]{2} (yes|no)", c.text) for c in out), [c.text for c in out]
     with pytest.raises(SkdError, match="cannot enforce this constraint: .*Lookahead"):
         run_generation(db_path.parent / "other.duckdb", make_recipe("template", {**cfg, "regex": "(?=a)(?P<text>b)"}),
                        teacher, seed=0)

@@ -116,6 +116,9 @@ def test_openai_backend_against_real_vllm_serve(vllm_server):
     constrained, = t.generate([Request(model=t.model, sampling=lexical, prompt="Generic statements.\nAbout birds:")])
     assert all(not re.search(r"\bfly\b", c.text, re.I) for c in constrained)  # the server took bad_words
     assert all(unmet(lexical.lexical, c.text) is None for c in constrained if c.finish_reason == "stop")
+    ebnf = Sampling(n=2, max_tokens=8, seed=3, constraint={"grammar": 'root ::= "A" [0-9] [0-9]'})
+    coded, = t.generate([Request(model=t.model, sampling=ebnf, prompt="Code:")])
+    assert all(re.fullmatch("A[0-9]{2}", c.text) for c in coded), [c.text for c in coded]
     # the chat reply: text from the chat endpoint, cut at max_tokens. What a 135M model answers varies with
     # the CPU's bf16 kernels (here "Paris" on one machine, "L'Étoile, la Marseillaise," on another), so the
     # check is that greedy decoding repeats itself, not a fact.

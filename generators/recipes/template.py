@@ -59,6 +59,8 @@ class TemplateConfig(BaseModel):
                 jsonschema.Draft202012Validator.check_schema(self.json_schema)
             except jsonschema.SchemaError as e:
                 raise ValueError(f"invalid JSON schema: {e.message}") from None
+        if self.grammar and not self.constrain:
+            raise ValueError("a grammar is enforced only with constrain = true")
         if self.include and self.constrain:
             raise ValueError("include words cannot be combined with constrain = true (one grammar per output)")
         try:

@@ -26,8 +26,8 @@ def escape(text: str) -> str:
 def include_regex(include: tuple[tuple[str, ...], ...], single_line: bool) -> str:
     """Outputs holding every clause as whole words, in any order. Until the last required word the output
     cannot end, and a single-line output cannot end its first sentence either: a small teacher that is only
-    kept from stopping rambles on past its budget, one kept inside its sentence brings the word in (measured
-    on SmolLM2 generics: 46 of 240 samples ran out without the word, none with the sentence rule)."""
+    kept from stopping rambles on past its budget (measured on SmolLM2 generics, 240 samples: 46 ran out
+    without the word; with the sentence rule 40; with the rule and a boost of 2.0, 8)."""
     edge = NOT_WORD[single_line]
     before, after = (r"[^\n.!?]*", r"[^\n]*") if single_line else (r"[\s\S]*", r"[\s\S]*")
     inner = edge[:-1] + r".!?]" if single_line else edge  # a gap's edges do not end the sentence either
@@ -55,11 +55,16 @@ def grammar_of(s: Sampling) -> Constraint | None:
     return None
 
 
+def cased(word: str) -> tuple[str, ...]:
+    """A word as written and with its first letter capitalised (it may start a sentence)."""
+    return tuple(dict.fromkeys((word, word[:1].upper() + word[1:])))
+
+
 def banned_words(s: Sampling) -> list[str]:
-    """The exclude words in the forms a sentence may use them (as written and capitalised)."""
+    """The exclude words in the forms a sentence may use them."""
     if s.lexical is None:
         return []
-    return list(dict.fromkeys(f for w in s.lexical.exclude for f in (w, w[:1].upper() + w[1:])))
+    return list(dict.fromkeys(f for w in s.lexical.exclude for f in cased(w)))
 
 
 def _whole(word: str) -> re.Pattern:
@@ -104,7 +109,7 @@ def plural(noun: str) -> str:
 def noun_forms(noun: str) -> tuple[str, ...]:
     """A noun as a generic may use it: singular and plural, each as written and capitalised."""
     noun = noun.strip()
-    return tuple(dict.fromkeys(f for w in (noun, plural(noun)) for f in (w, w[:1].upper() + w[1:])))
+    return tuple(dict.fromkeys(f for w in (noun, plural(noun)) for f in cased(w)))
 
 
 def make_lexical(include: tuple[tuple[str, ...], ...], exclude: tuple[str, ...], boost: float,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from store import KINDS, SkdError, Store
 
-from ..constraints import make_lexical
+from ..constraints import cased, make_lexical
 from ..types import Completion, Constraint, Request, Sampling, derive_seed
 from .base import ParseError, Recipe, check_item
 
@@ -124,7 +124,7 @@ class Template(Recipe):
                 words = tuple(w for w in (t.render(row=row).strip() for t in include_ts) if w)
             except jinja2.UndefinedError as e:
                 raise SkdError(f"{c.input}: row {i + 1}: template error: {e.message}") from None
-            include = tuple((w, w[:1].upper() + w[1:]) if w[:1].islower() else (w,) for w in words)
+            include = tuple(cased(w) for w in words)
             lexical = make_lexical(include, tuple(c.exclude), 0.0, f"{c.input}: row {i + 1}")
             sampling = c.sampling.model_copy(update={"seed": derive_seed(seed, prompt), "constraint": constraint,
                                                      "lexical": lexical})

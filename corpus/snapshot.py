@@ -158,10 +158,8 @@ def list_snapshots(store: Store) -> list[dict[str, Any]]:
 def diff_snapshots(store: Store, a: str, b: str, sample: int = 10) -> dict[str, Any]:
     """Items added to and removed from A to get B, split changes, and the statistics side by side."""
     ra, rb = snapshot_row(store, a), snapshot_row(store, b)
-    d = store.snapshots.diff(ra["snapshot_id"], rb["snapshot_id"])
-    added, removed = d["added"], d["removed"]
-    return {"a": a, "b": b, "added": len(added), "removed": len(removed), "split_changed": d["split_changed"],
-            "added_ids": added[:sample], "removed_ids": removed[:sample],
+    d = store.snapshots.diff(ra["snapshot_id"], rb["snapshot_id"], sample)
+    return {"a": a, "b": b, **d,
             "stats": {key: [headline(ra["stats"]).get(key), headline(rb["stats"]).get(key)]
                       for key in headline(ra["stats"]) | headline(rb["stats"])}}
 

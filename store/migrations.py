@@ -118,7 +118,16 @@ CREATE TABLE batch_failures (
 );
 """
 
-MIGRATIONS: list[str] = [M001_CORE, M002_INGEST, M003_REQUESTS, M004_RUN_OWNERS, M005_BATCH_JOBS]
+# Judgements typed into `skd serve`: one row per (item, annotator), the latest kept; a NULL label is a skip.
+# `client_id` makes a judgement the browser sends twice (a lost reply, a retry while the corpus was busy) land once.
+M006_JUDGEMENTS = """
+CREATE TABLE judgements (
+    item_id VARCHAR NOT NULL, annotator VARCHAR NOT NULL, label INTEGER, client_id VARCHAR, sample VARCHAR,
+    created_at TIMESTAMP DEFAULT current_timestamp
+);
+"""
+
+MIGRATIONS: list[str] = [M001_CORE, M002_INGEST, M003_REQUESTS, M004_RUN_OWNERS, M005_BATCH_JOBS, M006_JUDGEMENTS]
 LATEST = len(MIGRATIONS)
 
 

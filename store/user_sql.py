@@ -56,10 +56,12 @@ class QueryResult:
         return self.arrow.num_rows if self.arrow is not None else len(self.rows)
 
 
-def run_user_sql(path: Path, sql: str, arrow: bool = False) -> QueryResult:
+def run_user_sql(path: Path, sql: str, arrow: bool = False, wait: float | None = None,
+                 limit: int | None = None) -> QueryResult:
     """The result of a user's read-only SQL over the corpus at `path`, opened just for this query (a
-    reader holds the file no longer than its query, so writers wait as little as possible)."""
-    Store(path, read_only=True).close()  # the usual checks: exists, is a corpus, migrated
+    reader holds the file no longer than its query, so writers wait as little as possible); its first LIMIT
+    rows when given (fetched, not computed whole: the web app's SQL box on a million rows)."""
+    Store(path, read_only=True, wait=wait).close()  # the usual checks: exists, is a corpus, migrated
     con = _connect(Path(path), read_only=True, config=GUARDED)
     try:
         check_read_only(con, sql)
@@ -69,7 +71,7 @@ def run_user_sql(path: Path, sql: str, arrow: bool = False) -> QueryResult:
         columns, types = list(rel.columns), [str(t) for t in rel.types]
         if arrow:
             return QueryResult(columns, types, [], rel.to_arrow_table())
-        return QueryResult(columns, types, rel.fetchall())
+        return QueryResult(columns, types, rel.fetchall() if limit is None else rel.limit(limit).fetchall())
     except duckdb.Error as e:
         raise SkdError(f"SQL error: {first_line(e)}") from None
     finally:

@@ -1,0 +1,1 @@
+"""The web app (`skd serve`) and the HTML report (`skd report`)."""

@@ -1,0 +1,67 @@
+// The annotation page: judge the current card with the keyboard; judgements are queued in localStorage and
+// sent until the server has stored them (it answers 503 while a long job holds the corpus), so nothing typed
+// is lost by a busy corpus, a closed tab or a restarted server. Each judgement carries an id: sent twice, it is
+// stored once.
+"use strict";
+(function () {
+  const cards = document.getElementById("cards");
+  if (!cards) return;
+  const token = document.querySelector('meta[name="skd-token"]').content;
+  const annotator = cards.dataset.annotator, sample = cards.dataset.sample;
+  const KEY = "skd-queue";
+  const progress = document.getElementById("progress"), bar = document.getElementById("bar");
+  const queueNote = document.getElementById("queue");
+  let done = Number(progress.dataset.done), history = [];
+  const all = Array.from(cards.querySelectorAll(".card"));
+  let pos = 0;
+
+  const load = () => JSON.parse(localStorage.getItem(KEY) || "[]");
+  const save = (q) => localStorage.setItem(KEY, JSON.stringify(q));
+  function show() {
+    all.forEach((c, k) => c.classList.toggle("current", k === pos));
+    document.getElementById("finished").hidden = pos < all.length;
+    progress.textContent = `${done} of ${progress.dataset.size} judged.`;
+    bar.value = done;
+  }
+  async function flush() {
+    const q = load();
+    if (!q.length) { queueNote.textContent = ""; return; }
+    const byPerson = {};
+    q.forEach((j) => (byPerson[j.annotator + "\u0000" + j.sample] ||= []).push(j));
+    for (const [key, js] of Object.entries(byPerson)) {
+      const [who, smp] = key.split("\u0000");
+      try {
+        const r = await fetch("/api/judgements", {method: "POST", headers: {"Content-Type": "application/json",
+          "X-SKD-Token": token}, body: JSON.stringify({annotator: who, sample: smp,
+          judgements: js.map((j) => ({item_id: j.item_id, label: j.label, client_id: j.client_id}))})});
+        if (r.ok || r.status === 400) {  // stored, or refused for good (said once): either way not resent
+          const sent = new Set(js.map((j) => j.client_id));
+          save(load().filter((j) => !sent.has(j.client_id)));
+          if (!r.ok) queueNote.textContent = (await r.json()).error;
+        } else {
+          queueNote.textContent = `${load().length} judgement(s) waiting: ${(await r.json()).error || r.status}`;
+        }
+      } catch (e) {
+        queueNote.textContent = `${load().length} judgement(s) waiting: server not reachable`;
+      }
+    }
+    if (!load().length) queueNote.textContent = "";
+  }
+  function judge(label) {
+    if (pos >= all.length) return;
+    const item = all[pos].dataset.item;
+    const id = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random());
+    save(load().concat([{annotator, sample, item_id: item, label, client_id: id}]));
+    history.push(pos); pos += 1; done += 1; show(); flush();
+  }
+  function undo() {
+    if (!history.length) return;
+    pos = history.pop(); done -= 1; show();  // judging it again replaces the earlier judgement
+  }
+  document.addEventListener("keydown", (e) => {
+    if (e.target.closest("input, textarea, select") || e.ctrlKey || e.metaKey || e.altKey) return;
+    const act = {a: () => judge(1), r: () => judge(0), s: () => judge(null), u: undo}[e.key];
+    if (act) { e.preventDefault(); act(); }
+  });
+  show(); flush(); setInterval(flush, 2000);
+})();

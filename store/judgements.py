@@ -4,7 +4,7 @@ judgements themselves, the labels they make, and how far annotators agree.
 Each judgement is one row of `judgements` (item, annotator, accept/reject, or NULL for a skip); an annotator's
 latest judgement of an item replaces their earlier one. The items' labels under one source (default
 `annotation`) are the majority vote of their annotators, with the votes kept, exactly as `skd labels import`
-resolves several judgements of one item, so `skd critic train --sources annotation` trains on them.
+resolves several judgements of one item, so `skd critic train NAME --source annotation` trains on them.
 """
 
 from __future__ import annotations

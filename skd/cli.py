@@ -58,7 +58,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                           "acceptance,..."),
     "compare": ("cmd_train", "Students and teachers side by side: one row per evaluation."),
     "serve": ("cmd_serve", "Browse, query, compare and annotate the corpus in a browser (a local web app)."),
-    "report": ("cmd_serve", "A snapshot as one self-contained HTML file: card, funnel, statistics, critic, evaluations."),
+    "report": ("cmd_serve", "A snapshot as one self-contained HTML file: card, funnel, statistics, critic, "
+                            "evaluations."),
     "run": ("cmd_run", "Run a pipeline: ingest, generate, critic, score, embed, dedup, snapshot, export, train, eval."),
 }
 # Options every command takes; given before the command they reach it through its environment variable.

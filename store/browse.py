@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from .catalog import _rows
 from .db import Store
@@ -37,6 +37,12 @@ class ItemFilter(BaseModel):
     sort: Literal["newest", "score-desc", "score-asc", "id"] = "newest"
     page: int = Field(1, ge=1)
     per_page: int = Field(50, ge=1, le=500)
+
+    @model_validator(mode="after")
+    def _split_of_a_snapshot(self) -> ItemFilter:
+        if self.split and not self.snapshot:
+            raise ValueError("a split is a snapshot's: choose the snapshot too")
+        return self
 
 
 def _conditions(f: ItemFilter) -> tuple[list[str], list[str], dict[str, Any]]:
@@ -96,6 +102,10 @@ class Browse:
         rows = _rows(self.store, f"SELECT i.* EXCLUDE (created_at), sc.score FROM ({inner}) i LEFT JOIN scores sc "
                                  f"ON sc.item_id = i.item_id AND sc.critic_id = $critic ORDER BY {SORTS[f.sort]}",
                      params)
+        if f.snapshot and len(conds) == 1 and not on_scores:  # a snapshot's membership counts itself
+            return rows, int(self.store.scalar("SELECT count(*) FROM snapshot_items WHERE snapshot_id = $snapshot AND "
+                                               "($split = '' OR split = $split)",
+                                               {"snapshot": f.snapshot, "split": f.split}))
         return rows, int(self.store.scalar(f"SELECT count(*) FROM items i {join} WHERE {where}", count_params))
 
     def rows(self, item_ids: list[str], critic: str = "") -> list[dict[str, Any]]:
@@ -144,18 +154,19 @@ class Browse:
                        s.row_number, r.recipe, r.model, r.prompt, r.meta::VARCHAR AS meta, g.text AS completion,
                        g.finish_reason, g.n_tokens, g.logprob, u.stage, u.config::VARCHAR AS run_config
                 FROM item_sources s
-                LEFT JOIN (SELECT * FROM requests QUALIFY row_number() OVER (PARTITION BY request_id) = 1) r
+                LEFT JOIN (SELECT * FROM requests WHERE request_id IN (SELECT request_id FROM item_sources
+                           WHERE item_id = $1) QUALIFY row_number() OVER (PARTITION BY request_id) = 1) r
                      USING (request_id)
                 LEFT JOIN generations g ON g.request_id = s.request_id AND g.sample_index = s.sample_index
                 LEFT JOIN runs u ON u.run_id = s.run_id
-                WHERE s.item_id = ? ORDER BY s.created_at LIMIT 50""", q),
+                WHERE s.item_id = $1 ORDER BY s.created_at LIMIT 50""", q),
             "scores": _rows(self.store, "SELECT c.name, s.critic_id, s.score FROM scores s LEFT JOIN critics c "
                                         "USING (critic_id) WHERE s.item_id = ? ORDER BY c.name", q),
             "clusters": self.clusters(item_id),
             "labels": _rows(self.store, "SELECT source, label, votes_pos, votes_total, created_at FROM labels "
                                         "WHERE item_id = ? ORDER BY source", q),
             "judgements": _rows(self.store, "SELECT annotator, label, created_at FROM judgements WHERE item_id = ? "
-                                            "ORDER BY created_at", q),
+                                            "ORDER BY typed_at", q),
             "snapshots": _rows(self.store, "SELECT s.name, s.snapshot_id, m.split FROM snapshot_items m JOIN "
                                            "snapshots s USING (snapshot_id) WHERE m.item_id = ? ORDER BY s.name", q),
         }

@@ -9,6 +9,7 @@ resolves several judgements of one item, so `skd critic train NAME --source anno
 
 from __future__ import annotations
 
+import time
 from itertools import combinations
 from typing import Any, Literal
 
@@ -61,7 +62,8 @@ def _stratified(store: Store, n: int, params: dict[str, Any]) -> list[str]:
     per_bin = -(-n // BINS)
     cuts = " + ".join(f"(score >= e[{k}])::INT" for k in range(1, BINS))
     rows = store.con.execute(f"""
-        WITH s AS (SELECT item_id, score, hash(item_id || $seed) AS h FROM scores WHERE critic_id = $critic),
+        WITH s AS (SELECT item_id, score, hash(item_id || $seed) AS h FROM scores WHERE critic_id = $critic
+                   AND score IS NOT NULL),
              q AS (SELECT quantile_disc(score, {[k / BINS for k in range(1, BINS)]}) AS e FROM s)
         SELECT {cuts} AS bin, min_by(item_id, h, {per_bin}) FROM s, q GROUP BY bin ORDER BY bin""",
                              {k: v for k, v in params.items() if k != "n"}).fetchall()
@@ -89,31 +91,37 @@ def record(store: Store, annotator: str, judgements: list[dict[str, Any]], sourc
     the labels of the items they judge. A judgement whose client_id is stored already is not stored again; one of
     an item the corpus does not hold is refused (counted, nothing else is lost)."""
     annotator = check_annotator(annotator)
+    now = int(time.time() * 1000)
     rows = []
     for pos, j in enumerate(judgements):
         label = j.get("label")
         if label not in (0, 1, None):
             raise SkdError(f"judgement of {str(j.get('item_id'))[:40]!r}: label must be 1, 0 or null (skip)")
         rows.append({"item_id": str(j["item_id"]), "label": label, "client_id": str(j.get("client_id") or ""),
-                     "pos": pos})
+                     "pos": pos, "typed_at": int(j.get("typed_at") or now)})
     if not rows:
         return {"saved": 0, "repeated": 0, "unknown": 0}
     table = pa.Table.from_pylist(rows, schema=pa.schema([("item_id", pa.string()), ("label", pa.int32()),
-                                                          ("client_id", pa.string()), ("pos", pa.int32())]))
+                                                          ("client_id", pa.string()), ("pos", pa.int32()),
+                                                          ("typed_at", pa.int64())]))
     con = store.con
     con.register("_typed", table)
     try:
         with store.transaction():
             repeated = con.execute("SELECT count(*) FROM _typed WHERE client_id <> '' AND client_id IN "
                                    "(SELECT client_id FROM judgements)").fetchall()[0][0]
+            # per item, the batch's last judgement, unless the annotator's stored one was typed later
             con.execute("CREATE OR REPLACE TEMP TABLE _new AS SELECT t.* FROM _typed t SEMI JOIN items USING (item_id) "
-                        "WHERE t.client_id = '' OR t.client_id NOT IN (SELECT client_id FROM judgements WHERE "
-                        "client_id IS NOT NULL) QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY pos DESC) = 1")
+                        "WHERE (t.client_id = '' OR t.client_id NOT IN (SELECT client_id FROM judgements WHERE "
+                        "client_id IS NOT NULL)) AND NOT EXISTS (SELECT 1 FROM judgements j WHERE j.item_id = "
+                        "t.item_id AND j.annotator = $who AND j.typed_at > t.typed_at) "
+                        "QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY typed_at DESC, pos DESC) = 1",
+                        {"who": annotator})
             unknown = con.execute("SELECT count(*) FROM _typed ANTI JOIN items USING (item_id)").fetchall()[0][0]
             con.execute("DELETE FROM judgements WHERE annotator = ? AND item_id IN (SELECT item_id FROM _new)",
                         [annotator])
-            con.execute("INSERT INTO judgements (item_id, annotator, label, client_id, sample) "
-                        "SELECT item_id, ?, label, nullif(client_id, ''), ? FROM _new ORDER BY pos",
+            con.execute("INSERT INTO judgements (item_id, annotator, label, client_id, sample, typed_at) "
+                        "SELECT item_id, ?, label, nullif(client_id, ''), ?, typed_at FROM _new ORDER BY pos",
                         [annotator, sample])
             saved = con.execute("SELECT count(*) FROM _new").fetchall()[0][0]
             _relabel(store, source)

@@ -118,12 +118,13 @@ CREATE TABLE batch_failures (
 );
 """
 
-# Judgements typed into `skd serve`: one row per (item, annotator), the latest kept; a NULL label is a skip.
-# `client_id` makes a judgement the browser sends twice (a lost reply, a retry while the corpus was busy) land once.
+# Judgements typed into `skd serve`: one row per (item, annotator), the latest typed kept; a NULL label is a skip.
+# `client_id` makes a judgement the browser sends twice (a lost reply, a retry while the corpus was busy) land once;
+# `typed_at` (ms, the browser's clock) keeps an older judgement arriving late from replacing a newer one.
 M006_JUDGEMENTS = """
 CREATE TABLE judgements (
     item_id VARCHAR NOT NULL, annotator VARCHAR NOT NULL, label INTEGER, client_id VARCHAR, sample VARCHAR,
-    created_at TIMESTAMP DEFAULT current_timestamp
+    typed_at BIGINT, created_at TIMESTAMP DEFAULT current_timestamp
 );
 """
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -45,11 +45,18 @@ class Busy(Exception):
         self.message = message
 
 
+class Judgement(BaseModel):
+    item_id: str
+    label: Literal[0, 1] | None
+    client_id: str = ""
+    typed_at: int | None = None  # ms on the browser's clock
+
+
 class Typed(BaseModel):
-    """A batch of judgements sent by the annotation page."""
+    """A batch of judgements sent by the annotation page (a malformed one is refused whole, with 422)."""
     annotator: str
     sample: str = ""
-    judgements: list[dict[str, Any]]
+    judgements: list[Judgement]
 
 
 class Corpus:
@@ -73,7 +80,7 @@ class Corpus:
 
     @contextmanager
     def open(self, write: bool = False) -> Iterator[Store]:
-        with self._lock:
+        with self._turn():
             try:
                 s = Store(self.path, read_only=not write, wait=WAIT)
             except LockedError as e:
@@ -83,11 +90,22 @@ class Corpus:
             finally:
                 s.close()
 
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This process's turn at the corpus; a request that waits longer than WAIT is answered busy, so requests
+        do not pile up behind a job that holds the file."""
+        if not self._lock.acquire(timeout=WAIT):
+            raise Busy("other requests of this server are waiting for it")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def sql(self, q: str):
         """A user's SQL on the guarded read-only connection (`skd query`'s), at most SQL_ROWS rows of it."""
         from store.user_sql import run_user_sql
 
-        with self._lock:
+        with self._turn():
             try:
                 # one row more than shown: the page says whether there were more
                 return run_user_sql(self.path, q, wait=WAIT, limit=views.SQL_ROWS + 1)
@@ -97,7 +115,7 @@ class Corpus:
 
 def create_app(db: Path, token: str, *, public: bool = False, source: str = jm.SOURCE) -> FastAPI:
     """The web app over the corpus at DB. TOKEN guards writes (and, when PUBLIC, every request)."""
-    Store(db, read_only=True).close()  # one line now if there is no corpus, instead of on every page
+    Store(db, read_only=True, wait=WAIT).close()  # one line now if there is no corpus (or it is held), not per page
     corpus = Corpus(db, source)
     app = FastAPI(title="skd", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -114,11 +132,11 @@ def create_app(db: Path, token: str, *, public: bool = False, source: str = jm.S
             return Response("skd serve answers on 127.0.0.1 only", status_code=421)
         if public and not request.url.path.startswith("/static/"):
             given = request.query_params.get("token")
-            if given is not None and hmac.compare_digest(given, token):
+            if given is not None and same(given, token):
                 r = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
                 r.set_cookie("skd_token", token, httponly=True, samesite="strict")
                 return r
-            if not hmac.compare_digest(request.cookies.get("skd_token", ""), token):
+            if not same(request.cookies.get("skd_token", ""), token):
                 return Response("open the address with the token that `skd serve` printed", status_code=401)
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
@@ -234,13 +252,19 @@ def create_app(db: Path, token: str, *, public: bool = False, source: str = jm.S
 
     @app.post("/api/judgements")
     def judgements(request: Request, typed: Typed):
-        if not hmac.compare_digest(request.headers.get("x-skd-token", ""), token):
+        if not same(request.headers.get("x-skd-token", ""), token):
             return JSONResponse({"error": "missing or wrong token"}, status_code=403)
         with corpus.open(write=True) as s:
-            result = jm.record(s, typed.annotator, typed.judgements, source=corpus.source, sample=typed.sample)
+            result = jm.record(s, typed.annotator, [j.model_dump() for j in typed.judgements], source=corpus.source,
+                               sample=typed.sample)
         return result
 
     return app
+
+
+def same(given: str, token: str) -> bool:
+    """A constant-time comparison that any string can be given to (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def parse_filter(params: dict[str, str]) -> ItemFilter:
@@ -250,4 +274,5 @@ def parse_filter(params: dict[str, str]) -> ItemFilter:
         return ItemFilter(**given)
     except ValidationError as e:
         err = e.errors()[0]
-        raise SkdError(f"filter {err['loc'][0]}: {err['msg']}") from None
+        where = f" {err['loc'][0]}" if err["loc"] else ""
+        raise SkdError(f"filter{where}: {err['msg'].removeprefix('Value error, ')}") from None

@@ -128,7 +128,7 @@ def judgements_of(db: Path, who: str) -> list[tuple]:
     with Store(db, read_only=True, wait=10) as s:
         return s.con.execute("SELECT j.label, l.label, l.votes_total FROM judgements j LEFT JOIN labels l ON "
                              "l.item_id = j.item_id AND l.source = 'annotation' WHERE annotator = ? "
-                             "ORDER BY j.created_at", [who]).fetchall()
+                             "ORDER BY j.typed_at", [who]).fetchall()
 
 
 def test_browse_filter_lineage_annotate_diff_report(corpus, server, browser, tmp_path):
@@ -223,8 +223,13 @@ def test_judgements_resent_or_refused_are_stored_once(corpus, server):
     assert r.json()["saved"] == 0 and r.json()["repeated"] == 1  # a resent judgement lands once
     bad = {"annotator": "bob", "judgements": [{"item_id": ids[1], "label": 7}]}
     r = httpx.post(server + "/api/judgements", json=bad, headers={"X-SKD-Token": token})
-    assert r.status_code == 400 and "label must be" in r.json()["error"]
+    assert r.status_code == 422 and "label" in r.text  # malformed: refused whole, nothing stored
+    late = {"annotator": "bob", "judgements": [{"item_id": ids[0], "label": 0, "client_id": "x0", "typed_at": 1}]}
+    assert httpx.post(server + "/api/judgements", json=late, headers={"X-SKD-Token": token}).json()["saved"] == 0
     assert httpx.get(server + "/", headers={"Host": "evil.example"}).status_code == 421  # DNS rebinding
+    odd = httpx.post(server + "/api/judgements", json=body, headers={"X-SKD-Token": "é".encode()})
+    assert odd.status_code == 403
+    assert httpx.get(server + "/items?split=train").status_code == 400  # a split needs its snapshot
 
 
 def test_other_addresses_need_the_printed_token(corpus):

@@ -8,10 +8,10 @@
   if (!cards) return;
   const token = document.querySelector('meta[name="skd-token"]').content;
   const annotator = cards.dataset.annotator, sample = cards.dataset.sample;
-  const KEY = "skd-queue";
+  const KEY = "skd-queue:" + location.host;  // one queue per served corpus
   const progress = document.getElementById("progress"), bar = document.getElementById("bar");
   const queueNote = document.getElementById("queue");
-  let done = Number(progress.dataset.done), history = [];
+  let done = Number(progress.dataset.done), history = [], flushing = false, lastTyped = 0;
   const all = Array.from(cards.querySelectorAll(".card"));
   let pos = 0;
 
@@ -24,6 +24,11 @@
     bar.value = done;
   }
   async function flush() {
+    if (flushing) return;  // one request at a time: a batch is never overtaken by a later one
+    flushing = true;
+    try { await send(); } finally { flushing = false; }
+  }
+  async function send() {
     const q = load();
     if (!q.length) { queueNote.textContent = ""; return; }
     const byPerson = {};
@@ -33,11 +38,12 @@
       try {
         const r = await fetch("/api/judgements", {method: "POST", headers: {"Content-Type": "application/json",
           "X-SKD-Token": token}, body: JSON.stringify({annotator: who, sample: smp,
-          judgements: js.map((j) => ({item_id: j.item_id, label: j.label, client_id: j.client_id}))})});
-        if (r.ok || r.status === 400) {  // stored, or refused for good (said once): either way not resent
+          judgements: js.map((j) => ({item_id: j.item_id, label: j.label, client_id: j.client_id,
+                                      typed_at: j.typed_at}))})});
+        if (r.ok || r.status === 422) {  // stored, or malformed (said once): either way not resent
           const sent = new Set(js.map((j) => j.client_id));
           save(load().filter((j) => !sent.has(j.client_id)));
-          if (!r.ok) queueNote.textContent = (await r.json()).error;
+          if (!r.ok) queueNote.textContent = "refused: " + JSON.stringify((await r.json()).detail || "").slice(0, 200);
         } else {
           queueNote.textContent = `${load().length} judgement(s) waiting: ${(await r.json()).error || r.status}`;
         }
@@ -51,12 +57,15 @@
     if (pos >= all.length) return;
     const item = all[pos].dataset.item;
     const id = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random());
-    save(load().concat([{annotator, sample, item_id: item, label, client_id: id}]));
-    history.push(pos); pos += 1; done += 1; show(); flush();
+    lastTyped = Math.max(Date.now(), lastTyped + 1);  // strictly increasing: the later judgement wins
+    save(load().concat([{annotator, sample, item_id: item, label, client_id: id, typed_at: lastTyped}]));
+    history.push([pos, id]); pos += 1; done += 1; show(); flush();
   }
   function undo() {
     if (!history.length) return;
-    pos = history.pop(); done -= 1; show();  // judging it again replaces the earlier judgement
+    const [back, id] = history.pop();
+    save(load().filter((j) => j.client_id !== id));  // not sent yet: dropped; sent: judging again replaces it
+    pos = back; done -= 1; show();
   }
   document.addEventListener("keydown", (e) => {
     if (e.target.closest("input, textarea, select") || e.ctrlKey || e.metaKey || e.altKey) return;

@@ -58,18 +58,12 @@ def query(f: ItemFilter, **changes: Any) -> str:
 def snapshot_context(s: Store, name: str) -> dict[str, Any]:
     from corpus.export import store_critic
     from corpus.snapshot import headline
+    from train.evaluate import compare
 
     row = s.snapshots.get(name)
     critic = store_critic(s, row)
     return {"row": row, "headline": headline(row["stats"]), "critic": critic,
-            "evals": [e for e in _compare(s) if e["eval_id"] in {r["eval_id"] for r in
-                                                                  s.evals.select(snapshot_id=row["snapshot_id"])}]}
-
-
-def _compare(s: Store) -> list[dict[str, Any]]:
-    from train.evaluate import compare
-
-    return compare(s)
+            "evals": compare(s, snapshot=name)}
 
 
 def diff_context(s: Store, d: dict[str, Any]) -> dict[str, Any]:

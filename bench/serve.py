@@ -138,13 +138,14 @@ def main() -> None:
     table = Table(title=f"skd serve on {n:,} items: ms per page over HTTP (median and p95 of {args.repeat}) vs the "
                         f"page's main query on an open raw DuckDB connection; goal < {GOAL_MS} ms",
                   title_justify="left")
-    for col in ("page", "first view", "skd serve p50", "p95", "raw DuckDB query p50", "ratio", f"p95 < {GOAL_MS} ms"):
+    goal = f"first and p95 < {GOAL_MS} ms"
+    for col in ("page", "first view", "skd serve p50", "p95", "raw DuckDB query p50", "ratio", goal):
         table.add_column(col, justify="left" if col == "page" else "right")
     for name, (first, *served), (_, *raw) in results:
         p50, p95 = statistics.median(served), statistics.quantiles(served, n=20)[-1]
         r50 = statistics.median(raw)
         table.add_row(name, f"{first:.0f}", f"{p50:.0f}", f"{p95:.0f}", f"{r50:.1f}", f"{p50 / r50:.1f}x",
-                      "yes" if p95 < GOAL_MS else "NO")
+                      "yes" if max(first, p95) < GOAL_MS else "NO")
     Console(width=200).print(table)
 
 

@@ -58,16 +58,16 @@ def sample_ids(store: Store, strategy: Strategy, n: int, seed: int = 0, critic_i
 def _stratified(store: Store, n: int, params: dict[str, Any]) -> list[str]:
     """Equal numbers from each score quintile, taken in turn (one of each bin, then the next of each): the bins
     from the score quantiles and a top-k per bin by the seeded hash, two aggregates instead of a window over
-    every score."""
-    per_bin = -(-n // BINS)
+    every score. Heavily tied scores make bins of unequal size (a quantile cut falls inside a tie), so each bin
+    offers up to N and the turns go on through the bins that still have items until N are taken."""
     cuts = " + ".join(f"(score >= e[{k}])::INT" for k in range(1, BINS))
     rows = store.con.execute(f"""
         WITH s AS (SELECT item_id, score, hash(item_id || $seed) AS h FROM scores WHERE critic_id = $critic
                    AND score IS NOT NULL),
              q AS (SELECT quantile_disc(score, {[k / BINS for k in range(1, BINS)]}) AS e FROM s)
-        SELECT {cuts} AS bin, min_by(item_id, h, {per_bin}) FROM s, q GROUP BY bin ORDER BY bin""",
-                             {k: v for k, v in params.items() if k != "n"}).fetchall()
-    turns = [ids[k] for k in range(per_bin) for _, ids in rows if k < len(ids)]
+        SELECT {cuts} AS bin, min_by(item_id, h, $n) FROM s, q GROUP BY bin ORDER BY bin""", params).fetchall()
+    longest = max((len(ids) for _, ids in rows), default=0)
+    turns = [ids[k] for k in range(longest) for _, ids in rows if k < len(ids)]
     return turns[:n]
 
 

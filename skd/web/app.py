@@ -27,9 +27,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 
+# Imported once when the server starts, not inside the handlers: a first import of `corpus` (the embedding stack
+# behind it) costs ~0.4 s, which the first person to open a diff would otherwise wait for.
+from corpus.snapshot import diff_snapshots
 from store import LockedError, SkdError, Store
 from store import judgements as jm
 from store.browse import ORIGINS, SORTS, Browse, ItemFilter
+from store.user_sql import run_user_sql
+from train.evaluate import compare, flat_metrics, stored_eval
 
 from . import charts, views
 
@@ -103,8 +108,6 @@ class Corpus:
 
     def sql(self, q: str):
         """A user's SQL on the guarded read-only connection (`skd query`'s), at most SQL_ROWS rows of it."""
-        from store.user_sql import run_user_sql
-
         with self._turn():
             try:
                 # one row more than shown: the page says whether there were more
@@ -201,8 +204,6 @@ def create_app(db: Path, token: str, *, public: bool = False, source: str = jm.S
 
     @app.get("/diff", response_class=HTMLResponse)
     def diff(request: Request, a: str = "", b: str = ""):
-        from corpus.snapshot import diff_snapshots
-
         with corpus.open() as s:
             names = [r["name"] for r in corpus.cached("snapshots", s.snapshots.all)]
             # snapshots are immutable: a diff is computed once per pair (again only after the corpus changed)
@@ -212,15 +213,11 @@ def create_app(db: Path, token: str, *, public: bool = False, source: str = jm.S
 
     @app.get("/evals", response_class=HTMLResponse)
     def evals(request: Request):
-        from train.evaluate import compare
-
         with corpus.open() as s:
             return page(request, "evals.html", rows=compare(s))
 
     @app.get("/evals/{eval_id}", response_class=HTMLResponse)
     def eval_page(request: Request, eval_id: str):
-        from train.evaluate import flat_metrics, stored_eval
-
         with corpus.open() as s:
             r = stored_eval(s, eval_id)
         if r is None:

@@ -98,3 +98,15 @@ def test_samples_are_seeded_and_cover_the_score_range(corpus):
         assert len(set(jm.sample_ids(s, "random", 20, 3))) == 20
         with pytest.raises(SkdError, match="needs a critic"):
             jm.sample_ids(s, "uncertain", 5)
+
+
+def test_stratified_sample_is_full_when_scores_tie(corpus):
+    """Most scores equal: the quantile cuts fall inside the tie and some bins come out nearly empty; the sample
+    still has N distinct items, taken in turns from every bin that has some."""
+    with Store(corpus) as s:
+        s.con.execute("UPDATE scores SET score = 0.5 WHERE hash(item_id) % 5 <> 0")
+        scored = s.scalar("SELECT count(*) FROM scores")
+        a = jm.sample_ids(s, "stratified", 25, 0, "c1")
+        assert len(a) == len(set(a)) == 25
+        assert {s.scalar("SELECT score FROM scores WHERE item_id = ?", [i]) for i in a} - {0.5}  # not only the tie
+        assert len(jm.sample_ids(s, "stratified", 10 * scored, 0, "c1")) == scored  # no more than there are

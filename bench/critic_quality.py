@@ -6,7 +6,7 @@ machine, including the attempts that did not help.
 - Triples (CKBP v2 expert dev, 958 labels, 22% plausible): sources CKBP v1 crowd (31,731), the expert folds,
   ATOMIC-2020 human tuples with tail-swapped negatives. AUC per CKBP class (test_set, all_head, cs_head, adv).
 - Rationales: CommonsenseQA explanation acceptability (crowd majority), folds by question; GPT-3's own
-  normalised NLL as the baseline score.
+  normalised NLL as the baseline score, and each attempt stacked with that NLL (the teacher's own likelihood).
 
     python bench/critic_quality.py --task ckbp --attempts minilm-emb,mpnet-emb --folds 5
 """
@@ -14,6 +14,7 @@ machine, including the attempts that did not help.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -27,10 +28,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from critics.config import CriticConfig
 from critics.crossval import cross_validate, summaries
+from critics.train import load_labels
 from store import MINILM, Store, import_labels
 from store.models import MPNET
 
@@ -89,6 +92,20 @@ def ensemble(table: Table, task: str, runs: dict[str, dict]) -> None:
     row(table, task, f"ensemble: mean of {', '.join(runs)}", res, sum(r["seconds"] for r in runs.values()))
 
 
+def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray) -> None:
+    """The attempt's out-of-fold score beside the teacher's own normalised NLL in a logistic regression, fitted on
+    the other folds of the same grouped split (so still out-of-fold): what a critic would gain by also reading the
+    likelihood the teacher gave its output (skd records it: `generations.logprob`, `n_tokens`)."""
+    fold, y = np.asarray(run["fold"]), np.asarray(run["labels"])
+    p = np.clip(np.asarray(run["scores"]), 1e-6, 1 - 1e-6)
+    x = np.column_stack([np.log(p / (1 - p)), teacher_nll])
+    oof = np.zeros(len(y))
+    for k in np.unique(fold):
+        fit = LogisticRegression().fit(x[fold != k], y[fold != k])
+        oof[fold == k] = fit.predict_proba(x[fold == k])[:, 1]
+    row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(oof, y, None), run["seconds"])
+
+
 def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table) -> None:
     db = tmp / "ckbp.duckdb"
     with Store(db) as s:
@@ -111,8 +128,9 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table) -> None:
     with Store(db) as s:
         import_labels(s, DATA / "rationale_acceptability/commonsenseqa_train.csv", "rationale-acceptability",
                       source="csqa")
-        df = s.query("SELECT label, CAST(json_extract_string(extra, '$.nll') AS DOUBLE) AS nll FROM labels")
-    y, nll = df["label"].to_numpy(), -df["nll"].to_numpy()
+        df = load_labels(s, None)  # the order cross_validate reads them in
+    y = df["label"].to_numpy()
+    nll = -np.asarray([float(json.loads(e)["nll"]) for e in df["extra"].to_list()])
     table.add_row("CSQA rationales", "GPT-3 normalised NLL (baseline, no training)", f"{roc_auc_score(y, nll):.3f}",
                   f"{average_precision_score(y, nll):.3f}", "-", f"{len(y):,}", "")
     task, runs = f"CSQA rationales, {folds}-fold by question", {}
@@ -122,6 +140,8 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table) -> None:
         res = cross_validate(db, CriticConfig(**cfg), "csqa", folds, by=None, on_fold=progress(name))
         runs[name] = res | {"seconds": time.perf_counter() - started}
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"])
+        assert res["labels"] == y.tolist(), "labels out of the order cross_validate read them in"
+        stacked(table, task, name, runs[name], nll)
     ensemble(table, task, runs)
 
 

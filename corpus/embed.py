@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from critics.verbalize import verbalize_rows
-from store import MINILM, SkdError, open_store, resolve_model, stage_in_chunks
+from store import MINILM, BatchJob, Mapper, SkdError, local_mapper, open_store, resolve_model, stage_job
 
 
 @dataclass
@@ -49,20 +49,31 @@ def encode(encoder: Any, rows: list[dict[str, Any]], batch_size: int = 128) -> n
                           convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
 
+class EmbedBatch:
+    """A worker's embedder: loads the model once, then embeds batches of items (a Ray actor, or this process)."""
+
+    def __init__(self, model: str, batch_size: int = 128):
+        self.model, self.batch_size = model, batch_size
+        self.encoder = load_encoder(model)
+
+    def __call__(self, part: pa.Table) -> pa.Table:
+        vectors = encode(self.encoder, part.to_pylist(), self.batch_size)
+        return pa.table({"item_id": part["item_id"], "model": [self.model] * part.num_rows,
+                         "vector": pa.array(list(vectors), type=pa.list_(pa.float32()))})
+
+
 def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = None, chunk: int = 4096,
-                batch_size: int = 128, on_chunk: Callable[[EmbedSummary, int], None] | None = None) -> EmbedSummary:
+                batch_size: int = 128, on_chunk: Callable[[EmbedSummary, int], None] | None = None,
+                mapper: Mapper = local_mapper) -> EmbedSummary:
+    """Embed the items not yet embedded with MODEL; MAPPER is the engine that runs the batches."""
     db_path = Path(db_path)
     with open_store(db_path) as s:
         todo, total = s.embeddings.missing(model, where)
         run_id = s.start_run("embed", {"model": model, "where": where})
     stats = EmbedSummary(model, items=total, already_embedded=total - todo.num_rows)
-    encoder = load_encoder(model) if todo.num_rows else None
+    if todo.num_rows:
+        load_encoder(model)  # a missing model is one line here, not an error inside a worker
     started = time.monotonic()
-
-    def tables(part: pa.Table) -> dict[str, pa.Table]:
-        vectors = encode(encoder, part.to_pylist(), batch_size)
-        return {"embeddings": pa.table({"item_id": part["item_id"], "model": [model] * part.num_rows,
-                                        "vector": pa.array(list(vectors), type=pa.list_(pa.float32()))})}
 
     def advance(n: int) -> None:
         stats.embedded += n
@@ -71,5 +82,6 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
             on_chunk(stats, todo.num_rows)
 
     advance(0)
-    stage_in_chunks(db_path, run_id, todo, chunk, tables, advance, stats.as_dict)
+    job = BatchJob(todo, EmbedBatch, {"model": model, "batch_size": batch_size}, "embeddings", chunk)
+    stage_job(db_path, run_id, job, mapper if todo.num_rows else local_mapper, advance, stats.as_dict)
     return stats

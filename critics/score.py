@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import open_store, stage_in_chunks
+from store import BatchJob, Mapper, local_mapper, open_store, stage_job
 
 from .model import load_critic, read_card
 from .verbalize import verbalize_rows
@@ -31,24 +31,34 @@ class ScoreSummary:
         return asdict(self)
 
 
+class ScoreBatch:
+    """A worker's critic: loaded once, then scores batches of items (a Ray actor, or this process)."""
+
+    def __init__(self, path: str, critic_id: str, batch_size: int = 128):
+        self.critic, self.critic_id, self.batch_size = load_critic(path), critic_id, batch_size
+
+    def __call__(self, part: pa.Table) -> pa.Table:
+        scores = self.critic.score(verbalize_rows(part.to_pylist()), batch_size=self.batch_size)
+        return pa.table({"item_id": part["item_id"], "critic_id": [self.critic_id] * part.num_rows,
+                         "score": pa.array(scores, type=pa.float64())})
+
+
 def score_items(db_path: str | Path, name: str, where: str | None = None, chunk: int = 2048,
-                batch_size: int = 128, on_chunk: Callable[[ScoreSummary, int], None] | None = None) -> ScoreSummary:
+                batch_size: int = 128, on_chunk: Callable[[ScoreSummary, int], None] | None = None,
+                mapper: Mapper = local_mapper) -> ScoreSummary:
+    """Score the items this critic has not scored yet; MAPPER is the engine that runs the batches."""
     db_path = Path(db_path)
     with open_store(db_path) as s:
         row = s.critics.get(name)
         todo, total = s.scores.missing(row["critic_id"], where)
         run_id = s.start_run("score", {"critic": name, "critic_id": row["critic_id"], "where": where})
     stats = ScoreSummary(name, row["critic_id"], items=total, already_scored=total - todo.num_rows)
-    critic = load_critic(row["path"])
     outside = outside_coverage(read_card(Path(row["path"])).get("coverage"))
+    for key in filter(None, map(outside, todo.select(["kind", "relation"]).to_pylist())):
+        stats.uncovered[key] = stats.uncovered.get(key, 0) + 1
+    if todo.num_rows:
+        load_critic(row["path"])  # a missing or broken critic is one line here, not an error inside a worker
     started = time.monotonic()
-
-    def tables(part: pa.Table) -> dict[str, pa.Table]:
-        for key in filter(None, map(outside, part.select(["kind", "relation"]).to_pylist())):
-            stats.uncovered[key] = stats.uncovered.get(key, 0) + 1
-        scores = critic.score(verbalize_rows(part.to_pylist()), batch_size=batch_size)
-        return {"scores": pa.table({"item_id": part["item_id"], "critic_id": [row["critic_id"]] * part.num_rows,
-                                    "score": scores})}
 
     def advance(n: int) -> None:
         stats.scored += n
@@ -57,7 +67,9 @@ def score_items(db_path: str | Path, name: str, where: str | None = None, chunk:
             on_chunk(stats, todo.num_rows)
 
     advance(0)
-    stage_in_chunks(db_path, run_id, todo, chunk, tables, advance, stats.as_dict)
+    job = BatchJob(todo, ScoreBatch, {"path": str(row["path"]), "critic_id": row["critic_id"],
+                                      "batch_size": batch_size}, "scores", chunk)
+    stage_job(db_path, run_id, job, mapper if todo.num_rows else local_mapper, advance, stats.as_dict)
     return stats
 
 

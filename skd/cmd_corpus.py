@@ -11,7 +11,8 @@ from corpus import DedupConfig, dedup, embed_items
 from store import MINILM, Store, default_path
 
 from .config_options import config_options, floats
-from .options import Db, Json, Quiet
+from .engines import engine_from, mapper_for, task_map_for
+from .options import Actors, Db, EngineKind, Json, Quiet, RayAddress
 from .output import out, print_json, progress_bar, run_with_progress
 
 
@@ -21,13 +22,15 @@ def embed(
     where: Annotated[str | None, typer.Option(help="SQL filter over items.")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     chunk: Annotated[int, typer.Option(help="Items per staging batch (the unit of resume).")] = 4096,
+    engine: EngineKind = "local", ray_address: RayAddress = None, actors: Actors = 2,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Embed items (normalised) into the embeddings table; items already embedded with MODEL are skipped."""
+    mapper = mapper_for(engine_from(engine, ray_address, actors))
     progress, update = progress_bar("embed", "items", quiet or json)
     stats = run_with_progress(progress, lambda: embed_items(
         db or default_path(), model, where, chunk=chunk, batch_size=batch_size,
-        on_chunk=lambda st, n: update(st.embedded, n)))
+        on_chunk=lambda st, n: update(st.embedded, n), mapper=mapper))
     if json:
         print_json(stats.as_dict())
     else:
@@ -44,13 +47,16 @@ def dedup_cmd(
     = False,
     thresholds: Annotated[str, typer.Option(help="Thresholds for --dry-run.")] = "0.8,0.85,0.9,0.95",
     full: Annotated[bool, typer.Option(help="Recompute from scratch instead of incrementally.")] = False,
+    engine: EngineKind = "local", ray_address: RayAddress = None,
     db: Db = None, json: Json = False,
 ) -> None:
-    """Cluster duplicates; one representative per cluster; results in dedup_clusters per setting."""
+    """Cluster duplicates; one representative per cluster; results in dedup_clusters per setting. With
+    --partitions and --engine ray, the partitions are searched as Ray tasks."""
     dry = floats(thresholds) if dry_run else None
+    task_map = task_map_for(engine_from(engine, ray_address))
     with Store(db) as s:
         r = dedup(s, cfg.method, cfg.threshold, cfg.scope, critic, where, cfg.model, incremental=not full, dry_run=dry,
-                  partitions=cfg.partitions, max_visits=cfg.max_visits)
+                  partitions=cfg.partitions, max_visits=cfg.max_visits, map_fn=task_map)
     if json:
         print_json(r.as_dict())
         return

@@ -16,7 +16,8 @@ from critics.score import ScoreSummary, score_items
 from store import LABEL_FORMATS, Store, default_path
 
 from .config_options import FLOATS, PAIRS, config_options
-from .options import Db, Json, Quiet
+from .engines import engine_from, mapper_for
+from .options import Actors, Db, EngineKind, Json, Quiet, RayAddress
 from .output import err, out, print_json, progress_bar, run_with_progress
 
 app = typer.Typer(help="Critic models: train from labels, score the corpus, evaluate.", no_args_is_help=True)
@@ -74,12 +75,15 @@ def score(
     where: Annotated[str | None, typer.Option(help="SQL filter over items.")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     chunk: Annotated[int, typer.Option(help="Items per staging batch (the unit of resume).")] = 2048,
+    engine: EngineKind = "local", ray_address: RayAddress = None, actors: Actors = 2,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Score items (skipping those this critic already scored) into the scores table."""
+    mapper = mapper_for(engine_from(engine, ray_address, actors))
     progress, update = progress_bar(f"score {name}", "items", quiet or json)
     stats = run_with_progress(progress, lambda: score_items(
-        db or default_path(), name, where, chunk, batch_size, on_chunk=lambda st, n: update(st.scored, n)))
+        db or default_path(), name, where, chunk, batch_size, on_chunk=lambda st, n: update(st.scored, n),
+        mapper=mapper))
     for line in coverage_warnings(stats):
         err.print(line)
     if json:

@@ -16,6 +16,8 @@ from generators.config import GenerateConfig
 from train import StudentOptions
 from train.eval_run import EvalConfig
 
+from .engines import EngineConfig
+
 STAGES = ("ingest", "generate", "critic", "score", "embed", "dedup", "snapshot", "export", "train", "eval")
 # what every self-imitation round after the first runs again (the critic, ingest and export are the first's)
 LOOP_STAGES = ("generate", "score", "embed", "dedup", "snapshot", "train", "eval")
@@ -114,6 +116,7 @@ class Pipeline(Strict):
     student: StudentOptions | None = None
     eval: EvalStage | None = None
     loop: LoopStage = Field(default_factory=LoopStage)
+    engine: EngineConfig = Field(default_factory=EngineConfig)  # where scoring, embedding and dedup run
 
     @model_validator(mode="after")
     def _check_across_stages(self) -> Pipeline:
@@ -165,8 +168,10 @@ class Pipeline(Strict):
             return None
         if stage in ("critic", "score"):  # the cut belongs to the snapshot: changing it retrains nothing
             return table.model_dump(mode="json", exclude={"threshold_at_recall", "min_score"})
-        if stage == "dedup" and self.snapshot.where:  # dedup clusters what the snapshot is cut from
-            return table.model_dump(mode="json") | {"where": self.snapshot.where}
+        if stage == "dedup":
+            # one index: the partition settings change nothing, and a corpus made before they existed is not redone
+            d = table.model_dump(mode="json", exclude=set() if table.partitions else {"partitions", "max_visits"})
+            return d | ({"where": self.snapshot.where} if self.snapshot.where else {})  # what the snapshot is cut from
         if stage == "snapshot":
             return table.model_dump(mode="json") | {"critic_cut": [self.critic.threshold_at_recall,
                                                                    self.critic.min_score] if self.critic else None}

@@ -25,6 +25,7 @@ from train.evaluate import compare
 
 from .cmd_critic import coverage_warnings
 from .cmd_generate import progress_view
+from .engines import mapper_for, task_map_for
 from .output import progress_bar, run_with_progress
 from .pipeline import Pipeline, step_name
 from .wiring import evaluate, student_recipe
@@ -225,7 +226,7 @@ class Runner:
     def stage_score(self, plan: dict[str, Any]) -> dict[str, Any]:
         progress, update = progress_bar("score", "items", self.quiet)
         stats = run_with_progress(progress, lambda: score_items(
-            self.db, self.made.critic, on_chunk=lambda st, n: update(st.scored, n)))
+            self.db, self.made.critic, on_chunk=lambda st, n: update(st.scored, n), mapper=mapper_for(self.p.engine)))
         for line in coverage_warnings(stats):
             self.say(f"    {line}")
         return stats.as_dict()
@@ -233,14 +234,15 @@ class Runner:
     def stage_embed(self, plan: dict[str, Any]) -> dict[str, Any]:
         progress, update = progress_bar("embed", "items", self.quiet)
         return run_with_progress(progress, lambda: embed_items(
-            self.db, self.p.dedup.model, on_chunk=lambda st, n: update(st.embedded, n))).as_dict()
+            self.db, self.p.dedup.model, on_chunk=lambda st, n: update(st.embedded, n),
+            mapper=mapper_for(self.p.engine))).as_dict()
 
     def stage_dedup(self, plan: dict[str, Any]) -> dict[str, Any]:
         d = self.p.dedup
         critic = self.made.critic
         with open_store(self.db) as s:
             r = dedup(s, d.method, d.threshold, d.scope, critic, self.p.snapshot.where, d.model,
-                      partitions=d.partitions, max_visits=d.max_visits)
+                      partitions=d.partitions, max_visits=d.max_visits, map_fn=task_map_for(self.p.engine))
         self.say(f"    {r.items:,} items, {r.clusters:,} clusters, {r.removed:,} duplicates")
         return r.as_dict()
 

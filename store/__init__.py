@@ -19,17 +19,17 @@ _WHERE = {
     ".labels": ("LabelResult", "import_labels"),
     ".migrations": ("SCHEMA_VERSION",),
     ".models": ("MINILM", "SMOLLM2", "resolve_model"),
-    ".shards": ("ShardWriter", "commit_batch", "ingest_batch", "ingest_shards", "open_store", "pending_shards",
-                "stage_in_chunks"),
+    ".shards": ("BatchJob", "Mapper", "ShardWriter", "commit_batch", "ingest_batch", "ingest_shards", "local_mapper",
+                "open_store", "pending_shards", "stage_job"),
     ".slices": ("Slice",),
 }
 _MODULE = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = [
-    "DEFAULT_DB", "EMBEDDED_COLUMNS", "EXPORTED_COLUMNS", "FORMATS", "ITEM_COLUMNS", "IngestResult", "KINDS",
-    "LABEL_FORMATS", "LabelResult", "LockedError", "MINILM", "SCHEMA_VERSION", "SCOPES", "SCORED_COLUMNS", "SMOLLM2",
-    "SchemaError", "ShardWriter", "SkdError", "Slice", "Store", "commit_batch", "default_path", "import_labels",
-    "ingest_batch", "ingest_file", "ingest_shards", "open_store", "pending_shards", "resolve_model", "skd_version",
-    "stage_in_chunks", "user_filter", "where_sql",
+    "BatchJob", "DEFAULT_DB", "EMBEDDED_COLUMNS", "EXPORTED_COLUMNS", "FORMATS", "ITEM_COLUMNS", "IngestResult",
+    "KINDS", "LABEL_FORMATS", "LabelResult", "LockedError", "MINILM", "Mapper", "SCHEMA_VERSION", "SCOPES",
+    "SCORED_COLUMNS", "SMOLLM2", "SchemaError", "ShardWriter", "SkdError", "Slice", "Store", "commit_batch",
+    "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "local_mapper", "open_store",
+    "pending_shards", "resolve_model", "skd_version", "stage_job", "user_filter", "where_sql",
 ]
 
 
@@ -60,12 +60,15 @@ if TYPE_CHECKING:
     from .migrations import LATEST as SCHEMA_VERSION
     from .models import MINILM, SMOLLM2, resolve_model
     from .shards import (
+        BatchJob,
+        Mapper,
         ShardWriter,
         commit_batch,
         ingest_batch,
         ingest_shards,
+        local_mapper,
         open_store,
         pending_shards,
-        stage_in_chunks,
+        stage_job,
     )
     from .slices import Slice

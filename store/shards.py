@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -134,19 +136,40 @@ def commit_batch(db_path: str | Path, writer: ShardWriter, tables: dict[str, pa.
         return ingest_batch(s, batch, run_id)
 
 
-def stage_in_chunks(db_path: str | Path, run_id: str, rows: pa.Table, chunk: int,
-                    make_tables: Callable[[pa.Table], dict[str, pa.Table]],
-                    on_rows: Callable[[int], None] | None = None, summary: Callable[[], dict] = dict) -> None:
-    """The loop of a long stage: each chunk of `rows` becomes tables committed as one staging batch. The
-    run is finished, 'ok' or 'failed', with `summary()`, whatever happens; a rerun resumes after a kill."""
+@dataclass
+class BatchJob:
+    """Work a long stage hands to an engine: the pending ROWS, and a class whose instance, built once per worker
+    from KWARGS (it loads a model), turns a batch of rows into rows of TABLE. The class and its arguments are all
+    a worker needs, so the same job runs in this process or in a Ray actor pool (`map_batches`)."""
+    rows: pa.Table
+    fn: type
+    kwargs: dict[str, Any]
+    table: str
+    chunk: int
+
+
+Mapper = Callable[[BatchJob], Iterable[pa.Table]]
+
+
+def local_mapper(job: BatchJob) -> Iterator[pa.Table]:
+    """The job in this process: one instance, the rows chunk by chunk, in order."""
+    fn = job.fn(**job.kwargs)
+    for start in range(0, job.rows.num_rows, job.chunk):
+        yield fn(job.rows.slice(start, job.chunk))
+
+
+def stage_job(db_path: str | Path, run_id: str, job: BatchJob, mapper: Mapper = local_mapper,
+              on_rows: Callable[[int], None] | None = None, summary: Callable[[], dict] = dict) -> None:
+    """The loop of a long stage: each table the engine returns is committed as one staging batch by this process
+    alone (the one writer), whichever engine computed it. The run is finished, 'ok' or 'failed', with
+    `summary()`, whatever happens; a rerun reads what is still pending, so it resumes after a kill."""
     writer = ShardWriter(Path(str(db_path) + ".d") / "shards" / run_id.split("-")[0])
     status = "failed"
     try:
-        for start in range(0, rows.num_rows, chunk):
-            part = rows.slice(start, chunk)
-            commit_batch(db_path, writer, make_tables(part), f"{run_id}-{start:09d}", run_id)
+        for k, out in enumerate(mapper(job)):
+            commit_batch(db_path, writer, {job.table: out}, f"{run_id}-{k:09d}", run_id)
             if on_rows:
-                on_rows(part.num_rows)
+                on_rows(out.num_rows)
         status = "ok"
     finally:
         with open_store(db_path) as s:

@@ -156,7 +156,7 @@ def test_a_label_file_with_an_apostrophe_in_its_name(tmp_path):
     assert sm["critic"]["labels"] == str(labels) and sm["funnel"]["snapshot"] > 0
 
 
-@pytest.mark.parametrize("name", ["atomic-mini", "rationale-csqa", "gpu-vllm"])
+@pytest.mark.parametrize("name", ["atomic-mini", "rationale-csqa", "gpu-vllm", "ray-gpu-cluster"])
 def test_the_example_pipelines_are_valid(name):
     from skd.cmd_run import load_pipeline
 
@@ -169,6 +169,9 @@ def test_a_bad_pipeline_config_names_the_key(tmp_path):
     cfg.write_text('[snapshot]\nname = "x"\n[dedup]\nthreshold = 2.0\n')
     p = run_skd("run", str(cfg))
     assert p.returncode == 2 and "dedup.threshold" in p.stderr and p.stderr.count("\n") == 1
+    cfg.write_text('[snapshot]\nname = "x"\n[engine]\nkind = "spark"\n')
+    p = run_skd("run", str(cfg))
+    assert p.returncode == 2 and "engine.kind" in p.stderr and p.stderr.count("\n") == 1
 
 
 def test_every_stage_has_its_function():

@@ -9,7 +9,6 @@
 
     pip install semhash   # (make bench does it)
     python bench/dedup.py [--sizes 100000,1000000] [--threshold 0.9]
-    python bench/dedup.py --skip-quality --sizes 100000,1000000 --partitions 256   # partitioned vs one index
 """
 
 from __future__ import annotations
@@ -135,20 +134,12 @@ def child(method: str, n: int, threshold: float, db: Path) -> None:
         store_with_vectors(db, synthetic(n))
         return
     started = time.monotonic()
-    extra: dict = {}
-    if method.startswith("skd"):
+    if method == "skd":
         from corpus import dedup
         from store import Store
 
-        parts = int(method.split(":")[1]) if ":" in method else 0
         with Store(db) as s:
-            r = dedup(s, "semantic", threshold, "global", incremental=False, partitions=parts)
-            removed = r.removed
-            gone = [row[0] for row in s.con.execute("SELECT item_id FROM dedup_clusters WHERE NOT is_representative")
-                    .fetchall()]
-        # which items were removed, for the agreement of the partitioned run with the single index
-        db.with_name(f"removed-{parts}.json").write_text(json.dumps(gone))
-        extra = {"largest": r.largest_partition, "audit": r.audit}
+            removed = dedup(s, "semantic", threshold, "global").removed
     else:
         from semhash import SemHash
 
@@ -158,7 +149,7 @@ def child(method: str, n: int, threshold: float, db: Path) -> None:
         removed = len(SemHash.from_embeddings(x, texts, model=Precomputed(texts, x)).self_deduplicate(threshold)
                       .filtered)
     print("RESULT " + json.dumps({"seconds": time.monotonic() - started, "removed": removed,
-                                  "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20} | extra))
+                                  "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
 
 
 def measure(method: str, n: int, threshold: float, db: Path) -> dict:
@@ -187,36 +178,11 @@ def speed(console: Console, sizes: list[int], threshold: float) -> None:
         console.print(t)
 
 
-def partitioned(console: Console, sizes: list[int], threshold: float, parts: int) -> None:
-    """skd's partitioned search (corpus/partition.py: k-means partitions searched one by one, as the Ray engine
-    would map them) against its single index on the same vectors: the removals that agree, and a worker's load."""
-    t = Table(title=f"partitioned semantic dedup ({parts} k-means partitions, each vector searched in its 4 nearest) "
-                    f"vs one index, threshold {threshold}, {os.cpu_count()} CPUs")
-    for col in ("items", "one index s", "peak GiB", "partitioned s", "peak GiB", "busiest partition",
-                "audit recall (sample)", "removals agreeing", "time ratio"):
-        t.add_column(col, justify="right")
-    for n in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            db = Path(tmp) / "s.duckdb"
-            measure("prep", n, threshold, db)
-            a = measure("skd", n, threshold, db)
-            b = measure(f"skd:{parts}", n, threshold, db)
-            one = set(json.loads(db.with_name("removed-0.json").read_text()))
-            two = set(json.loads(db.with_name(f"removed-{parts}.json").read_text()))
-        agree = len(one & two) / max(1, len(one | two))
-        t.add_row(f"{n:,}", f"{a['seconds']:.1f}", f"{a['peak_gib']:.2f}", f"{b['seconds']:.1f}",
-                  f"{b['peak_gib']:.2f}", f"{b['largest']:,}",
-                  f"{b['audit']['recall']:.4f} ({b['audit']['found']:,}/{b['audit']['pairs']:,})", f"{agree:.4f}",
-                  f"{b['seconds'] / a['seconds']:.2f}x")
-        console.print(t)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000")
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--skip-quality", action="store_true")
-    ap.add_argument("--partitions", type=int, default=0, help="also compare a partitioned run with N partitions")
     ap.add_argument("--child")
     ap.add_argument("--n", type=int)
     ap.add_argument("--db", type=Path)
@@ -229,11 +195,7 @@ def main() -> None:
             quality(console)
         else:
             console.print(f"skipping the quality comparison: {STSB} is absent")
-    sizes = [int(s) for s in args.sizes.split(",")]
-    if args.partitions:
-        partitioned(console, sizes, args.threshold, args.partitions)
-        return
-    speed(console, sizes, args.threshold)
+    speed(console, [int(s) for s in args.sizes.split(",")], args.threshold)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ class DedupResult:
     pairs: int = 0
     searched: int = 0
     partitions: int = 0
+    max_visits: int = 0
     uncertified: int = 0  # partitioned search: vectors near more partitions than they visited
     largest_partition: int = 0  # vectors in the busiest partition's task (members and guests): a worker's memory
     audit: dict[str, Any] = field(default_factory=dict)  # partitioned: exact search of a sample, pairs found of it
@@ -207,7 +208,8 @@ def dedup(store: Store, method: str = DEFAULT.method, threshold: float = DEFAULT
         if partitions and n:
             x = vectors_for(store, ids, model, where)
             i, j, _, p = partitioned_pairs(x, threshold, partitions, max_visits, queries, map_fn=map_fn)
-            result.partitions, result.uncertified, result.largest_partition = partitions, p.uncertified, p.largest
+            result.partitions, result.max_visits = partitions, max_visits
+            result.uncertified, result.largest_partition = p.uncertified, p.largest
             a = audit(x, i, j, threshold, queries=queries)
             result.audit = {"items": a.rows, "pairs": a.pairs, "found": a.found, "recall": round(a.recall, 6)}
             del x
@@ -239,8 +241,10 @@ def write_clusters(store: Store, result: DedupResult, ids: list[str], labels: np
                       "is_representative": (rep_row == np.arange(len(ids))).tolist()})
     result.clusters = int(len(rep))
     result.removed = result.items - result.clusters
-    run_id = store.start_run("dedup", {"method": result.method, "threshold": result.threshold,
-                                       "scope": result.scope, "where": where})
+    config = {"method": result.method, "threshold": result.threshold, "scope": result.scope, "where": where}
+    if result.partitions:
+        config |= {"partitions": result.partitions, "max_visits": result.max_visits}
+    run_id = store.start_run("dedup", config)
     with store.transaction():  # the clusters and their run's record commit together
         store.dedup.write(result.method, result.threshold, result.scope, table, run_id)
         store.finish_run(run_id, "ok", result.as_dict())

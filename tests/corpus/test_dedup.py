@@ -174,6 +174,8 @@ def test_partitioned_dedup_equals_one_index_full_and_incremental(atomic_db, tmp_
         part = dedup(s, "semantic", 0.8, "global", incremental=False, partitions=12, max_visits=12)
         assert clusters(s, "semantic", 0.8, "global") == expected and part.removed == one.removed > 0
         assert part.partitions == 12 and part.audit["recall"] == 1.0 and part.audit["items"] == min(1000, one.items)
+        recorded = json.loads(s.scalar("SELECT config FROM runs WHERE stage = 'dedup' ORDER BY started_at DESC"))
+        assert (recorded["partitions"], recorded["max_visits"]) == (12, 12)
         keep = s.con.execute("SELECT item_id FROM items ORDER BY item_id LIMIT 600").fetchall()
         s.con.execute("DELETE FROM dedup_clusters WHERE item_id NOT IN (SELECT unnest(?::VARCHAR[]))",
                       [[k[0] for k in keep]])  # as if the other items arrived after the last dedup

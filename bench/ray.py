@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,8 +75,6 @@ def stages(db: Path, engine: EngineConfig | None) -> dict[str, float]:
 
 
 def engines_table(console: Console, n: int, tmp: Path) -> EngineConfig:
-    import shutil
-
     base = corpus(tmp, n)
     local_db, ray_db = tmp / "local.duckdb", tmp / "ray.duckdb"
     shutil.copy(base, local_db)

@@ -43,7 +43,8 @@ class DedupConfig(BaseModel):
     model: str = Field(MINILM, description="Embedding model (semantic): HF id, path, or an embedded one.")
     partitions: int = Field(0, ge=0, description="Semantic: 0 searches one index; N splits the vectors into N "
                                                  "k-means partitions searched one by one (bounded memory, parallel "
-                                                 "on the Ray engine), every pair still found (corpus/partition.py).")
+                                                 "on the Ray engine); each run audits its recall on a sample "
+                                                 "(corpus/partition.py).")
     max_visits: int = Field(4, ge=1, description="Partitioned: partitions each vector is searched in at most (its "
                                                  "nearest); the run audits a sample exactly and reports the recall.")
 

@@ -71,8 +71,6 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
         todo, total = s.embeddings.missing(model, where)
         run_id = s.start_run("embed", {"model": model, "where": where})
     stats = EmbedSummary(model, items=total, already_embedded=total - todo.num_rows)
-    if todo.num_rows:
-        load_encoder(model)  # a missing model is one line here, not an error inside a worker
     started = time.monotonic()
 
     def advance(n: int) -> None:
@@ -83,5 +81,5 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
 
     advance(0)
     job = BatchJob(todo, EmbedBatch, {"model": model, "batch_size": batch_size}, "embeddings", chunk)
-    stage_job(db_path, run_id, job, mapper if todo.num_rows else local_mapper, advance, stats.as_dict)
+    stage_job(db_path, run_id, job, mapper, advance, stats.as_dict)
     return stats

@@ -56,8 +56,6 @@ def score_items(db_path: str | Path, name: str, where: str | None = None, chunk:
     outside = outside_coverage(read_card(Path(row["path"])).get("coverage"))
     for key in filter(None, map(outside, todo.select(["kind", "relation"]).to_pylist())):
         stats.uncovered[key] = stats.uncovered.get(key, 0) + 1
-    if todo.num_rows:
-        load_critic(row["path"])  # a missing or broken critic is one line here, not an error inside a worker
     started = time.monotonic()
 
     def advance(n: int) -> None:
@@ -69,7 +67,7 @@ def score_items(db_path: str | Path, name: str, where: str | None = None, chunk:
     advance(0)
     job = BatchJob(todo, ScoreBatch, {"path": str(row["path"]), "critic_id": row["critic_id"],
                                       "batch_size": batch_size}, "scores", chunk)
-    stage_job(db_path, run_id, job, mapper if todo.num_rows else local_mapper, advance, stats.as_dict)
+    stage_job(db_path, run_id, job, mapper, advance, stats.as_dict)
     return stats
 
 

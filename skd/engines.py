@@ -59,6 +59,9 @@ def ray_mapper(cfg: EngineConfig) -> Mapper:
     def run(job: BatchJob) -> Iterator[pa.Table]:
         import ray
 
+        # one instance here first: a missing or broken model is one line before the cluster starts work, not an
+        # actor's traceback (the local engine builds its one instance in this process anyway)
+        job.fn(**job.kwargs)
         start_ray(cfg)
         # one block per chunk: the pool's actors take blocks in parallel, and each comes back as one staging batch
         blocks = [job.rows.slice(k, job.chunk) for k in range(0, job.rows.num_rows, job.chunk)]

@@ -165,8 +165,8 @@ def stage_job(db_path: str | Path, run_id: str, job: BatchJob, mapper: Mapper = 
     `summary()`, whatever happens; a rerun reads what is still pending, so it resumes after a kill."""
     writer = ShardWriter(Path(str(db_path) + ".d") / "shards" / run_id.split("-")[0])
     status = "failed"
-    try:
-        for k, out in enumerate(mapper(job)):
+    try:  # nothing pending: no engine is started and no model is loaded
+        for k, out in enumerate(mapper(job) if job.rows.num_rows else ()):
             commit_batch(db_path, writer, {job.table: out}, f"{run_id}-{k:09d}", run_id)
             if on_rows:
                 on_rows(out.num_rows)

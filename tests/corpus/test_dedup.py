@@ -184,3 +184,17 @@ def test_partitioned_dedup_equals_one_index_full_and_incremental(atomic_db, tmp_
     p = run_skd("dedup", "--method", "semantic", "--threshold", "0.8", "--scope", "global", "--full",
                 "--partitions", "12", "--max-visits", "1", db=db, check=True)
     assert "searched in 12 partitions" in p.stdout and "recall" in p.stdout
+
+
+def test_nothing_pending_loads_no_model_and_a_missing_model_is_one_line(corpus_db, tmp_path):
+    db = tmp_path / "m.duckdb"
+    shutil.copy(corpus_db, db)
+    with Store(db) as s:  # every item already embedded under a model name that cannot be loaded
+        s.con.execute("INSERT INTO embeddings (item_id, model, vector) "
+                      "SELECT item_id, '/nonexistent/model', vector FROM embeddings")
+    assert embed_items(db, model="/nonexistent/model").embedded == 0
+    with Store(db) as s:
+        s.con.execute("DELETE FROM embeddings WHERE model = '/nonexistent/model'")
+    p = run_skd("embed", "--model", "/nonexistent/model", "--quiet", db=db)
+    assert p.returncode == 2 and p.stderr.startswith("skd: error: model '/nonexistent/model'")
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr

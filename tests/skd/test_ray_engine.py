@@ -104,3 +104,10 @@ def test_engine_options_are_checked():
     p = run_skd("embed", "--engine", "spark", "--db", "/nonexistent/x.duckdb")
     assert p.returncode == 2 and "--engine: kind" in p.stderr and "Traceback" not in p.stderr
     assert mapper_for(None).__name__ == "local_mapper" and task_map_for(EngineConfig()) is map
+
+
+def test_a_missing_model_is_one_line_before_the_cluster_works(corpus, tmp_path):
+    db = copy(corpus, tmp_path, "m")
+    p = run_skd("embed", "--engine", "ray", "--model", "/nonexistent/model", "--quiet", db=db)
+    assert p.returncode == 2 and p.stderr.startswith("skd: error: model '/nonexistent/model'")
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr

@@ -4,11 +4,15 @@
    reach N): the local engine (one process, torch's threads) against the Ray engine (a local cluster of this
    machine, an actor pool of one model per CPU). Ray's time counts the actors' model loads but not the cluster's
    start, which is printed apart (a cluster is started once and serves every stage after).
-2. Semantic dedup of M synthetic 384-d vectors (bench/dedup.py's clusters of near-duplicates): skd's single index
+2. Generation of R atomic10x requests (ATOMIC-10x inferences for seed events, 4 samples each) by the embedded
+   teacher (SmolLM2-135M-Instruct, transformers backend): the local engine against the Ray engine's actor pool of
+   one teacher per CPU; the same seeds, so the bench also checks that both stored the same samples.
+3. Semantic dedup of M synthetic 384-d vectors (bench/dedup.py's clusters of near-duplicates): skd's single index
    against the partitioned search run locally and as Ray tasks; removals that agree with the single index, the
    busiest partition (the most vectors one worker holds), the sampled audit's recall.
 
-    python bench/ray.py [--items 20000] [--vectors 1000000] [--partitions 256]
+    python bench/ray.py [--items 20000] [--requests 96] [--vectors 1000000] [--partitions 256]
+                        [--only engines|generate|dedup]
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from corpus import dedup, embed_items
 from critics import train_critic
 from critics.config import CriticConfig
 from critics.score import score_items
-from skd.engines import EngineConfig, mapper_for, start_ray, task_map_for
+from generators import make_recipe, run_generation
+from skd.engines import EngineConfig, mapper_for, start_ray, task_map_for, teacher_for
 from store import Store, import_labels, ingest_file
 
 DATA = ROOT.parent / "shared" / "data"
@@ -74,12 +79,11 @@ def stages(db: Path, engine: EngineConfig | None) -> dict[str, float]:
     return out
 
 
-def engines_table(console: Console, n: int, tmp: Path) -> EngineConfig:
+def engines_table(console: Console, n: int, cfg: EngineConfig, tmp: Path) -> None:
     base = corpus(tmp, n)
     local_db, ray_db = tmp / "local.duckdb", tmp / "ray.duckdb"
     shutil.copy(base, local_db)
     shutil.copy(base, ray_db)
-    cfg = EngineConfig(kind="ray", actors=os.cpu_count() or 2)
     t = time.perf_counter()
     start_ray(cfg)
     started = time.perf_counter() - t
@@ -94,7 +98,35 @@ def engines_table(console: Console, n: int, tmp: Path) -> EngineConfig:
         table.add_row(stage, f"{a:.1f}", f"{n / a:,.0f}", f"{b:.1f}", f"{n / b:,.0f}", f"{b / a:.2f}x",
                       "yes" if b / a <= 1.2 else "no")
     console.print(table)
-    return cfg
+
+
+def generate_once(db: Path, requests: int, engine: EngineConfig | None) -> float:
+    recipe = make_recipe("atomic10x", {"events_from": "seeds", "max_events": requests // 4,
+                                       "relations": ["xWant", "xNeed", "xReact", "xIntent"],
+                                       "inference_sampling": {"n": 4, "temperature": 0.9, "top_p": 0.9,
+                                                              "max_tokens": 16, "stop": ["\n"]}})
+    t = time.perf_counter()
+    teacher, mapper = teacher_for(engine, "transformers", "smollm2-135m-instruct", {"batch_size": 16})
+    run_generation(db, recipe, teacher, seed=0, batch_size=16, mapper=mapper)
+    teacher.close()
+    return time.perf_counter() - t
+
+
+def generate_table(console: Console, requests: int, cfg: EngineConfig, tmp: Path) -> None:
+    local = generate_once(tmp / "g-local.duckdb", requests, None)
+    on_ray = generate_once(tmp / "g-ray.duckdb", requests, cfg)
+    sql = "SELECT request_id, sample_index, text FROM generations ORDER BY 1, 2"
+    with Store(tmp / "g-local.duckdb", read_only=True) as a, Store(tmp / "g-ray.duckdb", read_only=True) as b:
+        same = a.con.execute(sql).fetchall() == b.con.execute(sql).fetchall()
+        samples = a.scalar("SELECT count(*) FROM generations")
+    table = Table(title=f"generation: {requests} atomic10x requests x 4 samples, SmolLM2-135M-Instruct "
+                        f"(transformers); Ray: {cfg.actors} teacher actors", title_justify="left")
+    for col in ("engine", "s", "samples/s", "vs local", "goal <= 1.2x", "same samples as local"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    table.add_row("local", f"{local:.1f}", f"{samples / local:.1f}", "1.00x", "", "")
+    table.add_row("ray", f"{on_ray:.1f}", f"{samples / on_ray:.1f}", f"{on_ray / local:.2f}x",
+                  "yes" if on_ray / local <= 1.2 else "no", "yes" if same else "no")
+    console.print(table)
 
 
 def dedup_table(console: Console, m: int, parts: int, cfg: EngineConfig, tmp: Path) -> None:
@@ -129,16 +161,25 @@ def dedup_table(console: Console, m: int, parts: int, cfg: EngineConfig, tmp: Pa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--requests", type=int, default=96)
     ap.add_argument("--vectors", type=int, default=1_000_000)
     ap.add_argument("--partitions", type=int, default=256)
+    ap.add_argument("--only", choices=("engines", "generate", "dedup"))
     args = ap.parse_args()
     if not (DATA / "atomic2020/human_tuples.tsv").is_file():
         sys.exit(f"needs ../shared/data ({DATA})")
     console = Console(width=200)
+    cfg = EngineConfig(kind="ray", actors=os.cpu_count() or 2)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = engines_table(console, args.items, Path(tmp))
-        dedup_table(console, args.vectors, args.partitions, cfg, Path(tmp))
-    console.print(f"python bench/ray.py --items {args.items} --vectors {args.vectors} --partitions {args.partitions}")
+        if args.only in (None, "engines"):
+            engines_table(console, args.items, cfg, Path(tmp))
+        if args.only in (None, "generate"):
+            start_ray(cfg)
+            generate_table(console, args.requests, cfg, Path(tmp))
+        if args.only in (None, "dedup"):
+            dedup_table(console, args.vectors, args.partitions, cfg, Path(tmp))
+    console.print(f"python bench/ray.py --items {args.items} --requests {args.requests} --vectors {args.vectors} "
+                  f"--partitions {args.partitions}" + (f" --only {args.only}" if args.only else ""))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,11 @@ class EmbedBatch:
         self.model, self.batch_size = model, batch_size
         self.encoder = load_encoder(model)
 
+    @staticmethod
+    def preflight(model: str, batch_size: int = 128) -> None:
+        """What an engine checks before its workers start, without loading the model: that it exists."""
+        resolve_model(model)
+
     def __call__(self, part: pa.Table) -> pa.Table:
         vectors = encode(self.encoder, part.to_pylist(), self.batch_size)
         return pa.table({"item_id": part["item_id"], "model": [self.model] * part.num_rows,

@@ -37,6 +37,12 @@ class ScoreBatch:
     def __init__(self, path: str, critic_id: str, batch_size: int = 128):
         self.critic, self.critic_id, self.batch_size = load_critic(path), critic_id, batch_size
 
+    @staticmethod
+    def preflight(path: str, critic_id: str, batch_size: int = 128) -> None:
+        """What an engine checks before its workers start, without loading the critic: that it is one (a model
+        that fails to load later is still one line: the engine reports the worker's error)."""
+        read_card(Path(path))
+
     def __call__(self, part: pa.Table) -> pa.Table:
         scores = self.critic.score(verbalize_rows(part.to_pylist()), batch_size=self.batch_size)
         return pa.table({"item_id": part["item_id"], "critic_id": [self.critic_id] * part.num_rows,

@@ -18,12 +18,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import ShardWriter, Store, commit_batch, ingest_shards, open_store
+from store import BatchJob, Mapper, ShardWriter, Store, commit_batch, ingest_shards, open_store
 from store.items import TEXT_FIELDS
 
 from .backends import Teacher
 from .constraints import unmet
 from .recipes import ParseError, Recipe
+from .teacher_job import GenerateBatch, TeacherSpec, request_rows, response_from
 from .types import Completion, Request, usage_of
 
 # A staged batch's items: the text fields of store.items' one field list, then choices, extra and provenance.
@@ -155,15 +156,19 @@ def check_constraints(teacher: Teacher, requests: list[Request]) -> None:
 
 def run_generation(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: int = 0,
                    limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
-                   on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
-    """Every stage of the recipe in order, each a resumable run; the summary adds them up."""
+                   on_batch: Callable[[GenerateSummary, int], None] | None = None,
+                   mapper: Mapper | None = None) -> GenerateSummary:
+    """Every stage of the recipe in order, each a resumable run; the summary adds them up. With a MAPPER (an
+    engine: Ray), TEACHER is a `TeacherSpec` that the engine's workers build; without, a teacher built here."""
     total: GenerateSummary | None = None
-    stage = run_stage
+    stage: Callable[..., GenerateSummary] = run_stage
+    extra: dict[str, Any] = {"mapper": mapper}
     if getattr(teacher, "batch", False):  # provider batch jobs: the same batches, another way to get them
         from .batch import run_batch_stage as stage
+        extra = {}
     for part in recipe.stages():
         stats = stage(db_path, part, teacher, seed=seed, limit=limit, batch_size=batch_size, config=config,
-                          on_batch=on_batch)
+                      on_batch=on_batch, **extra)
         total = stats if total is None else total.plus(stats)
     assert total is not None
     return total
@@ -200,23 +205,43 @@ def stage_run(db_path: Path, recipe: Recipe, teacher: Teacher, seed: int, limit:
 
 def run_stage(db_path: str | Path, recipe: Recipe, teacher: Teacher, *, seed: int = 0,
               limit: int | None = None, batch_size: int = 32, config: dict[str, Any] | None = None,
-              on_batch: Callable[[GenerateSummary, int], None] | None = None) -> GenerateSummary:
+              on_batch: Callable[[GenerateSummary, int], None] | None = None,
+              mapper: Mapper | None = None) -> GenerateSummary:
     db_path = Path(db_path)
     started = time.monotonic()
     writer = ShardWriter(shard_dir(db_path))
     with stage_run(db_path, recipe, teacher, seed, limit, config or {}) as (stats, todo):
         if on_batch:
             on_batch(stats, len(todo))
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            outputs = teacher.generate(chunk)
+        for k, (chunk, outputs) in enumerate(answers(teacher, todo, batch_size, mapper)):
             commit_batch(db_path, writer, batch_tables(stats.run_id, recipe, teacher, chunk, outputs, stats),
-                         f"{stats.run_id}-{start:08d}", stats.run_id)
+                         f"{stats.run_id}-{k:08d}", stats.run_id)
             stats.generated += len(chunk)
             stats.seconds = time.monotonic() - started
             if on_batch:
                 on_batch(stats, len(todo))
     return stats
+
+
+def answers(teacher: Teacher | TeacherSpec, todo: list[Request], batch_size: int,
+            mapper: Mapper | None) -> Iterator[tuple[list[Request], list[list[Completion]]]]:
+    """Each chunk of pending requests with its completions: asked of the teacher here, or handed to the engine
+    as a job whose workers build the teacher (chunks then come back as workers finish them, in any order)."""
+    if mapper is None:
+        if isinstance(teacher, TeacherSpec):
+            raise TypeError("a TeacherSpec is built by an engine's workers: pass the engine's mapper")
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            yield chunk, teacher.generate(chunk)
+        return
+    if not isinstance(teacher, TeacherSpec):
+        raise TypeError("an engine builds its own teachers: pass a TeacherSpec, not a loaded teacher")
+    if not todo:  # nothing pending: no engine is started and no model is loaded
+        return
+    by_id = {r.request_id: r for r in todo}
+    for table in mapper(BatchJob(request_rows(todo), GenerateBatch, teacher.job_kwargs(), "responses", batch_size)):
+        ids = table.column("request_id").to_pylist()
+        yield [by_id[i] for i in ids], [response_from(t) for t in table.column("response").to_pylist()]
 
 
 def new_items(store: Store, run_id: str) -> int:

@@ -10,14 +10,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from generators import RECIPES, GenerateSummary, make_recipe, make_teacher, run_generation
+from generators import RECIPES, GenerateSummary, make_recipe, run_generation
 from generators.backends import option_names
 from generators.config import GenerateConfig
 from generators.recipes import read_toml
 from store import SkdError, default_path
 
 from .config_options import config_options
-from .options import Db, Json, Quiet
+from .engines import engine_from, teacher_for
+from .options import Actors, Db, EngineKind, Json, Quiet, RayAddress
 from .output import err, out, print_json, run_with_progress
 
 RecipeName = Enum("RecipeName", {r: r for r in RECIPES}, type=str)
@@ -100,6 +101,7 @@ def generate(
     tensor_parallel_size: Annotated[int | None, typer.Option(help="vllm: GPUs per model.")] = None,
     max_model_len: Annotated[int | None, typer.Option(help="vllm: context length.")] = None,
     dtype: Annotated[str | None, typer.Option(help="Model dtype (auto, float32, bfloat16, float16).")] = None,
+    engine: EngineKind = "local", ray_address: RayAddress = None, actors: Actors = 2,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Overgenerate with a teacher: every completion is stored (parsed or not), every item with provenance."""
@@ -107,13 +109,13 @@ def generate(
     opts = teacher_options(cfg.backend, config, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm,
                            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, dtype=dtype)
     r.check_inputs()
-    t = make_teacher(cfg.backend, cfg.teacher, **opts)
+    t, mapper = teacher_for(engine_from(engine, ray_address, actors), cfg.backend, cfg.teacher, opts)
     progress, update = progress_view(quiet or json)
-    record = {"backend": cfg.backend, "teacher_options": opts, "batch_size": cfg.batch_size}
+    record = {"backend": cfg.backend, "teacher_options": opts, "batch_size": cfg.batch_size, "engine": engine}
     try:
         stats = run_with_progress(progress, lambda: run_generation(
             db or default_path(), r, t, seed=cfg.seed, limit=cfg.limit, batch_size=cfg.batch_size, config=record,
-            on_batch=update))
+            on_batch=update, mapper=mapper))
     finally:
         t.close()
     if json:

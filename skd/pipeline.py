@@ -116,7 +116,7 @@ class Pipeline(Strict):
     student: StudentOptions | None = None
     eval: EvalStage | None = None
     loop: LoopStage = Field(default_factory=LoopStage)
-    engine: EngineConfig = Field(default_factory=EngineConfig)  # where scoring, embedding and dedup run
+    engine: EngineConfig = Field(default_factory=EngineConfig)  # where generation, scoring, embedding and dedup run
 
     @model_validator(mode="after")
     def _check_across_stages(self) -> Pipeline:

@@ -17,7 +17,7 @@ from corpus import create_snapshot, dedup, embed_items, export_snapshot, push_sn
 from corpus.stats import distinct_n
 from critics import train_critic
 from critics.score import score_items
-from generators import make_recipe, make_teacher, planned_requests, run_generation
+from generators import make_recipe, planned_requests, run_generation
 from store import SkdError, Store, import_labels, ingest_file, open_store
 from train import TrainConfig, fit
 from train.eval_run import EvalConfig
@@ -25,7 +25,7 @@ from train.evaluate import compare
 
 from .cmd_critic import coverage_warnings
 from .cmd_generate import progress_view
-from .engines import mapper_for, task_map_for
+from .engines import mapper_for, task_map_for, teacher_for
 from .output import progress_bar, run_with_progress
 from .pipeline import Pipeline, step_name
 from .wiring import evaluate, student_recipe
@@ -169,14 +169,14 @@ class Runner:
         backend, options = g.backend, g.teacher_options
         lineage: dict[str, Any] = {"round": self.round, "generator": "teacher"}
         if self.round == 1:
-            teacher = make_teacher(backend, g.teacher, **options)
+            teacher, mapper = teacher_for(self.p.engine, backend, g.teacher, options)
         else:  # self-imitation: the previous round's student, asked as it was trained
             with Store(self.db, read_only=True) as s:
                 student = s.students.get(self.made.student_id)
             # the teacher's load options (a GGUF file, tensor parallelism) are not the student's
             backend = g.backend if g.backend in ("transformers", "vllm") else "transformers"
             options = {k: v for k, v in options.items() if k == "batch_size"} if backend == g.backend else {}
-            teacher = make_teacher(backend, student["path"], **options)
+            teacher, mapper = teacher_for(self.p.engine, backend, student["path"], options)
             recipe = student_recipe(recipe, self.p.student.format, self.made.student_id)
             lineage |= {"generator": "student", "student_id": self.made.student_id,
                         "prompt_format": self.p.student.format}
@@ -185,7 +185,7 @@ class Runner:
             stats = run_with_progress(progress, lambda: run_generation(
                 self.db, recipe, teacher, seed=g.seed, limit=g.limit, batch_size=g.batch_size,
                 config={"backend": backend, "teacher_options": options, "pipeline": True} | lineage,
-                on_batch=update))
+                on_batch=update, mapper=mapper))
         finally:
             teacher.close()
         diversity = self.generated_diversity(recipe, teacher.model)

@@ -38,19 +38,14 @@ class VllmTeacher:
 
     def params(self, s: Sampling):
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
-        kw: dict[str, Any] = dict(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                                  stop=list(s.stop) or None, presence_penalty=s.presence_penalty,
-                                  frequency_penalty=s.frequency_penalty, seed=s.seed,
-                                  logprobs=0 if s.logprobs else None, bad_words=banned_words(s) or None)
+        kw = sampling_kwargs(s)
         if s.lexical is not None and s.lexical.boost:  # static here: vLLM's bias lasts the whole sample
             tok = self.llm.get_tokenizer()
             kw["logit_bias"] = {t: s.lexical.boost for clause in s.lexical.include for t in first_tokens(tok, clause)}
-        c = grammar_of(s)
-        if c is not None:
-            from vllm.sampling_params import StructuredOutputsParams
-            kw["structured_outputs"] = StructuredOutputsParams(json=c.json_schema, regex=c.regex, choice=c.choice,
-                                                               grammar=c.grammar)
+        if "structured_outputs" in kw:
+            kw["structured_outputs"] = StructuredOutputsParams(**kw["structured_outputs"])
         return SamplingParams(**kw)
 
     def generate(self, requests: list[Request]) -> list[list[Completion]]:
@@ -98,3 +93,17 @@ class VllmTeacher:
                                     n_tokens=len(o.token_ids), logprob=o.cumulative_logprob)
                          for o in sorted(result.outputs, key=lambda o: o.index)],
                         prompt_tokens=len(result.prompt_token_ids or []))
+
+
+def sampling_kwargs(s: Sampling) -> dict[str, Any]:
+    """vLLM's SamplingParams for a request as plain data (what Ray's vLLM processor takes per row); the lexical
+    boost needs the engine's tokenizer and is added by the caller."""
+    kw: dict[str, Any] = dict(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                              stop=list(s.stop) or None, presence_penalty=s.presence_penalty,
+                              frequency_penalty=s.frequency_penalty, seed=s.seed,
+                              logprobs=0 if s.logprobs else None, bad_words=banned_words(s) or None)
+    c = grammar_of(s)
+    if c is not None:
+        kw["structured_outputs"] = {k: v for k, v in {"json": c.json_schema, "regex": c.regex, "choice": c.choice,
+                                                      "grammar": c.grammar}.items() if v is not None}
+    return kw

@@ -164,3 +164,30 @@ def test_batch_jobs_run_by_vllms_batch_runner(smollm2, tmp_path):
         assert s.scalar("SELECT min(prompt_tokens) FROM requests") > 10
         assert s.scalar("SELECT sum(completion_tokens) FROM requests") > 6
         assert s.scalar("SELECT count(*) FROM batch_jobs WHERE status = 'completed'") == 1
+
+
+def test_ray_http_processor_against_vllm_serve(vllm_server, tmp_path):
+    """`--engine ray` with an OpenAI-compatible teacher goes through ray.data.llm's HTTP processor, on a real local
+    cluster, against the real server: the same requests and completions as the local engine's HTTP client."""
+    ray = pytest.importorskip("ray", reason="the ray engine needs the ray package (pip install 'skd[ray]')")
+    from generators.teacher_job import TeacherSpec
+    from skd.engines import EngineConfig, ray_mapper
+
+    recipe = {"events_from": "seeds", "max_events": 4, "relations": ["xWant", "xReact"],
+              "inference_sampling": {"n": 2, "temperature": 1.0, "max_tokens": 12, "stop": ["\n"]}}
+    options = {"base_url": vllm_server}
+    local, on_ray = tmp_path / "local.duckdb", tmp_path / "ray.duckdb"
+    a = run_generation(local, make_recipe("atomic10x", recipe), make_teacher("openai", "smollm2-135m-instruct",
+                                                                             **options), seed=3, batch_size=4)
+    try:
+        b = run_generation(on_ray, make_recipe("atomic10x", recipe),
+                           TeacherSpec("openai", "smollm2-135m-instruct", options), seed=3, batch_size=4,
+                           mapper=ray_mapper(EngineConfig(kind="ray", num_cpus=2, actors=2)))
+    finally:
+        ray.shutdown()
+    assert (a.requests, a.completions, a.prompt_tokens) == (b.requests, b.completions, b.prompt_tokens) == \
+        (8, 16, a.prompt_tokens) and a.prompt_tokens > 0
+    sql = "SELECT request_id, sample_index, text FROM generations ORDER BY 1, 2"
+    with Store(local, read_only=True) as x, Store(on_ray, read_only=True) as y:
+        assert x.con.execute(sql).fetchall() == y.con.execute(sql).fetchall()  # seeded: the same samples
+        assert y.scalar("SELECT count(*) FROM requests WHERE prompt_tokens > 0") == 8

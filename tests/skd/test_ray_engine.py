@@ -111,3 +111,94 @@ def test_a_missing_model_is_one_line_before_the_cluster_works(corpus, tmp_path):
     p = run_skd("embed", "--engine", "ray", "--model", "/nonexistent/model", "--quiet", db=db)
     assert p.returncode == 2 and p.stderr.startswith("skd: error: model '/nonexistent/model'")
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+# -- generation ---------------------------------------------------------------------------------------------------
+
+GENERATE = ('events_from = "seeds"\nmax_events = 20\nrelations = ["xWant", "xNeed"]\n'
+            '[inference_sampling]\nn = 3\ntemperature = 1.0\ntop_p = 0.5\nmax_tokens = 16\nstop = ["\\n"]\n')
+
+
+def generated(db):
+    with Store(db, read_only=True) as s:
+        return (s.con.execute("SELECT request_id, sample_index, text, parsed_ok FROM generations ORDER BY 1, 2")
+                .fetchall(),
+                s.con.execute("SELECT item_id, head, relation, tail FROM items ORDER BY 1").fetchall(),
+                s.con.execute("SELECT item_id, request_id, sample_index FROM item_sources ORDER BY 2, 3, 1").fetchall())
+
+
+def test_generation_on_ray_equals_the_local_engine_and_a_killed_driver_loses_nothing(cluster, tiny_lm, tmp_path):
+    """The transformers backend in an actor pool: the same seeds give the same samples as the local engine, and a
+    driver killed part way, rerun, ends with exactly the uninterrupted result (nothing lost, nothing twice)."""
+    cfg = tmp_path / "atomic.toml"
+    cfg.write_text(GENERATE)
+    args = ["generate", "atomic10x", "--teacher", str(tiny_lm), "--config", str(cfg), "--seed", "5",
+            "--batch-size", "2", "--quiet"]
+    local, killed = tmp_path / "local.duckdb", tmp_path / "killed.duckdb"
+    run_skd(*args, db=local, check=True, env={"HF_HUB_OFFLINE": "1"})
+    ray_args = [*args, "--engine", "ray", "--ray-address", cluster.address]
+    proc = subprocess.Popen([sys.executable, "-m", "skd", *ray_args, "--db", str(killed)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(proc, killed, "SELECT count(*) FROM ingested_shards", 4)
+    done = json.loads(run_skd(*ray_args, "--json", db=killed, check=True).stdout)
+    assert done["already_done"] >= 8 and done["generated"] > 0 and done["already_done"] + done["generated"] == 40
+    expected, got = generated(local), generated(killed)
+    assert len(expected[0]) == 120 and got == expected
+    with Store(killed, read_only=True) as s:
+        config = json.loads(s.scalar("SELECT config FROM runs WHERE stage = 'generate' ORDER BY started_at DESC "
+                                     "LIMIT 1"))
+    assert config["engine"] == "ray"
+
+
+def test_generation_errors_on_ray_are_one_line(cluster, tiny_lm, tmp_path):
+    cfg, http = tmp_path / "atomic.toml", tmp_path / "http.toml"
+    cfg.write_text(GENERATE)
+    http.write_text(GENERATE + "[teacher]\nmax_retries = 1\nbackoff = 0.01\n")
+    db = tmp_path / "e.duckdb"
+    base = ["generate", "atomic10x", "--engine", "ray", "--ray-address", cluster.address, "--quiet"]
+    p = run_skd(*base, "--config", str(cfg), "--teacher", "/nonexistent/model", db=db)
+    assert p.returncode == 2 and p.stderr.startswith("skd: error: model '/nonexistent/model'")
+    assert p.stderr.count("\n") == 1
+    # the HTTP processor against a port nobody listens on: retried, then one line naming what failed
+    p = run_skd(*base, "--config", str(http), "--backend", "openai", "--teacher", "m",
+                "--base-url", "http://127.0.0.1:9/v1", db=db)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "the Ray engine failed: the endpoint failed after 2 attempts (last: ClientConnectorError)" in p.stderr
+    with Store(db, read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM generations") == 0
+        assert s.scalar("SELECT status FROM runs WHERE stage = 'generate'") == "failed"
+    p = run_skd(*base, "--config", str(cfg), "--backend", "openai-batch", "--teacher", "m", db=db)
+    assert p.returncode == 2 and "takes no --engine ray" in p.stderr
+
+
+def test_a_vllm_teacher_on_a_cluster_without_gpus_is_one_line_not_a_wait(cluster, smollm2, tmp_path):
+    """Ray's vLLM processor asks each engine for a GPU; on a CPU cluster that would wait forever."""
+    cfg = tmp_path / "atomic.toml"
+    cfg.write_text(GENERATE)
+    p = run_skd("generate", "atomic10x", "--backend", "vllm", "--config", str(cfg), "--engine", "ray",
+                "--ray-address", cluster.address, "--quiet", db=tmp_path / "v.duckdb", timeout=120)
+    assert p.returncode == 2 and "this Ray cluster has none" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_vllm_processor_rows_are_one_sample_each_and_come_back_as_whole_requests():
+    """Ray's vLLM processor keeps one output per row: a request of n samples goes in as n seeded rows, and its
+    samples, arriving in any batches and order, come back as one response once all are in."""
+    import pyarrow as pa
+
+    from generators import Request, Sampling
+    from generators.teacher_job import response_from
+    from skd.ray_llm import regrouped, sample_rows
+
+    reqs = [Request(model="m", sampling=Sampling(n=3, seed=7, stop=("\n",)), prompt="a"),
+            Request(model="m", sampling=Sampling(n=1), messages=(("user", "b"),))]
+    rows = sample_rows(reqs)
+    params = [json.loads(r["sampling_params"]) for r in rows]
+    assert [r["sample_index"] for r in rows] == [0, 1, 2, 0] and all(p["n"] == 1 for p in params)
+    assert params[0]["seed"] == 7 and len({p["seed"] for p in params[:3]}) == 3 and params[3]["seed"] is None
+    out = [{"request_id": r["request_id"], "sample_index": r["sample_index"], "text": f"t{r['sample_index']}",
+            "n_tokens": 2, "prompt_tokens": 5} for r in rows]
+    batches = [pa.Table.from_pylist([out[2], out[3]]), pa.Table.from_pylist([out[1]]), pa.Table.from_pylist([out[0]])]
+    tables = list(regrouped(iter(batches), reqs))
+    assert [t.column("request_id").to_pylist() for t in tables] == [[reqs[1].request_id], [reqs[0].request_id]]
+    whole = response_from(tables[1].column("response")[0].as_py())
+    assert [c.text for c in whole] == ["t0", "t1", "t2"] and whole.prompt_tokens == 5

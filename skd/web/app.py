@@ -254,7 +254,9 @@ def create_app(db: Path, token: str, *, public: bool = False, source: str = jm.S
         with corpus.open(write=True) as s:
             result = jm.record(s, typed.annotator, [j.model_dump() for j in typed.judgements], source=corpus.source,
                                sample=typed.sample)
-        return result
+            # the page's annotator and agreement tables, as they stand now (the page redraws them)
+            people = [p | {"last": str(p["last"])} for p in jm.annotators(s)]
+            return result | {"people": people, "agreement": jm.agreement(s)}
 
     return app
 

@@ -168,6 +168,8 @@ def test_browse_filter_lineage_annotate_diff_report(corpus, server, browser, tmp
     got = judgements_of(corpus, "alice")
     assert [g[0] for g in got] == [1, 0, None] and [g[1] for g in got] == [1, 0, None]
     until(lambda: "3 of 50 judged" in b.find_element(By.ID, "progress").text)
+    # the annotators table follows without a reload: alice, 3 judged, 1 accepted, 1 rejected, 1 skipped
+    assert until(lambda: "alice 3 1 1 1" in b.find_element(By.ID, "annotators").text)
     shot(b, tmp_path, "annotate")
 
     # a long job holds the corpus: the judgement waits in the browser, then lands once the job is done
@@ -218,7 +220,10 @@ def test_judgements_resent_or_refused_are_stored_once(corpus, server):
                                                {"item_id": "no-such-item", "label": 1, "client_id": "x2"}]}
     assert httpx.post(server + "/api/judgements", json=body).status_code == 403  # no token: refused
     r = httpx.post(server + "/api/judgements", json=body, headers={"X-SKD-Token": token})
-    assert r.json() == {"saved": 1, "repeated": 0, "unknown": 1}
+    counts = {k: r.json()[k] for k in ("saved", "repeated", "unknown")}
+    assert counts == {"saved": 1, "repeated": 0, "unknown": 1}
+    assert {"annotator": "bob", "judged": 1, "accepted": 1}.items() <= next(
+        p for p in r.json()["people"] if p["annotator"] == "bob").items()  # the page redraws its table from this
     r = httpx.post(server + "/api/judgements", json=body, headers={"X-SKD-Token": token})
     assert r.json()["saved"] == 0 and r.json()["repeated"] == 1  # a resent judgement lands once
     bad = {"annotator": "bob", "judgements": [{"item_id": ids[1], "label": 7}]}

@@ -43,7 +43,9 @@
         if (r.ok || r.status === 422) {  // stored, or malformed (said once): either way not resent
           const sent = new Set(js.map((j) => j.client_id));
           save(load().filter((j) => !sent.has(j.client_id)));
-          if (!r.ok) queueNote.textContent = "refused: " + JSON.stringify((await r.json()).detail || "").slice(0, 200);
+          const data = await r.json();
+          if (!r.ok) queueNote.textContent = "refused: " + JSON.stringify(data.detail || "").slice(0, 200);
+          else redraw(data);
         } else {
           queueNote.textContent = `${load().length} judgement(s) waiting: ${(await r.json()).error || r.status}`;
         }
@@ -52,6 +54,21 @@
       }
     }
     if (!load().length) queueNote.textContent = "";
+  }
+  // the annotator and agreement tables as the server now has them; text only (names are anyone's input)
+  const count = (v) => Number(v).toLocaleString("en-US");
+  const ratio = (v) => (v === null || v === undefined ? "\u2013" : String(Number(Number(v).toPrecision(4))));
+  function fill(id, rows, cells) {
+    const t = document.getElementById(id);
+    if (!t || !rows) return;
+    Array.from(t.rows).slice(1).forEach((row) => row.remove());
+    rows.forEach((row) => { const tr = t.insertRow(); cells(row).forEach((v) => { tr.insertCell().textContent = v; }); });
+  }
+  function redraw(data) {
+    fill("annotators", data.people, (p) => [p.annotator, count(p.judged), count(p.accepted), count(p.rejected),
+                                            count(p.skipped), p.last]);
+    fill("agreement", data.agreement, (g) => [g.a + " \u00b7 " + g.b, count(g.items), ratio(g.agreement),
+                                              ratio(g.kappa)]);
   }
   function judge(label) {
     if (pos >= all.length) return;

@@ -8,7 +8,7 @@ import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,8 @@ def fitted_length(tok: Any, texts: list[str], cap: int = 256) -> int:
     return int(min(cap, -(-np.percentile(lengths, 99) // 8) * 8))
 
 
-def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):
+def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path,
+                 on_step: Callable[[int, int], None] | None = None):
     from datasets import Dataset
     from sklearn.metrics import roc_auc_score
     from transformers import (
@@ -135,9 +136,16 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
         AutoTokenizer,
         DataCollatorWithPadding,
         EarlyStoppingCallback,
+        PrinterCallback,
         Trainer,
+        TrainerCallback,
         TrainingArguments,
     )
+
+    class Steps(TrainerCallback):  # the caller's progress display, step by step
+        def on_step_end(self, args, state, control, **kw):
+            if on_step:
+                on_step(state.global_step, state.max_steps)
 
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
@@ -171,11 +179,13 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
         save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="auc", greater_is_better=True,
         logging_steps=max(1, cfg.eval_steps // 4), report_to=[], warmup_steps=max(1, steps // 16),
         use_cpu=device() == "cpu", bf16=bf16_native(), remove_unused_columns=False,  # keep the weight column
-        train_sampling_strategy="group_by_length")  # batches of like lengths: little padding with dynamic padding
+        train_sampling_strategy="group_by_length",  # batches of like lengths: little padding with dynamic padding
+        disable_tqdm=True)
     trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train),
                               eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev),
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=auc,
-                              callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)])
+                              callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), Steps()])
+    trainer.remove_callback(PrinterCallback)  # its log dicts went to stdout, where --json prints the card
     trainer.train()
     trainer.model.save_pretrained(out / "model", safe_serialization=True)
     tok.save_pretrained(out / "model")
@@ -188,13 +198,16 @@ def fit_judge(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFra
     return load_judge(base, cfg.prompt or JUDGE_PROMPT)
 
 
-def fit_critic(cfg: CriticConfig, train: pl.DataFrame, dev: pl.DataFrame, out: Path) -> tuple[Any, np.ndarray,
-                                                                                           dict[str, Any] | None]:
-    """Train on TRAIN (early stopping on DEV) into OUT; the critic, its raw dev scores and its calibration."""
-    fit = {"embedding": fit_embedding, "finetune": fit_finetune, "llm-judge": fit_judge}[cfg.mode]
+def fit_critic(cfg: CriticConfig, train: pl.DataFrame, dev: pl.DataFrame, out: Path,
+               on_step: Callable[[int, int], None] | None = None) -> tuple[Any, np.ndarray, dict[str, Any] | None]:
+    """Train on TRAIN (early stopping on DEV) into OUT; the critic, its raw dev scores and its calibration.
+    ON_STEP(step, steps) follows a fine-tune (the other modes train in seconds)."""
     base = resolve_model(cfg.base)
     with deterministic(cfg.seed):
-        critic = fit(cfg, base, train, dev, out)
+        if cfg.mode == "finetune":
+            critic = fit_finetune(cfg, base, train, dev, out, on_step)
+        else:
+            critic = {"embedding": fit_embedding, "llm-judge": fit_judge}[cfg.mode](cfg, base, train, dev, out)
     raw = label_scores(critic, base, verbalize_rows(dev.to_dicts()))
     return critic, raw, fit_platt(raw, dev["label"].to_numpy()) if cfg.calibrate else None
 
@@ -207,7 +220,8 @@ def label_scores(critic: Any, base: str, texts: list[str]) -> np.ndarray:
     return critic.score(texts)
 
 
-def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path) -> dict[str, Any]:
+def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,
+                 on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Train, choose thresholds on dev, save to `out` and register in `critics`; returns the card. The corpus
     is open only to read the labels and to register the critic: readers and writers work while it trains."""
     with Store(db) as store:  # for writing, like the callers that may hold it in this process
@@ -217,7 +231,7 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path) -> dic
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    critic, raw, cal = fit_critic(cfg, train, dev, tmp)
+    critic, raw, cal = fit_critic(cfg, train, dev, tmp, on_step)
     if isinstance(critic, FinetunedCritic):  # the card records the length the critic was trained at
         cfg = cfg.model_copy(update={"max_length": critic.max_length})
     dev_labels = dev["label"].to_numpy()

@@ -57,11 +57,13 @@ def train(
     name: Annotated[str, typer.Argument(help="Name of the new critic.")],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact folder \\[default: DB.d/critics/NAME].")]
     = None,
-    db: Db = None, json: Json = False,
+    db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Train a critic from the labels table; thresholds are chosen on a dev split by head/question."""
     db_path = db or default_path()
-    card = train_critic(db_path, name, cfg, out_dir or Path(str(db_path) + ".d") / "critics" / name)
+    progress, update = progress_bar(f"train {name}", "steps", quiet or json or cfg.mode != "finetune")
+    card = run_with_progress(progress, lambda: train_critic(
+        db_path, name, cfg, out_dir or Path(str(db_path) + ".d") / "critics" / name, on_step=update))
     if json:
         print_json(card)
         return

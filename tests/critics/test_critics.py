@@ -58,9 +58,15 @@ def test_embedding_critic_artifact_thresholds_and_fresh_process(embedding_critic
 def test_finetuned_critic_trains_and_reloads(tmp_path, ckbp_small):
     with Store(tmp_path / "c.duckdb") as s:
         import_labels(s, ckbp_small, "ckbp")
+        steps = []
         card = train_critic(s.path, "ft", CriticConfig(mode="finetune", max_steps=24, eval_steps=12, batch_size=16,
-                                                  lr=1e-4), tmp_path / "ft")
+                                                  lr=1e-4), tmp_path / "ft", on_step=lambda k, n: steps.append((k, n)))
         train, dev = split(load_labels(s, None), 0.15, 0)
+    assert steps == [(k, 24) for k in range(1, 25)]  # the progress display follows every step
+    # on the command line, --json prints the card alone: the Trainer's log lines go nowhere near stdout
+    p = run_skd("critic", "train", "ft2", "--mode", "finetune", "--max-steps", "2", "--eval-steps", "2",
+                "--batch-size", "16", "--json", db=tmp_path / "c.duckdb", check=True)
+    assert json.loads(p.stdout)["name"] == "ft2"
     # No max_length given: the card records one that fits 99% of the training texts, and the critic uses it.
     tok = AutoTokenizer.from_pretrained(tmp_path / "ft" / "model")
     lengths = np.array([len(ids) for ids in tok(verbalize_rows(train.to_dicts()))["input_ids"]])

@@ -64,18 +64,33 @@ def http_processor(job: BatchJob, cfg: EngineConfig, chat: bool) -> Any:
 
     # the teacher built here only for what it knows (URL, key, price); it loads nothing
     teacher = OpenAITeacher(job.kwargs["model"], **job.kwargs["options"])
-    headers = {"Authorization": f"Bearer {teacher._key}"} if teacher._key else {}
-    rpm = job.kwargs["options"].get("rpm")
+    workers = cfg.teachers or cfg.actors
     config = HttpRequestProcessorConfig(
-        url=teacher.base_url + ("/chat/completions" if chat else "/completions"), headers=headers,
-        concurrency=cfg.teachers or cfg.actors, batch_size=job.chunk, max_retries=teacher.max_retries,
-        base_retry_wait_time_in_s=teacher.backoff, qps=max(1, int(rpm / 60)) if rpm else None)
+        url=teacher.base_url + ("/chat/completions" if chat else "/completions"), headers=teacher.headers(),
+        concurrency=workers, batch_size=job.chunk, max_retries=teacher.max_retries,
+        base_retry_wait_time_in_s=teacher.backoff, qps=per_worker_qps(job.kwargs["options"], workers))
     price = teacher.price
     return build_processor(
         config,
         preprocess=lambda row: {"request_id": row["request_id"], "payload": json.loads(row["request"])},
         postprocess=lambda row: {"request_id": row["request_id"],
                                  "response": response_json(http_response(row["http_response"], chat, price))})
+
+
+def per_worker_qps(options: dict[str, Any], workers: int) -> int | None:
+    """The teacher's requests-per-minute limit as Ray's: whole requests per second, which each HTTP worker keeps
+    on its own. A limit it cannot express is one line, not a silently faster run."""
+    if options.get("tpm"):
+        raise SkdError("a tokens-per-minute limit (tpm) is not available through Ray's HTTP processor: use the "
+                       "local engine, or rpm")
+    rpm = options.get("rpm")
+    if not rpm:
+        return None
+    qps = rpm / 60 / workers
+    if qps < 1:
+        raise SkdError(f"rpm {rpm:g} over {workers} Ray HTTP workers is under one request per second each, which "
+                       "Ray's HTTP processor cannot hold: use the local engine, or fewer --actors")
+    return int(qps)
 
 
 def http_response(data: dict[str, Any], chat: bool, price: Any) -> Response:

@@ -57,8 +57,12 @@ class OpenAITeacher:
     def generate(self, requests: list[Request]) -> list[list[Completion]]:
         return asyncio.run(self._generate_all(requests))
 
+    def headers(self) -> dict[str, str]:
+        """The request headers: the key as a bearer token, when the environment gives one."""
+        return {"Authorization": f"Bearer {self._key}"} if self._key else {}
+
     async def _generate_all(self, requests: list[Request]) -> list[list[Completion]]:
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        headers = self.headers()
         limit = asyncio.Semaphore(self.concurrency)
         self.limiter.new_loop()
         async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.timeout) as client:

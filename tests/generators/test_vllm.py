@@ -191,3 +191,44 @@ def test_ray_http_processor_against_vllm_serve(vllm_server, tmp_path):
     with Store(local, read_only=True) as x, Store(on_ray, read_only=True) as y:
         assert x.con.execute(sql).fetchall() == y.con.execute(sql).fetchall()  # seeded: the same samples
         assert y.scalar("SELECT count(*) FROM requests WHERE prompt_tokens > 0") == 8
+
+
+def test_ray_vllm_processor_runs_vllm_cpu_engines_on_a_cluster_without_gpus(tmp_path, smollm2):
+    """`--engine ray` with a vLLM teacher goes through ray.data.llm's vLLM processor; on a cluster without GPUs
+    its engine reserves CPUs and runs vllm-cpu. Every request comes back whole (n samples, one row each in Ray),
+    with the prompt's token count the local engine counts, and a rerun has nothing left to ask."""
+    probe = subprocess.run([str(VLLM_PYTHON), "-c", "import ray.data.llm"], env=ENV, capture_output=True)
+    if probe.returncode:
+        pytest.skip("the vLLM environment has no ray (make vllm-venv installs skd[ray] there)")
+    cfg = tmp_path / "atomic.toml"
+    cfg.write_text('events_from = "seeds"\nmax_events = 4\nrelations = ["xWant", "xReact"]\n'
+                   '[inference_sampling]\nn = 2\ntemperature = 1.0\nmax_tokens = 12\nstop = ["\\n"]\n'
+                   '[teacher]\ndtype = "bfloat16"\nenforce_eager = true\nmax_model_len = 1024\n')
+
+    def generate(db, *engine):
+        args = [str(VLLM_PYTHON), "-m", "skd", "generate", "atomic10x", "--backend", "vllm", "--config", str(cfg),
+                "--db", str(db), "--json", "-q", *engine]
+        proc = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)
+
+    local, on_ray = tmp_path / "local.duckdb", tmp_path / "ray.duckdb"
+    a = generate(local)
+    b = generate(on_ray, "--engine", "ray", "--actors", "1")
+    assert (a["generated"], a["completions"]) == (b["generated"], b["completions"]) == (8, 16)
+    sql = "SELECT request_id, prompt_tokens FROM requests ORDER BY 1"
+    with Store(local, read_only=True) as x, Store(on_ray, read_only=True) as y:
+        assert x.con.execute(sql).fetchall() == y.con.execute(sql).fetchall()
+        assert y.scalar("SELECT count(*) FROM generations WHERE length(text) > 0") >= 12
+        assert y.scalar("SELECT count(DISTINCT sample_index) FROM generations") == 2
+    assert generate(on_ray, "--engine", "ray", "--actors", "1")["generated"] == 0
+
+
+def test_sampling_vllm_rejects_is_one_line():
+    """vLLM's own check of the sampling settings (n > 1 with greedy decoding) is skd's one-line error, not a
+    traceback from inside the engine."""
+    code = ("from generators.backends.vllm_engine import VllmTeacher\nfrom generators import Sampling\n"
+            "VllmTeacher.params(object.__new__(VllmTeacher), Sampling(n=2, temperature=0.0))")
+    proc = subprocess.run([str(VLLM_PYTHON), "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "vLLM rejects the sampling settings: n must be 1" in proc.stderr

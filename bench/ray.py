@@ -11,7 +11,8 @@
    one teacher per CPU; the same seeds, so the bench also checks that both stored the same samples.
 3. Semantic dedup of M synthetic 384-d vectors (bench/dedup.py's clusters of near-duplicates): skd's single index
    against the partitioned search run locally and as Ray tasks; removals that agree with the single index, the
-   busiest partition (the most vectors one worker holds), the sampled audit's recall.
+   busiest partition (the most vectors one worker holds), the peak resident memory of the busiest Ray worker
+   process (measured in the workers), the sampled audit's recall.
 
     python bench/ray.py [--items 20000] [--requests 96] [--vectors 1000000] [--partitions 256]
                         [--only engines|generate|dedup]
@@ -26,7 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 # bench/ray.py would shadow the ray package: import from the project root instead of this folder
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,12 +153,29 @@ def generate_table(console: Console, requests: int, cfg: EngineConfig, tmp: Path
     console.print(table)
 
 
+def peak_tracking(map_fn: Callable) -> tuple[Callable, list[float]]:
+    """MAP_FN whose tasks also report their worker process's peak resident memory (MiB), gathered in the list."""
+    peaks: list[float] = []
+
+    def imap(f: Callable, tasks: Iterable) -> Iterator:
+        def measured(task: Any) -> tuple[Any, float]:
+            import resource
+
+            out = f(task)
+            return out, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        for out, peak in map_fn(measured, tasks):
+            peaks.append(peak)
+            yield out
+    return imap, peaks
+
+
 def dedup_table(console: Console, m: int, parts: int, cfg: EngineConfig, tmp: Path) -> None:
     db = tmp / "v.duckdb"
     store_with_vectors(db, synthetic(m))
     rows = []
+    on_ray, peaks = peak_tracking(task_map_for(cfg))
     for name, kw in (("one index", {}), ("partitioned, local", {"partitions": parts}),
-                     ("partitioned, Ray tasks", {"partitions": parts, "map_fn": task_map_for(cfg)})):
+                     ("partitioned, Ray tasks", {"partitions": parts, "map_fn": on_ray})):
         with Store(db) as s:
             t = time.perf_counter()
             r = dedup(s, "semantic", 0.9, "global", incremental=False, **kw)
@@ -167,15 +187,16 @@ def dedup_table(console: Console, m: int, parts: int, cfg: EngineConfig, tmp: Pa
     table = Table(title=f"semantic dedup of {m:,} synthetic 384-d vectors, threshold 0.9, {parts} partitions "
                         "(each vector searched in its 4 nearest)", title_justify="left")
     for col in ("search", "s", "vs one index", "removed", "removals agreeing", "busiest partition (vectors, MiB)",
-                "audit recall (sample)"):
+                "peak RSS of a Ray worker (MiB)", "audit recall (sample)"):
         table.add_column(col, justify="left" if col == "search" else "right")
     for name, r, seconds, gone in rows:
         agree = len(base & gone) / max(1, len(base | gone))
         busiest = f"{r.largest_partition:,} ({r.largest_partition * 384 * 4 / 2 ** 20:,.0f})" if r.partitions else \
             f"{m:,} ({m * 384 * 4 / 2 ** 20:,.0f})"
         audit = f"{r.audit['recall']:.4f} ({r.audit['found']:,}/{r.audit['pairs']:,})" if r.audit else "exact"
+        peak = f"{max(peaks):,.0f}" if "Ray" in name and peaks else ""
         table.add_row(name, f"{seconds:.1f}", f"{seconds / rows[0][2]:.2f}x", f"{r.removed:,}", f"{agree:.4f}",
-                      busiest, audit)
+                      busiest, peak, audit)
     console.print(table)
 
 

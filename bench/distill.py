@@ -10,13 +10,16 @@ references, and do I2D2 self-imitation rounds improve it further?
    ATOMIC-10x inferences for the distillation heads with the recipe's few-shot prompts; the filter scores them;
    semantic dedup per head and relation; a snapshot cut at recall 0.8 of the filter's dev threshold; a student
    (SmolLM2 + LoRA) trained on it; the student and the teacher (with the prompt it generated with) evaluated.
-4. Beside it, from the same round-1 corpus: students on the unfiltered corpus, on the cut at recall 0.5, and
-   on the human tuples of the distillation heads (the COMET baseline), with the same steps.
+4. Beside it, from the same round-1 corpus: students on the unfiltered corpus, on the cut at recall 0.5, on
+   per-relation cuts at recall 0.8 and 0.5 (the same share of every relation, its best-scored items: the filter
+   has no HinderedBy labels and passes few of them under one threshold), and on the human tuples of the
+   distillation heads (the COMET baseline), with the same steps.
 5. The pipeline again with `[loop] rounds = 3`: round 1 is skipped (done), rounds 2 and 3 generate with the
    previous round's student, through the same critic and dedup, and train on the accepted corpus so far.
 6. Every model completes the evaluation heads' (head, relation) pairs greedily: judge acceptance, ROUGE-L and
    BLEU-2 against all human references (best over references), distinct-2 and unique-output ratio, degenerate
-   rate.
+   rate. Acceptance differences against the teacher and the unfiltered student come with a paired bootstrap 95%
+   interval over the same pairs, and a second table gives acceptance per relation.
 
     python bench/distill.py [--distil-heads 60] [--eval-pairs 300] [--samples 4] [--steps 80] [--work DIR]
 
@@ -38,6 +41,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -129,18 +133,22 @@ def human_corpus(db: Path, own: dict[tuple[str, str], list[str]], tmp: Path) -> 
         ingest_file(s, path, "jsonl")
 
 
-def snapshots(db: Path, where: str, cuts: dict[str, float | None]) -> dict[str, int]:
-    """Snapshots of the round-1 corpus beside the pipeline's: unfiltered, or cut by the filter at a recall
-    (deduplicated as the pipeline did); kept when a run in the same folder cut them before."""
+def cut(recall: float, per_relation: bool = False) -> dict:
+    """The filter's cut at a recall of its dev labels, deduplicated as the pipeline does."""
+    return {"critic": "filter", "threshold_at_recall": recall, "dedup": "semantic", "per_relation": per_relation}
+
+
+def snapshots(db: Path, where: str, cuts: dict[str, dict]) -> dict[str, int]:
+    """Snapshots of the round-1 corpus beside the pipeline's: unfiltered ({}), or a `cut`; kept when a run in the
+    same folder cut them before."""
     from corpus import SnapshotRecipe, create_snapshot, snapshot_row
     from store import Store
 
     out = {}
     with Store(db) as s:
-        for name, recall in cuts.items():
-            cut = {} if recall is None else {"critic": "filter", "threshold_at_recall": recall, "dedup": "semantic"}
+        for name, recipe in cuts.items():
             row = snapshot_row(s, name) if s.snapshots.exists(name) else create_snapshot(
-                s, name, SnapshotRecipe(where=where, split={"train": 1.0}, **cut))
+                s, name, SnapshotRecipe(where=where, split={"train": 1.0}, **recipe))
             out[name] = row["funnel"]["snapshot"]
     return out
 
@@ -166,7 +174,7 @@ def train_students(db: Path, names: list[str], steps: int, tmp: Path) -> dict[st
     return out
 
 
-def evaluate(db: Path, models: dict[str, str], refs: Path, pairs: int) -> dict[str, dict]:
+def evaluate(db: Path, models: dict[str, str], refs: Path, pairs: int) -> tuple[dict[str, dict], dict[str, list]]:
     """Each model (a student folder, or `eval:ID` for an evaluation the pipeline made) on the held-out pairs,
     with the pipeline's eval config (the judge, greedy, 16 tokens)."""
     from corpus.stats import distinct_n
@@ -176,7 +184,7 @@ def evaluate(db: Path, models: dict[str, str], refs: Path, pairs: int) -> dict[s
     from train.evaluate import stored_eval
 
     cfg = EvalConfig(references=refs, relations=RELATIONS, limit=pairs, critic="judge", max_tokens=16)
-    rows = {}
+    rows, samples = {}, {}
     for label, model in models.items():
         started = time.monotonic()
         if model.startswith("eval:"):
@@ -191,8 +199,45 @@ def evaluate(db: Path, models: dict[str, str], refs: Path, pairs: int) -> dict[s
                        "distinct_2": distinct_n(outs, (2,))["distinct_2"],
                        "unique": len({o.lower() for o in outs}) / max(1, len(outs)),
                        "degenerate": m["degenerate_rate"], "seconds": time.monotonic() - started}
+        samples[label] = r["samples"]
         say(f"eval {label}: {rows[label]}")
-    return rows
+    return rows, samples
+
+
+def judged(db: Path, samples: dict[str, list]) -> dict[str, dict]:
+    """Each model's outputs judged again, one by one (the stored evaluation keeps only the acceptance rate): the
+    accepted flags, in the evaluation's order of pairs, and the relation of each."""
+    from skd.wiring import critic_scorer
+    from store import Store
+
+    with Store(db, read_only=True) as s:
+        score, threshold = critic_scorer(s.critics.get("judge"), None)
+    out = {}
+    for label, ss in samples.items():
+        accepted = np.asarray(score([x["input"] | {"tail": x["output"].strip()} for x in ss])) >= threshold
+        out[label] = {"accepted": accepted, "pairs": [(x["input"]["head"], x["input"]["relation"]) for x in ss]}
+    return out
+
+
+def paired(a: dict, b: dict, resamples: int = 2000) -> str:
+    """A's acceptance minus B's on the same pairs, with a paired bootstrap 95% interval."""
+    if a["pairs"] != b["pairs"]:
+        raise SystemExit("evaluations on different pairs cannot be compared pair by pair")
+    x, y = a["accepted"].astype(float), b["accepted"].astype(float)
+    idx = np.random.default_rng(0).integers(0, len(x), (resamples, len(x)))
+    lo, hi = np.percentile(x[idx].mean(1) - y[idx].mean(1), [2.5, 97.5])
+    return f"{x.mean() - y.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def per_relation_table(judgements: dict[str, dict]) -> Table:
+    t = Table(title="Judge acceptance per relation (the same pairs)", title_justify="left")
+    t.add_column("model")
+    for rel in RELATIONS:
+        t.add_column(rel, justify="right")
+    for label, j in judgements.items():
+        rels = np.array([r for _, r in j["pairs"]])
+        t.add_row(label, *(f"{j['accepted'][rels == rel].mean():.2f} ({(rels == rel).sum()})" for rel in RELATIONS))
+    return t
 
 
 def pipeline_evals(runner) -> dict[str, str]:
@@ -233,11 +278,14 @@ def main() -> None:
     first = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=1))
     gen = first.summaries["snapshot"]["funnel"]  # the whole round-1 corpus, also when a rerun generated nothing
     say(f"round 1: {first.summaries['snapshot']['funnel']}")
-    sizes = snapshots(db, GENERATED, {"unfiltered": None, "filtered-r0.5": 0.5})
+    sizes = snapshots(db, GENERATED, {"unfiltered": {}, "filtered-r0.5": cut(0.5),
+                                      "per-relation-r0.8": cut(0.8, per_relation=True),
+                                      "per-relation-r0.5": cut(0.5, per_relation=True)})
     looped = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=args.rounds))
     human_corpus(db, own, tmp)  # after the loop: its dedup and snapshots are of the generated corpus only
-    sizes |= snapshots(db, "domain = 'human'", {"human": None})
-    ids = train_students(db, ["unfiltered", "filtered-r0.5", "human"], args.steps, tmp)
+    sizes |= snapshots(db, "domain = 'human'", {"human": {}})
+    ids = train_students(db, ["unfiltered", "filtered-r0.5", "per-relation-r0.8", "per-relation-r0.5", "human"],
+                         args.steps, tmp)
     loop_rows = looped.round_rows()
     r1 = loop_rows[0]["snapshot_items"]
     made = pipeline_evals(looped)
@@ -247,20 +295,31 @@ def main() -> None:
               f"student: unfiltered ({sizes['unfiltered']:,} items)": ids["unfiltered"],
               f"student: filtered-r0.8 = round 1 ({r1:,} items)": round_students[0],
               f"student: filtered-r0.5 ({sizes['filtered-r0.5']:,} items)": ids["filtered-r0.5"],
+              f"student: per-relation-r0.8 ({sizes['per-relation-r0.8']:,} items)": ids["per-relation-r0.8"],
+              f"student: per-relation-r0.5 ({sizes['per-relation-r0.5']:,} items)": ids["per-relation-r0.5"],
               f"student: human ({sizes['human']:,} tuples)": ids["human"]}
     models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": sid
                for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
-    rows = evaluate(db, models, refs, args.eval_pairs)
+    rows, samples = evaluate(db, models, refs, args.eval_pairs)
+    judgements = judged(db, samples)
+    base = {"teacher": judgements[next(iter(models))],
+            "unfiltered": next(j for label, j in judgements.items() if "unfiltered" in label)}
     t = Table(title=f"SKD at small scale: SmolLM2-135M teacher and students, {len(heads)} distillation heads, "
                     f"{args.samples} samples per (head, relation), {args.steps} LoRA steps, {args.eval_pairs} "
                     "held-out (head, relation) pairs, greedy", title_justify="left")
-    for col in ("model", "judge accept.", "judge mean", "ROUGE-L", "BLEU-2", "distinct-2", "unique", "degen.", "n"):
+    for col in ("model", "judge accept.", "vs teacher [95%]", "vs unfiltered [95%]", "judge mean", "ROUGE-L",
+                "BLEU-2", "distinct-2", "unique", "degen.", "n"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for label, r in rows.items():
-        t.add_row(label, f"{r['judge']:.3f}", f"{r['judge_mean']:.3f}", f"{r['rouge_l']:.3f}", f"{r['bleu2']:.3f}",
-                  f"{r['distinct_2']:.3f}", f"{r['unique']:.3f}", f"{r['degenerate']:.3f}", str(r["n"]))
-    console = Console(width=170)
+        j = judgements[label]
+        if abs(j["accepted"].mean() - r["judge"]) > 1e-9:  # judged again as the evaluation judged: should agree
+            say(f"warning: {label}: judged again {j['accepted'].mean():.4f}, the evaluation said {r['judge']:.4f}")
+        t.add_row(label, f"{r['judge']:.3f}", *(paired(j, b) if b is not j else "" for b in base.values()),
+                  f"{r['judge_mean']:.3f}", f"{r['rouge_l']:.3f}", f"{r['bleu2']:.3f}", f"{r['distinct_2']:.3f}",
+                  f"{r['unique']:.3f}", f"{r['degenerate']:.3f}", str(r["n"]))
+    console = Console(width=200)
     console.print(t)
+    console.print(per_relation_table(judgements))
     from skd.cmd_run import rounds_table
 
     console.print(rounds_table(loop_rows))

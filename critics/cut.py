@@ -23,6 +23,10 @@ class CriticCut(BaseModel):
     threshold_at_recall: float | None = Field(None, gt=0, le=1, description=(
         f"Keep items above the critic's dev threshold reaching this recall [default: {DEFAULT_RECALL}]."))
     min_score: float | None = Field(None, ge=0, le=1, description="... or above this critic score.")
+    per_relation: bool = Field(False, description=(
+        "Keep the same share of every relation (kind, for items without one): the share the cut keeps over all "
+        "of them, the best-scored of each. A critic with no labels of a relation can score all of it low; "
+        "this keeps that relation's best instead of dropping it."))
 
 
 def threshold_of(critic: dict[str, Any], recall: float | None = None, min_score: float | None = None) -> float:

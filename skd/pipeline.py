@@ -156,6 +156,7 @@ class Pipeline(Strict):
         return SnapshotRecipe(
             **s.model_dump(exclude={"name"}), critic=critic, min_score=c.min_score if c else None,
             threshold_at_recall=c.threshold_at_recall if c and c.min_score is None else None,
+            per_relation=bool(c and c.per_relation),
             dedup=d.method if d else None, dedup_threshold=(1.0 if d.method == "exact" else d.threshold) if d else None,
             dedup_scope=d.scope if d else None)
 
@@ -167,14 +168,15 @@ class Pipeline(Strict):
         if table is None:
             return None
         if stage in ("critic", "score"):  # the cut belongs to the snapshot: changing it retrains nothing
-            return table.model_dump(mode="json", exclude={"threshold_at_recall", "min_score"})
+            return table.model_dump(mode="json", exclude={"threshold_at_recall", "min_score", "per_relation"})
         if stage == "dedup":
             # one index: the partition settings change nothing, and a corpus made before they existed is not redone
             d = table.model_dump(mode="json", exclude=set() if table.partitions else {"partitions", "max_visits"})
             return d | ({"where": self.snapshot.where} if self.snapshot.where else {})  # what the snapshot is cut from
         if stage == "snapshot":
-            return table.model_dump(mode="json") | {"critic_cut": [self.critic.threshold_at_recall,
-                                                                   self.critic.min_score] if self.critic else None}
+            c = self.critic
+            cut = [c.threshold_at_recall, c.min_score] + (["per relation"] if c.per_relation else []) if c else None
+            return table.model_dump(mode="json") | {"critic_cut": cut}  # a cut made before per_relation is not redone
         if isinstance(table, BaseModel):
             return table.model_dump(mode="json")
         if isinstance(table, list):

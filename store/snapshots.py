@@ -90,13 +90,15 @@ class Snapshots:
 
     def candidates(self, *, where: str | None, kinds: list[str], relations: list[str], critic_id: str | None,
                    min_score: float | None, dedup: tuple[str, float, str] | None, balance: str | None,
-                   seed: int, option: str = "--where") -> tuple[pa.Table, dict[str, Any]]:
+                   seed: int, option: str = "--where", per_relation: bool = False) -> tuple[pa.Table, dict[str, Any]]:
         """The items passing every filter, each with its split key (its normalised head or question, else its
         id), a seeded draw and its rank by the draw within its `balance` group, ordered by rank then draw;
         and the funnel: how many items the filters before the critic keep and how many of those the critic
         keeps, in all and per relation (kind, for items without one), so a relation the critic drops shows.
 
-        `dedup` is the (method, threshold, scope) whose cluster representatives are kept."""
+        `dedup` is the (method, threshold, scope) whose cluster representatives are kept. With `per_relation`,
+        the critic keeps the same share of every relation (the share `min_score` keeps over all of them), the
+        best-scored items of each (ties by item id)."""
         if balance not in (None, *BALANCE):
             raise ValueError(f"balance is one of {', '.join(BALANCE)}")
         conds = [where_sql(where)]
@@ -113,6 +115,8 @@ class Snapshots:
             params |= {"critic": critic_id, "min": min_score}
             passed = "SELECT b.* FROM base b JOIN scores s ON s.item_id = b.item_id AND s.critic_id = $critic " \
                      "AND s.score >= $min"
+            if per_relation:
+                passed = self._passed_per_relation()
         reps = "SELECT * FROM passed"
         if dedup:
             params |= {"method": dedup[0], "dthr": dedup[1], "scope": dedup[2]}
@@ -137,6 +141,19 @@ class Snapshots:
         if critic_id:
             funnel["critic_pass_rate"] = {str(g): round(int(m) / int(n), 4) for g, n, m in per}
         return table, funnel
+
+    @staticmethod
+    def _passed_per_relation() -> str:
+        """The per-relation cut over the CTE `base`: the overall share of scored items at or above $min, taken
+        from the top of each relation (kind) by score. Unscored items pass in neither cut."""
+        return """SELECT * EXCLUDE (_score, _rank, _n) FROM (
+                SELECT b.*, s.score AS _score,
+                       row_number() OVER (PARTITION BY coalesce(b.relation, b.kind)
+                                          ORDER BY s.score DESC, b.item_id) AS _rank,
+                       count(*) OVER (PARTITION BY coalesce(b.relation, b.kind)) AS _n
+                FROM base b JOIN scores s ON s.item_id = b.item_id AND s.critic_id = $critic)
+            WHERE _rank <= round(_n * (SELECT avg((s.score >= $min)::DOUBLE) FROM base b
+                                       JOIN scores s ON s.item_id = b.item_id AND s.critic_id = $critic))"""
 
     def diff(self, a_id: str, b_id: str, sample: int = 10) -> dict[str, Any]:
         """How many items of snapshot B are not in A (`added`) and of A not in B (`removed`), the first SAMPLE of

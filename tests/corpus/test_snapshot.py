@@ -51,6 +51,12 @@ def snap(s, name, **recipe):
     return create_snapshot(s, name, SnapshotRecipe(**recipe))
 
 
+def judge_scores(s, score_sql):
+    """A critic 'judge' (threshold 0.5 at recall 0.5) and its score of every item, by SQL over the item."""
+    s.con.execute("INSERT INTO critics (critic_id, name, thresholds) VALUES ('c1', 'judge', '{\"recall@0.5\": 0.5}')")
+    s.con.execute(f"INSERT INTO scores SELECT item_id, 'c1', {score_sql}, current_timestamp FROM items")
+
+
 def test_same_corpus_and_options_give_the_same_hash(corpus_db):
     with Store(corpus_db) as s:
         a = snap(s, "a", limit=10, seed=3, split={"train": 0.5, "test": 0.5})
@@ -86,10 +92,7 @@ def test_diff_is_exact(corpus_db):
 
 def test_critic_threshold_dedup_and_balance(corpus_db):
     with Store(corpus_db) as s:
-        s.con.execute("INSERT INTO critics (critic_id, name, thresholds) VALUES ('c1', 'judge', "
-                      "'{\"recall@0.5\": 0.5}')")
-        s.con.execute("INSERT INTO scores SELECT item_id, 'c1', CASE WHEN tail LIKE 'to%' THEN 0.9 ELSE 0.2 END, "
-                      "current_timestamp FROM items")
+        judge_scores(s, "CASE WHEN tail LIKE 'to%' THEN 0.9 ELSE 0.2 END")
         kept = snap(s, "kept", critic="judge", threshold_at_recall=0.5)
         assert kept["funnel"]["passed_critic"] == 16 and kept["recipe"]["critic_threshold"] == 0.5
         assert set(snapshot_frame(s, "kept")["relation"]) == {"xWant"}
@@ -102,6 +105,23 @@ def test_critic_threshold_dedup_and_balance(corpus_db):
         bal = snap(s, "bal", balance="relation", dedup="exact")
         counts = snapshot_frame(s, "bal")["relation"].value_counts()
         assert counts["count"].to_list() == [16, 16] and bal["recipe"]["dedup_setting"] == [1.0, "global"]
+
+
+def test_per_relation_cut_keeps_the_same_share_of_every_relation(corpus_db):
+    """A critic that scores one relation low (no labels of it) drops that relation under one threshold; the
+    per-relation cut keeps the overall share of each relation instead, its best-scored items."""
+    with Store(corpus_db) as s:
+        judge_scores(s, "CASE WHEN tail LIKE 'to%' THEN 0.9 WHEN tail LIKE 'happy%' THEN 0.3 ELSE 0.2 END")
+        one = snap(s, "one", critic="judge", threshold_at_recall=0.5)
+        per = snap(s, "per", critic="judge", threshold_at_recall=0.5, per_relation=True)
+        with pytest.raises(SkdError, match="need --critic"):
+            snap(s, "none", per_relation=True)
+        df = snapshot_frame(s, "per")
+    assert one["funnel"]["critic_pass_rate"] == {"xReact": 0.0, "xWant": 1.0}
+    # 16 of 33 items pass the threshold: the same share of each relation, rounded (8 of 16, 8 of 17)
+    assert per["funnel"]["passed_critic"] == 16 and per["recipe"]["per_relation"] is True
+    assert df["relation"].value_counts().sort("relation")["count"].to_list() == [8, 8]
+    assert all(t.startswith("happy") for t in df.filter(pl.col("relation") == "xReact")["tail"])
 
 
 def test_stats_match_hand_computed_values(corpus_db):

@@ -180,3 +180,21 @@ def test_every_stage_has_its_function():
 
     runner = Runner(Pipeline.model_validate({"snapshot": {"name": "s"}}), say=lambda m: None)
     assert tuple(runner.stage_functions()) == STAGES
+
+
+def test_the_per_relation_cut_belongs_to_the_snapshot(tmp_path):
+    """[critic] per_relation = true reaches the snapshot's recipe and reruns the snapshot, not the critic; a
+    pipeline without it keeps the snapshot config it had before the option existed (no rerun)."""
+    import tomllib
+
+    from skd.pipeline import Pipeline
+
+    raw = tomllib.loads(write(tmp_path).read_text())
+    one = Pipeline.model_validate(raw)
+    raw["critic"]["per_relation"] = True
+    per = Pipeline.model_validate(raw)
+    assert per.snapshot_recipe("c").per_relation and not one.snapshot_recipe("c").per_relation
+    assert one.stage_config("critic") == per.stage_config("critic")
+    assert one.stage_config("score") == per.stage_config("score")
+    assert one.stage_config("snapshot")["critic_cut"] == [None, 0.0001]
+    assert per.stage_config("snapshot")["critic_cut"] == [None, 0.0001, "per relation"]

@@ -145,15 +145,16 @@ class Snapshots:
     @staticmethod
     def _passed_per_relation() -> str:
         """The per-relation cut over the CTE `base`: the overall share of scored items at or above $min, taken
-        from the top of each relation (kind) by score. Unscored items pass in neither cut."""
-        return """SELECT * EXCLUDE (_score, _rank, _n) FROM (
-                SELECT b.*, s.score AS _score,
+        from the top of each relation (kind) by score. Unscored items pass in neither cut. One join: the share
+        is a window over all scored items, beside each relation's rank and count."""
+        return """SELECT * EXCLUDE (_rank, _n, _share) FROM (
+                SELECT b.*,
                        row_number() OVER (PARTITION BY coalesce(b.relation, b.kind)
                                           ORDER BY s.score DESC, b.item_id) AS _rank,
-                       count(*) OVER (PARTITION BY coalesce(b.relation, b.kind)) AS _n
+                       count(*) OVER (PARTITION BY coalesce(b.relation, b.kind)) AS _n,
+                       avg((s.score >= $min)::DOUBLE) OVER () AS _share
                 FROM base b JOIN scores s ON s.item_id = b.item_id AND s.critic_id = $critic)
-            WHERE _rank <= round(_n * (SELECT avg((s.score >= $min)::DOUBLE) FROM base b
-                                       JOIN scores s ON s.item_id = b.item_id AND s.critic_id = $critic))"""
+            WHERE _rank <= round(_n * _share)"""
 
     def diff(self, a_id: str, b_id: str, sample: int = 10) -> dict[str, Any]:
         """How many items of snapshot B are not in A (`added`) and of A not in B (`removed`), the first SAMPLE of

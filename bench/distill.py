@@ -20,8 +20,11 @@ references, and do I2D2 self-imitation rounds improve it further?
    BLEU-2 against all human references (best over references), distinct-2 and unique-output ratio, degenerate
    rate. Acceptance differences against the teacher and the unfiltered student come with a paired bootstrap 95%
    interval over the same pairs, and a second table gives acceptance per relation.
+7. The same outputs by a second judge (MPNet, frozen + head): the first judge's labels plus the human tuples, and
+   tail swaps as negatives, of distillation-split heads beyond those distilled on (no model trains on them and no
+   evaluation asks about them). CKBP has no HinderedBy labels, so the first judge cannot judge that relation.
 
-    python bench/distill.py [--distil-heads 60] [--eval-pairs 300] [--samples 4] [--steps 80] [--work DIR]
+    python bench/distill.py [--distil-heads 60] [--eval-pairs 0 (all)] [--samples 4] [--steps 80] [--work DIR]
 
 With --work, what a run in DIR already made (generations, critics, snapshots, students, evaluations) is kept.
 """
@@ -52,6 +55,8 @@ GENERATED = "domain = 'atomic10x'"
 # so a cut added by a later run in the same --work folder is of the same items
 ROUND_1 = (f"{GENERATED} AND item_id IN (SELECT item_id FROM snapshot_items WHERE snapshot_id = "
            "(SELECT snapshot_id FROM snapshots WHERE name = 'unfiltered'))")
+# the second judge: the first's labels plus human tuples (and tail swaps) of spare heads, so it has seen HinderedBy
+JUDGE_2 = "judge-atomic"
 STUDENT = {"lora": (16, 32), "lr": 1e-3, "batch_size": 8, "max_length": 64, "save_steps": 10_000}
 
 
@@ -74,17 +79,22 @@ def split_heads(seed: int) -> tuple[list[str], dict[tuple[str, str], list[str]],
     return distil, own, held
 
 
-def critics(db: Path) -> dict:
+def critics(db: Path, spare: Path) -> dict:
+    """The filter and the two judges; `spare` holds the human tuples of distillation-split heads that no model
+    trains on and no evaluation asks about (the second judge's ATOMIC-2020 labels)."""
     from critics import CriticConfig, train_critic
     from store import Store, import_labels
 
     with Store(db) as s:
         import_labels(s, DATA / "ckbp/ckbp1_crowd.csv", "ckbp", source="ckbp1")
         import_labels(s, DATA / "ckbp/ckbp2_dev.csv", "ckbp", source="ckbp2")
+        import_labels(s, spare, "atomic2020", source="atomic-spare")
         files = s.files_dir
+    judge = {"mode": "embedding", "base": "all-mpnet-base-v2"}
     configs = {"filter": CriticConfig(mode="embedding", sources=["ckbp1"]),
-               "judge": CriticConfig(mode="embedding", base="all-mpnet-base-v2", sources=["ckbp1", "ckbp2"],
-                                     source_weights={"ckbp2": 3.0})}
+               "judge": CriticConfig(**judge, sources=["ckbp1", "ckbp2"], source_weights={"ckbp2": 3.0}),
+               JUDGE_2: CriticConfig(**judge, sources=["ckbp1", "ckbp2", "atomic-spare"],
+                                     source_weights={"ckbp2": 3.0, "atomic-spare": 3.0})}
     out = {}
     for name, cfg in configs.items():
         with Store(db, read_only=True) as s:
@@ -208,18 +218,22 @@ def evaluate(db: Path, models: dict[str, str], refs: Path, pairs: int) -> tuple[
     return rows, samples
 
 
-def judged(db: Path, samples: dict[str, list]) -> dict[str, dict]:
-    """Each model's outputs judged again, one by one (the stored evaluation keeps only the acceptance rate): the
-    accepted flags, in the evaluation's order of pairs, and the relation of each."""
+def judged(db: Path, samples: dict[str, list], critic: str) -> dict[str, dict]:
+    """Each model's outputs by CRITIC, one by one: the accepted flags, in the evaluation's order of pairs, and the
+    relation of each. The evaluation's own judge's scores are kept with its outputs; an evaluation stored before
+    they were, and any other critic, scores the outputs here."""
     from skd.wiring import critic_scorer
     from store import Store
 
     with Store(db, read_only=True) as s:
-        score, threshold = critic_scorer(s.critics.get("judge"), None)
+        score, threshold = critic_scorer(s.critics.get(critic), None)
     out = {}
     for label, ss in samples.items():
-        accepted = np.asarray(score([x["input"] | {"tail": x["output"].strip()} for x in ss])) >= threshold
-        out[label] = {"accepted": accepted, "pairs": [(x["input"]["head"], x["input"]["relation"]) for x in ss]}
+        kept = critic == "judge" and all("critic_score" in x for x in ss)
+        scores = [x["critic_score"] for x in ss] if kept else score([x["input"] | {"tail": x["output"].strip()}
+                                                                     for x in ss])
+        out[label] = {"accepted": np.asarray(scores) >= threshold,
+                      "pairs": [(x["input"]["head"], x["input"]["relation"]) for x in ss]}
     return out
 
 
@@ -233,14 +247,17 @@ def paired(a: dict, b: dict, resamples: int = 2000) -> str:
     return f"{x.mean() - y.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
-def per_relation_table(judgements: dict[str, dict]) -> Table:
-    t = Table(title="Judge acceptance per relation (the same pairs)", title_justify="left")
+def per_relation_table(title: str, judgements: dict[str, dict], paired_with: dict[str, dict] | None = None) -> Table:
+    """Acceptance per relation, and (PAIRED_WITH) the difference from those models with its interval."""
+    t = Table(title=title, title_justify="left")
     t.add_column("model")
-    for rel in RELATIONS:
-        t.add_column(rel, justify="right")
+    for col in ["accept.", *(f"vs {b} [95%]" for b in paired_with or {}), *RELATIONS]:
+        t.add_column(col, justify="right")
     for label, j in judgements.items():
         rels = np.array([r for _, r in j["pairs"]])
-        t.add_row(label, *(f"{j['accepted'][rels == rel].mean():.2f} ({(rels == rel).sum()})" for rel in RELATIONS))
+        t.add_row(label, f"{j['accepted'].mean():.3f}",
+                  *(paired(j, b) if b is not j else "" for b in (paired_with or {}).values()),
+                  *(f"{j['accepted'][rels == rel].mean():.2f} ({(rels == rel).sum()})" for rel in RELATIONS))
     return t
 
 
@@ -256,7 +273,7 @@ def pipeline_evals(runner) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--distil-heads", type=int, default=60)
-    ap.add_argument("--eval-pairs", type=int, default=300)
+    ap.add_argument("--eval-pairs", type=int, default=0, help="Held-out pairs to evaluate on (a seeded draw; 0: all).")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--rounds", type=int, default=3)
@@ -271,13 +288,16 @@ def main() -> None:
     db = tmp / "c.duckdb"
     distil, own, held = split_heads(args.seed)
     heads = distil[: args.distil_heads]
+    spare = {k: v for k, v in own.items() if k[0] not in set(heads)}
     own = {k: v for k, v in own.items() if k[0] in set(heads)}
     refs = tmp / "held_out.tsv"  # the evaluation heads' references, in ATOMIC-2020's format
-    refs.write_text("".join(f"{h} @@ {r}\t{'| '.join(t)}\n" for (h, r), t in sorted(held.items())))
+    for path, tuples in ((refs, held), (tmp / "spare.tsv", spare)):
+        path.write_text("".join(f"{h} @@ {r}\t{'| '.join(t)}\n" for (h, r), t in sorted(tuples.items())))
     (tmp / "heads.txt").write_text("\n".join(heads) + "\n")
     say(f"{len(heads)} distillation heads ({sum(len(v) for v in own.values())} human tails), "
-        f"{len(held)} held-out (head, relation) pairs; evaluating on {args.eval_pairs}; work in {tmp}")
-    crit = critics(db)
+        f"{len(held)} held-out (head, relation) pairs; evaluating on {args.eval_pairs or 'all'}; {len(spare)} spare "
+        f"pairs for the second judge; work in {tmp}")
+    crit = critics(db, tmp / "spare.tsv")
     say(f"critics: {crit}")
     first = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=1))
     gen = first.summaries["snapshot"]["funnel"]  # the whole round-1 corpus, also when a rerun generated nothing
@@ -305,12 +325,13 @@ def main() -> None:
     models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": sid
                for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
     rows, samples = evaluate(db, models, refs, args.eval_pairs)
-    judgements = judged(db, samples)
-    base = {"teacher": judgements[next(iter(models))],
-            "unfiltered": next(j for label, j in judgements.items() if "unfiltered" in label)}
+    judgements, second = judged(db, samples, "judge"), judged(db, samples, JUDGE_2)
+
+    def base(j: dict[str, dict]) -> dict[str, dict]:
+        return {"teacher": j[next(iter(models))], "unfiltered": j[next(m for m in models if "unfiltered" in m)]}
     t = Table(title=f"SKD at small scale: SmolLM2-135M teacher and students, {len(heads)} distillation heads, "
-                    f"{args.samples} samples per (head, relation), {args.steps} LoRA steps, {args.eval_pairs} "
-                    "held-out (head, relation) pairs, greedy", title_justify="left")
+                    f"{args.samples} samples per (head, relation), {args.steps} LoRA steps, "
+                    f"{args.eval_pairs or len(held)} held-out (head, relation) pairs, greedy", title_justify="left")
     for col in ("model", "judge accept.", "vs teacher [95%]", "vs unfiltered [95%]", "judge mean", "ROUGE-L",
                 "BLEU-2", "distinct-2", "unique", "degen.", "n"):
         t.add_column(col, justify="left" if col == "model" else "right")
@@ -318,17 +339,20 @@ def main() -> None:
         j = judgements[label]
         if abs(j["accepted"].mean() - r["judge"]) > 1e-9:  # judged again as the evaluation judged: should agree
             say(f"warning: {label}: judged again {j['accepted'].mean():.4f}, the evaluation said {r['judge']:.4f}")
-        t.add_row(label, f"{r['judge']:.3f}", *(paired(j, b) if b is not j else "" for b in base.values()),
+        t.add_row(label, f"{r['judge']:.3f}", *(paired(j, b) if b is not j else "" for b in base(judgements).values()),
                   f"{r['judge_mean']:.3f}", f"{r['rouge_l']:.3f}", f"{r['bleu2']:.3f}", f"{r['distinct_2']:.3f}",
                   f"{r['unique']:.3f}", f"{r['degenerate']:.3f}", str(r["n"]))
     console = Console(width=200)
     console.print(t)
-    console.print(per_relation_table(judgements))
+    console.print(per_relation_table("Judge acceptance per relation (the same pairs)", judgements))
+    console.print(per_relation_table(f"The second judge ({JUDGE_2}: also trained on human tuples of spare heads, "
+                                     "HinderedBy included), on the same outputs", second, base(second)))
     from skd.cmd_run import rounds_table
 
     console.print(rounds_table(loop_rows))
     print(f"critics: filter dev AUC {crit['filter_dev_auc']:.3f} (MiniLM, CKBP v1), judge dev AUC "
-          f"{crit['judge_dev_auc']:.3f} (MPNet, CKBP v1 + v2); teacher parse rate "
+          f"{crit['judge_dev_auc']:.3f} (MPNet, CKBP v1 + v2), second judge dev AUC "
+          f"{crit[JUDGE_2 + '_dev_auc']:.3f} (MPNet, CKBP v1 + v2 + ATOMIC-2020 spare heads); teacher parse rate "
           f"{gen['parsed'] / max(1, gen['completions']):.1%} of {gen['completions']:,} completions; "
           f"this invocation {(time.monotonic() - started) / 60:.1f} min (less when --work held earlier work)")
     print(f"python bench/distill.py --distil-heads {args.distil_heads} --eval-pairs {args.eval_pairs} "

@@ -24,6 +24,7 @@ from .evaluate import (
     cases_from_questions,
     cases_from_references,
     cases_from_snapshot,
+    critic_scores,
     eval_key,
     read_references,
     record_eval,
@@ -126,9 +127,11 @@ def evaluate_model(db_path: Path, model: str, cfg: EvalConfig, *, generate: Gene
     scorer, threshold = scorer_for(critic_row, cfg.critic_recall, cfg.critic_min_score) if critic_row else (None,
                                                                                                           None)
     outputs = generate(student["path"] if student else model, [c.item for c in cases], fmt, cfg)
-    metrics = score_outputs(cases, outputs, embed_model=cfg.embed_model, scorer=scorer, threshold=threshold,
+    scores = critic_scores(cases, outputs, scorer) if scorer else [None] * len(cases)
+    metrics = score_outputs(cases, outputs, embed_model=cfg.embed_model, scores=scores, threshold=threshold,
                             checker=checker)
     samples = [{"input": c.item, "references": c.references, "output": o}
-               for c, o in zip(cases, outputs, strict=True)]
+               | ({"critic_score": score} if score is not None else {})
+               for c, o, score in zip(cases, outputs, scores, strict=True)]
     record_eval(db_path, eval_id, label, metrics, config, student_id, snapshot, samples)
     return {"eval_id": eval_id, "model": label, "metrics": metrics, "config": config, "samples": samples}

@@ -109,10 +109,24 @@ def similarity(outputs: list[str], cases: list[Case], model: str) -> float | Non
     return float(np.mean(best))
 
 
+def critic_scores(cases: list[Case], outputs: list[str],
+                  scorer: Callable[[list[dict[str, Any]]], np.ndarray]) -> list[float | None]:
+    """The critic's score of each output completing its triple (None for an input that is not a triple), kept with
+    the evaluation's samples so two models can be compared pair by pair."""
+    at = [i for i, c in enumerate(cases) if c.item["kind"] == "triple"]
+    got = np.asarray(scorer([cases[i].item | {"tail": outputs[i].strip()} for i in at]), dtype=np.float64) if at \
+        else []
+    out: list[float | None] = [None] * len(cases)
+    for i, s in zip(at, got, strict=True):
+        out[i] = float(s)
+    return out
+
+
 def score_outputs(cases: list[Case], outputs: list[str], *, embed_model: str | None = MINILM,
-                  scorer: Callable[[list[dict[str, Any]]], np.ndarray] | None = None, threshold: float | None = None,
+                  scores: list[float | None] | None = None, threshold: float | None = None,
                   checker: Callable[[str, dict[str, Any]], bool | None] | None = None) -> dict[str, Any]:
-    """Every measure that applies to these inputs, each with the number of inputs it covers."""
+    """Every measure that applies to these inputs, each with the number of inputs it covers; `scores` are the
+    critic's (`critic_scores`)."""
     m: dict[str, Any] = {"n": len(cases), "degenerate_rate": float(np.mean([degenerate(o) for o in outputs]))}
     triples = [(o, c) for o, c in zip(outputs, cases, strict=True) if c.item["kind"] == "triple"]
     with_refs = [(o, c) for o, c in triples if c.references]
@@ -128,10 +142,10 @@ def score_outputs(cases: list[Case], outputs: list[str], *, embed_model: str | N
     if questions:
         right = [checker(o, c.item) if checker else default_check(o, c.item) for o, c in questions]
         m["accuracy"] = {"n": len(questions), "exact_match": float(np.mean([bool(x) for x in right]))}
-    if scorer is not None and triples:
-        items = [c.item | {"tail": o.strip()} for o, c in triples]
-        s = np.asarray(scorer(items), dtype=np.float64)
-        m["critic"] = {"n": len(items), "threshold": threshold, "mean_score": float(s.mean()),
+    judged = [x for x in scores or [] if x is not None]
+    if judged:
+        s = np.asarray(judged, dtype=np.float64)
+        m["critic"] = {"n": len(s), "threshold": threshold, "mean_score": float(s.mean()),
                        "acceptance": float((s >= (threshold if threshold is not None else 0.5)).mean())}
     return m
 

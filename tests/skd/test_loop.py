@@ -11,6 +11,7 @@ import pytest
 
 from store import Store
 from tests.conftest import ROOT, kill_when, run_skd
+from train.evaluate import stored_eval
 
 PIPELINE = """
 [corpus]
@@ -185,3 +186,13 @@ def test_a_kill_in_round_2_resumes_round_2(tmp_path, tiny_lm):
     assert [status for st, r, status in steps if (st, r) == ("generate", 2)] == ["interrupted", "ok"]
     assert again == 0  # no request of round 2 answered twice: the rerun went on where the kill stopped it
     assert [r["round"] for r in json.loads(p.stdout)["rounds"]] == [1, 2, 3]
+
+
+def test_every_evaluation_keeps_each_outputs_critic_score(looped):
+    d, sm = looped
+    with Store(d / "c.duckdb", read_only=True) as s:
+        stored = [stored_eval(s, e["eval_id"]) for e in sm["evals"]]
+    for r in stored:  # the acceptance is that of the scores kept beside the outputs, so models compare pair by pair
+        scores, critic = [x["critic_score"] for x in r["samples"]], r["metrics"]["critic"]
+        assert len(scores) == critic["n"] == 2 and critic["mean_score"] == pytest.approx(sum(scores) / 2)
+        assert critic["acceptance"] == pytest.approx(sum(x >= critic["threshold"] for x in scores) / 2)

@@ -8,12 +8,13 @@ references, and do I2D2 self-imitation rounds improve it further?
    head, CKBP v1 + v2 expert labels, so the filter does not grade itself) are trained.
 3. `skd run`'s pipeline (skd.run.Runner), round 1: the teacher (SmolLM2-135M-Instruct, transformers) writes
    ATOMIC-10x inferences for the distillation heads with the recipe's few-shot prompts; the filter scores them;
-   semantic dedup per head and relation; a snapshot cut at recall 0.8 of the filter's dev threshold; a student
-   (SmolLM2 + LoRA) trained on it; the student and the teacher (with the prompt it generated with) evaluated.
-4. Beside it, from the same round-1 corpus: students on the unfiltered corpus, on the cut at recall 0.5, on
-   per-relation cuts at recall 0.8 and 0.5 (the same share of every relation, its best-scored items: the filter
-   has no HinderedBy labels and passes few of them under one threshold), and on the human tuples of the
-   distillation heads (the COMET baseline), with the same steps.
+   semantic dedup per head and relation; a snapshot cut by the filter (--loop-cut; default: one threshold at
+   recall 0.8 of its dev labels); a student (SmolLM2 + LoRA) trained on it; the student and the teacher (with the
+   prompt it generated with) evaluated.
+4. Beside it, from the same round-1 corpus: students on the unfiltered corpus, on the other cuts of one threshold
+   at recall 0.8 and 0.5 and per-relation cuts at recall 0.8 and 0.5 (the same share of every relation, its
+   best-scored items: the filter has no HinderedBy labels and passes few of them under one threshold), and on the
+   human tuples of the distillation heads (the COMET baseline), with the same steps.
 5. The pipeline again with `[loop] rounds = 3`: round 1 is skipped (done), rounds 2 and 3 generate with the
    previous round's student, through the same critic and dedup, and train on the accepted corpus so far.
 6. Every model completes the evaluation heads' (head, relation) pairs greedily: judge acceptance, ROUGE-L and
@@ -117,7 +118,7 @@ def pipeline(db: Path, tmp: Path, heads: Path, refs: Path, args: argparse.Namesp
                                        "relations": RELATIONS,
                                        "inference_sampling": {"n": args.samples, "temperature": 1.0, "top_p": 0.9,
                                                               "max_tokens": 16, "stop": ["\n"]}}},
-        "critic": {"use": "filter", "threshold_at_recall": 0.8},
+        "critic": {"use": "filter", **{k: v for k, v in CUTS[args.loop_cut].items() if k != "dedup"}},
         "dedup": {"method": "semantic", "threshold": 0.9, "scope": "head-relation"},
         "snapshot": {"name": "loop", "where": GENERATED, "kinds": ["triple"], "split": {"train": 1.0}},
         "student": {"out": tmp / "student-loop", **STUDENT, "max_steps": args.steps},
@@ -150,6 +151,11 @@ def human_corpus(db: Path, own: dict[tuple[str, str], list[str]], tmp: Path) -> 
 def cut(recall: float, per_relation: bool = False) -> dict:
     """The filter's cut at a recall of its dev labels, deduplicated as the pipeline does."""
     return {"critic": "filter", "threshold_at_recall": recall, "dedup": "semantic", "per_relation": per_relation}
+
+
+# the filtered students' cuts of the round-1 corpus; the loop's (--loop-cut) is the pipeline's, the others are beside it
+CUTS = {"filtered-r0.8": cut(0.8), "filtered-r0.5": cut(0.5), "per-relation-r0.8": cut(0.8, per_relation=True),
+        "per-relation-r0.5": cut(0.5, per_relation=True)}
 
 
 def snapshots(db: Path, where: str, cuts: dict[str, dict]) -> dict[str, int]:
@@ -277,6 +283,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--loop-cut", choices=list(CUTS), default="filtered-r0.8",
+                    help="The pipeline's critic cut: round 1's student and every self-imitation round's.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="Folder to work in (kept); default: a new temporary one.")
     args = ap.parse_args()
@@ -303,24 +311,25 @@ def main() -> None:
     gen = first.summaries["snapshot"]["funnel"]  # the whole round-1 corpus, also when a rerun generated nothing
     say(f"round 1: {first.summaries['snapshot']['funnel']}")
     sizes = snapshots(db, GENERATED, {"unfiltered": {}})
-    sizes |= snapshots(db, ROUND_1, {"filtered-r0.5": cut(0.5), "per-relation-r0.8": cut(0.8, per_relation=True),
-                                     "per-relation-r0.5": cut(0.5, per_relation=True)})
+    beside = [name for name in CUTS if name != args.loop_cut]
+    sizes |= snapshots(db, ROUND_1, {name: CUTS[name] for name in beside})
     looped = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=args.rounds))
     human_corpus(db, own, tmp)  # after the loop: its dedup and snapshots are of the generated corpus only
     sizes |= snapshots(db, "domain = 'human'", {"human": {}})
-    ids = train_students(db, ["unfiltered", "filtered-r0.5", "per-relation-r0.8", "per-relation-r0.5", "human"],
-                         args.steps, tmp)
+    ids = train_students(db, ["unfiltered", *beside, "human"], args.steps, tmp)
     loop_rows = looped.round_rows()
     r1 = loop_rows[0]["snapshot_items"]
     made = pipeline_evals(looped)
     teacher = next(v for k, v in made.items() if k.endswith("(teacher)"))
     round_students = [v for k, v in made.items() if k.endswith("(student)")]  # round 1, 2, ...
+
+    def cut_student(name: str) -> tuple[str, str]:  # the loop's cut is round 1's student
+        if name == args.loop_cut:
+            return f"student: {name} = round 1 ({r1:,} items)", round_students[0]
+        return f"student: {name} ({sizes[name]:,} items)", ids[name]
     models = {"teacher (few-shot prompt)": teacher,
               f"student: unfiltered ({sizes['unfiltered']:,} items)": ids["unfiltered"],
-              f"student: filtered-r0.8 = round 1 ({r1:,} items)": round_students[0],
-              f"student: filtered-r0.5 ({sizes['filtered-r0.5']:,} items)": ids["filtered-r0.5"],
-              f"student: per-relation-r0.8 ({sizes['per-relation-r0.8']:,} items)": ids["per-relation-r0.8"],
-              f"student: per-relation-r0.5 ({sizes['per-relation-r0.5']:,} items)": ids["per-relation-r0.5"],
+              **dict(map(cut_student, CUTS)),
               f"student: human ({sizes['human']:,} tuples)": ids["human"]}
     models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": sid
                for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
@@ -356,7 +365,8 @@ def main() -> None:
           f"{gen['parsed'] / max(1, gen['completions']):.1%} of {gen['completions']:,} completions; "
           f"this invocation {(time.monotonic() - started) / 60:.1f} min (less when --work held earlier work)")
     print(f"python bench/distill.py --distil-heads {args.distil_heads} --eval-pairs {args.eval_pairs} "
-          f"--samples {args.samples} --steps {args.steps} --rounds {args.rounds} --seed {args.seed}")
+          f"--samples {args.samples} --steps {args.steps} --rounds {args.rounds} --loop-cut {args.loop_cut} "
+          f"--seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 BALANCE = ("relation", "kind", "domain")  # the columns a snapshot can balance over
 JSON_FIELDS = ("recipe", "funnel", "stats")
+RELATION = "coalesce(relation, kind)"  # what a per-relation count or cut groups by (a kind, for items without one)
 
 
 @dataclass
@@ -134,8 +135,8 @@ class Snapshots:
         with user_filter(option):
             table = self.store.con.sql(sql, params=params | {"seed": str(seed)}).to_arrow_table()
             per = self.store.con.execute(
-                f"{ctes}, b AS (SELECT coalesce(relation, kind) AS g, count(*) AS n FROM base GROUP BY 1), "
-                "p AS (SELECT coalesce(relation, kind) AS g, count(*) AS n FROM passed GROUP BY 1) "
+                f"{ctes}, b AS (SELECT {RELATION} AS g, count(*) AS n FROM base GROUP BY 1), "
+                f"p AS (SELECT {RELATION} AS g, count(*) AS n FROM passed GROUP BY 1) "
                 "SELECT b.g, b.n, coalesce(p.n, 0) FROM b LEFT JOIN p USING (g) ORDER BY b.g", params).fetchall()
         funnel = {"items": sum(int(n) for _, n, _ in per), "passed_critic": sum(int(m) for _, _, m in per)}
         if critic_id:
@@ -147,11 +148,10 @@ class Snapshots:
         """The per-relation cut over the CTE `base`: the overall share of scored items at or above $min, taken
         from the top of each relation (kind) by score. Unscored items pass in neither cut. One join: the share
         is a window over all scored items, beside each relation's rank and count."""
-        return """SELECT * EXCLUDE (_rank, _n, _share) FROM (
+        return f"""SELECT * EXCLUDE (_rank, _n, _share) FROM (
                 SELECT b.*,
-                       row_number() OVER (PARTITION BY coalesce(b.relation, b.kind)
-                                          ORDER BY s.score DESC, b.item_id) AS _rank,
-                       count(*) OVER (PARTITION BY coalesce(b.relation, b.kind)) AS _n,
+                       row_number() OVER (PARTITION BY {RELATION} ORDER BY s.score DESC, b.item_id) AS _rank,
+                       count(*) OVER (PARTITION BY {RELATION}) AS _n,
                        avg((s.score >= $min)::DOUBLE) OVER () AS _share
                 FROM base b JOIN scores s ON s.item_id = b.item_id AND s.critic_id = $critic)
             WHERE _rank <= round(_n * _share)"""

@@ -118,7 +118,7 @@ def pipeline(db: Path, tmp: Path, heads: Path, refs: Path, args: argparse.Namesp
                                        "relations": RELATIONS,
                                        "inference_sampling": {"n": args.samples, "temperature": 1.0, "top_p": 0.9,
                                                               "max_tokens": 16, "stop": ["\n"]}}},
-        "critic": {"use": "filter", **{k: v for k, v in CUTS[args.loop_cut].items() if k != "dedup"}},
+        "critic": {"use": "filter", **{k: v for k, v in CUTS[args.loop_cut].items() if k not in ("critic", "dedup")}},
         "dedup": {"method": "semantic", "threshold": 0.9, "scope": "head-relation"},
         "snapshot": {"name": "loop", "where": GENERATED, "kinds": ["triple"], "split": {"train": 1.0}},
         "student": {"out": tmp / "student-loop", **STUDENT, "max_steps": args.steps},

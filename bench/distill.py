@@ -135,8 +135,10 @@ def run_pipeline(p, quiet: bool = True):
     return runner
 
 
-def human_corpus(db: Path, own: dict[tuple[str, str], list[str]], tmp: Path) -> None:
-    """The distillation heads' human tuples, as items of domain `human` (the COMET baseline's corpus)."""
+def human_corpus(db: Path, own: dict[tuple[str, str], list[str]], tmp: Path) -> str:
+    """The distillation heads' human tuples, ingested as items of domain `human` (the COMET baseline's corpus); the
+    filter that selects them. By their source, not their domain: a tuple a model also wrote is the same item and
+    keeps the domain it was first stored with, and a human baseline that lost it would depend on the loop."""
     import json
 
     from store import Store, ingest_file
@@ -146,6 +148,7 @@ def human_corpus(db: Path, own: dict[tuple[str, str], list[str]], tmp: Path) -> 
                             + "\n" for (h, r), tails in own.items() for t in tails))
     with Store(db) as s:
         ingest_file(s, path, "jsonl")
+    return f"item_id IN (SELECT item_id FROM item_sources WHERE source = '{path}')"
 
 
 def cut(recall: float, per_relation: bool = False) -> dict:
@@ -314,9 +317,9 @@ def main() -> None:
     beside = [name for name in CUTS if name != args.loop_cut]
     sizes |= snapshots(db, ROUND_1, {name: CUTS[name] for name in beside})
     looped = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=args.rounds))
-    human_corpus(db, own, tmp)  # after the loop: its dedup and snapshots are of the generated corpus only
-    sizes |= snapshots(db, "domain = 'human'", {"human": {}})
-    ids = train_students(db, ["unfiltered", *beside, "human"], args.steps, tmp)
+    human = human_corpus(db, own, tmp)  # after the loop: its dedup and snapshots are of the generated corpus only
+    sizes |= snapshots(db, human, {"human-tuples": {}})
+    ids = train_students(db, ["unfiltered", *beside, "human-tuples"], args.steps, tmp)
     loop_rows = looped.round_rows()
     r1 = loop_rows[0]["snapshot_items"]
     made = pipeline_evals(looped)
@@ -330,7 +333,7 @@ def main() -> None:
     models = {"teacher (few-shot prompt)": teacher,
               f"student: unfiltered ({sizes['unfiltered']:,} items)": ids["unfiltered"],
               **dict(map(cut_student, CUTS)),
-              f"student: human ({sizes['human']:,} tuples)": ids["human"]}
+              f"student: human ({sizes['human-tuples']:,} tuples)": ids["human-tuples"]}
     models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": sid
                for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
     rows, samples = evaluate(db, models, refs, args.eval_pairs)

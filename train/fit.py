@@ -170,10 +170,14 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
         ) -> dict[str, Any]:
     """Train, save and register a student; resumes from OUT/checkpoints when a checkpoint is there."""
     import datasets
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, set_seed
     from transformers.utils import logging as hf_logging
 
     items, snap = training_items(Path(db), cfg)
+    # the seed governs the adapters' random init too (the Trainer seeds only once the model exists): otherwise a
+    # student depends on what the process drew before it, and retraining the same config in another process,
+    # or after other work in the same one, gives another student
+    set_seed(cfg.seed)
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     model, tok = load_base(cfg)

@@ -79,6 +79,26 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(atomic_db, tiny_
     assert card["summary"]["resumed_from"].startswith("checkpoint-") and card["summary"]["steps"] == 40
 
 
+def test_a_students_seed_fixes_it_whatever_the_process_drew_before(atomic_db, tiny_lm):
+    """The seed governs the adapters' random init, not only the data order: the same config gives the same
+    student after other random draws in the process, and another seed gives another student."""
+    import torch
+    from safetensors.torch import load_file
+
+    db, d = atomic_db
+
+    def adapter(name: str, seed: int) -> dict:
+        torch.rand(1000)  # other work in the process moves the global random state
+        fit(db, TrainConfig(snapshot="eight", out=d / name, base=str(tiny_lm), max_steps=2, lr=1e-3, batch_size=4,
+                            lora=(4, 8), seed=seed, bf16=False))
+        return load_file(d / name / "adapter" / "adapter_model.safetensors")
+
+    first, again, other = adapter("seed-a", 0), adapter("seed-b", 0), adapter("seed-c", 1)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
 def test_a_teacher_is_evaluated_against_human_references(atomic_db, tiny_lm):
     db, d = atomic_db
     refs = shared_file("atomic2020/human_tuples.tsv")

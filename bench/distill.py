@@ -25,7 +25,12 @@ references, and do I2D2 self-imitation rounds improve it further?
    tail swaps as negatives, of distillation-split heads beyond those distilled on (no model trains on them and no
    evaluation asks about them). CKBP has no HinderedBy labels, so the first judge cannot judge that relation.
 
-    python bench/distill.py [--distil-heads 60] [--eval-pairs 0 (all)] [--samples 4] [--steps 80] [--work DIR]
+    python bench/distill.py [--distil-heads 60] [--eval-pairs 0 (all)] [--samples 4] [--steps 80] [--train-seeds 1]
+                            [--work DIR]
+
+With --train-seeds K, every student of the round-1 corpus is trained K times (training seeds 0..K-1) and judged by
+the mean of its runs' acceptance per pair, so a comparison is not one training run's luck; the self-imitation
+rounds 2 and 3 stay one run each (each generates from the one student before it).
 
 With --work, what a run in DIR already made (generations, critics, snapshots, students, evaluations) is kept.
 """
@@ -176,30 +181,33 @@ def snapshots(db: Path, where: str, cuts: dict[str, dict]) -> dict[str, int]:
     return out
 
 
-def train_students(db: Path, names: list[str], steps: int, tmp: Path) -> dict[str, str]:
-    """Each snapshot's student folder (trained here unless an earlier run in the folder did)."""
+def train_students(db: Path, names: list[str], steps: int, tmp: Path, seeds: range) -> dict[str, list[str]]:
+    """Each snapshot's student folders, one per training seed (trained here unless an earlier run in the folder
+    did): seed 0 in student-NAME, seed k in student-NAME-sK."""
     import json
 
     from train import TrainConfig, fit
 
-    out = {}
+    out: dict[str, list[str]] = {}
     for name in names:
-        started = time.monotonic()
-        folder = tmp / f"student-{name}"
-        if (folder / "student.json").is_file():  # made by an earlier run in this folder
-            out[name] = str(folder)
-            continue
-        fit(db, TrainConfig(snapshot=name, out=folder, **STUDENT, max_steps=steps))
-        out[name] = str(folder)
-        card = json.loads((folder / "student.json").read_text())
-        say(f"student {name}: {steps} steps in {time.monotonic() - started:.0f} s, loss "
-            f"{card['summary']['first_loss']:.3f} -> {card['summary']['last_loss']:.3f}")
+        for seed in seeds:
+            started = time.monotonic()
+            folder = tmp / (f"student-{name}" + (f"-s{seed}" if seed else ""))
+            out.setdefault(name, []).append(str(folder))
+            if (folder / "student.json").is_file():  # made by an earlier run in this folder
+                continue
+            fit(db, TrainConfig(snapshot=name, out=folder, **STUDENT, max_steps=steps, seed=seed))
+            card = json.loads((folder / "student.json").read_text())
+            say(f"student {name} (seed {seed}): {steps} steps in {time.monotonic() - started:.0f} s, loss "
+                f"{card['summary']['first_loss']:.3f} -> {card['summary']['last_loss']:.3f}")
     return out
 
 
-def evaluate(db: Path, models: dict[str, str], refs: Path, pairs: int) -> tuple[dict[str, dict], dict[str, list]]:
-    """Each model (a student folder, or `eval:ID` for an evaluation the pipeline made) on the held-out pairs,
-    with the pipeline's eval config (the judge, greedy, 16 tokens)."""
+def evaluate(db: Path, models: dict[str, list[str]], refs: Path, pairs: int
+             ) -> tuple[dict[str, dict], dict[str, list[list]]]:
+    """Each model's runs (student folders, one per training seed, or `eval:ID` for an evaluation the pipeline
+    made) on the held-out pairs, with the pipeline's eval config (the judge, greedy, 16 tokens): the mean of its
+    runs' figures, each run's acceptance, and each run's outputs."""
     from corpus.stats import distinct_n
     from skd.wiring import evaluate as run_eval
     from store import Store
@@ -208,41 +216,50 @@ def evaluate(db: Path, models: dict[str, str], refs: Path, pairs: int) -> tuple[
 
     cfg = EvalConfig(references=refs, relations=RELATIONS, limit=pairs, critic="judge", max_tokens=16)
     rows, samples = {}, {}
-    for label, model in models.items():
-        started = time.monotonic()
-        if model.startswith("eval:"):
-            with Store(db, read_only=True) as s:
-                r = stored_eval(s, model.removeprefix("eval:"))
-        else:
-            r = run_eval(db, model, cfg)
-        outs = [s["output"] for s in r["samples"]]
-        m = r["metrics"]
-        rows[label] = {"n": m["n"], "judge": m["critic"]["acceptance"], "judge_mean": m["critic"]["mean_score"],
-                       "rouge_l": m["references"]["rouge_l"], "bleu2": m["references"]["bleu2"],
-                       "distinct_2": distinct_n(outs, (2,))["distinct_2"],
-                       "unique": len({o.lower() for o in outs}) / max(1, len(outs)),
-                       "degenerate": m["degenerate_rate"], "seconds": time.monotonic() - started}
-        samples[label] = r["samples"]
-        say(f"eval {label}: {rows[label]}")
+    for label, runs in models.items():
+        figures = []
+        for model in runs:
+            started = time.monotonic()
+            if model.startswith("eval:"):
+                with Store(db, read_only=True) as s:
+                    r = stored_eval(s, model.removeprefix("eval:"))
+            else:
+                r = run_eval(db, model, cfg)
+            outs = [s["output"] for s in r["samples"]]
+            m = r["metrics"]
+            figures.append({"n": m["n"], "judge": m["critic"]["acceptance"], "judge_mean": m["critic"]["mean_score"],
+                            "rouge_l": m["references"]["rouge_l"], "bleu2": m["references"]["bleu2"],
+                            "distinct_2": distinct_n(outs, (2,))["distinct_2"],
+                            "unique": len({o.lower() for o in outs}) / max(1, len(outs)),
+                            "degenerate": m["degenerate_rate"], "seconds": time.monotonic() - started})
+            samples.setdefault(label, []).append(r["samples"])
+            say(f"eval {label} ({len(figures)} of {len(runs)}): {figures[-1]}")
+        rows[label] = {k: float(np.mean([f[k] for f in figures])) for k in figures[0]} | {
+            "n": figures[0]["n"], "by_seed": [f["judge"] for f in figures]}
     return rows, samples
 
 
-def judged(db: Path, samples: dict[str, list], critic: str) -> dict[str, dict]:
-    """Each model's outputs by CRITIC, one by one: the accepted flags, in the evaluation's order of pairs, and the
-    relation of each. The evaluation's own judge's scores are kept with its outputs; an evaluation stored before
-    they were, and any other critic, scores the outputs here."""
+def judged(db: Path, samples: dict[str, list[list]], critic: str) -> dict[str, dict]:
+    """Each model's outputs by CRITIC, one by one: per pair, the share of the model's runs (training seeds) whose
+    output it accepts, in the evaluation's order of pairs, and the pairs. The evaluation's own judge's scores are
+    kept with its outputs; an evaluation stored before they were, and any other critic, scores the outputs here."""
     from skd.wiring import critic_scorer
     from store import Store
 
     with Store(db, read_only=True) as s:
         score, threshold = critic_scorer(s.critics.get(critic), None)
-    out = {}
-    for label, ss in samples.items():
+    def accepted(ss: list[dict]) -> np.ndarray:
         kept = critic == "judge" and all("critic_score" in x for x in ss)
         scores = [x["critic_score"] for x in ss] if kept else score([x["input"] | {"tail": x["output"].strip()}
                                                                      for x in ss])
-        out[label] = {"accepted": np.asarray(scores) >= threshold,
-                      "pairs": [(x["input"]["head"], x["input"]["relation"]) for x in ss]}
+        return np.asarray(scores) >= threshold
+
+    out = {}
+    for label, runs in samples.items():
+        pairs = [[(x["input"]["head"], x["input"]["relation"]) for x in ss] for ss in runs]
+        if any(p != pairs[0] for p in pairs):
+            raise SystemExit(f"{label}: its runs were evaluated on different pairs")
+        out[label] = {"accepted": np.mean([accepted(ss) for ss in runs], axis=0), "pairs": pairs[0]}
     return out
 
 
@@ -289,8 +306,15 @@ def main() -> None:
     ap.add_argument("--loop-cut", choices=list(CUTS), default="filtered-r0.8",
                     help="The pipeline's critic cut: round 1's student and every self-imitation round's.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-seeds", type=int, default=1,
+                    help="Train each student of the round-1 corpus with this many seeds (0, 1, ...) and judge the mean "
+                         "of their acceptance per pair: one training run moves acceptance by a few points.")
+    ap.add_argument("--seeded", default=",".join(["unfiltered", *CUTS, "human-tuples"]),
+                    help="The students --train-seeds applies to (comma-separated; the others train once).")
     ap.add_argument("--work", type=Path, default=None, help="Folder to work in (kept); default: a new temporary one.")
     args = ap.parse_args()
+    if unknown := set(args.seeded.split(",")) - {"unfiltered", *CUTS, "human-tuples"}:
+        ap.error(f"--seeded: no student named {', '.join(sorted(unknown))}")
     if not DATA.is_dir():
         sys.exit(f"needs ../shared/data ({DATA})")
     started = time.monotonic()
@@ -319,22 +343,30 @@ def main() -> None:
     looped = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=args.rounds))
     human = human_corpus(db, own, tmp)  # after the loop: its dedup and snapshots are of the generated corpus only
     sizes |= snapshots(db, human, {"human-tuples": {}})
-    ids = train_students(db, ["unfiltered", *beside, "human-tuples"], args.steps, tmp)
+    seeded = set(args.seeded.split(","))
+
+    def seeds(name: str) -> range:
+        return range(args.train_seeds if name in seeded else 1)
+    ids = {name: train_students(db, [name], args.steps, tmp, seeds(name))[name]
+           for name in ["unfiltered", *beside, "human-tuples"]}
     loop_rows = looped.round_rows()
     r1 = loop_rows[0]["snapshot_items"]
     made = pipeline_evals(looped)
     teacher = next(v for k, v in made.items() if k.endswith("(teacher)"))
     round_students = [v for k, v in made.items() if k.endswith("(student)")]  # round 1, 2, ...
+    # round 1's student is the loop cut's seed 0; its other seeds train on the pipeline's round-1 snapshot
+    loop_snapshot = first.summaries["snapshot"]["snapshot"]
+    more = train_students(db, [loop_snapshot], args.steps, tmp, seeds(args.loop_cut)[1:]).get(loop_snapshot, [])
 
-    def cut_student(name: str) -> tuple[str, str]:  # the loop's cut is round 1's student
+    def cut_student(name: str) -> tuple[str, list[str]]:
         if name == args.loop_cut:
-            return f"student: {name} = round 1 ({r1:,} items)", round_students[0]
+            return f"student: {name} = round 1 ({r1:,} items)", [round_students[0], *more]
         return f"student: {name} ({sizes[name]:,} items)", ids[name]
-    models = {"teacher (few-shot prompt)": teacher,
+    models = {"teacher (few-shot prompt)": [teacher],
               f"student: unfiltered ({sizes['unfiltered']:,} items)": ids["unfiltered"],
               **dict(map(cut_student, CUTS)),
               f"student: human ({sizes['human-tuples']:,} tuples)": ids["human-tuples"]}
-    models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": sid
+    models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": [sid]
                for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
     rows, samples = evaluate(db, models, refs, args.eval_pairs)
     judgements, second = judged(db, samples, "judge"), judged(db, samples, JUDGE_2)
@@ -343,17 +375,20 @@ def main() -> None:
         return {"teacher": j[next(iter(models))], "unfiltered": j[next(m for m in models if "unfiltered" in m)]}
     t = Table(title=f"SKD at small scale: SmolLM2-135M teacher and students, {len(heads)} distillation heads, "
                     f"{args.samples} samples per (head, relation), {args.steps} LoRA steps, "
-                    f"{args.eval_pairs or len(held)} held-out (head, relation) pairs, greedy", title_justify="left")
-    for col in ("model", "judge accept.", "vs teacher [95%]", "vs unfiltered [95%]", "judge mean", "ROUGE-L",
-                "BLEU-2", "distinct-2", "unique", "degen.", "n"):
+                    f"{args.eval_pairs or len(held)} held-out (head, relation) pairs, greedy"
+                    + (f"; by seed: the students trained with {args.train_seeds} seeds, judged by their mean"
+                       if args.train_seeds > 1 else ""), title_justify="left")
+    for col in ("model", "judge accept.", "vs teacher [95%]", "vs unfiltered [95%]", "by seed", "judge mean",
+                "ROUGE-L", "BLEU-2", "distinct-2", "unique", "degen.", "n"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for label, r in rows.items():
         j = judgements[label]
         if abs(j["accepted"].mean() - r["judge"]) > 1e-9:  # judged again as the evaluation judged: should agree
             say(f"warning: {label}: judged again {j['accepted'].mean():.4f}, the evaluation said {r['judge']:.4f}")
         t.add_row(label, f"{r['judge']:.3f}", *(paired(j, b) if b is not j else "" for b in base(judgements).values()),
-                  f"{r['judge_mean']:.3f}", f"{r['rouge_l']:.3f}", f"{r['bleu2']:.3f}", f"{r['distinct_2']:.3f}",
-                  f"{r['unique']:.3f}", f"{r['degenerate']:.3f}", str(r["n"]))
+                  " ".join(f"{a:.3f}" for a in r["by_seed"]) if len(r["by_seed"]) > 1 else "",
+                  *(f"{r[k]:.3f}" for k in ("judge_mean", "rouge_l", "bleu2", "distinct_2", "unique", "degenerate")),
+                  str(r["n"]))
     console = Console(width=200)
     console.print(t)
     console.print(per_relation_table("Judge acceptance per relation (the same pairs)", judgements))
@@ -369,7 +404,7 @@ def main() -> None:
           f"this invocation {(time.monotonic() - started) / 60:.1f} min (less when --work held earlier work)")
     print(f"python bench/distill.py --distil-heads {args.distil_heads} --eval-pairs {args.eval_pairs} "
           f"--samples {args.samples} --steps {args.steps} --rounds {args.rounds} --loop-cut {args.loop_cut} "
-          f"--seed {args.seed}")
+          f"--seed {args.seed} --train-seeds {args.train_seeds} --seeded {args.seeded}")
 
 
 if __name__ == "__main__":

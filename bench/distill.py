@@ -203,6 +203,25 @@ def train_students(db: Path, names: list[str], steps: int, tmp: Path, seeds: ran
     return out
 
 
+def earlier_eval(db: Path, model: str, cfg) -> str:
+    """MODEL, or `eval:ID` when an earlier run in the folder evaluated that student on the same inputs the same way
+    (a --work rerun then judges its stored outputs instead of generating them again)."""
+    import json
+
+    from store import Store
+
+    card = Path(model) / "student.json"
+    if model.startswith("eval:") or not card.is_file():
+        return model
+    with Store(db, read_only=True) as s:
+        rows = s.query("SELECT eval_id, config FROM evals WHERE student_id = ? ORDER BY created_at DESC",
+                       [json.loads(card.read_text())["student_id"]]).to_dicts()
+    want = {"inputs": str(cfg.references), "limit": cfg.limit, "critic": cfg.critic, "max_tokens": cfg.max_tokens,
+            "temperature": 0.0}
+    same = [r["eval_id"] for r in rows if all(json.loads(r["config"]).get(k) == v for k, v in want.items())]
+    return f"eval:{same[0]}" if same else model
+
+
 def evaluate(db: Path, models: dict[str, list[str]], refs: Path, pairs: int
              ) -> tuple[dict[str, dict], dict[str, list[list]]]:
     """Each model's runs (student folders, one per training seed, or `eval:ID` for an evaluation the pipeline
@@ -218,7 +237,7 @@ def evaluate(db: Path, models: dict[str, list[str]], refs: Path, pairs: int
     rows, samples = {}, {}
     for label, runs in models.items():
         figures = []
-        for model in runs:
+        for model in (earlier_eval(db, m, cfg) for m in runs):
             started = time.monotonic()
             if model.startswith("eval:"):
                 with Store(db, read_only=True) as s:
@@ -371,14 +390,15 @@ def main() -> None:
     rows, samples = evaluate(db, models, refs, args.eval_pairs)
     judgements, second = judged(db, samples, "judge"), judged(db, samples, JUDGE_2)
 
-    def base(j: dict[str, dict]) -> dict[str, dict]:
-        return {"teacher": j[next(iter(models))], "unfiltered": j[next(m for m in models if "unfiltered" in m)]}
+    def base(j: dict[str, dict]) -> dict[str, dict]:  # what every model is compared with, pair by pair
+        return {"teacher": j[next(iter(models))], "unfiltered": j[next(m for m in models if "unfiltered" in m)],
+                **({"round 1": j[next(m for m in models if "= round 1" in m)]} if args.rounds > 1 else {})}
     t = Table(title=f"SKD at small scale: SmolLM2-135M teacher and students, {len(heads)} distillation heads, "
                     f"{args.samples} samples per (head, relation), {args.steps} LoRA steps, "
                     f"{args.eval_pairs or len(held)} held-out (head, relation) pairs, greedy"
                     + (f"; by seed: the students trained with {args.train_seeds} seeds, judged by their mean"
                        if args.train_seeds > 1 else ""), title_justify="left")
-    for col in ("model", "judge accept.", "vs teacher [95%]", "vs unfiltered [95%]", "by seed", "judge mean",
+    for col in ("model", "judge accept.", *(f"vs {b} [95%]" for b in base(judgements)), "by seed", "judge mean",
                 "ROUGE-L", "BLEU-2", "distinct-2", "unique", "degen.", "n"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for label, r in rows.items():
@@ -389,7 +409,7 @@ def main() -> None:
                   " ".join(f"{a:.3f}" for a in r["by_seed"]) if len(r["by_seed"]) > 1 else "",
                   *(f"{r[k]:.3f}" for k in ("judge_mean", "rouge_l", "bleu2", "distinct_2", "unique", "degenerate")),
                   str(r["n"]))
-    console = Console(width=200)
+    console = Console(width=300)  # the tables are wide: a log or a pipe keeps every column
     console.print(t)
     console.print(per_relation_table("Judge acceptance per relation (the same pairs)", judgements))
     console.print(per_relation_table(f"The second judge ({JUDGE_2}: also trained on human tuples of spare heads, "

@@ -283,14 +283,14 @@ def judged(db: Path, samples: dict[str, list[list]], critic: str) -> dict[str, d
     return out
 
 
-def paired(a: dict, b: dict, resamples: int = 2000) -> str:
+def paired(a: dict, b: dict) -> str:
     """A's acceptance minus B's on the same pairs, with a paired bootstrap 95% interval."""
+    from skd.cmd_run import cell
+    from train.evaluate import paired_difference
+
     if a["pairs"] != b["pairs"]:
         raise SystemExit("evaluations on different pairs cannot be compared pair by pair")
-    x, y = a["accepted"].astype(float), b["accepted"].astype(float)
-    idx = np.random.default_rng(0).integers(0, len(x), (resamples, len(x)))
-    lo, hi = np.percentile(x[idx].mean(1) - y[idx].mean(1), [2.5, 97.5])
-    return f"{x.mean() - y.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return cell(paired_difference(a["accepted"], b["accepted"]))
 
 
 def per_relation_table(title: str, judgements: dict[str, dict], paired_with: dict[str, dict] | None = None) -> Table:

@@ -68,8 +68,14 @@ def rounds_table(rows: list[dict[str, Any]]) -> Table:
     for col in rows[0]:
         t.add_column(col, justify="left" if col in ("generator", "snapshot") else "right")
     for r in rows:
-        t.add_row(*["-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()])
+        t.add_row(*[cell(v) for v in r.values()])
     return t
+
+
+def cell(v: Any) -> str:
+    if isinstance(v, dict) and "diff" in v:  # a paired difference
+        return f"{v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def run(

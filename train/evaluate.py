@@ -205,6 +205,38 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def paired_difference(a: Any, b: Any, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """mean(A) - mean(B), measured on the same inputs, with a paired bootstrap 95% interval (the inputs are
+    resampled together, so what every model finds easy or hard cancels out)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or not x.size:
+        raise ValueError("a paired difference needs the same, non-empty inputs on both sides")
+    idx = np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))
+    lo, hi = np.percentile(x[idx].mean(1) - y[idx].mean(1), [2.5, 97.5])
+    return {"diff": float(x.mean() - y.mean()), "lo": float(lo), "hi": float(hi), "n": int(len(x))}
+
+
+def accepted(ev: dict[str, Any]) -> tuple[list[Any], np.ndarray] | None:
+    """A stored evaluation's inputs and whether its critic accepted each output; None when it kept no critic
+    score for every output (no critic, or inputs that are not triples)."""
+    critic = ev["metrics"].get("critic")
+    scores = [x.get("critic_score") for x in ev["samples"]]
+    if not critic or not scores or any(x is None for x in scores):
+        return None
+    threshold = critic["threshold"] if critic["threshold"] is not None else 0.5
+    return [x["input"] for x in ev["samples"]], np.asarray(scores) >= threshold
+
+
+def acceptance_difference(store: Store, eval_id: str, base_id: str) -> dict[str, float] | None:
+    """EVAL_ID's critic acceptance minus BASE_ID's, pair by pair (`paired_difference`); None unless both asked
+    the same inputs and kept their scores."""
+    got = [stored_eval(store, i) for i in (eval_id, base_id)]
+    a, b = (accepted(ev) if ev else None for ev in got)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    return paired_difference(a[1], b[1])
+
+
 def compare(store: Store, eval_ids: list[str] | None = None, snapshot: str | None = None) -> list[dict[str, Any]]:
     snapshot_id = snapshot_row(store, snapshot)["snapshot_id"] if snapshot and not eval_ids else None
     return [{"eval_id": r["eval_id"], "model": r["model"], "inputs": r["config"].get("inputs", ""),

@@ -148,6 +148,17 @@ def test_formats_and_text_metrics():
     assert degenerate("") and degenerate("the the the the the the the") and not degenerate("to rest at home")
 
 
+def test_a_paired_difference_and_its_interval():
+    from train.evaluate import paired_difference
+
+    same = paired_difference([1, 0, 1, 1], [1, 0, 1, 1])
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "n": 4}
+    better = paired_difference([1] * 50 + [0] * 50, [0] * 50 + [0] * 50)  # A accepts half the inputs B rejects
+    assert better["diff"] == 0.5 and 0.35 < better["lo"] < 0.5 < better["hi"] < 0.65
+    with pytest.raises(ValueError, match="same, non-empty inputs"):
+        paired_difference([1, 0], [1])
+
+
 def test_exact_match_on_commonsenseqa_and_gsm8k(atomic_db, tiny_lm):
     db, _ = atomic_db
     for rel, fmt in (("csqa/train.jsonl", "csqa"), ("gsm8k/train.jsonl", "gsm8k")):

@@ -18,10 +18,12 @@ from critics.config import CriticConfig
 from critics.score import score_items
 from skd.engines import EngineConfig, engine_from, mapper_for, task_map_for
 from store import SkdError, Store, import_labels
+from store.hardware import bf16_native
 from tests.conftest import EXAMPLES, ROOT, atomic_corpus, kill_when, run_skd
 
 ray = pytest.importorskip("ray", reason="the ray engine needs the ray package (pip install 'skd[ray]')")
 pytestmark = pytest.mark.slow
+BF16_STEP = 2 ** -8  # bfloat16's rounding step for values below 1 (8 significant bits)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,11 @@ def test_scores_and_embeddings_on_ray_equal_the_local_engine(corpus, cluster, tm
                     "SELECT item_id, score FROM scores ORDER BY 1"):
             ra, rb = a.con.execute(sql).fetchall(), b.con.execute(sql).fetchall()
             assert [r[0] for r in ra] == [r[0] for r in rb]
-            assert np.allclose(np.asarray([r[1] for r in ra], dtype=np.float64),
-                               np.asarray([r[1] for r in rb], dtype=np.float64), atol=1e-5)
+            x, y = (np.asarray([r[1] for r in rows], dtype=np.float64) for rows in (ra, rb))
+            # in bfloat16 a 1-CPU actor and the 2-thread local engine can round a value a step apart (oneDNN's
+            # kernels block by thread count): the same numbers up to that step, and nearly all of them identical
+            assert np.allclose(x, y, atol=BF16_STEP if bf16_native() else 1e-5)
+            assert (np.abs(x - y) <= 1e-5).mean() > 0.99
         runs = b.con.execute("SELECT stage, status FROM runs WHERE stage IN ('embed', 'score')").fetchall()
     assert sorted(runs) == [("embed", "ok"), ("score", "ok")]
 

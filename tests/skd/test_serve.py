@@ -115,9 +115,14 @@ def scripts(driver) -> list[str]:
 
 
 def until(check, timeout: float = 20.0):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        got = check()
+        try:
+            got = check()
+        except StaleElementReferenceException:  # the page swapped the element between finding and reading it
+            got = None
         if got:
             return got
         time.sleep(0.2)

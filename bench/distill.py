@@ -182,45 +182,25 @@ def snapshots(db: Path, where: str, cuts: dict[str, dict]) -> dict[str, int]:
     return out
 
 
-def train_students(db: Path, names: list[str], steps: int, tmp: Path, seeds: range) -> dict[str, list[str]]:
-    """Each snapshot's student folders, one per training seed (trained here unless an earlier run in the folder
+def train_students(db: Path, name: str, steps: int, tmp: Path, seeds: range) -> list[str]:
+    """Snapshot NAME's student folders, one per training seed (trained here unless an earlier run in the folder
     did): seed 0 in student-NAME, seed k in student-NAME-sK."""
     import json
 
     from train import TrainConfig, fit
 
-    out: dict[str, list[str]] = {}
-    for name in names:
-        for seed in seeds:
-            started = time.monotonic()
-            folder = tmp / (f"student-{name}" + (f"-s{seed}" if seed else ""))
-            out.setdefault(name, []).append(str(folder))
-            if (folder / "student.json").is_file():  # made by an earlier run in this folder
-                continue
-            fit(db, TrainConfig(snapshot=name, out=folder, **STUDENT, max_steps=steps, seed=seed))
-            card = json.loads((folder / "student.json").read_text())
-            say(f"student {name} (seed {seed}): {steps} steps in {time.monotonic() - started:.0f} s, loss "
-                f"{card['summary']['first_loss']:.3f} -> {card['summary']['last_loss']:.3f}")
+    out = []
+    for seed in seeds:
+        started = time.monotonic()
+        folder = tmp / (f"student-{name}" + (f"-s{seed}" if seed else ""))
+        out.append(str(folder))
+        if (folder / "student.json").is_file():  # made by an earlier run in this folder
+            continue
+        fit(db, TrainConfig(snapshot=name, out=folder, **STUDENT, max_steps=steps, seed=seed))
+        card = json.loads((folder / "student.json").read_text())
+        say(f"student {name} (seed {seed}): {steps} steps in {time.monotonic() - started:.0f} s, loss "
+            f"{card['summary']['first_loss']:.3f} -> {card['summary']['last_loss']:.3f}")
     return out
-
-
-def earlier_eval(db: Path, model: str, cfg) -> str:
-    """MODEL, or `eval:ID` when an earlier run in the folder evaluated that student on the same inputs the same way
-    (a --work rerun then judges its stored outputs instead of generating them again)."""
-    import json
-
-    from store import Store
-
-    card = Path(model) / "student.json"
-    if model.startswith("eval:") or not card.is_file():
-        return model
-    with Store(db, read_only=True) as s:
-        rows = s.query("SELECT eval_id, config FROM evals WHERE student_id = ? ORDER BY created_at DESC",
-                       [json.loads(card.read_text())["student_id"]]).to_dicts()
-    want = {"inputs": str(cfg.references), "limit": cfg.limit, "critic": cfg.critic, "max_tokens": cfg.max_tokens,
-            "temperature": 0.0}
-    same = [r["eval_id"] for r in rows if all(json.loads(r["config"]).get(k) == v for k, v in want.items())]
-    return f"eval:{same[0]}" if same else model
 
 
 def evaluate(db: Path, models: dict[str, list[str]], refs: Path, pairs: int
@@ -238,7 +218,7 @@ def evaluate(db: Path, models: dict[str, list[str]], refs: Path, pairs: int
     rows, samples = {}, {}
     for label, runs in models.items():
         figures = []
-        for model in (earlier_eval(db, m, cfg) for m in runs):
+        for model in runs:  # a student evaluated before in the folder is not asked again (evaluate_model)
             started = time.monotonic()
             if model.startswith("eval:"):
                 with Store(db, read_only=True) as s:
@@ -268,6 +248,7 @@ def judged(db: Path, samples: dict[str, list[list]], critic: str) -> dict[str, d
 
     with Store(db, read_only=True) as s:
         score, threshold = critic_scorer(s.critics.get(critic), None)
+
     def accepted(ss: list[dict]) -> np.ndarray:
         kept = critic == "judge" and all("critic_score" in x for x in ss)
         scores = [x["critic_score"] for x in ss] if kept else score([x["input"] | {"tail": x["output"].strip()}
@@ -367,7 +348,7 @@ def main() -> None:
 
     def seeds(name: str) -> range:
         return range(args.train_seeds if name in seeded else 1)
-    ids = {name: train_students(db, [name], args.steps, tmp, seeds(name))[name]
+    ids = {name: train_students(db, name, args.steps, tmp, seeds(name))
            for name in ["unfiltered", *beside, "human-tuples"]}
     loop_rows = looped.round_rows()
     r1 = loop_rows[0]["snapshot_items"]
@@ -376,7 +357,7 @@ def main() -> None:
     round_students = [v for k, v in made.items() if k.endswith("(student)")]  # round 1, 2, ...
     # round 1's student is the loop cut's seed 0; its other seeds train on the pipeline's round-1 snapshot
     loop_snapshot = first.summaries["snapshot"]["snapshot"]
-    more = train_students(db, [loop_snapshot], args.steps, tmp, seeds(args.loop_cut)[1:]).get(loop_snapshot, [])
+    more = train_students(db, loop_snapshot, args.steps, tmp, seeds(args.loop_cut)[1:])
 
     def cut_student(name: str) -> tuple[str, list[str]]:
         if name == args.loop_cut:

@@ -9,6 +9,8 @@ machine, including the attempts that did not help.
   normalised NLL as the baseline score, and each attempt stacked with that NLL (the teacher's own likelihood).
 
     python bench/critic_quality.py --task ckbp --attempts minilm-emb,mpnet-emb --folds 5
+    python bench/critic_quality.py --task ckbp --attempts mpnet-ft --out kept/   # keep out-of-fold scores
+    python bench/critic_quality.py --task ckbp --attempts none --load kept/*.json  # ensemble kept attempts
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ CKBP_ATTEMPTS = {
                   {EXPERT: 3.0}),
     "mpnet-ft": ("MPNet fine-tuned, crowd + expert folds (x3)", TUNE | {"base": MPNET}, [CROWD, EXPERT],
                  {EXPERT: 3.0}),
+    "minilm-ft-devexpert": ("MiniLM fine-tuned, crowd + expert folds (x3), dev from the expert folds",
+                            TUNE | {"base": MINILM, "dev_sources": [EXPERT]}, [CROWD, EXPERT], {EXPERT: 3.0}),
+    "mpnet-ft-devexpert": ("MPNet fine-tuned, crowd + expert folds (x3), dev from the expert folds",
+                           TUNE | {"base": MPNET, "dev_sources": [EXPERT]}, [CROWD, EXPERT], {EXPERT: 3.0}),
     "mpnet-ft-expert": ("MPNet fine-tuned, expert folds only", TUNE | {"base": MPNET, "epochs": 4, "eval_steps": 20},
                         [EXPERT], {}),
 }
@@ -81,49 +87,87 @@ def row(table: Table, task: str, name: str, res: dict, seconds: float) -> None:
           {g: round(m["auc"] or 0, 4) for g, m in (res.get("by") or {}).items()}, f"{seconds:.0f}s", flush=True)
 
 
+def logit(p: list[float]) -> np.ndarray:
+    p = np.clip(np.asarray(p), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def out_of_fold_stack(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """A logistic regression over the columns of X, each fold scored by a fit on the other folds: a combination
+    learnt from the labels that stays out-of-fold (the folds are grouped, so no head is on both sides)."""
+    oof = np.zeros(len(y))
+    for k in np.unique(fold):
+        fit = LogisticRegression().fit(x[fold != k], y[fold != k])
+        oof[fold == k] = fit.predict_proba(x[fold == k])[:, 1]
+    return oof
+
+
 def ensemble(table: Table, task: str, runs: dict[str, dict]) -> None:
-    """The mean of the attempts' calibrated out-of-fold scores: the folds are the same (seeded, grouped), so
-    this is out-of-fold too, and says whether an ensemble of critics would be worth building."""
+    """The attempts combined, two ways: the mean of their calibrated out-of-fold scores, and a logistic
+    regression over their logits fitted on the other folds. The folds are the same (seeded, grouped), so both are
+    out-of-fold too, and say whether an ensemble of critics would be worth building. Stacking matters when a
+    critic's calibration is off on these labels (one calibrated on a crowd-heavy dev split), which a mean cannot
+    correct."""
     if len(runs) < 2:
         return
-    scores = np.mean([r["scores"] for r in runs.values()], axis=0)
-    first = next(iter(runs.values()))  # every run has the same labels in the same order
-    res = summaries(scores, np.asarray(first["labels"]), first.get("groups"))
-    row(table, task, f"ensemble: mean of {', '.join(runs)}", res, sum(r["seconds"] for r in runs.values()))
+    first = next(iter(runs.values()))  # every run has the same labels in the same order and the same folds
+    y, groups, seconds = np.asarray(first["labels"]), first.get("groups"), sum(r["seconds"] for r in runs.values())
+    assert all(r["labels"] == first["labels"] and r["fold"] == first["fold"] for r in runs.values()), "other folds"
+    mean = np.mean([r["scores"] for r in runs.values()], axis=0)
+    row(table, task, f"ensemble: mean of {', '.join(runs)}", summaries(mean, y, groups), seconds)
+    x = np.column_stack([logit(r["scores"]) for r in runs.values()])
+    stack = out_of_fold_stack(x, y, np.asarray(first["fold"]))
+    row(table, task, f"ensemble: stacked {', '.join(runs)}", summaries(stack, y, groups), seconds)
 
 
 def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray) -> None:
     """The attempt's out-of-fold score beside the teacher's own normalised NLL in a logistic regression, fitted on
     the other folds of the same grouped split (so still out-of-fold): what a critic would gain by also reading the
     likelihood the teacher gave its output (skd records it: `generations.logprob`, `n_tokens`)."""
-    fold, y = np.asarray(run["fold"]), np.asarray(run["labels"])
-    p = np.clip(np.asarray(run["scores"]), 1e-6, 1 - 1e-6)
-    x = np.column_stack([np.log(p / (1 - p)), teacher_nll])
-    oof = np.zeros(len(y))
-    for k in np.unique(fold):
-        fit = LogisticRegression().fit(x[fold != k], y[fold != k])
-        oof[fold == k] = fit.predict_proba(x[fold == k])[:, 1]
-    row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(oof, y, None), run["seconds"])
+    x = np.column_stack([logit(run["scores"]), teacher_nll])
+    oof = out_of_fold_stack(x, np.asarray(run["labels"]), np.asarray(run["fold"]))
+    row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(oof, np.asarray(run["labels"]), None),
+        run["seconds"])
 
 
-def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table) -> None:
+def keep(out: Path | None, task: str, name: str, run: dict) -> None:
+    """Write an attempt's out-of-fold scores, so a later run can ensemble with it (`--load`) without retraining."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{task}-{name}.json").write_text(json.dumps(run))
+
+
+def loaded(paths: list[Path], task: str) -> dict[str, dict]:
+    """Attempts kept by an earlier run (`--out`) of the same task, to join this run's ensemble."""
+    runs = {}
+    for p in paths:
+        run = json.loads(p.read_text())
+        if p.name.startswith(f"{task}-"):
+            runs[p.stem.removeprefix(f"{task}-") + " (kept)"] = run
+    return runs
+
+
+def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | None = None,
+         load: list[Path] = ()) -> None:
     db = tmp / "ckbp.duckdb"
     with Store(db) as s:
         import_labels(s, DATA / "ckbp/ckbp1_crowd.csv", "ckbp", source=CROWD)
         import_labels(s, DATA / "ckbp/ckbp2_dev.csv", "ckbp", source=EXPERT)
         import_labels(s, DATA / "atomic2020/human_tuples.tsv", "atomic2020", source=ATOMIC)
-    task, runs = f"CKBP v2 expert, {folds}-fold by head", {}
+    task, runs = f"CKBP v2 expert, {folds}-fold by head", loaded(list(load), "ckbp")
     for name in attempts:
         what, cfg, sources, weights = CKBP_ATTEMPTS[name]
         started = time.perf_counter()
         res = cross_validate(db, CriticConfig(**cfg, sources=sources, source_weights=weights), EXPERT, folds,
                              by="class", on_fold=progress(name))
         runs[name] = res | {"seconds": time.perf_counter() - started}
+        keep(out, "ckbp", name, runs[name])
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"])
     ensemble(table, task, runs)
 
 
-def rationale(attempts: list[str], folds: int, tmp: Path, table: Table) -> None:
+def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | None = None,
+              load: list[Path] = ()) -> None:
     db = tmp / "rat.duckdb"
     with Store(db) as s:
         import_labels(s, DATA / "rationale_acceptability/commonsenseqa_train.csv", "rationale-acceptability",
@@ -133,12 +177,13 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table) -> None:
     nll = -np.asarray([float(json.loads(e)["nll"]) for e in df["extra"].to_list()])
     table.add_row("CSQA rationales", "GPT-3 normalised NLL (baseline, no training)", f"{roc_auc_score(y, nll):.3f}",
                   f"{average_precision_score(y, nll):.3f}", "-", f"{len(y):,}", "")
-    task, runs = f"CSQA rationales, {folds}-fold by question", {}
+    task, runs = f"CSQA rationales, {folds}-fold by question", loaded(list(load), "rationale")
     for name in attempts:
         what, cfg = RATIONALE_ATTEMPTS[name]
         started = time.perf_counter()
         res = cross_validate(db, CriticConfig(**cfg), "csqa", folds, by=None, on_fold=progress(name))
         runs[name] = res | {"seconds": time.perf_counter() - started}
+        keep(out, "rationale", name, runs[name])
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"])
         assert res["labels"] == y.tolist(), "labels out of the order cross_validate read them in"
         stacked(table, task, name, runs[name], nll)
@@ -150,6 +195,9 @@ def main() -> None:
     ap.add_argument("--task", choices=["ckbp", "rationale", "all"], default="all")
     ap.add_argument("--attempts", default="", help="comma separated (default: all of the task's)")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--out", type=Path, help="keep each attempt's out-of-fold scores here (TASK-NAME.json)")
+    ap.add_argument("--load", type=Path, nargs="*", default=[],
+                    help="kept attempts (--out files) of an earlier run to join this run's ensemble")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"needs ../shared/data ({DATA})")
@@ -157,13 +205,15 @@ def main() -> None:
     table = Table(title="critic quality: out-of-fold scores on human labels, folds grouped by head/question")
     for col in ("task", "critic", "AUC", "AP", "calib. err.", "n", "time (2 CPU cores)"):
         table.add_column(col)
+    # `--attempts none --load ...` only combines kept attempts; no attempts named runs them all
     chosen = [a for a in args.attempts.split(",") if a]
+    ck = [a for a in chosen if a in CKBP_ATTEMPTS] if chosen else list(CKBP_ATTEMPTS)
+    ra = [a for a in chosen if a in RATIONALE_ATTEMPTS] if chosen else list(RATIONALE_ATTEMPTS)
     try:
         if args.task in ("ckbp", "all"):
-            ckbp([a for a in chosen if a in CKBP_ATTEMPTS] or list(CKBP_ATTEMPTS), args.folds, tmp, table)
+            ckbp(ck, args.folds, tmp, table, args.out, args.load)
         if args.task in ("rationale", "all"):
-            rationale([a for a in chosen if a in RATIONALE_ATTEMPTS] or list(RATIONALE_ATTEMPTS), args.folds, tmp,
-                      table)
+            rationale(ra, args.folds, tmp, table, args.out, args.load)
     finally:
         Console(width=160).print(table)
         print(f"python bench/critic_quality.py --task {args.task} --attempts {args.attempts or 'all'} "

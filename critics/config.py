@@ -25,6 +25,10 @@ class CriticConfig(BaseModel):
     source_weights: dict[str, float] = Field({}, description="Loss weight per label source, e.g. ckbp2=3,ckbp1=1 "
                                                               "(1 for a source not named).")
     dev_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of heads/questions held out for dev.")
+    dev_sources: list[str] = Field(
+        [], description="Hold out dev (early stopping, calibration, thresholds) from these label sources only, e.g. "
+                        "the expert labels, so a score is a probability on the labels you trust (every source when "
+                        "empty). Other sources' labels of the dev heads train nothing.")
     seed: int = 0
     epochs: float = Field(3.0, gt=0, description="Passes over the training labels (finetune).")
     max_steps: int = Field(-1, description="Stop after this many steps (-1: run the epochs).")

@@ -58,7 +58,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
         parts = [rest.filter(pl.Series([x not in held for x in rest_keys], dtype=pl.Boolean))]
         train_df = pl.concat(parts + ([ev.filter(pl.Series(fold != k))] if trains_on_eval else []),
                              how="vertical_relaxed")
-        tr, dev = split(train_df, cfg.dev_fraction, cfg.seed)
+        tr, dev = split(train_df, cfg.dev_fraction, cfg.seed, cfg.dev_sources)
         out = Path(tempfile.mkdtemp(prefix="skd-cv-"))
         try:
             critic, _, cal = fit_critic(cfg, tr, dev, out)

@@ -45,15 +45,24 @@ def load_labels(store: Store, where: str | None, sources: list[str] | None = Non
     return df
 
 
-def split(df: pl.DataFrame, dev_fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Deterministic split by group (head or question), so no group is in both parts."""
+def split(df: pl.DataFrame, dev_fraction: float, seed: int,
+          dev_sources: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Deterministic split by group (head or question), so no group is in both parts. With DEV_SOURCES, dev
+    holds only those sources' labels (of the groups they label); the other labels of dev groups are left out of
+    both parts, so that no head is trained on and evaluated on."""
     def in_dev(key: str) -> bool:
         h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
         return h / 0xFFFFFFFF < dev_fraction
-    dev_mask = pl.Series([in_dev(group_key(r)) for r in df.iter_rows(named=True)])
+    keys = [group_key(r) for r in df.iter_rows(named=True)]
+    eligible = ({k for k, s in zip(keys, df["source"].to_list(), strict=True) if s in dev_sources}
+                if dev_sources else set(keys))
+    dev_mask = pl.Series([k in eligible and in_dev(k) for k in keys], dtype=pl.Boolean)
     train, dev = df.filter(~dev_mask), df.filter(dev_mask)
+    if dev_sources:
+        dev = dev.filter(pl.col("source").is_in(dev_sources))
     if train["label"].n_unique() < 2 or dev["label"].n_unique() < 2:
-        raise SkdError("too few labels to split into train and dev with both classes; add labels")
+        which = f" from {', '.join(dev_sources)}" if dev_sources else ""
+        raise SkdError(f"too few labels{which} to split into train and dev with both classes; add labels")
     return train, dev
 
 
@@ -227,7 +236,7 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,
     with Store(db) as store:  # for writing, like the callers that may hold it in this process
         check_name_free(store, name)
         df = load_labels(store, cfg.labels_where, cfg.sources)
-    train, dev = split(df, cfg.dev_fraction, cfg.seed)
+    train, dev = split(df, cfg.dev_fraction, cfg.seed, cfg.dev_sources)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -50,7 +50,7 @@ def report_tables(name: str, rep: dict) -> list[Table]:
 
 @app.command("train")
 @config_options(CriticConfig, "critic train", flags={"recalls": "--recall", "precisions": "--precision",
-                                                      "sources": "--source"},
+                                                      "sources": "--source", "dev_sources": "--dev-source"},
                 text={"recalls": FLOATS, "precisions": FLOATS, "source_weights": PAIRS})
 def train(
     cfg: CriticConfig,

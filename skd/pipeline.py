@@ -168,7 +168,10 @@ class Pipeline(Strict):
         if table is None:
             return None
         if stage in ("critic", "score"):  # the cut belongs to the snapshot: changing it retrains nothing
-            return table.model_dump(mode="json", exclude={"threshold_at_recall", "min_score", "per_relation"})
+            # and a critic trained before dev_sources existed is not retrained for its default
+            left = {"threshold_at_recall", "min_score", "per_relation"}
+            left |= set() if table.dev_sources else {"dev_sources"}
+            return table.model_dump(mode="json", exclude=left)
         if stage == "dedup":
             # one index: the partition settings change nothing, and a corpus made before they existed is not redone
             d = table.model_dump(mode="json", exclude=set() if table.partitions else {"partitions", "max_visits"})

@@ -9,6 +9,7 @@ import pytest
 from critics import CriticConfig, load_critic, train_critic
 from critics.crossval import cross_validate
 from critics.score import score_items
+from critics.train import load_labels, split
 from store import Store, import_labels, ingest_file
 from tests.conftest import run_skd, shared_file
 
@@ -59,6 +60,32 @@ def test_source_weights_decide_between_sources_that_disagree(two_sources, tmp_pa
         assert cards[name]["label_sources"] == ["a", "b"]
     a, b = mean_good_minus_bad(tmp_path / "trust-a"), mean_good_minus_bad(tmp_path / "trust-b")
     assert a > 0 > b and a - b > 0.2, (a, b)  # the heavier source wins where the two disagree
+
+
+def test_dev_from_one_source_holds_only_its_labels_and_no_head_is_on_both_sides(tmp_path):
+    """A head labelled by the crowd and by experts: with --dev-source expert, dev (early stopping, calibration,
+    thresholds) holds expert labels only, and the crowd labels of dev heads train nothing."""
+    heads = [f"PersonX does thing {i}" for i in range(30)]
+    crowd = [triple(h, t, lab) for h in heads for t, lab in ((GOOD[0], 1), (BAD[0], 0))]
+    expert = [triple(h, t, lab) for h in heads[::2] for t, lab in ((GOOD[1], 1), (BAD[1], 0))]
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        import_labels(s, labels_file(tmp_path / "crowd.jsonl", crowd), "jsonl", source="crowd")
+        import_labels(s, labels_file(tmp_path / "expert.jsonl", expert), "jsonl", source="expert")
+        df = load_labels(s, None)
+    train, dev = split(df, 0.3, 0, ["expert"])
+    assert set(dev["source"]) == {"expert"} and dev.height >= 4
+    dev_heads = set(dev["head"])
+    assert not dev_heads & set(train["head"])  # neither the expert nor the crowd labels of a dev head train
+    assert train.height == df.height - 4 * len(dev_heads)  # each dev head's two crowd labels are left out too
+    _, everyone = split(df, 0.3, 0)
+    assert set(everyone["source"]) == {"crowd", "expert"}
+    p = run_skd("critic", "train", "c", "--mode", "embedding", "--dev-fraction", "0.3", "--dev-source", "expert",
+                "--json", db=db, check=True)
+    card = json.loads(p.stdout)
+    assert card["config"]["dev_sources"] == ["expert"] and card["metrics"]["dev_size"] == dev.height
+    p = run_skd("critic", "train", "d", "--mode", "embedding", "--dev-source", "nobody", db=db)
+    assert p.returncode != 0 and "too few labels from nobody" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_coverage_is_recorded_and_scoring_outside_it_warns(two_sources, tmp_path):

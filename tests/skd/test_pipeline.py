@@ -198,3 +198,19 @@ def test_the_per_relation_cut_belongs_to_the_snapshot(tmp_path):
     assert one.stage_config("score") == per.stage_config("score")
     assert one.stage_config("snapshot")["critic_cut"] == [None, 0.0001]
     assert per.stage_config("snapshot")["critic_cut"] == [None, 0.0001, "per relation"]
+
+
+def test_dev_sources_retrain_the_critic_only_when_set(tmp_path):
+    """[critic] dev_sources is part of what the critic depends on; a pipeline without it keeps the critic config
+    it had before the option existed, so its critic is not retrained."""
+    import tomllib
+
+    from skd.pipeline import Pipeline
+
+    raw = tomllib.loads(write(tmp_path).read_text())
+    plain = Pipeline.model_validate(raw)
+    raw["critic"]["dev_sources"] = ["ckbp2"]
+    expert = Pipeline.model_validate(raw)
+    assert "dev_sources" not in plain.stage_config("critic")
+    assert expert.stage_config("critic")["dev_sources"] == ["ckbp2"]
+    assert expert.critic.training([]).dev_sources == ["ckbp2"]

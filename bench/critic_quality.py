@@ -75,12 +75,24 @@ def progress(name: str):
     return lambda k, s: print(f"  {name} fold {k}: {s:.0f} s", flush=True)
 
 
-def row(table: Table, task: str, name: str, res: dict, seconds: float) -> None:
+def auc_interval(scores: np.ndarray, labels: np.ndarray, draws: int = 1000) -> str:
+    """A 95% bootstrap interval of the AUC over the labels (seeded): with about 200 positives among 958 labels,
+    AUCs a few points apart are not told apart, and the table should say so."""
+    rng, n = np.random.default_rng(0), len(labels)
+    aucs = [roc_auc_score(labels[i], scores[i]) for i in (rng.integers(0, n, n) for _ in range(draws))
+            if labels[i].min() != labels[i].max()]
+    lo, hi = np.percentile(aucs, [2.5, 97.5])
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def row(table: Table, task: str, name: str, res: dict, seconds: float, scores: list[float] | np.ndarray,
+        labels: list[int] | np.ndarray) -> None:
     o = res["overall"]
-    table.add_row(task, name, f"{o['auc']:.3f}", f"{o['average_precision']:.3f}", f"{o['calibration_error']:.3f}",
-                  f"{o['n']:,}", f"{seconds / 60:.1f} min")
+    table.add_row(task, name, f"{o['auc']:.3f}", auc_interval(np.asarray(scores), np.asarray(labels)),
+                  f"{o['average_precision']:.3f}", f"{o['calibration_error']:.3f}", f"{o['n']:,}",
+                  f"{seconds / 60:.1f} min")
     for g, m in (res.get("by") or {}).items():
-        table.add_row("", f"  class {g}", f"{m['auc']:.3f}" if m["auc"] is not None else "-",
+        table.add_row("", f"  class {g}", f"{m['auc']:.3f}" if m["auc"] is not None else "-", "",
                       f"{m['average_precision']:.3f}" if m["average_precision"] is not None else "-", "", f"{m['n']}",
                       "")
     print("row:", task, name, {k: round(v, 4) if isinstance(v, float) else v for k, v in o.items()},
@@ -114,10 +126,10 @@ def ensemble(table: Table, task: str, runs: dict[str, dict]) -> None:
     y, groups, seconds = np.asarray(first["labels"]), first.get("groups"), sum(r["seconds"] for r in runs.values())
     assert all(r["labels"] == first["labels"] and r["fold"] == first["fold"] for r in runs.values()), "other folds"
     mean = np.mean([r["scores"] for r in runs.values()], axis=0)
-    row(table, task, f"ensemble: mean of {', '.join(runs)}", summaries(mean, y, groups), seconds)
+    row(table, task, f"ensemble: mean of {', '.join(runs)}", summaries(mean, y, groups), seconds, mean, y)
     x = np.column_stack([logit(r["scores"]) for r in runs.values()])
     stack = out_of_fold_stack(x, y, np.asarray(first["fold"]))
-    row(table, task, f"ensemble: stacked {', '.join(runs)}", summaries(stack, y, groups), seconds)
+    row(table, task, f"ensemble: stacked {', '.join(runs)}", summaries(stack, y, groups), seconds, stack, y)
 
 
 def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray) -> None:
@@ -126,8 +138,8 @@ def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarr
     likelihood the teacher gave its output (skd records it: `generations.logprob`, `n_tokens`)."""
     x = np.column_stack([logit(run["scores"]), teacher_nll])
     oof = out_of_fold_stack(x, np.asarray(run["labels"]), np.asarray(run["fold"]))
-    row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(oof, np.asarray(run["labels"]), None),
-        run["seconds"])
+    y = np.asarray(run["labels"])
+    row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(oof, y, None), run["seconds"], oof, y)
 
 
 def keep(out: Path | None, task: str, name: str, run: dict) -> None:
@@ -137,13 +149,14 @@ def keep(out: Path | None, task: str, name: str, run: dict) -> None:
         (out / f"{task}-{name}.json").write_text(json.dumps(run))
 
 
-def loaded(paths: list[Path], task: str) -> dict[str, dict]:
-    """Attempts kept by an earlier run (`--out`) of the same task, to join this run's ensemble."""
+def loaded(paths: list[Path], task: str, table: Table, title: str) -> dict[str, dict]:
+    """Attempts kept by an earlier run (`--out`) of the same task, shown again and joining this run's ensemble."""
     runs = {}
     for p in paths:
-        run = json.loads(p.read_text())
         if p.name.startswith(f"{task}-"):
-            runs[p.stem.removeprefix(f"{task}-") + " (kept)"] = run
+            name = p.stem.removeprefix(f"{task}-") + " (kept)"
+            runs[name] = run = json.loads(p.read_text())
+            row(table, title, name, run, run["seconds"], run["scores"], run["labels"])
     return runs
 
 
@@ -154,7 +167,8 @@ def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | N
         import_labels(s, DATA / "ckbp/ckbp1_crowd.csv", "ckbp", source=CROWD)
         import_labels(s, DATA / "ckbp/ckbp2_dev.csv", "ckbp", source=EXPERT)
         import_labels(s, DATA / "atomic2020/human_tuples.tsv", "atomic2020", source=ATOMIC)
-    task, runs = f"CKBP v2 expert, {folds}-fold by head", loaded(list(load), "ckbp")
+    task = f"CKBP v2 expert, {folds}-fold by head"
+    runs = loaded(list(load), "ckbp", table, task)
     for name in attempts:
         what, cfg, sources, weights = CKBP_ATTEMPTS[name]
         started = time.perf_counter()
@@ -162,7 +176,7 @@ def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | N
                              by="class", on_fold=progress(name))
         runs[name] = res | {"seconds": time.perf_counter() - started}
         keep(out, "ckbp", name, runs[name])
-        row(table, task, f"{name}: {what}", res, runs[name]["seconds"])
+        row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
     ensemble(table, task, runs)
 
 
@@ -176,15 +190,16 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     y = df["label"].to_numpy()
     nll = -np.asarray([float(json.loads(e)["nll"]) for e in df["extra"].to_list()])
     table.add_row("CSQA rationales", "GPT-3 normalised NLL (baseline, no training)", f"{roc_auc_score(y, nll):.3f}",
-                  f"{average_precision_score(y, nll):.3f}", "-", f"{len(y):,}", "")
-    task, runs = f"CSQA rationales, {folds}-fold by question", loaded(list(load), "rationale")
+                  auc_interval(nll, y), f"{average_precision_score(y, nll):.3f}", "-", f"{len(y):,}", "")
+    task = f"CSQA rationales, {folds}-fold by question"
+    runs = loaded(list(load), "rationale", table, task)
     for name in attempts:
         what, cfg = RATIONALE_ATTEMPTS[name]
         started = time.perf_counter()
         res = cross_validate(db, CriticConfig(**cfg), "csqa", folds, by=None, on_fold=progress(name))
         runs[name] = res | {"seconds": time.perf_counter() - started}
         keep(out, "rationale", name, runs[name])
-        row(table, task, f"{name}: {what}", res, runs[name]["seconds"])
+        row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
         assert res["labels"] == y.tolist(), "labels out of the order cross_validate read them in"
         stacked(table, task, name, runs[name], nll)
     ensemble(table, task, runs)
@@ -203,7 +218,7 @@ def main() -> None:
         sys.exit(f"needs ../shared/data ({DATA})")
     tmp = Path(tempfile.mkdtemp(prefix="skd-critic-q-"))
     table = Table(title="critic quality: out-of-fold scores on human labels, folds grouped by head/question")
-    for col in ("task", "critic", "AUC", "AP", "calib. err.", "n", "time (2 CPU cores)"):
+    for col in ("task", "critic", "AUC", "AUC 95% CI", "AP", "calib. err.", "n", "time (2 CPU cores)"):
         table.add_column(col)
     # `--attempts none --load ...` only combines kept attempts; no attempts named runs them all
     chosen = [a for a in args.attempts.split(",") if a]
@@ -217,7 +232,8 @@ def main() -> None:
     finally:
         Console(width=160).print(table)
         print(f"python bench/critic_quality.py --task {args.task} --attempts {args.attempts or 'all'} "
-              f"--folds {args.folds}")
+              f"--folds {args.folds}" + (f" --out {args.out}" if args.out else "")
+              + (f" --load {' '.join(map(str, args.load))}" if args.load else ""))
 
 
 if __name__ == "__main__":

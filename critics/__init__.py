@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 _WHERE = {
     ".config": ("CriticConfig",),
     ".cut": ("DEFAULT_RECALL", "RECALL_GRID", "CriticCut", "threshold_of"),
+    ".ensemble": ("build_ensemble",),
     ".metrics": ("choose_thresholds", "report"),
     ".model": ("Critic", "load_critic", "read_card"),
     ".train": ("train_critic",),
     ".verbalize": ("verbalize",),
 }
 _MODULE = {name: module for module, names in _WHERE.items() for name in names}
-__all__ = ["DEFAULT_RECALL", "RECALL_GRID", "Critic", "CriticConfig", "CriticCut", "choose_thresholds", "load_critic",
-           "read_card", "report", "threshold_of", "train_critic", "verbalize"]
+__all__ = ["DEFAULT_RECALL", "RECALL_GRID", "Critic", "CriticConfig", "CriticCut", "build_ensemble",
+           "choose_thresholds", "load_critic", "read_card", "report", "threshold_of", "train_critic", "verbalize"]
 
 
 def __getattr__(name: str) -> Any:
@@ -32,6 +33,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from .config import CriticConfig
     from .cut import DEFAULT_RECALL, RECALL_GRID, CriticCut, threshold_of
+    from .ensemble import build_ensemble
     from .metrics import choose_thresholds, report
     from .model import Critic, load_critic, read_card
     from .train import train_critic

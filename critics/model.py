@@ -133,7 +133,10 @@ def load_critic(path: str | Path) -> Critic:
     return Calibrated(critic, card["calibration"]) if card.get("calibration") else critic
 
 
-def _load_model(path: Path, card: dict[str, Any]) -> EmbeddingCritic | FinetunedCritic | LlmJudge:
+def _load_model(path: Path, card: dict[str, Any]) -> Critic:
+    if card["mode"] == "ensemble":  # its members are critics saved elsewhere, each loaded with its calibration
+        from .ensemble import load_ensemble
+        return load_ensemble(card)
     dtype = card_dtype(card)
     if card["mode"] == "llm-judge":
         return load_judge(card["base_model"], card["config"].get("prompt") or JUDGE_PROMPT, dtype)

@@ -255,9 +255,15 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,
             "coverage": coverage(df), "calibration": cal, "precision": precision(),
             "config": cfg.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
             "skd_version": skd_version()}
+    return publish(db, card, tmp, out)
+
+
+def publish(db: str | Path, card: dict[str, Any], tmp: Path, out: Path) -> dict[str, Any]:
+    """Write CARD into the finished artifact TMP, move it to OUT and register it: a critic is in the catalog
+    whole or not at all."""
     (tmp / "critic.json").write_text(json.dumps(card, indent=2))
     with Store(db) as store:
-        check_name_free(store, name)  # another process may have registered the name while this one trained
+        check_name_free(store, card["name"])  # another process may have registered the name meanwhile
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         store.critics.register(card, str(out.resolve()))

@@ -1,4 +1,4 @@
-"""`skd critic train|score|eval|list`."""
+"""`skd critic train|ensemble|score|eval|list`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from critics import train_critic
+from critics import build_ensemble, train_critic
 from critics.config import CriticConfig
 from critics.metrics import evaluate_on_file
 from critics.score import ScoreSummary, score_items
@@ -67,6 +67,27 @@ def train(
     if json:
         print_json(card)
         return
+    for t in report_tables(f"{name} (dev)", card["metrics"]["dev"]):
+        out.print(t)
+
+
+@app.command("ensemble")
+def ensemble(
+    name: Annotated[str, typer.Argument(help="Name of the new critic.")],
+    members: Annotated[list[str], typer.Argument(help="Two or more trained critics to combine.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact folder \\[default: DB.d/critics/NAME].")]
+    = None,
+    db: Db = None, json: Json = False,
+) -> None:
+    """Combine trained critics into one: the mean of their calibrated scores, calibrated and given thresholds on
+    the dev split they share (they must have been trained with the same seed, dev fraction and dev sources)."""
+    db_path = db or default_path()
+    card = build_ensemble(db_path, name, members, out_dir or Path(str(db_path) + ".d") / "critics" / name)
+    if json:
+        print_json(card)
+        return
+    aucs = ", ".join(f"{k} {v:.3f}" for k, v in card["metrics"]["members_dev_auc"].items())
+    out.print(f"critic {name}: dev AUC {card['metrics']['dev']['auc']:.3f} (members: {aucs})")
     for t in report_tables(f"{name} (dev)", card["metrics"]["dev"]):
         out.print(t)
 

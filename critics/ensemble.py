@@ -6,7 +6,6 @@ an ensemble is a critic like any other: `skd critic score`, snapshot cuts and `[
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
 from .model import load_critic, read_card
-from .train import check_name_free, coverage, load_labels, publish, split
+from .train import check_name_free, coverage, label_counts, load_labels, publish, split, staging
 from .verbalize import verbalize_rows
 
 # the settings that decide which heads a critic held out for dev: members must agree on them, or the ensemble's
@@ -74,9 +73,8 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path) -> 
             "base_model": "+".join(c["base_model"] for c in cards), "label_sources": sources,
             "members": [{"name": r["name"], "critic_id": r["critic_id"], "path": str(Path(r["path"]).resolve())}
                         for r in rows],
-            "label_counts": {str(k): int(v) for k, v in zip(*np.unique(df["label"].to_numpy(), return_counts=True),
-                                                               strict=True)},
-            "coverage": coverage(df), "calibration": cal, "precision": cards[0].get("precision"),
+            "label_counts": label_counts(df), "coverage": coverage(df), "calibration": cal,
+            "precision": cards[0].get("precision"),
             "config": {"combine": "mean of calibrated scores", "members": members}
             | {k: getattr(split_cfg, k) for k in SPLIT_KEYS},
             "metrics": {"dev": report(scores, labels, thresholds), "dev_size": dev.height,
@@ -84,7 +82,4 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path) -> 
                         "members_dev_auc": {c["name"]: report(s, labels, {})["auc"]
                                             for c, s in zip(cards, each, strict=True)}},
             "thresholds": thresholds, "skd_version": skd_version()}
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return publish(db, card, tmp, out)
+    return publish(db, card, staging(out), out)

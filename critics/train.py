@@ -237,9 +237,7 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,
         check_name_free(store, name)
         df = load_labels(store, cfg.labels_where, cfg.sources)
     train, dev = split(df, cfg.dev_fraction, cfg.seed, cfg.dev_sources)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = staging(out)
     critic, raw, cal = fit_critic(cfg, train, dev, tmp, on_step)
     if isinstance(critic, FinetunedCritic):  # the card records the length the critic was trained at
         cfg = cfg.model_copy(update={"max_length": critic.max_length})
@@ -250,12 +248,22 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,
                "dev_calibration_error_raw": calibration_error(raw, dev_labels)}
     card = {"name": name, "critic_id": f"{name}-{uuid.uuid4().hex[:8]}", "mode": cfg.mode, "base_model": cfg.base,
             "label_sources": sorted(set(df["source"].to_list())),
-            "label_counts": {str(k): int(v) for k, v in zip(*np.unique(df["label"].to_numpy(), return_counts=True),
-                                                               strict=True)},
-            "coverage": coverage(df), "calibration": cal, "precision": precision(),
+            "label_counts": label_counts(df), "coverage": coverage(df), "calibration": cal, "precision": precision(),
             "config": cfg.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
             "skd_version": skd_version()}
     return publish(db, card, tmp, out)
+
+
+def label_counts(df: pl.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in zip(*np.unique(df["label"].to_numpy(), return_counts=True), strict=True)}
+
+
+def staging(out: Path) -> Path:
+    """An empty folder beside OUT to build the artifact in; `publish` moves it to OUT when it is whole."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def publish(db: str | Path, card: dict[str, Any], tmp: Path, out: Path) -> dict[str, Any]:

@@ -75,14 +75,27 @@ def progress(name: str):
     return lambda k, s: print(f"  {name} fold {k}: {s:.0f} s", flush=True)
 
 
-def auc_interval(scores: np.ndarray, labels: np.ndarray, draws: int = 1000) -> str:
-    """A 95% bootstrap interval of the AUC over the labels (seeded): with about 200 positives among 958 labels,
-    AUCs a few points apart are not told apart, and the table should say so."""
+def bootstrap_aucs(scores: np.ndarray, labels: np.ndarray, draws: int = 2000) -> np.ndarray:
+    """The AUC on each of DRAWS resamples of the labels, the same resamples (seeded) for every scorer, so two
+    scorers' AUCs can be compared draw by draw."""
     rng, n = np.random.default_rng(0), len(labels)
-    aucs = [roc_auc_score(labels[i], scores[i]) for i in (rng.integers(0, n, n) for _ in range(draws))
-            if labels[i].min() != labels[i].max()]
-    lo, hi = np.percentile(aucs, [2.5, 97.5])
+    return np.asarray([roc_auc_score(labels[i], scores[i]) if labels[i].min() != labels[i].max() else np.nan
+                       for i in (rng.integers(0, n, n) for _ in range(draws))])
+
+
+def auc_interval(scores: np.ndarray, labels: np.ndarray) -> str:
+    """A 95% bootstrap interval of the AUC over the labels: with about 200 positives among 958 labels, AUCs a few
+    points apart are not told apart, and the table should say so."""
+    lo, hi = np.nanpercentile(bootstrap_aucs(scores, labels), [2.5, 97.5])
     return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def auc_gain(table: Table, task: str, what: str, a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> None:
+    """A's AUC minus B's on the same labels, with a paired bootstrap 95% interval (both scored on each resample)."""
+    lo, hi = np.nanpercentile(bootstrap_aucs(a, labels) - bootstrap_aucs(b, labels), [2.5, 97.5])
+    gain = roc_auc_score(labels, a) - roc_auc_score(labels, b)
+    table.add_row("", f"  {what} (paired)", f"{gain:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", "", "", "", "")
+    print("row:", task, what, f"{gain:+.4f} [{lo:+.4f}, {hi:+.4f}]", flush=True)
 
 
 def row(table: Table, task: str, name: str, res: dict, seconds: float, scores: list[float] | np.ndarray,
@@ -125,20 +138,21 @@ def ensemble(table: Table, task: str, runs: dict[str, dict]) -> None:
     first = next(iter(runs.values()))  # every run has the same labels in the same order and the same folds
     y, groups, seconds = np.asarray(first["labels"]), first.get("groups"), sum(r["seconds"] for r in runs.values())
     assert all(r["labels"] == first["labels"] and r["fold"] == first["fold"] for r in runs.values()), "other folds"
+    best = max(runs, key=lambda name: runs[name]["overall"]["auc"])
     mean = np.mean([r["scores"] for r in runs.values()], axis=0)
-    row(table, task, f"ensemble: mean of {', '.join(runs)}", summaries(mean, y, groups), seconds, mean, y)
     x = np.column_stack([logit(r["scores"]) for r in runs.values()])
     stack = out_of_fold_stack(x, y, np.asarray(first["fold"]))
-    row(table, task, f"ensemble: stacked {', '.join(runs)}", summaries(stack, y, groups), seconds, stack, y)
+    for how, scores in (("mean of", mean), ("stacked", stack)):
+        row(table, task, f"ensemble: {how} {', '.join(runs)}", summaries(scores, y, groups), seconds, scores, y)
+        auc_gain(table, task, f"vs {best} alone", scores, np.asarray(runs[best]["scores"]), y)
 
 
 def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray) -> None:
     """The attempt's out-of-fold score beside the teacher's own normalised NLL in a logistic regression, fitted on
     the other folds of the same grouped split (so still out-of-fold): what a critic would gain by also reading the
     likelihood the teacher gave its output (skd records it: `generations.logprob`, `n_tokens`)."""
-    x = np.column_stack([logit(run["scores"]), teacher_nll])
-    oof = out_of_fold_stack(x, np.asarray(run["labels"]), np.asarray(run["fold"]))
-    y = np.asarray(run["labels"])
+    x, y = np.column_stack([logit(run["scores"]), teacher_nll]), np.asarray(run["labels"])
+    oof = out_of_fold_stack(x, y, np.asarray(run["fold"]))
     row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(oof, y, None), run["seconds"], oof, y)
 
 

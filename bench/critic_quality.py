@@ -62,12 +62,16 @@ CKBP_ATTEMPTS = {
                            TUNE | {"base": MPNET, "dev_sources": [EXPERT]}, [CROWD, EXPERT], {EXPERT: 3.0}),
     "mpnet-ft-expert": ("MPNet fine-tuned, expert folds only", TUNE | {"base": MPNET, "epochs": 4, "eval_steps": 20},
                         [EXPERT], {}),
+    "minilm-ft-expert": ("MiniLM fine-tuned, expert folds only",
+                         TUNE | {"base": MINILM, "epochs": 4, "eval_steps": 20}, [EXPERT], {}),
 }
 RATIONALE_ATTEMPTS = {
     "minilm-emb": ("MiniLM frozen + head", {"mode": "embedding", "base": MINILM}),
     "mpnet-emb": ("MPNet frozen + head", {"mode": "embedding", "base": MPNET}),
     "minilm-ft": ("MiniLM fine-tuned", TUNE | {"base": MINILM, "epochs": 3, "eval_steps": 100}),
     "mpnet-ft": ("MPNet fine-tuned", TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100}),
+    "mpnet-ft-lr2e-5": ("MPNet fine-tuned, learning rate 2e-5",
+                        TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100, "lr": 2e-5}),
 }
 
 
@@ -127,12 +131,12 @@ def out_of_fold_stack(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndar
     return oof
 
 
-def ensemble(table: Table, task: str, runs: dict[str, dict]) -> None:
+def ensemble(table: Table, task: str, runs: dict[str, dict], teacher_nll: np.ndarray | None = None) -> None:
     """The attempts combined, two ways: the mean of their calibrated out-of-fold scores, and a logistic
     regression over their logits fitted on the other folds. The folds are the same (seeded, grouped), so both are
     out-of-fold too, and say whether an ensemble of critics would be worth building. Stacking matters when a
     critic's calibration is off on these labels (one calibrated on a crowd-heavy dev split), which a mean cannot
-    correct."""
+    correct. With TEACHER_NLL (rationales), a third way: the stack with the teacher's own NLL as one more column."""
     if len(runs) < 2:
         return
     first = next(iter(runs.values()))  # every run has the same labels in the same order and the same folds
@@ -142,7 +146,11 @@ def ensemble(table: Table, task: str, runs: dict[str, dict]) -> None:
     mean = np.mean([r["scores"] for r in runs.values()], axis=0)
     x = np.column_stack([logit(r["scores"]) for r in runs.values()])
     stack = out_of_fold_stack(x, y, np.asarray(first["fold"]))
-    for how, scores in (("mean of", mean), ("stacked", stack)):
+    ways = [("mean of", mean), ("stacked", stack)]
+    if teacher_nll is not None:
+        ways.append(("stacked with GPT-3's own NLL,",
+                     out_of_fold_stack(np.column_stack([x, teacher_nll]), y, np.asarray(first["fold"]))))
+    for how, scores in ways:
         row(table, task, f"ensemble: {how} {', '.join(runs)}", summaries(scores, y, groups), seconds, scores, y)
         auc_gain(table, task, f"vs {best} alone", scores, np.asarray(runs[best]["scores"]), y)
 
@@ -154,6 +162,7 @@ def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarr
     x, y = np.column_stack([logit(run["scores"]), teacher_nll]), np.asarray(run["labels"])
     oof = out_of_fold_stack(x, y, np.asarray(run["fold"]))
     row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(oof, y, None), run["seconds"], oof, y)
+    auc_gain(table, task, f"vs {name} alone", oof, np.asarray(run["scores"]), y)
 
 
 def keep(out: Path | None, task: str, name: str, run: dict) -> None:
@@ -207,6 +216,9 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
                   auc_interval(nll, y), f"{average_precision_score(y, nll):.3f}", "-", f"{len(y):,}", "")
     task = f"CSQA rationales, {folds}-fold by question"
     runs = loaded(list(load), "rationale", table, task)
+    assert all(r["labels"] == y.tolist() for r in runs.values()), "kept scores of other labels than these"
+    for name, run in runs.items():
+        stacked(table, task, name, run, nll)
     for name in attempts:
         what, cfg = RATIONALE_ATTEMPTS[name]
         started = time.perf_counter()
@@ -216,7 +228,7 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
         assert res["labels"] == y.tolist(), "labels out of the order cross_validate read them in"
         stacked(table, task, name, runs[name], nll)
-    ensemble(table, task, runs)
+    ensemble(table, task, runs, nll)
 
 
 def main() -> None:

@@ -145,11 +145,10 @@ def ensemble(table: Table, task: str, runs: dict[str, dict], teacher_nll: np.nda
     best = max(runs, key=lambda name: runs[name]["overall"]["auc"])
     mean = np.mean([r["scores"] for r in runs.values()], axis=0)
     x = np.column_stack([logit(r["scores"]) for r in runs.values()])
-    stack = out_of_fold_stack(x, y, np.asarray(first["fold"]))
-    ways = [("mean of", mean), ("stacked", stack)]
+    fold = np.asarray(first["fold"])
+    ways = [("mean of", mean), ("stacked", out_of_fold_stack(x, y, fold))]
     if teacher_nll is not None:
-        ways.append(("stacked with GPT-3's own NLL,",
-                     out_of_fold_stack(np.column_stack([x, teacher_nll]), y, np.asarray(first["fold"]))))
+        ways.append(("stacked with GPT-3's own NLL,", out_of_fold_stack(np.column_stack([x, teacher_nll]), y, fold)))
     for how, scores in ways:
         row(table, task, f"ensemble: {how} {', '.join(runs)}", summaries(scores, y, groups), seconds, scores, y)
         auc_gain(table, task, f"vs {best} alone", scores, np.asarray(runs[best]["scores"]), y)
@@ -216,9 +215,6 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
                   auc_interval(nll, y), f"{average_precision_score(y, nll):.3f}", "-", f"{len(y):,}", "")
     task = f"CSQA rationales, {folds}-fold by question"
     runs = loaded(list(load), "rationale", table, task)
-    assert all(r["labels"] == y.tolist() for r in runs.values()), "kept scores of other labels than these"
-    for name, run in runs.items():
-        stacked(table, task, name, run, nll)
     for name in attempts:
         what, cfg = RATIONALE_ATTEMPTS[name]
         started = time.perf_counter()
@@ -226,8 +222,9 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
         runs[name] = res | {"seconds": time.perf_counter() - started}
         keep(out, "rationale", name, runs[name])
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
-        assert res["labels"] == y.tolist(), "labels out of the order cross_validate read them in"
-        stacked(table, task, name, runs[name], nll)
+    for name, run in runs.items():  # this run's attempts and kept ones alike: the NLL must be of the same labels
+        assert run["labels"] == y.tolist(), f"{name}: labels out of the order cross_validate read them in"
+        stacked(table, task, name, run, nll)
     ensemble(table, task, runs, nll)
 
 

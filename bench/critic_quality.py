@@ -30,11 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from critics.config import CriticConfig
 from critics.crossval import cross_validate, summaries
+from critics.stack import apply_stack, features, fit_stack
 from critics.train import load_labels
 from store import MINILM, Store, import_labels
 from store.models import MPNET
@@ -64,6 +64,8 @@ CKBP_ATTEMPTS = {
                         [EXPERT], {}),
     "minilm-ft-expert": ("MiniLM fine-tuned, expert folds only",
                          TUNE | {"base": MINILM, "epochs": 4, "eval_steps": 20}, [EXPERT], {}),
+    "smollm2-likelihood": ("SmolLM2-135M likelihood of the tail given head and relation (no training)",
+                           {"mode": "likelihood"}, [CROWD, EXPERT], {}),
 }
 RATIONALE_ATTEMPTS = {
     "minilm-emb": ("MiniLM frozen + head", {"mode": "embedding", "base": MINILM}),
@@ -72,6 +74,8 @@ RATIONALE_ATTEMPTS = {
     "mpnet-ft": ("MPNet fine-tuned", TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100}),
     "mpnet-ft-lr2e-5": ("MPNet fine-tuned, learning rate 2e-5",
                         TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100, "lr": 2e-5}),
+    "smollm2-likelihood": ("SmolLM2-135M likelihood of the explanation given question and answer (no training)",
+                           {"mode": "likelihood"}),
 }
 
 
@@ -116,18 +120,13 @@ def row(table: Table, task: str, name: str, res: dict, seconds: float, scores: l
           {g: round(m["auc"] or 0, 4) for g, m in (res.get("by") or {}).items()}, f"{seconds:.0f}s", flush=True)
 
 
-def logit(p: list[float]) -> np.ndarray:
-    p = np.clip(np.asarray(p), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def out_of_fold_stack(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """A logistic regression over the columns of X, each fold scored by a fit on the other folds: a combination
-    learnt from the labels that stays out-of-fold (the folds are grouped, so no head is on both sides)."""
+    """The product's stack (critics.stack, what `skd critic ensemble --combine stack [--teacher-nll]` fits on dev)
+    over the columns of X, each fold scored by a fit on the other folds: a combination learnt from the labels that
+    stays out-of-fold (the folds are grouped, so no head is on both sides)."""
     oof = np.zeros(len(y))
     for k in np.unique(fold):
-        fit = LogisticRegression().fit(x[fold != k], y[fold != k])
-        oof[fold == k] = fit.predict_proba(x[fold == k])[:, 1]
+        oof[fold == k] = apply_stack(x[fold == k], fit_stack(x[fold != k], y[fold != k]))
     return oof
 
 
@@ -144,7 +143,7 @@ def ensemble(table: Table, task: str, runs: dict[str, dict], teacher_nll: np.nda
     assert all(r["labels"] == first["labels"] and r["fold"] == first["fold"] for r in runs.values()), "other folds"
     best = max(runs, key=lambda name: runs[name]["overall"]["auc"])
     mean = np.mean([r["scores"] for r in runs.values()], axis=0)
-    x = np.column_stack([logit(r["scores"]) for r in runs.values()])
+    x = features([np.asarray(r["scores"]) for r in runs.values()])
     fold = np.asarray(first["fold"])
     ways = [("mean of", mean), ("stacked", out_of_fold_stack(x, y, fold))]
     if teacher_nll is not None:
@@ -158,7 +157,7 @@ def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarr
     """The attempt's out-of-fold score beside the teacher's own normalised NLL in a logistic regression, fitted on
     the other folds of the same grouped split (so still out-of-fold): what a critic would gain by also reading the
     likelihood the teacher gave its output (skd records it: `generations.logprob`, `n_tokens`)."""
-    x, y = np.column_stack([logit(run["scores"]), teacher_nll]), np.asarray(run["labels"])
+    x, y = features([np.asarray(run["scores"])], teacher_nll), np.asarray(run["labels"])
     oof = out_of_fold_stack(x, y, np.asarray(run["fold"]))
     row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(oof, y, None), run["seconds"], oof, y)
     auc_gain(table, task, f"vs {name} alone", oof, np.asarray(run["scores"]), y)

@@ -63,5 +63,9 @@ class Calibrated:
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         return apply(self.critic.score(texts, batch_size=batch_size), self.cal)
 
+    def score_rows(self, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
+        from .model import score_rows
+        return apply(score_rows(self.critic, rows, batch_size), self.cal)
+
     def __getattr__(self, name: str) -> Any:  # max_length, embed, ... of the critic inside
         return getattr(self.critic, name)

@@ -15,9 +15,9 @@ class CriticConfig(BaseModel):
     """How a critic trains; the one definition behind `skd critic train`'s options and the pipeline's [critic]."""
 
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["finetune", "embedding", "llm-judge"] = Field(
-        "finetune", description="Fine-tune a classifier, fit a head on frozen embeddings, or ask an LLM yes/no (no "
-                   "training; the base defaults to SmolLM2).")
+    mode: Literal["finetune", "embedding", "llm-judge", "likelihood"] = Field(
+        "finetune", description="Fine-tune a classifier, fit a head on frozen embeddings, ask an LLM yes/no, or read "
+                   "how likely an LM finds the item (the last two train nothing; their base defaults to SmolLM2).")
     prompt: str | None = Field(None, description="llm-judge: question template with {text}.")
     base: str = Field("all-minilm-l6-v2", description="Base encoder: HF id, local path or the embedded MiniLM.")
     labels_where: str | None = Field(None, description="SQL filter over the labels table.")
@@ -45,6 +45,6 @@ class CriticConfig(BaseModel):
 
     @model_validator(mode="after")
     def _judge_needs_a_generative_model(self) -> CriticConfig:
-        if self.mode == "llm-judge" and self.base == MINILM:  # the encoder default cannot answer yes or no
+        if self.mode in ("llm-judge", "likelihood") and self.base == MINILM:  # the encoder default is no LM
             self.base = SMOLLM2
         return self

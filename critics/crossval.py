@@ -23,7 +23,6 @@ from .calibration import apply
 from .config import CriticConfig
 from .metrics import report
 from .train import fit_critic, group_key, label_scores, load_labels, split
-from .verbalize import verbalize_rows
 
 
 def grouped_folds(keys: list[str], k: int, seed: int) -> np.ndarray:
@@ -62,8 +61,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
         out = Path(tempfile.mkdtemp(prefix="skd-cv-"))
         try:
             critic, _, cal = fit_critic(cfg, tr, dev, out)
-            held_texts = verbalize_rows(ev.filter(pl.Series(fold == k)).to_dicts())
-            oof[fold == k] = apply(label_scores(critic, base, held_texts), cal)
+            oof[fold == k] = apply(label_scores(critic, base, ev.filter(pl.Series(fold == k)).to_dicts()), cal)
         finally:
             shutil.rmtree(out, ignore_errors=True)
         seconds.append(time.monotonic() - started)

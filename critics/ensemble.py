@@ -1,7 +1,9 @@
-"""An ensemble critic: the mean of trained critics' calibrated scores, calibrated again and given thresholds on
-the dev split the members share. Critics that are good at different things (an MPNet fine-tuned on every CKBP
-label, another on the expert labels only) rank better together than either alone (bench/critic_quality.py), and
-an ensemble is a critic like any other: `skd critic score`, snapshot cuts and `[critic] use` take it by name."""
+"""An ensemble critic: trained critics combined on the dev split they share, and given thresholds there. Two ways:
+the mean of their calibrated scores, calibrated again; or a stack (critics.stack), a logistic regression over their
+logits, optionally with the teacher's own NLL of each item as one more input. Critics that are good at different
+things (an MPNet fine-tuned on every CKBP label, another on the expert labels only) rank better together than
+either alone (bench/critic_quality.py), and an ensemble is a critic like any other: `skd critic score`, snapshot
+cuts and `[critic] use` take it by name."""
 
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ from store import SkdError, Store, skd_version
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
-from .model import load_critic, read_card
+from .model import load_critic, read_card, score_rows
+from .stack import StackedCritic, fit_stack, known_nll, stack_scores
+from .stack import features as stack_features
 from .train import check_name_free, coverage, label_counts, load_labels, publish, split, staging
-from .verbalize import verbalize_rows
 
 # the settings that decide which heads a critic held out for dev: members must agree on them, or the ensemble's
 # dev would hold labels some member trained on, and its thresholds would be chosen on seen data
@@ -35,9 +38,13 @@ class MeanOfCritics:
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         return np.mean([m.score(texts, batch_size=batch_size) for m in self.members], axis=0)
 
+    def score_rows(self, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
+        return np.mean([score_rows(m, rows, batch_size) for m in self.members], axis=0)
 
-def load_ensemble(card: dict[str, Any]) -> MeanOfCritics:
-    return MeanOfCritics([load_critic(m["path"]) for m in card["members"]])
+
+def load_ensemble(card: dict[str, Any]) -> MeanOfCritics | StackedCritic:
+    members = [load_critic(m["path"]) for m in card["members"]]
+    return StackedCritic(members, card["stack"]) if card.get("stack") else MeanOfCritics(members)
 
 
 def shared_split(cards: list[dict[str, Any]]) -> CriticConfig:
@@ -51,35 +58,58 @@ def shared_split(cards: list[dict[str, Any]]) -> CriticConfig:
     return configs[0]
 
 
-def build_ensemble(db: str | Path, name: str, members: list[str], out: Path) -> dict[str, Any]:
-    """Combine the critics MEMBERS of the corpus at DB into the critic NAME, saved to OUT and registered."""
-    if len(set(members)) < 2:
-        raise SkdError("an ensemble needs at least two different critics")
+def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, combine: str = "mean",
+                   teacher_nll: bool = False) -> dict[str, Any]:
+    """Combine the critics MEMBERS of the corpus at DB into the critic NAME, saved to OUT and registered. COMBINE is
+    "mean" or "stack"; TEACHER_NLL (a stack) also weighs the teacher's NLL of each item, and then one member will do."""
+    stacked = combine == "stack" or teacher_nll
+    if len(set(members)) < (1 if teacher_nll else 2) or len(set(members)) < len(members):
+        raise SkdError("an ensemble needs at least two different critics (one, stacked with the teacher's NLL)")
     with Store(db) as store:
         check_name_free(store, name)
         rows = [store.critics.get(m) for m in members]
         cards = [read_card(Path(r["path"])) for r in rows]
         split_cfg = shared_split(cards)
         sources = sorted({s for c in cards for s in c["label_sources"]})
-        df = load_labels(store, split_cfg.labels_where, sources)
+        df = load_labels(store, split_cfg.labels_where, sources, teacher_nll=teacher_nll)
     _, dev = split(df, split_cfg.dev_fraction, split_cfg.seed, split_cfg.dev_sources)
-    texts, labels = verbalize_rows(dev.to_dicts()), dev["label"].to_numpy()
-    each = [load_critic(r["path"]).score(texts) for r in rows]
-    raw = np.mean(each, axis=0)
-    cal = fit_platt(raw, labels)
-    scores = apply(raw, cal)
+    dev_rows, labels = dev.to_dicts(), dev["label"].to_numpy()
+    each = [score_rows(load_critic(r["path"]), dev_rows) for r in rows]
+    if stacked:
+        fits = stack_fits(each, known_nll(dev_rows) if teacher_nll else None, labels)
+        raw = scores = stack_scores(each, known_nll(dev_rows), fits)  # a fit on dev: already a probability
+        cal = None
+        how = "logistic regression over the members' logits" + (" and the teacher's NLL" if teacher_nll else "")
+    else:
+        fits, raw = None, np.mean(each, axis=0)
+        cal = fit_platt(raw, labels)
+        scores, how = apply(raw, cal), "mean of calibrated scores"
     thresholds = choose_thresholds(scores, labels, split_cfg.recalls, split_cfg.precisions)
     card = {"name": name, "critic_id": f"{name}-{uuid.uuid4().hex[:8]}", "mode": "ensemble",
             "base_model": "+".join(c["base_model"] for c in cards), "label_sources": sources,
             "members": [{"name": r["name"], "critic_id": r["critic_id"], "path": str(Path(r["path"]).resolve())}
                         for r in rows],
-            "label_counts": label_counts(df), "coverage": coverage(df), "calibration": cal,
+            "label_counts": label_counts(df), "coverage": coverage(df), "calibration": cal, "stack": fits,
             "precision": cards[0].get("precision"),
-            "config": {"combine": "mean of calibrated scores", "members": members}
+            "config": {"combine": how, "members": members, "teacher_nll": teacher_nll}
             | {k: getattr(split_cfg, k) for k in SPLIT_KEYS},
             "metrics": {"dev": report(scores, labels, thresholds), "dev_size": dev.height,
                         "dev_calibration_error_raw": calibration_error(raw, labels),
                         "members_dev_auc": {c["name"]: report(s, labels, {})["auc"]
-                                            for c, s in zip(cards, each, strict=True)}},
+                                            for c, s in zip(cards, each, strict=True)}}
+            | ({"dev_with_teacher_nll": int((~np.isnan(known_nll(dev_rows))).sum())} if teacher_nll else {}),
             "thresholds": thresholds, "skd_version": skd_version()}
     return publish(db, card, staging(out), out)
+
+
+def stack_fits(each: list[np.ndarray], nll: np.ndarray | None, labels: np.ndarray) -> dict[str, Any]:
+    """The members-only fit, and with NLL the fit over the dev labels whose teacher NLL is known: at least ten of
+    each class, or a one-line error saying where the NLL comes from."""
+    fits: dict[str, Any] = {"members": fit_stack(stack_features(each), labels), "with_nll": None}
+    if nll is not None:
+        known = ~np.isnan(nll)
+        if min(int(labels[known].sum()), int((1 - labels[known]).sum())) < 10:
+            raise SkdError(f"only {int(known.sum())} dev labels carry the teacher's NLL (need 10 of each class): "
+                           "import labels with an `nll` in extra, or label items generated with `logprobs = true`")
+        fits["with_nll"] = fit_stack(stack_features([s[known] for s in each], nll[known]), labels[known])
+    return fits

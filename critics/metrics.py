@@ -71,12 +71,11 @@ def evaluate_on_file(critic: dict[str, Any], path: Path, fmt: str) -> dict[str, 
 
     from store import Store, import_labels
 
-    from .model import load_critic
+    from .model import load_critic, read_card, reads_teacher_nll, score_rows
     from .train import load_labels
-    from .verbalize import verbalize_rows
 
     with tempfile.TemporaryDirectory() as d, Store(Path(d) / "eval.duckdb") as tmp:
         import_labels(tmp, path, fmt)
-        df = load_labels(tmp, None)
-    scores = load_critic(critic["path"]).score(verbalize_rows(df.to_dicts()))
+        df = load_labels(tmp, None, teacher_nll=reads_teacher_nll(read_card(Path(critic["path"]))))
+    scores = score_rows(load_critic(critic["path"]), df.to_dicts())
     return report(scores, df["label"].to_numpy(), critic["thresholds"] or {})

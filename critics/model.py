@@ -25,6 +25,21 @@ class Critic(Protocol):
     def score(self, texts: list[str], batch_size: int = ...) -> np.ndarray: ...
 
 
+def score_rows(critic: Critic, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
+    """Scores of item rows. Most critics read only the verbalised text; one that reads more (a stack with the
+    teacher's likelihood, critics.stack) has `score_rows` and gets the rows themselves."""
+    if hasattr(critic, "score_rows"):
+        return critic.score_rows(rows, batch_size=batch_size)
+    from .verbalize import verbalize_rows
+    return critic.score(verbalize_rows(rows), batch_size=batch_size)
+
+
+def reads_teacher_nll(card: dict[str, Any]) -> bool:
+    """Whether the critic, or any member of it, reads the teacher's NLL: scoring then fetches it for each item."""
+    return bool((card.get("stack") or {}).get("with_nll")) or any(
+        reads_teacher_nll(read_card(Path(m["path"]))) for m in card.get("members", []))
+
+
 def sentence_encoder(path: str | Path, dtype: torch.dtype | None = None) -> Any:
     """A sentence-transformers encoder for inference, by default in the device's compute precision (bfloat16
     where native: 4x faster for MPNet on an AMX CPU, embeddings at cosine 0.9999 of float32's)."""
@@ -138,6 +153,9 @@ def _load_model(path: Path, card: dict[str, Any]) -> Critic:
         from .ensemble import load_ensemble
         return load_ensemble(card)
     dtype = card_dtype(card)
+    if card["mode"] == "likelihood":
+        from .likelihood import load_likelihood
+        return load_likelihood(card["base_model"], dtype)
     if card["mode"] == "llm-judge":
         return load_judge(card["base_model"], card["config"].get("prompt") or JUDGE_PROMPT, dtype)
     if card["mode"] == "embedding":

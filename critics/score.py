@@ -11,10 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import BatchJob, Mapper, local_mapper, open_store, stage_job
+from store import TEACHER_NLL, BatchJob, Mapper, local_mapper, open_store, stage_job
 
-from .model import load_critic, read_card
-from .verbalize import verbalize_rows
+from .model import load_critic, read_card, reads_teacher_nll, score_rows
 
 
 @dataclass
@@ -26,6 +25,7 @@ class ScoreSummary:
     scored: int = 0
     seconds: float = 0.0
     uncovered: dict[str, int] = field(default_factory=dict)  # items of a kind or relation it has no labels for
+    without_teacher_nll: int | None = None  # for a critic that reads it: items scored without (members alone)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,7 +44,7 @@ class ScoreBatch:
         read_card(Path(path))
 
     def __call__(self, part: pa.Table) -> pa.Table:
-        scores = self.critic.score(verbalize_rows(part.to_pylist()), batch_size=self.batch_size)
+        scores = score_rows(self.critic, part.to_pylist(), batch_size=self.batch_size)
         return pa.table({"item_id": part["item_id"], "critic_id": [self.critic_id] * part.num_rows,
                          "score": pa.array(scores, type=pa.float64())})
 
@@ -56,10 +56,13 @@ def score_items(db_path: str | Path, name: str, where: str | None = None, chunk:
     db_path = Path(db_path)
     with open_store(db_path) as s:
         row = s.critics.get(name)
-        todo, total = s.scores.missing(row["critic_id"], where)
+        card = read_card(Path(row["path"]))
+        todo, total = s.scores.missing(row["critic_id"], where, teacher_nll=reads_teacher_nll(card))
         run_id = s.start_run("score", {"critic": name, "critic_id": row["critic_id"], "where": where})
     stats = ScoreSummary(name, row["critic_id"], items=total, already_scored=total - todo.num_rows)
-    outside = outside_coverage(read_card(Path(row["path"])).get("coverage"))
+    if TEACHER_NLL in todo.column_names:
+        stats.without_teacher_nll = todo[TEACHER_NLL].null_count
+    outside = outside_coverage(card.get("coverage"))
     for key in filter(None, map(outside, todo.select(["kind", "relation"]).to_pylist())):
         stats.uncovered[key] = stats.uncovered.get(key, 0) + 1
     started = time.monotonic()

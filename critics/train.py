@@ -24,7 +24,7 @@ from store.hardware import bf16_native, compute_dtype
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
-from .model import JUDGE_PROMPT, EmbeddingCritic, FinetunedCritic, device, load_judge, precision
+from .model import JUDGE_PROMPT, EmbeddingCritic, FinetunedCritic, device, load_judge, precision, score_rows
 from .verbalize import verbalize_rows
 
 
@@ -32,9 +32,11 @@ def group_key(row: dict[str, Any]) -> str:
     return (row.get("head") or row.get("question") or row.get("text") or "").strip().lower()
 
 
-def load_labels(store: Store, where: str | None, sources: list[str] | None = None) -> pl.DataFrame:
-    """The labels to train on, in a fixed order: the same labels always train the same critic."""
-    df = store.labels.select(where, sources)
+def load_labels(store: Store, where: str | None, sources: list[str] | None = None,
+                teacher_nll: bool = False) -> pl.DataFrame:
+    """The labels to train on, in a fixed order: the same labels always train the same critic (with the
+    teacher's NLL of each, where asked: a stack's input)."""
+    df = store.labels.select(where, sources, teacher_nll=teacher_nll)
     if df.height == 0:
         which = " and ".join(x for x in (f"match {where!r}" if where else "",
                                           f"come from {', '.join(sources)}" if sources else "") if x)
@@ -207,6 +209,20 @@ def fit_judge(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFra
     return load_judge(base, cfg.prompt or JUDGE_PROMPT)
 
 
+_LIKELIHOOD: dict[str, Any] = {}  # base -> its likelihood critic, for this process (its cache with it)
+
+
+def fit_likelihood(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path):
+    """Nothing to train either; the LM is loaded once per process, so cross-validation computes each label's
+    likelihood once (the folds' dev splits overlap)."""
+    from .likelihood import load_likelihood
+
+    if base not in _LIKELIHOOD:
+        _LIKELIHOOD.clear()
+        _LIKELIHOOD[base] = load_likelihood(base)
+    return _LIKELIHOOD[base]
+
+
 def fit_critic(cfg: CriticConfig, train: pl.DataFrame, dev: pl.DataFrame, out: Path,
                on_step: Callable[[int, int], None] | None = None) -> tuple[Any, np.ndarray, dict[str, Any] | None]:
     """Train on TRAIN (early stopping on DEV) into OUT; the critic, its raw dev scores and its calibration.
@@ -216,17 +232,18 @@ def fit_critic(cfg: CriticConfig, train: pl.DataFrame, dev: pl.DataFrame, out: P
         if cfg.mode == "finetune":
             critic = fit_finetune(cfg, base, train, dev, out, on_step)
         else:
-            critic = {"embedding": fit_embedding, "llm-judge": fit_judge}[cfg.mode](cfg, base, train, dev, out)
-    raw = label_scores(critic, base, verbalize_rows(dev.to_dicts()))
+            critic = {"embedding": fit_embedding, "llm-judge": fit_judge,
+                      "likelihood": fit_likelihood}[cfg.mode](cfg, base, train, dev, out)
+    raw = label_scores(critic, base, dev.to_dicts())
     return critic, raw, fit_platt(raw, dev["label"].to_numpy()) if cfg.calibrate else None
 
 
-def label_scores(critic: Any, base: str, texts: list[str]) -> np.ndarray:
-    """Raw scores of label texts; a frozen encoder's vectors come from the per-process cache, so that
+def label_scores(critic: Any, base: str, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Raw scores of labels; a frozen encoder's vectors come from the per-process cache, so that
     cross-validation encodes each label text once, whichever fold's dev or held-out part it falls in."""
     if isinstance(critic, EmbeddingCritic):
-        return critic.score_vectors(cached_embeddings(critic, base, texts))
-    return critic.score(texts)
+        return critic.score_vectors(cached_embeddings(critic, base, verbalize_rows(rows)))
+    return score_rows(critic, rows)
 
 
 def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,

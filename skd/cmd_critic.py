@@ -22,11 +22,16 @@ from .output import err, out, print_json, progress_bar, run_with_progress
 
 app = typer.Typer(help="Critic models: train from labels, score the corpus, evaluate.", no_args_is_help=True)
 LabelFormat = Enum("LabelFormat", {f.replace("-", "_"): f for f in LABEL_FORMATS}, type=str)
+Combine = Enum("Combine", {"mean": "mean", "stack": "stack"}, type=str)
 
 
 def coverage_warnings(stats: ScoreSummary) -> list[str]:
-    return [f"warning: critic {stats.critic} was trained on no labels of {what}; {n:,} such items scored anyway "
-            "(their scores are guesses)" for what, n in sorted(stats.uncovered.items(), key=lambda kv: -kv[1])]
+    lines = [f"warning: critic {stats.critic} was trained on no labels of {what}; {n:,} such items scored anyway "
+             "(their scores are guesses)" for what, n in sorted(stats.uncovered.items(), key=lambda kv: -kv[1])]
+    if stats.without_teacher_nll:
+        lines.append(f"warning: critic {stats.critic} reads the teacher's NLL, which {stats.without_teacher_nll:,} "
+                     "items lack (imported, or generated without `logprobs = true`); its members alone scored them")
+    return lines
 
 
 def report_tables(name: str, rep: dict) -> list[Table]:
@@ -77,17 +82,24 @@ def ensemble(
     members: Annotated[list[str], typer.Argument(help="Two or more trained critics to combine.")],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Artifact folder \\[default: DB.d/critics/NAME].")]
     = None,
+    combine: Annotated[Combine, typer.Option(help="mean: of the calibrated scores; stack: a logistic regression "
+                                             "over the members' logits, fitted on dev.")] = Combine.mean,
+    teacher_nll: Annotated[bool, typer.Option("--teacher-nll", help="Stack with the teacher's own NLL of each item "
+                                              "too (one member will do); items without it get the members alone.")]
+    = False,
     db: Db = None, json: Json = False,
 ) -> None:
-    """Combine trained critics into one: the mean of their calibrated scores, calibrated and given thresholds on
-    the dev split they share (they must have been trained with the same seed, dev fraction and dev sources)."""
+    """Combine trained critics into one, calibrated and given thresholds on the dev split they share (they must
+    have been trained with the same seed, dev fraction and dev sources)."""
     db_path = db or default_path()
-    card = build_ensemble(db_path, name, members, out_dir or Path(str(db_path) + ".d") / "critics" / name)
+    card = build_ensemble(db_path, name, members, out_dir or Path(str(db_path) + ".d") / "critics" / name,
+                          combine.value, teacher_nll)
     if json:
         print_json(card)
         return
     aucs = ", ".join(f"{k} {v:.3f}" for k, v in card["metrics"]["members_dev_auc"].items())
-    out.print(f"critic {name}: dev AUC {card['metrics']['dev']['auc']:.3f} (members: {aucs})")
+    out.print(f"critic {name} ({card['config']['combine']}): dev AUC {card['metrics']['dev']['auc']:.3f} "
+              f"(members: {aucs})")
     for t in report_tables(f"{name} (dev)", card["metrics"]["dev"]):
         out.print(t)
 

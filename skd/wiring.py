@@ -14,7 +14,9 @@ from train.eval_run import EvalConfig, evaluate_model
 
 
 def critic_scorer(row: dict[str, Any], recall: float | None, min_score: float | None = None) -> tuple[Any, float]:
-    """Score items with the registered critic `row`; accept at its cut (the critics' default recall)."""
+    """Score items with the registered critic `row`; accept at its cut (the critics' default recall). By their text
+    only, never the teacher's NLL even for a critic that reads it: a student's outputs and its teacher's are
+    compared here, and only the teacher's would have one."""
     from critics import load_critic, threshold_of
     from critics.verbalize import verbalize_rows
 

@@ -149,12 +149,17 @@ class Labels:
     def __init__(self, store: Store):
         self.store = store
 
-    def select(self, where: str | None = None, sources: list[str] | None = None, option: str = "--labels-where"):
+    def select(self, where: str | None = None, sources: list[str] | None = None, option: str = "--labels-where",
+               teacher_nll: bool = False):
         """Labels (a polars DataFrame) matching a user's filter and coming from `sources` (all when empty),
-        in a fixed order: the same labels always train the same critic."""
+        in a fixed order: the same labels always train the same critic. TEACHER_NLL adds the teacher's likelihood
+        of each (a `teacher_nll` column, null where unknown), for a critic stacked with it."""
+        from .items import TEACHER_NLL, teacher_nll_sql
+
+        nll = f", {teacher_nll_sql('labels')} AS {TEACHER_NLL}" if teacher_nll else ""
         with user_filter(option):
             return self.store.query(
-                f"SELECT {self.COLUMNS} FROM labels WHERE {where_sql(where)} AND "
+                f"SELECT {self.COLUMNS}{nll} FROM labels WHERE {where_sql(where)} AND "
                 "(len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], source)) ORDER BY item_id, source",
                 [sources or [], sources or []])
 
@@ -191,12 +196,14 @@ class Scores:
     def __init__(self, store: Store):
         self.store = store
 
-    def missing(self, critic_id: str, where: str | None = None, option: str = "--where") -> tuple[Any, int]:
+    def missing(self, critic_id: str, where: str | None = None, option: str = "--where",
+                teacher_nll: bool = False) -> tuple[Any, int]:
         """Items (an Arrow table of SCORED_COLUMNS, by item_id) that the critic has not scored, among those
-        matching a user's filter; and how many match in all."""
-        from .items import SCORED_COLUMNS
+        matching a user's filter; and how many match in all. TEACHER_NLL adds the teacher's likelihood of each."""
+        from .items import SCORED_COLUMNS, TEACHER_NLL, teacher_nll_sql
 
-        return items_without(self.store, "scores", "critic_id", critic_id, SCORED_COLUMNS, where, option)
+        columns = (*SCORED_COLUMNS, f"{teacher_nll_sql('i')} AS {TEACHER_NLL}") if teacher_nll else SCORED_COLUMNS
+        return items_without(self.store, "scores", "critic_id", critic_id, columns, where, option)
 
 
 def items_without(store: Store, table: str, key: str, value: str, columns: tuple[str, ...], where: str | None,

@@ -25,6 +25,20 @@ ITEM_COLUMNS = ("kind", "head", "relation", "tail", "question", "answer", "choic
                 "extra")
 # What a critic reads of an item (its verbaliser's inputs: kind and the identity fields), with its id.
 SCORED_COLUMNS = ("item_id", *(c for c in ITEM_COLUMNS if c == "kind" or c in ID_FIELDS))
+# What a critic that also reads the teacher's likelihood gets besides (critics.stack).
+TEACHER_NLL = "teacher_nll"
+
+
+def teacher_nll_sql(alias: str) -> str:
+    """The teacher's per-token negative log-likelihood of the row aliased ALIAS (an item or a label), as SQL: an
+    `nll` its importer recorded in `extra` (the rationale-acceptability file carries GPT-3's), else its generation's
+    -logprob / n_tokens (recorded with `logprobs = true`; where a completion held several items, each gets the whole
+    completion's, and an item generated more than once its likeliest). NULL where neither is known."""
+    return (f"coalesce(try_cast({alias}.extra->>'nll' AS DOUBLE), (SELECT min(-g.logprob / g.n_tokens) "
+            "FROM item_sources s JOIN generations g ON g.request_id = s.request_id AND g.sample_index = s.sample_index "
+            f"WHERE s.item_id = {alias}.item_id AND g.logprob IS NOT NULL AND g.n_tokens > 0))")
+
+
 # What the embedder reads: a triple's tail, else the verbalisation, so the same inputs as a critic's.
 EMBEDDED_COLUMNS = SCORED_COLUMNS
 # What an export holds of each item: everything but `extra`, which the export casts to JSON text itself.

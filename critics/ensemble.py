@@ -19,7 +19,7 @@ from store import SkdError, Store, skd_version
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
-from .model import load_critic, read_card, score_rows
+from .model import load_critic, read_card, reads_teacher_nll, score_rows
 from .stack import StackedCritic, fit_stack, known_nll, stack_scores
 from .stack import features as stack_features
 from .train import check_name_free, coverage, label_counts, load_labels, publish, split, staging
@@ -71,19 +71,12 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
         cards = [read_card(Path(r["path"])) for r in rows]
         split_cfg = shared_split(cards)
         sources = sorted({s for c in cards for s in c["label_sources"]})
-        df = load_labels(store, split_cfg.labels_where, sources, teacher_nll=teacher_nll)
+        df = load_labels(store, split_cfg.labels_where, sources,
+                         teacher_nll=teacher_nll or any(map(reads_teacher_nll, cards)))
     _, dev = split(df, split_cfg.dev_fraction, split_cfg.seed, split_cfg.dev_sources)
     dev_rows, labels = dev.to_dicts(), dev["label"].to_numpy()
     each = [score_rows(load_critic(r["path"]), dev_rows) for r in rows]
-    if stacked:
-        fits = stack_fits(each, known_nll(dev_rows) if teacher_nll else None, labels)
-        raw = scores = stack_scores(each, known_nll(dev_rows), fits)  # a fit on dev: already a probability
-        cal = None
-        how = "logistic regression over the members' logits" + (" and the teacher's NLL" if teacher_nll else "")
-    else:
-        fits, raw = None, np.mean(each, axis=0)
-        cal = fit_platt(raw, labels)
-        scores, how = apply(raw, cal), "mean of calibrated scores"
+    fits, cal, raw, scores, how = combine_on_dev(each, known_nll(dev_rows), labels, stacked, teacher_nll)
     thresholds = choose_thresholds(scores, labels, split_cfg.recalls, split_cfg.precisions)
     card = {"name": name, "critic_id": f"{name}-{uuid.uuid4().hex[:8]}", "mode": "ensemble",
             "base_model": "+".join(c["base_model"] for c in cards), "label_sources": sources,
@@ -100,6 +93,18 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
             | ({"dev_with_teacher_nll": int((~np.isnan(known_nll(dev_rows))).sum())} if teacher_nll else {}),
             "thresholds": thresholds, "skd_version": skd_version()}
     return publish(db, card, staging(out), out)
+
+
+def combine_on_dev(each: list[np.ndarray], nll: np.ndarray, labels: np.ndarray, stacked: bool, teacher_nll: bool):
+    """The combination's fits (a stack) or calibration (a mean), its raw and final dev scores, and what it is."""
+    if stacked:
+        fits = stack_fits(each, nll if teacher_nll else None, labels)
+        scores = stack_scores(each, nll, fits)  # a fit on dev: already a probability, no Platt step
+        how = "logistic regression over the members' logits" + (" and the teacher's NLL" if teacher_nll else "")
+        return fits, None, scores, scores, how
+    raw = np.mean(each, axis=0)
+    cal = fit_platt(raw, labels)
+    return None, cal, raw, apply(raw, cal), "mean of calibrated scores"
 
 
 def stack_fits(each: list[np.ndarray], nll: np.ndarray | None, labels: np.ndarray) -> dict[str, Any]:

@@ -33,11 +33,11 @@ def context_and_content(item: dict[str, Any]) -> tuple[str, str]:
 
 class LikelihoodCritic:
     """exp(-mean NLL) of an item's content given its context under a causal LM; `score(texts)` (no rows, so no
-    context) takes the whole text as content. Each (context, content) is computed once per critic: cross-validation
-    scores mostly the same dev labels in every fold."""
+    context) takes the whole text as content. With KEEP, each (context, content) is computed once per critic: cross-
+    validation scores mostly the same dev labels in every fold (scoring a corpus keeps nothing)."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int = 256):
-        self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
+    def __init__(self, model: Any, tokenizer: Any, max_length: int = 256, keep: bool = False):
+        self.model, self.tokenizer, self.max_length, self.keep = model.eval(), tokenizer, max_length, keep
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.cache: dict[tuple[str, str], float] = {}
@@ -49,11 +49,15 @@ class LikelihoodCritic:
         return self._scores([context_and_content(r) for r in rows], batch_size)
 
     def _scores(self, pairs: list[tuple[str, str]], batch_size: int) -> np.ndarray:
+        batch_size = min(batch_size, 32)  # logits are batch x tokens x vocabulary (49k): 128 x 256 would be 6 GB
         todo = list(dict.fromkeys(p for p in pairs if p not in self.cache))
         todo.sort(key=lambda p: len(p[0]) + len(p[1]))  # like lengths together: little padding
         for i in range(0, len(todo), batch_size):
             self.cache.update(zip(todo[i:i + batch_size], self._nll(todo[i:i + batch_size]), strict=True))
-        return np.exp(-np.asarray([self.cache[p] for p in pairs], dtype=np.float64))
+        nll = [self.cache[p] for p in pairs]
+        if not self.keep:
+            self.cache.clear()
+        return np.exp(-np.asarray(nll, dtype=np.float64))
 
     @torch.inference_mode()
     def _nll(self, pairs: list[tuple[str, str]]) -> list[float]:
@@ -77,7 +81,7 @@ class LikelihoodCritic:
         return (-(logp * scored).sum(1) / scored.sum(1).clamp(min=1)).cpu().tolist()
 
 
-def load_likelihood(base: str, dtype: torch.dtype | None = None) -> LikelihoodCritic:
+def load_likelihood(base: str, dtype: torch.dtype | None = None, keep: bool = False) -> LikelihoodCritic:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from store import resolve_model
@@ -85,4 +89,4 @@ def load_likelihood(base: str, dtype: torch.dtype | None = None) -> LikelihoodCr
 
     path = resolve_model(base)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or compute_dtype()).to(device())
-    return LikelihoodCritic(model, AutoTokenizer.from_pretrained(path))
+    return LikelihoodCritic(model, AutoTokenizer.from_pretrained(path), keep=keep)

@@ -219,7 +219,7 @@ def fit_likelihood(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Da
 
     if base not in _LIKELIHOOD:
         _LIKELIHOOD.clear()
-        _LIKELIHOOD[base] = load_likelihood(base)
+        _LIKELIHOOD[base] = load_likelihood(base, keep=True)
     return _LIKELIHOOD[base]
 
 

@@ -11,6 +11,7 @@ machine, including the attempts that did not help.
     python bench/critic_quality.py --task ckbp --attempts minilm-emb,mpnet-emb --folds 5
     python bench/critic_quality.py --task ckbp --attempts mpnet-ft --out kept/   # keep out-of-fold scores
     python bench/critic_quality.py --task ckbp --attempts none --load kept/*.json  # ensemble kept attempts
+    python bench/critic_quality.py --task built   # the rationale stacks as `skd critic ensemble` builds them
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import polars as pl
 from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from critics.config import CriticConfig
-from critics.crossval import cross_validate, summaries
+from critics.crossval import cross_validate, grouped_folds, summaries
+from critics.ensemble import build_ensemble
+from critics.model import load_critic, score_rows
 from critics.stack import apply_stack, features, fit_stack
-from critics.train import load_labels
+from critics.train import group_key, load_labels, train_critic
 from store import MINILM, Store, import_labels
 from store.models import MPNET
 
@@ -227,9 +231,52 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     ensemble(table, task, runs, nll)
 
 
+def built(tmp: Path, folds: int, table: Table) -> None:
+    """The rationale stacks as the product builds them, out of fold: per fold, `skd critic train` (MiniLM fine-tune
+    and SmolLM2 likelihood) on the other folds' questions, then `skd critic ensemble --teacher-nll` and `--combine
+    stack` fitted on the fine-tune's own dev split (not on the other folds, as the rows above), each scoring the
+    held-out questions through `critics.model.score_rows`, as `skd critic score` does."""
+    db = tmp / "built.duckdb"
+    with Store(db) as s:
+        import_labels(s, DATA / "rationale_acceptability/commonsenseqa_train.csv", "rationale-acceptability",
+                      source="csqa")
+        df = load_labels(s, None, teacher_nll=True)
+    fold = grouped_folds([group_key(r) for r in df.iter_rows(named=True)], folds, 0)  # cross_validate's folds
+    names = {"ft": "`minilm-ft`, trained by `skd critic train`", "nll": "+ `--teacher-nll` (GPT-3's NLL), built",
+             "lik": "+ `smollm2-likelihood`, `--combine stack`, built"}
+    oof, seconds = {n: np.zeros(df.height) for n in names}, dict.fromkeys(names, 0.0)
+    for k in range(folds):
+        held = df.filter(pl.Series(fold == k))
+        for name, path, took in build_fold(db, tmp, k, f"item_id NOT IN ({', '.join(map(repr, held['item_id']))})"):
+            oof[name][fold == k] = score_rows(load_critic(path), held.to_dicts())
+            seconds[name] += took
+        print(f"  built fold {k}: {sum(seconds.values()):.0f} s", flush=True)
+    y = df["label"].to_numpy()
+    for name, what in names.items():
+        total = seconds["ft"] + (seconds[name] if name != "ft" else 0)
+        row(table, f"CSQA rationales, {folds}-fold by question", what, summaries(oof[name], y), total, oof[name], y)
+        if name != "ft":
+            auc_gain(table, "CSQA rationales", "vs `minilm-ft` alone", oof[name], oof["ft"], y)
+
+
+def build_fold(db: Path, tmp: Path, k: int, where: str):
+    """(name, artifact, seconds) of each critic built on the labels matching WHERE, in order."""
+    started = time.perf_counter()
+    train_critic(db, f"ft{k}", CriticConfig(**RATIONALE_ATTEMPTS["minilm-ft"][1], labels_where=where), tmp / f"ft{k}")
+    yield "ft", tmp / f"ft{k}", time.perf_counter() - started
+    started = time.perf_counter()
+    build_ensemble(db, f"nll{k}", [f"ft{k}"], tmp / f"nll{k}", teacher_nll=True)
+    yield "nll", tmp / f"nll{k}", time.perf_counter() - started
+    started = time.perf_counter()
+    train_critic(db, f"l{k}", CriticConfig(mode="likelihood", labels_where=where), tmp / f"l{k}")
+    build_ensemble(db, f"lik{k}", [f"ft{k}", f"l{k}"], tmp / f"lik{k}", combine="stack")
+    yield "lik", tmp / f"lik{k}", time.perf_counter() - started
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--task", choices=["ckbp", "rationale", "all"], default="all")
+    ap.add_argument("--task", choices=["ckbp", "rationale", "built", "all"], default="all",
+                    help="built: the rationale stacks as `skd critic ensemble` builds them (not part of all)")
     ap.add_argument("--attempts", default="", help="comma separated (default: all of the task's)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--out", type=Path, help="keep each attempt's out-of-fold scores here (TASK-NAME.json)")
@@ -251,6 +298,8 @@ def main() -> None:
             ckbp(ck, args.folds, tmp, table, args.out, args.load)
         if args.task in ("rationale", "all"):
             rationale(ra, args.folds, tmp, table, args.out, args.load)
+        if args.task == "built":
+            built(tmp, args.folds, table)
     finally:
         Console(width=160).print(table)
         print(f"python bench/critic_quality.py --task {args.task} --attempts {args.attempts or 'all'} "

@@ -75,8 +75,8 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
                          teacher_nll=teacher_nll or any(map(reads_teacher_nll, cards)))
     _, dev = split(df, split_cfg.dev_fraction, split_cfg.seed, split_cfg.dev_sources)
     dev_rows, labels = dev.to_dicts(), dev["label"].to_numpy()
-    each = [score_rows(load_critic(r["path"]), dev_rows) for r in rows]
-    fits, cal, raw, scores, how = combine_on_dev(each, known_nll(dev_rows), labels, stacked, teacher_nll)
+    each, nll = [score_rows(load_critic(r["path"]), dev_rows) for r in rows], known_nll(dev_rows)
+    fits, cal, raw, scores, how = combine_on_dev(each, nll, labels, stacked, teacher_nll)
     thresholds = choose_thresholds(scores, labels, split_cfg.recalls, split_cfg.precisions)
     card = {"name": name, "critic_id": f"{name}-{uuid.uuid4().hex[:8]}", "mode": "ensemble",
             "base_model": "+".join(c["base_model"] for c in cards), "label_sources": sources,
@@ -90,7 +90,7 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
                         "dev_calibration_error_raw": calibration_error(raw, labels),
                         "members_dev_auc": {c["name"]: report(s, labels, {})["auc"]
                                             for c, s in zip(cards, each, strict=True)}}
-            | ({"dev_with_teacher_nll": int((~np.isnan(known_nll(dev_rows))).sum())} if teacher_nll else {}),
+            | ({"dev_with_teacher_nll": int((~np.isnan(nll)).sum())} if teacher_nll else {}),
             "thresholds": thresholds, "skd_version": skd_version()}
     return publish(db, card, staging(out), out)
 

@@ -82,11 +82,6 @@ class LikelihoodCritic:
 
 
 def load_likelihood(base: str, dtype: torch.dtype | None = None, keep: bool = False) -> LikelihoodCritic:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .model import causal_lm
 
-    from store import resolve_model
-    from store.hardware import compute_dtype, device
-
-    path = resolve_model(base)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or compute_dtype()).to(device())
-    return LikelihoodCritic(model, AutoTokenizer.from_pretrained(path), keep=keep)
+    return LikelihoodCritic(*causal_lm(base, dtype), keep=keep)

@@ -123,13 +123,19 @@ class LlmJudge:
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
-def load_judge(base: str, prompt: str = JUDGE_PROMPT, dtype: torch.dtype | None = None) -> LlmJudge:
+def causal_lm(base: str, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """A causal LM (by name, path or embedded default) on this device in its compute precision, and its tokenizer:
+    what the judge and the likelihood critic read."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from store import resolve_model
     path = resolve_model(base)
-    return LlmJudge(AutoModelForCausalLM.from_pretrained(path, dtype=dtype or compute_dtype()).to(device()),
-                    AutoTokenizer.from_pretrained(path), prompt)
+    return (AutoModelForCausalLM.from_pretrained(path, dtype=dtype or compute_dtype()).to(device()),
+            AutoTokenizer.from_pretrained(path))
+
+
+def load_judge(base: str, prompt: str = JUDGE_PROMPT, dtype: torch.dtype | None = None) -> LlmJudge:
+    return LlmJudge(*causal_lm(base, dtype), prompt)
 
 
 def read_card(path: Path) -> dict[str, Any]:

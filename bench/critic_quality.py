@@ -80,6 +80,12 @@ RATIONALE_ATTEMPTS = {
                         TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100, "lr": 2e-5}),
     "smollm2-likelihood": ("SmolLM2-135M likelihood of the explanation given question and answer (no training)",
                            {"mode": "likelihood"}),
+    "minilm-emb-soft": ("MiniLM frozen + head, trained toward the vote share",
+                        {"mode": "embedding", "base": MINILM, "soft_labels": True}),
+    "minilm-ft-soft": ("MiniLM fine-tuned toward the vote share (`--soft-labels`)",
+                       TUNE | {"base": MINILM, "epochs": 3, "eval_steps": 100, "soft_labels": True}),
+    "mpnet-ft-lr2e-5-soft": ("MPNet fine-tuned, learning rate 2e-5, toward the vote share",
+                             TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100, "lr": 2e-5, "soft_labels": True}),
 }
 
 

@@ -24,6 +24,10 @@ class CriticConfig(BaseModel):
     sources: list[str] = Field([], description="Train on these label sources only (every source when empty).")
     source_weights: dict[str, float] = Field({}, description="Loss weight per label source, e.g. ckbp2=3,ckbp1=1 "
                                                               "(1 for a source not named).")
+    soft_labels: bool = Field(
+        False, description="Train toward the annotators' vote share (votes_pos / votes_total) where a label has "
+                           "votes, not its majority: a 2-of-3 label is less sure than a 3-of-3 one. Dev (early "
+                           "stopping, calibration, thresholds) keeps the majority labels.")
     dev_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of heads/questions held out for dev.")
     dev_sources: list[str] = Field(
         [], description="Hold out dev (early stopping, calibration, thresholds) from these label sources only, e.g. "

@@ -82,6 +82,17 @@ def example_weights(df: pl.DataFrame, cfg: CriticConfig) -> np.ndarray:
     return (w / w.mean()).astype(np.float32)
 
 
+def targets(df: pl.DataFrame, cfg: CriticConfig) -> np.ndarray:
+    """What each label trains toward: 0 or 1, or with SOFT_LABELS the share of its annotators who accepted it
+    (where it has votes). Half of the CommonsenseQA rationale labels are 2-to-1 votes either way; a critic that
+    learns how sure the annotators were ranks better than one told each vote was unanimous."""
+    hard = df["label"].to_numpy().astype(np.float32)
+    if not cfg.soft_labels or "votes_total" not in df.columns:
+        return hard
+    pos, total = (df[c].fill_null(0).to_numpy().astype(np.float32) for c in ("votes_pos", "votes_total"))
+    return np.where(total > 0, pos / np.maximum(total, 1), hard).astype(np.float32)
+
+
 def coverage(df: pl.DataFrame) -> dict[str, dict[str, int]]:
     """What the critic was trained on, per kind and per relation: scoring outside it is flagged."""
     def counts(col: str) -> dict[str, int]:
@@ -113,7 +124,7 @@ def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Dat
     encoder.save(str(out / "encoder"))  # at the base's own precision, before it is cast to compute in
     critic = EmbeddingCritic(encoder.to(compute_dtype()), torch.zeros(1), torch.zeros(1))
     x = torch.from_numpy(cached_embeddings(critic, base, verbalize_rows(train.to_dicts())))
-    y = torch.tensor(train["label"].to_list(), dtype=torch.float32)
+    y = torch.from_numpy(targets(train, cfg))
     w = torch.from_numpy(example_weights(train, cfg))
     weight = torch.zeros(x.shape[1], requires_grad=True)
     bias = torch.zeros(1, requires_grad=True)
@@ -158,22 +169,24 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
             if on_step:
                 on_step(state.global_step, state.max_steps)
 
+    hard = cfg.model_copy(update={"soft_labels": False})  # dev is judged on its majority labels
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
     train_texts = verbalize_rows(train.to_dicts())
     max_length = cfg.max_length or fitted_length(tok, train_texts)
 
-    def dataset(texts: list[str], df: pl.DataFrame) -> Dataset:  # the train texts are verbalised once
+    def dataset(texts: list[str], df: pl.DataFrame, how: CriticConfig) -> Dataset:  # train texts verbalised once
         ds = Dataset.from_dict({"text": texts, "label": df["label"].to_list(),
-                                "weight": example_weights(df, cfg).tolist()})
+                                "weight": example_weights(df, cfg).tolist(), "target": targets(df, how).tolist()})
         return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True,
                       remove_columns=["text"])
 
-    class WeightedTrainer(Trainer):  # per-example weights: balanced classes, weighted sources
+    class WeightedTrainer(Trainer):  # per-example weights (balanced classes, weighted sources) and targets
         def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-            labels, weight = inputs.pop("labels"), inputs.pop("weight")
+            _, weight, target = inputs.pop("labels"), inputs.pop("weight"), inputs.pop("target")
             outputs = model(**inputs)
-            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, reduction="none")
+            target = torch.stack([1 - target, target], -1)  # a probability per class: 0/1, or the vote share
+            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), target, reduction="none")
             loss = (loss * weight).sum() / weight.sum()
             return (loss, outputs) if return_outputs else loss
 
@@ -192,8 +205,8 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
         use_cpu=device() == "cpu", bf16=bf16_native(), remove_unused_columns=False,  # keep the weight column
         train_sampling_strategy="group_by_length",  # batches of like lengths: little padding with dynamic padding
         disable_tqdm=True)
-    trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train),
-                              eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev),
+    trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train, cfg),
+                              eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev, hard),
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=auc,
                               callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), Steps()])
     trainer.remove_callback(PrinterCallback)  # its log dicts went to stdout, where --json prints the card

@@ -144,7 +144,8 @@ def where_sql(where: str | None) -> str:
 
 
 class Labels:
-    COLUMNS = "item_id, kind, head, relation, tail, question, answer, rationale, text, label, source, extra"
+    COLUMNS = ("item_id, kind, head, relation, tail, question, answer, rationale, text, label, source, votes_pos, "
+               "votes_total, extra")
 
     def __init__(self, store: Store):
         self.store = store

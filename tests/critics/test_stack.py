@@ -3,12 +3,14 @@ run: a logistic regression over members' logits and the teacher's own NLL, which
 `extra` or from the generation an item came from, and which items without one do without (and are counted)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from critics import CriticConfig, load_critic, train_critic
-from critics.model import score_rows
+from critics.model import read_card, reads_teacher_nll, score_rows
 from critics.stack import apply_stack, features
 from critics.train import load_labels, split
 from critics.verbalize import verbalize_rows
@@ -71,6 +73,34 @@ def test_a_stack_of_two_critics_needs_no_nll(weak):
                               check=True).stdout)
     assert len(card["stack"]["members"]["weights"]) == 2 and card["stack"]["with_nll"] is None
     assert card["metrics"]["dev"]["auc"] >= max(card["metrics"]["members_dev_auc"].values()) - 0.02
+
+
+def test_an_ensemble_over_a_teacher_nll_stack_passes_the_nll_down(weak):
+    """A mean whose member is itself a --teacher-nll stack reads the NLL too (scoring fetches it for the member),
+    and each member scores as it would alone."""
+    db, _ = weak
+    run_skd("critic", "ensemble", "inner", "weak", "--teacher-nll", db=db, check=True)
+    card = json.loads(run_skd("critic", "ensemble", "outer", "inner", "loose", "--json", db=db, check=True).stdout)
+    assert reads_teacher_nll(card) and not reads_teacher_nll(load_card(db, "loose"))
+    # the inner stack gets the NLL on dev: it ranks dev as well as on its own, above the text critic alone
+    inner = load_card(db, "inner")["metrics"]
+    assert card["metrics"]["members_dev_auc"]["inner"] == pytest.approx(inner["dev"]["auc"])
+    assert inner["dev"]["auc"] > inner["members_dev_auc"]["weak"] + 0.05
+    with Store(db, read_only=True) as s:
+        _, dev = split(load_labels(s, None, teacher_nll=True), 0.3, 0)
+        paths = {n: s.critics.get(n)["path"] for n in ("outer", "inner", "loose")}
+    rows = dev.to_dicts()
+    each = [score_rows(load_critic(paths[n]), rows) for n in ("inner", "loose")]
+    outer = score_rows(load_critic(paths["outer"]), rows)
+    # a calibrated (monotone) mean of the two, NLL included: the same order as the plain mean
+    assert spearmanr(outer, np.mean(each, axis=0)).statistic > 0.999
+    blind = score_rows(load_critic(paths["outer"]), [r | {TEACHER_NLL: None} for r in rows])
+    assert not np.allclose(outer, blind)  # without the NLL the inner stack falls back: other scores
+
+
+def load_card(db, name):
+    with Store(db, read_only=True) as s:
+        return read_card(Path(s.critics.get(name)["path"]))
 
 
 def test_a_stack_that_cannot_be_fitted_is_one_line(tmp_path):

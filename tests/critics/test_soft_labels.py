@@ -1,0 +1,78 @@
+"""Soft labels: a critic trained toward its annotators' vote share (`--soft-labels`) learns how sure they were,
+where the majority labels alone cannot tell a 3-of-3 item from a 2-of-3 one. Real label files, the embedded
+MiniLM."""
+
+import json
+
+import numpy as np
+import pytest
+
+from critics import CriticConfig, load_critic, train_critic
+from critics.train import load_labels, targets
+from store import Store, import_labels
+from tests.conftest import run_skd
+
+SURE = ["to eat food", "to drink water", "to sleep well", "to rest", "to go home", "to call a friend"]
+SPLIT = ["purple mountain singing", "the number seven", "a cold fridge door", "seventeen chairs",
+         "blue cheese moon", "a broken pencil"]
+NO = ["xqz vrt plm", "aaaa bbbb cccc", "zzz zzz zzz", "qwerty uiop", "lorem ipsum dolor", "asdf ghjk"]
+
+
+@pytest.fixture
+def voted(tmp_path):
+    """Three annotators per triple: SURE tails accepted by all three, SPLIT tails by two (majority: acceptable,
+    like SURE), NO tails by none. One row per annotator, as a crowd file has them."""
+    rows = []
+    for i in range(30):
+        head = f"PersonX does thing {i}"
+        for tails, yes in ((SURE, 3), (SPLIT, 2), (NO, 0)):
+            for t in tails[i % 3::3]:
+                rows += [{"kind": "triple", "head": head, "relation": "xWant", "tail": t, "label": int(k < yes)}
+                         for k in range(3)]
+    path = tmp_path / "votes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        import_labels(s, path, "jsonl", source="crowd")
+    return db
+
+
+def test_targets_are_the_vote_share_only_when_asked(voted):
+    with Store(voted) as s:
+        df = load_labels(s, None)
+    share = {t: p for t, p in zip(df["tail"], targets(df, CriticConfig(soft_labels=True)), strict=True)}
+    assert {share[t] for t in SURE} == {1.0} and {share[t] for t in NO} == {0.0}
+    assert {round(float(share[t]), 4) for t in SPLIT} == {0.6667}
+    assert set(targets(df, CriticConfig()).tolist()) == {0.0, 1.0}  # the majority labels by default
+    assert set(df.filter(df["tail"].is_in(SPLIT))["label"]) == {1}
+
+
+def sure_minus_split(path) -> float:
+    """How much higher the critic puts unanimous tails than split ones, in log-odds (the head saturates in
+    probability: both kinds score above 0.95 however it was trained)."""
+    s = load_critic(path).score([f"PersonX rests. as a result, PersonX wants {t}" for t in (*SURE, *SPLIT)])
+    logit = np.log(s) - np.log1p(-s)
+    return float(logit[:len(SURE)].mean() - logit[len(SURE):].mean())
+
+
+def test_soft_labels_rank_unanimous_above_split_votes(voted, tmp_path):
+    gaps = {}
+    for name, soft in (("hard", False), ("soft", True)):
+        cfg = CriticConfig(mode="embedding", soft_labels=soft, dev_fraction=0.3, calibrate=False)
+        card = train_critic(voted, name, cfg, tmp_path / name)
+        assert card["config"]["soft_labels"] is soft  # the card records how it was trained
+        gaps[name] = sure_minus_split(tmp_path / name)
+    # both majority labels say "acceptable": only the vote share separates the two kinds of tail
+    assert gaps["soft"] > 1.5 and gaps["soft"] > gaps["hard"] + 1.5, gaps
+
+
+def test_soft_label_finetune_keeps_dev_on_majority_labels(voted, tmp_path):
+    p = run_skd("critic", "train", "ft", "--mode", "finetune", "--soft-labels", "--max-steps", "4",
+                "--eval-steps", "2", "--batch-size", "16", "--dev-fraction", "0.3", "--json", db=voted, check=True)
+    card = json.loads(p.stdout)
+    assert card["config"]["soft_labels"] is True
+    dev = card["metrics"]["dev"]
+    assert dev["auc"] is not None and 0 < dev["positive_rate"] < 1
+    # dev holds majority labels: SURE and SPLIT are both acceptable, so two thirds of dev is positive
+    assert abs(dev["positive_rate"] - 2 / 3) < 0.01
+    assert np.isfinite(load_critic(tmp_path / "c.duckdb.d" / "critics" / "ft").score(["PersonX eats. to rest"])).all()

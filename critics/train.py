@@ -82,12 +82,12 @@ def example_weights(df: pl.DataFrame, cfg: CriticConfig) -> np.ndarray:
     return (w / w.mean()).astype(np.float32)
 
 
-def targets(df: pl.DataFrame, cfg: CriticConfig) -> np.ndarray:
-    """What each label trains toward: 0 or 1, or with SOFT_LABELS the share of its annotators who accepted it
+def targets(df: pl.DataFrame, soft: bool) -> np.ndarray:
+    """What each label trains toward: 0 or 1, or with SOFT the share of its annotators who accepted it
     (where it has votes). Half of the CommonsenseQA rationale labels are 2-to-1 votes either way; a critic that
     learns how sure the annotators were ranks better than one told each vote was unanimous."""
     hard = df["label"].to_numpy().astype(np.float32)
-    if not cfg.soft_labels or "votes_total" not in df.columns:
+    if not soft:
         return hard
     pos, total = (df[c].fill_null(0).to_numpy().astype(np.float32) for c in ("votes_pos", "votes_total"))
     return np.where(total > 0, pos / np.maximum(total, 1), hard).astype(np.float32)
@@ -124,7 +124,7 @@ def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Dat
     encoder.save(str(out / "encoder"))  # at the base's own precision, before it is cast to compute in
     critic = EmbeddingCritic(encoder.to(compute_dtype()), torch.zeros(1), torch.zeros(1))
     x = torch.from_numpy(cached_embeddings(critic, base, verbalize_rows(train.to_dicts())))
-    y = torch.from_numpy(targets(train, cfg))
+    y = torch.from_numpy(targets(train, cfg.soft_labels))
     w = torch.from_numpy(example_weights(train, cfg))
     weight = torch.zeros(x.shape[1], requires_grad=True)
     bias = torch.zeros(1, requires_grad=True)
@@ -169,15 +169,14 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
             if on_step:
                 on_step(state.global_step, state.max_steps)
 
-    hard = cfg.model_copy(update={"soft_labels": False})  # dev is judged on its majority labels
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
     train_texts = verbalize_rows(train.to_dicts())
     max_length = cfg.max_length or fitted_length(tok, train_texts)
 
-    def dataset(texts: list[str], df: pl.DataFrame, how: CriticConfig) -> Dataset:  # train texts verbalised once
+    def dataset(texts: list[str], df: pl.DataFrame, soft: bool) -> Dataset:  # train texts verbalised once
         ds = Dataset.from_dict({"text": texts, "label": df["label"].to_list(),
-                                "weight": example_weights(df, cfg).tolist(), "target": targets(df, how).tolist()})
+                                "weight": example_weights(df, cfg).tolist(), "target": targets(df, soft).tolist()})
         return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True,
                       remove_columns=["text"])
 
@@ -205,8 +204,8 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
         use_cpu=device() == "cpu", bf16=bf16_native(), remove_unused_columns=False,  # keep the weight column
         train_sampling_strategy="group_by_length",  # batches of like lengths: little padding with dynamic padding
         disable_tqdm=True)
-    trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train, cfg),
-                              eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev, hard),
+    trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train, cfg.soft_labels),
+                              eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev, False),  # dev: majority labels
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=auc,
                               callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), Steps()])
     trainer.remove_callback(PrinterCallback)  # its log dicts went to stdout, where --json prints the card

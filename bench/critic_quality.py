@@ -41,7 +41,7 @@ from critics.model import load_critic, score_rows
 from critics.stack import apply_stack, features, fit_stack
 from critics.train import group_key, load_labels, train_critic
 from store import MINILM, Store, import_labels
-from store.models import MPNET
+from store.models import MPNET, SMOLLM2
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CROWD, EXPERT, ATOMIC = "ckbp1", "ckbp2", "atomic2020"
@@ -86,6 +86,11 @@ RATIONALE_ATTEMPTS = {
                        TUNE | {"base": MINILM, "epochs": 3, "eval_steps": 100, "soft_labels": True}),
     "mpnet-ft-lr2e-5-soft": ("MPNet fine-tuned, learning rate 2e-5, toward the vote share",
                              TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100, "lr": 2e-5, "soft_labels": True}),
+    "smollm2-ft": ("SmolLM2-135M fine-tuned as a classifier (its last token), toward the vote share",
+                   TUNE | {"base": SMOLLM2, "epochs": 2, "eval_steps": 50, "lr": 3e-5, "soft_labels": True}),
+    **{f"minilm-ft-soft-seed{k}": (f"`minilm-ft-soft` with seed {k} (its own dev split and order; the same folds)",
+                                   TUNE | {"base": MINILM, "epochs": 3, "eval_steps": 100, "soft_labels": True,
+                                           "seed": k}) for k in (1, 2)},
 }
 
 

@@ -36,8 +36,10 @@ def grouped_folds(keys: list[str], k: int, seed: int) -> np.ndarray:
 
 
 def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: int = 5, by: str | None = "class",
-                   on_fold: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Out-of-fold quality of the critic CFG trains, on the labels of EVAL_SOURCE."""
+                   on_fold: Callable[[int, float], None] | None = None, fold_seed: int = 0) -> dict[str, Any]:
+    """Out-of-fold quality of the critic CFG trains, on the labels of EVAL_SOURCE. The folds are seeded by
+    FOLD_SEED, not by the critic's own seed, so critics that differ only in their seed are scored on the same
+    folds and their out-of-fold scores can be ensembled."""
     # with `sources` that leave EVAL_SOURCE out, its labels are only evaluated on, never trained on
     trains_on_eval = not cfg.sources or eval_source in cfg.sources
     with Store(db, read_only=True) as s:
@@ -47,7 +49,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
         raise SkdError(f"no labels from source {eval_source!r} (sources: {', '.join(sorted(set(df['source'])))})")
     keys = [group_key(r) for r in ev.iter_rows(named=True)]
     rest_keys = np.asarray([group_key(r) for r in rest.iter_rows(named=True)], dtype=object)
-    fold = grouped_folds(keys, folds, cfg.seed)
+    fold = grouped_folds(keys, folds, fold_seed)
     oof = np.zeros(ev.height)
     seconds = []
     base = resolve_model(cfg.base)

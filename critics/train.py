@@ -149,6 +149,18 @@ def fitted_length(tok: Any, texts: list[str], cap: int = 256) -> int:
     return int(min(cap, -(-np.percentile(lengths, 99) // 8) * 8))
 
 
+def pad_for_decoder(tok: Any, model: Any) -> None:
+    """A decoder (GPT-2, Llama, Qwen) classifies from its last token that is not padding, so its config needs
+    the pad id, and its tokenizer often has no pad token at all: batches of more than one text then fail."""
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise SkdError(f"{model.name_or_path}: its tokenizer has neither a pad nor an end-of-text token to pad "
+                           "batches with")
+        tok.pad_token = tok.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+
+
 def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path,
                  on_step: Callable[[int, int], None] | None = None):
     from datasets import Dataset
@@ -171,6 +183,7 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
 
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    pad_for_decoder(tok, model)
     train_texts = verbalize_rows(train.to_dicts())
     max_length = cfg.max_length or fitted_length(tok, train_texts)
 

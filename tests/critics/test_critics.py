@@ -83,6 +83,33 @@ def test_finetuned_critic_trains_and_reloads(tmp_path, ckbp_small):
                                                           abs=1e-3)  # the card's AUC is the saved critic's
 
 
+def test_a_decoder_base_without_a_pad_token_fine_tunes_and_scores_in_batches(tmp_path, ckbp_small, tiny_lm):
+    """A decoder classifies from its last token before the padding: with no pad token in its tokenizer (GPT-2,
+    many Llamas) the critic pads with end-of-text and tells the model so, and a text scores the same alone as in
+    a batch of longer ones."""
+    import shutil
+
+    base = tmp_path / "decoder"
+    shutil.copytree(tiny_lm, base)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.pad_token = None
+    tok.save_pretrained(base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps(config | {"pad_token_id": None}))
+    assert AutoTokenizer.from_pretrained(base).pad_token is None
+    with Store(tmp_path / "c.duckdb") as s:
+        import_labels(s, ckbp_small, "ckbp")
+        train_critic(s.path, "dec", CriticConfig(mode="finetune", base=str(base), max_steps=4, eval_steps=2,
+                                                 batch_size=8), tmp_path / "dec")
+        texts = verbalize_rows(load_labels(s, None).head(12).to_dicts())
+    critic = load_critic(tmp_path / "dec")
+    assert critic.tokenizer.pad_token == critic.tokenizer.eos_token
+    batched = critic.score(texts, batch_size=12)
+    alone = np.array([critic.score([t])[0] for t in texts])
+    assert len({len(critic.tokenizer(t)["input_ids"]) for t in texts}) > 1  # the batch really pads
+    assert np.allclose(batched, alone, atol=2e-3)
+
+
 def test_bad_label_sets_fail_with_one_line(tmp_path):
     one = tmp_path / "one.csv"
     one.write_text("head,relation,tail,label\nPersonX a,xAttr,b,1\nPersonX c,xAttr,d,1\n")

@@ -137,3 +137,10 @@ def test_cross_validation_holds_out_whole_heads_and_reports_per_class(tmp_path):
     assert set(res["by"]) == {"adv", "test_set"} and res["by"]["adv"]["n"] == 40
     assert res["overall"]["auc"] > 0.8  # good and bad tails are easy to tell apart, even for unseen heads
     assert np.all((np.asarray(res["scores"]) >= 0) & (np.asarray(res["scores"]) <= 1))
+    # a critic that differs only in its seed is scored on the same folds (so the two can be ensembled), and
+    # its own seed still changes what it learns (another dev split)
+    other = cross_validate(db, CriticConfig(mode="embedding", dev_fraction=0.25, seed=1), "expert", folds=4, by=None)
+    assert other["fold"] == res["fold"] and other["scores"] != res["scores"]
+    moved = cross_validate(db, CriticConfig(mode="embedding", dev_fraction=0.25), "expert", folds=4, by=None,
+                           fold_seed=1)
+    assert moved["fold"] != res["fold"]

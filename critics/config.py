@@ -19,7 +19,8 @@ class CriticConfig(BaseModel):
         "finetune", description="Fine-tune a classifier, fit a head on frozen embeddings, ask an LLM yes/no, or read "
                    "how likely an LM finds the item (the last two train nothing; their base defaults to SmolLM2).")
     prompt: str | None = Field(None, description="llm-judge: question template with {text}.")
-    base: str = Field("all-minilm-l6-v2", description="Base encoder: HF id, local path or the embedded MiniLM.")
+    base: str = Field("all-minilm-l6-v2", description="Base model: HF id, local path or an embedded one "
+                      "(all-minilm-l6-v2, all-mpnet-base-v2; a decoder such as smollm2-135m-instruct fine-tunes too).")
     labels_where: str | None = Field(None, description="SQL filter over the labels table.")
     sources: list[str] = Field([], description="Train on these label sources only (every source when empty).")
     source_weights: dict[str, float] = Field({}, description="Loss weight per label source, e.g. ckbp2=3,ckbp1=1 "

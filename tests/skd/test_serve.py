@@ -115,13 +115,17 @@ def scripts(driver) -> list[str]:
 
 
 def until(check, timeout: float = 20.0):
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             got = check()
         except StaleElementReferenceException:  # the page swapped the element between finding and reading it
+            got = None
+        except WebDriverException as e:  # the same race, as Chromium sometimes reports it (seen in CI)
+            if "does not belong to the document" not in str(e):
+                raise
             got = None
         if got:
             return got

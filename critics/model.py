@@ -93,6 +93,13 @@ JUDGE_PROMPT = ("Is the following statement plausible and acceptable as commonse
                 "Statement: {text}\nAnswer yes or no.")
 
 
+def pad_with_eos(tokenizer: Any) -> None:
+    """A decoder's tokenizer often has no pad token; end-of-text pads its batches (the padding is masked, or
+    read past, so which token it is does not matter)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
 class LlmJudge:
     """Asks a causal LM a yes/no acceptability question; the score is P(yes) / (P(yes) + P(no)) read from
     the next-token distribution (exact, where sampling would only estimate it)."""
@@ -100,8 +107,7 @@ class LlmJudge:
     def __init__(self, model: Any, tokenizer: Any, prompt: str = JUDGE_PROMPT):
         self.model, self.tokenizer, self.prompt = model.eval(), tokenizer, prompt
         tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        pad_with_eos(tokenizer)
         self.yes = sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", " yes", " Yes")})
         self.no = sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in ("no", "No", " no", " No")})
 

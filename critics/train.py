@@ -24,7 +24,16 @@ from store.hardware import bf16_native, compute_dtype
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
-from .model import JUDGE_PROMPT, EmbeddingCritic, FinetunedCritic, device, load_judge, precision, score_rows
+from .model import (
+    JUDGE_PROMPT,
+    EmbeddingCritic,
+    FinetunedCritic,
+    device,
+    load_judge,
+    pad_with_eos,
+    precision,
+    score_rows,
+)
 from .verbalize import verbalize_rows
 
 
@@ -84,8 +93,9 @@ def example_weights(df: pl.DataFrame, cfg: CriticConfig) -> np.ndarray:
 
 def targets(df: pl.DataFrame, soft: bool) -> np.ndarray:
     """What each label trains toward: 0 or 1, or with SOFT the share of its annotators who accepted it
-    (where it has votes). Half of the CommonsenseQA rationale labels are 2-to-1 votes either way; a critic that
-    learns how sure the annotators were ranks better than one told each vote was unanimous."""
+    (where it has votes). Half of the CommonsenseQA rationale labels are 2-to-1 votes either way; whether learning
+    how sure the annotators were ranks better than the majority is not settled (the bench: for MiniLM, within the
+    spread between seeds)."""
     hard = df["label"].to_numpy().astype(np.float32)
     if not soft:
         return hard
@@ -152,11 +162,10 @@ def fitted_length(tok: Any, texts: list[str], cap: int = 256) -> int:
 def pad_for_decoder(tok: Any, model: Any) -> None:
     """A decoder (GPT-2, Llama, Qwen) classifies from its last token that is not padding, so its config needs
     the pad id, and its tokenizer often has no pad token at all: batches of more than one text then fail."""
+    pad_with_eos(tok)
     if tok.pad_token is None:
-        if tok.eos_token is None:
-            raise SkdError(f"{model.name_or_path}: its tokenizer has neither a pad nor an end-of-text token to pad "
-                           "batches with")
-        tok.pad_token = tok.eos_token
+        raise SkdError(f"{model.name_or_path}: its tokenizer has neither a pad nor an end-of-text token to pad "
+                       "batches with")
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
 

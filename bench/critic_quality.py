@@ -6,7 +6,9 @@ machine, including the attempts that did not help.
 - Triples (CKBP v2 expert dev, 958 labels, 22% plausible): sources CKBP v1 crowd (31,731), the expert folds,
   ATOMIC-2020 human tuples with tail-swapped negatives. AUC per CKBP class (test_set, all_head, cs_head, adv).
 - Rationales: CommonsenseQA explanation acceptability (crowd majority), folds by question; GPT-3's own
-  normalised NLL as the baseline score, and each attempt stacked with that NLL (the teacher's own likelihood).
+  normalised NLL as the baseline score, and each attempt stacked with that NLL (the teacher's own likelihood), then
+  with sibling agreement too (critics.agreement: how close each explanation is to another of GPT-3's five samples
+  for its question, under MPNet).
 
     python bench/critic_quality.py --task ckbp --attempts minilm-emb,mpnet-emb --folds 5
     python bench/critic_quality.py --task ckbp --attempts mpnet-ft --out kept/   # keep out-of-fold scores
@@ -34,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from critics.agreement import Agreement
 from critics.config import CriticConfig
 from critics.crossval import cross_validate, grouped_folds, summaries
 from critics.ensemble import build_ensemble
@@ -145,12 +148,14 @@ def out_of_fold_stack(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndar
     return oof
 
 
-def ensemble(table: Table, task: str, runs: dict[str, dict], teacher_nll: np.ndarray | None = None) -> None:
+def ensemble(table: Table, task: str, runs: dict[str, dict], teacher_nll: np.ndarray | None = None,
+             agree: np.ndarray | None = None) -> None:
     """The attempts combined, two ways: the mean of their calibrated out-of-fold scores, and a logistic
     regression over their logits fitted on the other folds. The folds are the same (seeded, grouped), so both are
     out-of-fold too, and say whether an ensemble of critics would be worth building. Stacking matters when a
     critic's calibration is off on these labels (one calibrated on a crowd-heavy dev split), which a mean cannot
-    correct. With TEACHER_NLL (rationales), a third way: the stack with the teacher's own NLL as one more column."""
+    correct. With TEACHER_NLL (rationales), a third way: the stack with the teacher's own NLL as one more column;
+    with AGREE, a fourth: sibling agreement as one more still."""
     if len(runs) < 2:
         return
     first = next(iter(runs.values()))  # every run has the same labels in the same order and the same folds
@@ -163,19 +168,26 @@ def ensemble(table: Table, task: str, runs: dict[str, dict], teacher_nll: np.nda
     ways = [("mean of", mean), ("stacked", out_of_fold_stack(x, y, fold))]
     if teacher_nll is not None:
         ways.append(("stacked with GPT-3's own NLL,", out_of_fold_stack(np.column_stack([x, teacher_nll]), y, fold)))
+    if teacher_nll is not None and agree is not None:
+        ways.append(("stacked with GPT-3's NLL and sibling agreement,",
+                     out_of_fold_stack(np.column_stack([x, teacher_nll, agree]), y, fold)))
     for how, scores in ways:
         row(table, task, f"ensemble: {how} {', '.join(runs)}", summaries(scores, y, groups), seconds, scores, y)
         auc_gain(table, task, f"vs {best} alone", scores, np.asarray(runs[best]["scores"]), y)
 
 
-def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray) -> None:
+def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray, agree: np.ndarray) -> None:
     """The attempt's out-of-fold score beside the teacher's own normalised NLL in a logistic regression, fitted on
     the other folds of the same grouped split (so still out-of-fold): what a critic would gain by also reading the
-    likelihood the teacher gave its output (skd records it: `generations.logprob`, `n_tokens`)."""
-    x, y = features([np.asarray(run["scores"])], teacher_nll), np.asarray(run["labels"])
-    oof = out_of_fold_stack(x, y, np.asarray(run["fold"]))
-    row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(oof, y, None), run["seconds"], oof, y)
-    auc_gain(table, task, f"vs {name} alone", oof, np.asarray(run["scores"]), y)
+    likelihood the teacher gave its output (skd records it: `generations.logprob`, `n_tokens`); then with sibling
+    agreement too (`skd critic ensemble --teacher-nll --agreement`)."""
+    y, fold = np.asarray(run["labels"]), np.asarray(run["fold"])
+    nll = out_of_fold_stack(features([np.asarray(run["scores"])], teacher_nll), y, fold)
+    row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(nll, y, None), run["seconds"], nll, y)
+    auc_gain(table, task, f"vs {name} alone", nll, np.asarray(run["scores"]), y)
+    both = out_of_fold_stack(features([np.asarray(run["scores"])], teacher_nll, agree), y, fold)
+    row(table, task, f"{name} + NLL + sibling agreement, stacked", summaries(both, y, None), run["seconds"], both, y)
+    auc_gain(table, task, "vs the same with NLL only", both, nll, y)
 
 
 def keep(out: Path | None, task: str, name: str, run: dict) -> None:
@@ -222,11 +234,19 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     with Store(db) as s:
         import_labels(s, DATA / "rationale_acceptability/commonsenseqa_train.csv", "rationale-acceptability",
                       source="csqa")
-        df = load_labels(s, None)  # the order cross_validate reads them in
+        df = load_labels(s, None, siblings=True)  # the order cross_validate reads them in
     y = df["label"].to_numpy()
     nll = -np.asarray([float(json.loads(e)["nll"]) for e in df["extra"].to_list()])
-    table.add_row("CSQA rationales", "GPT-3 normalised NLL (baseline, no training)", f"{roc_auc_score(y, nll):.3f}",
-                  auc_interval(nll, y), f"{average_precision_score(y, nll):.3f}", "-", f"{len(y):,}", "")
+    started = time.perf_counter()
+    agree = Agreement(MPNET)(df.to_dicts())
+    took = f"{time.perf_counter() - started:.0f} s to score"
+    fold = grouped_folds([group_key(r) for r in df.iter_rows(named=True)], folds, 0)  # cross_validate's folds
+    both = out_of_fold_stack(np.column_stack([nll, agree]), y, fold)
+    for what, score, spent in (("GPT-3 normalised NLL (baseline, no training)", nll, ""),
+                               ("sibling agreement: MPNet cosine to the closest other sample (no labels)", agree, took),
+                               ("GPT-3's NLL + sibling agreement, stacked (no critic)", both, took)):
+        table.add_row("CSQA rationales", what, f"{roc_auc_score(y, score):.3f}", auc_interval(score, y),
+                      f"{average_precision_score(y, score):.3f}", "-", f"{len(y):,}", spent)
     task = f"CSQA rationales, {folds}-fold by question"
     runs = loaded(list(load), "rationale", table, task)
     for name in attempts:
@@ -238,22 +258,24 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
     for name, run in runs.items():  # this run's attempts and kept ones alike: the NLL must be of the same labels
         assert run["labels"] == y.tolist(), f"{name}: labels out of the order cross_validate read them in"
-        stacked(table, task, name, run, nll)
-    ensemble(table, task, runs, nll)
+        stacked(table, task, name, run, nll, agree)
+    ensemble(table, task, runs, nll, agree)
 
 
 def built(tmp: Path, folds: int, table: Table) -> None:
     """The rationale stacks as the product builds them, out of fold: per fold, `skd critic train` (MiniLM fine-tune
-    and SmolLM2 likelihood) on the other folds' questions, then `skd critic ensemble --teacher-nll` and `--combine
-    stack` fitted on the fine-tune's own dev split (not on the other folds, as the rows above), each scoring the
-    held-out questions through `critics.model.score_rows`, as `skd critic score` does."""
+    and SmolLM2 likelihood) on the other folds' questions, then `skd critic ensemble --teacher-nll` (with and
+    without `--agreement`) and `--combine stack` fitted on the fine-tune's own dev split (not on the other folds,
+    as the rows above), each scoring the held-out questions through `critics.model.score_rows`, as `skd critic
+    score` does."""
     db = tmp / "built.duckdb"
     with Store(db) as s:
         import_labels(s, DATA / "rationale_acceptability/commonsenseqa_train.csv", "rationale-acceptability",
                       source="csqa")
-        df = load_labels(s, None, teacher_nll=True)
+        df = load_labels(s, None, teacher_nll=True, siblings=True)
     fold = grouped_folds([group_key(r) for r in df.iter_rows(named=True)], folds, 0)  # cross_validate's folds
     names = {"ft": "`minilm-ft`, trained by `skd critic train`", "nll": "+ `--teacher-nll` (GPT-3's NLL), built",
+             "agree": "+ `--teacher-nll --agreement all-mpnet-base-v2`, built",
              "lik": "+ `smollm2-likelihood`, `--combine stack`, built"}
     oof, seconds = {n: np.zeros(df.height) for n in names}, dict.fromkeys(names, 0.0)
     for k in range(folds):
@@ -278,6 +300,9 @@ def build_fold(db: Path, tmp: Path, k: int, where: str):
     started = time.perf_counter()
     build_ensemble(db, f"nll{k}", [f"ft{k}"], tmp / f"nll{k}", teacher_nll=True)
     yield "nll", tmp / f"nll{k}", time.perf_counter() - started
+    started = time.perf_counter()
+    build_ensemble(db, f"agree{k}", [f"ft{k}"], tmp / f"agree{k}", teacher_nll=True, agreement=MPNET)
+    yield "agree", tmp / f"agree{k}", time.perf_counter() - started
     started = time.perf_counter()
     train_critic(db, f"l{k}", CriticConfig(mode="likelihood", labels_where=where), tmp / f"l{k}")
     build_ensemble(db, f"lik{k}", [f"ft{k}", f"l{k}"], tmp / f"lik{k}", combine="stack")

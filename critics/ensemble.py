@@ -7,6 +7,7 @@ cuts and `[critic] use` take it by name."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from pathlib import Path
@@ -16,11 +17,12 @@ import numpy as np
 
 from store import SkdError, Store, skd_version
 
+from .agreement import Agreement
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
-from .model import load_critic, read_card, reads_teacher_nll, score_rows
-from .stack import StackedCritic, fit_stack, known_nll, stack_scores
+from .model import load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
+from .stack import StackedCritic, fit_stack, reads, signals_of, stack_scores
 from .stack import features as stack_features
 from .train import check_name_free, coverage, label_counts, load_labels, publish, split, staging
 
@@ -44,7 +46,10 @@ class MeanOfCritics:
 
 def load_ensemble(card: dict[str, Any]) -> MeanOfCritics | StackedCritic:
     members = [load_critic(m["path"]) for m in card["members"]]
-    return StackedCritic(members, card["stack"]) if card.get("stack") else MeanOfCritics(members)
+    if not card.get("stack"):
+        return MeanOfCritics(members)
+    agreement = Agreement(card["config"]["agreement"]) if reads(card["stack"], "agreement") else None
+    return StackedCritic(members, card["stack"], agreement)
 
 
 def shared_split(cards: list[dict[str, Any]]) -> CriticConfig:
@@ -59,12 +64,16 @@ def shared_split(cards: list[dict[str, Any]]) -> CriticConfig:
 
 
 def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, combine: str = "mean",
-                   teacher_nll: bool = False) -> dict[str, Any]:
+                   teacher_nll: bool = False, agreement: str | None = None) -> dict[str, Any]:
     """Combine the critics MEMBERS of the corpus at DB into the critic NAME, saved to OUT and registered. COMBINE is
-    "mean" or "stack"; TEACHER_NLL (a stack) also weighs the teacher's NLL of each item, and then one member will do."""
-    stacked = combine == "stack" or teacher_nll
-    if len(set(members)) < (1 if teacher_nll else 2) or len(set(members)) < len(members):
-        raise SkdError("an ensemble needs at least two different critics (one, stacked with the teacher's NLL)")
+    "mean" or "stack"; TEACHER_NLL (a stack) also weighs the teacher's NLL of each item, AGREEMENT (a sentence
+    encoder; a stack) each item's agreement with its siblings under it, and then one member will do."""
+    signalled = teacher_nll or bool(agreement)
+    stacked = combine == "stack" or signalled
+    if len(set(members)) < (1 if signalled else 2) or len(set(members)) < len(members):
+        raise SkdError("an ensemble needs at least two different critics (one, stacked with the teacher's NLL or "
+                       "sibling agreement)")
+    agree = Agreement(agreement) if agreement else None  # a missing encoder fails here, before any scoring
     with Store(db) as store:
         check_name_free(store, name)
         rows = [store.critics.get(m) for m in members]
@@ -72,11 +81,13 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
         split_cfg = shared_split(cards)
         sources = sorted({s for c in cards for s in c["label_sources"]})
         df = load_labels(store, split_cfg.labels_where, sources,
-                         teacher_nll=teacher_nll or any(map(reads_teacher_nll, cards)))
+                         teacher_nll=teacher_nll or any(map(reads_teacher_nll, cards)),
+                         siblings=bool(agreement) or any(map(reads_siblings, cards)))
     _, dev = split(df, split_cfg.dev_fraction, split_cfg.seed, split_cfg.dev_sources)
     dev_rows, labels = dev.to_dicts(), dev["label"].to_numpy()
-    each, nll = [score_rows(load_critic(r["path"]), dev_rows) for r in rows], known_nll(dev_rows)
-    fits, cal, raw, scores, how = combine_on_dev(each, nll, labels, stacked, teacher_nll)
+    each, signals = [score_rows(load_critic(r["path"]), dev_rows) for r in rows], signals_of(dev_rows, agree)
+    asked = [k for k, on in (("nll", teacher_nll), ("agreement", agree)) if on]
+    fits, cal, raw, scores, how = combine_on_dev(each, signals, labels, stacked, asked)
     thresholds = choose_thresholds(scores, labels, split_cfg.recalls, split_cfg.precisions)
     card = {"name": name, "critic_id": f"{name}-{uuid.uuid4().hex[:8]}", "mode": "ensemble",
             "base_model": "+".join(c["base_model"] for c in cards), "label_sources": sources,
@@ -84,37 +95,49 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
                         for r in rows],
             "label_counts": label_counts(df), "coverage": coverage(df), "calibration": cal, "stack": fits,
             "precision": cards[0].get("precision"),
-            "config": {"combine": how, "members": members, "teacher_nll": teacher_nll}
+            "config": {"combine": how, "members": members, "teacher_nll": teacher_nll, "agreement": agreement}
             | {k: getattr(split_cfg, k) for k in SPLIT_KEYS},
             "metrics": {"dev": report(scores, labels, thresholds), "dev_size": dev.height,
                         "dev_calibration_error_raw": calibration_error(raw, labels),
                         "members_dev_auc": {c["name"]: report(s, labels, {})["auc"]
                                             for c, s in zip(cards, each, strict=True)}}
-            | ({"dev_with_teacher_nll": int((~np.isnan(nll)).sum())} if teacher_nll else {}),
+            | {f"dev_with_{'teacher_nll' if k == 'nll' else k}": int((~np.isnan(signals[k])).sum()) for k in asked},
             "thresholds": thresholds, "skd_version": skd_version()}
     return publish(db, card, staging(out), out)
 
 
-def combine_on_dev(each: list[np.ndarray], nll: np.ndarray, labels: np.ndarray, stacked: bool, teacher_nll: bool):
-    """The combination's fits (a stack) or calibration (a mean), its raw and final dev scores, and what it is."""
+def combine_on_dev(each: list[np.ndarray], signals: dict[str, np.ndarray], labels: np.ndarray, stacked: bool,
+                   asked: list[str]):
+    """The combination's fits (a stack reading the ASKED signals) or calibration (a mean), its raw and final dev
+    scores, and what it is."""
     if stacked:
-        fits = stack_fits(each, nll if teacher_nll else None, labels)
-        scores = stack_scores(each, nll, fits)  # a fit on dev: already a probability, no Platt step
-        how = "logistic regression over the members' logits" + (" and the teacher's NLL" if teacher_nll else "")
+        fits = stack_fits(each, {k: signals[k] for k in asked}, labels)
+        scores = stack_scores(each, signals, fits)  # a fit on dev: already a probability, no Platt step
+        how = "logistic regression over the members' logits" + "".join(f" and {WHAT[k]}" for k in asked)
         return fits, None, scores, scores, how
     raw = np.mean(each, axis=0)
     cal = fit_platt(raw, labels)
     return None, cal, raw, apply(raw, cal), "mean of calibrated scores"
 
 
-def stack_fits(each: list[np.ndarray], nll: np.ndarray | None, labels: np.ndarray) -> dict[str, Any]:
-    """The members-only fit, and with NLL the fit over the dev labels whose teacher NLL is known: at least ten of
-    each class, or a one-line error saying where the NLL comes from."""
-    fits: dict[str, Any] = {"members": fit_stack(stack_features(each), labels), "with_nll": None}
-    if nll is not None:
-        known = ~np.isnan(nll)
+WHAT = {"nll": "the teacher's NLL", "agreement": "sibling agreement"}
+WHERE_FROM = {"nll": "import labels with an `nll` in extra, or label items generated with `logprobs = true`",
+              "agreement": "label several of the teacher's samples for the same question (or head and relation)"}
+
+
+def stack_fits(each: list[np.ndarray], signals: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
+    """The members-only fit, and one fit per combination of the SIGNALS over the dev labels that know them all. Each
+    signal alone needs at least ten dev labels of each class that know it, or a one-line error says where it comes
+    from; a combination with fewer is left out (its items get the fit of one signal)."""
+    fits: dict[str, Any] = {"members": fit_stack(stack_features(each), labels), "with": {}}
+    names = list(signals)
+    for combo in (c for n in range(1, len(names) + 1) for c in itertools.combinations(names, n)):
+        known = np.logical_and.reduce([~np.isnan(signals[k]) for k in combo])
         if min(int(labels[known].sum()), int((1 - labels[known]).sum())) < 10:
-            raise SkdError(f"only {int(known.sum())} dev labels carry the teacher's NLL (need 10 of each class): "
-                           "import labels with an `nll` in extra, or label items generated with `logprobs = true`")
-        fits["with_nll"] = fit_stack(stack_features([s[known] for s in each], nll[known]), labels[known])
+            if len(combo) > 1:
+                continue
+            raise SkdError(f"only {int(known.sum())} dev labels carry {WHAT[combo[0]]} (need 10 of each class): "
+                           f"{WHERE_FROM[combo[0]]}")
+        x = stack_features([s[known] for s in each], *(signals[k][known] for k in combo))
+        fits["with"]["+".join(combo)] = fit_stack(x, labels[known])
     return fits

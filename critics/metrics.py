@@ -71,11 +71,12 @@ def evaluate_on_file(critic: dict[str, Any], path: Path, fmt: str) -> dict[str, 
 
     from store import Store, import_labels
 
-    from .model import load_critic, read_card, reads_teacher_nll, score_rows
+    from .model import load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
     from .train import load_labels
 
+    card = read_card(Path(critic["path"]))
     with tempfile.TemporaryDirectory() as d, Store(Path(d) / "eval.duckdb") as tmp:
         import_labels(tmp, path, fmt)
-        df = load_labels(tmp, None, teacher_nll=reads_teacher_nll(read_card(Path(critic["path"]))))
+        df = load_labels(tmp, None, teacher_nll=reads_teacher_nll(card), siblings=reads_siblings(card))
     scores = score_rows(load_critic(critic["path"]), df.to_dicts())
     return report(scores, df["label"].to_numpy(), critic["thresholds"] or {})

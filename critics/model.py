@@ -36,8 +36,19 @@ def score_rows(critic: Critic, rows: list[dict[str, Any]], batch_size: int = 128
 
 def reads_teacher_nll(card: dict[str, Any]) -> bool:
     """Whether the critic, or any member of it, reads the teacher's NLL: scoring then fetches it for each item."""
-    return bool((card.get("stack") or {}).get("with_nll")) or any(
-        reads_teacher_nll(read_card(Path(m["path"]))) for m in card.get("members", []))
+    return _reads(card, "nll")
+
+
+def reads_siblings(card: dict[str, Any]) -> bool:
+    """Whether the critic, or any member of it, reads sibling agreement: scoring then fetches each item's siblings."""
+    return _reads(card, "agreement")
+
+
+def _reads(card: dict[str, Any], signal: str) -> bool:
+    from .stack import reads
+
+    return reads(card.get("stack"), signal) or any(_reads(read_card(Path(m["path"])), signal)
+                                                   for m in card.get("members", []))
 
 
 def sentence_encoder(path: str | Path, dtype: torch.dtype | None = None) -> Any:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import TEACHER_NLL, BatchJob, Mapper, local_mapper, open_store, stage_job
+from store import SIBLINGS, TEACHER_NLL, BatchJob, Mapper, local_mapper, open_store, stage_job
 
-from .model import load_critic, read_card, reads_teacher_nll, score_rows
+from .model import load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
 
 
 @dataclass
@@ -26,6 +26,7 @@ class ScoreSummary:
     seconds: float = 0.0
     uncovered: dict[str, int] = field(default_factory=dict)  # items of a kind or relation it has no labels for
     without_teacher_nll: int | None = None  # for a critic that reads it: items scored without (members alone)
+    without_siblings: int | None = None  # for a critic that reads sibling agreement: items that have no siblings
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,11 +58,14 @@ def score_items(db_path: str | Path, name: str, where: str | None = None, chunk:
     with open_store(db_path) as s:
         row = s.critics.get(name)
         card = read_card(Path(row["path"]))
-        todo, total = s.scores.missing(row["critic_id"], where, teacher_nll=reads_teacher_nll(card))
+        todo, total = s.scores.missing(row["critic_id"], where, teacher_nll=reads_teacher_nll(card),
+                                       siblings=reads_siblings(card))
         run_id = s.start_run("score", {"critic": name, "critic_id": row["critic_id"], "where": where})
     stats = ScoreSummary(name, row["critic_id"], items=total, already_scored=total - todo.num_rows)
     if TEACHER_NLL in todo.column_names:
         stats.without_teacher_nll = todo[TEACHER_NLL].null_count
+    if SIBLINGS in todo.column_names:
+        stats.without_siblings = todo[SIBLINGS].null_count
     outside = outside_coverage(card.get("coverage"))
     for key in filter(None, map(outside, todo.select(["kind", "relation"]).to_pylist())):
         stats.uncovered[key] = stats.uncovered.get(key, 0) + 1

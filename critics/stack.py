@@ -1,12 +1,13 @@
 """A stacked critic: a logistic regression over the logits of trained critics' calibrated scores and, optionally,
-the teacher's own per-token NLL of the item, fitted on dev labels. Its output is a probability fitted on those
-labels, so it needs no calibration of its own.
+the teacher's own per-token NLL of the item and the item's agreement with its siblings (critics.agreement), fitted
+on dev labels. Its output is a probability fitted on those labels, so it needs no calibration of its own.
 
 Why: a mean of probabilities weighs every member alike, even one calibrated on other labels than these; a fit
 weighs them by what they add. And the teacher's likelihood is evidence no text critic sees: on the CommonsenseQA
 rationales, GPT-3's NLL beside the fine-tuned MiniLM lifts AUC from 0.709 to 0.737 (bench/critic_quality.py, which
 measures with these same functions, fitted on the other folds). An item whose NLL is unknown (imported, or
-generated without `logprobs = true`) is scored by a second fit over the members alone, never by a guessed NLL."""
+generated without `logprobs = true`) or that has no siblings is scored by a fit without that input, never by a
+guessed value: the stack keeps one fit per combination of signals."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from store import TEACHER_NLL
 from .calibration import _logit
 
 
-def features(member_scores: list[np.ndarray], nll: np.ndarray | None = None) -> np.ndarray:
-    """One row per item: each member's logit, then the teacher's NLL where asked."""
-    cols = [_logit(s) for s in member_scores] + ([np.asarray(nll, dtype=np.float64)] if nll is not None else [])
+def features(member_scores: list[np.ndarray], *signals: np.ndarray) -> np.ndarray:
+    """One row per item: each member's logit, then each signal (the teacher's NLL, sibling agreement) where asked."""
+    cols = [_logit(s) for s in member_scores] + [np.asarray(x, dtype=np.float64) for x in signals]
     return np.column_stack(cols) if cols else np.zeros((0, 0))
 
 
@@ -42,27 +43,50 @@ def known_nll(rows: list[dict[str, Any]]) -> np.ndarray:
     return np.asarray([np.nan if r.get(TEACHER_NLL) is None else float(r[TEACHER_NLL]) for r in rows])
 
 
-def stack_scores(member_scores: list[np.ndarray], nll: np.ndarray | None, fits: dict[str, Any]) -> np.ndarray:
-    """Scores by the fit with the NLL where it is known, by the members-only fit elsewhere."""
+def signal_fits(fits: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The stack's fits that read signals besides the members, by the signals they read ("nll", "agreement",
+    "nll+agreement"). A card from before agreement keeps its one such fit as `with_nll`."""
+    out = dict(fits.get("with") or {})
+    if fits.get("with_nll"):
+        out["nll"] = fits["with_nll"]
+    return out
+
+
+def reads(fits: dict[str, Any] | None, signal: str) -> bool:
+    return any(signal in combo.split("+") for combo in signal_fits(fits or {}))
+
+
+def stack_scores(member_scores: list[np.ndarray], signals: dict[str, np.ndarray], fits: dict[str, Any]) -> np.ndarray:
+    """Each item by the fit that reads the most of its known signals (NaN where unknown); by the members-only fit
+    where none is known."""
     out = apply_stack(features(member_scores), fits["members"])
-    if nll is not None and fits.get("with_nll"):
-        known = ~np.isnan(nll)
+    for combo, fit in sorted(signal_fits(fits).items(), key=lambda kv: len(kv[0].split("+"))):
+        cols = [signals.get(name) for name in combo.split("+")]
+        if any(c is None for c in cols):
+            continue
+        known = np.logical_and.reduce([~np.isnan(c) for c in cols])
         if known.any():
-            out[known] = apply_stack(features([s[known] for s in member_scores], nll[known]), fits["with_nll"])
+            out[known] = apply_stack(features([s[known] for s in member_scores], *(c[known] for c in cols)), fit)
     return out
 
 
 class StackedCritic:
-    """Members' scores through the stack's fits. `score(texts)` knows no NLL and uses the members-only fit."""
+    """Members' scores through the stack's fits, with the sibling agreement under AGREEMENT where the stack reads
+    it. `score(texts)` knows no signals and uses the members-only fit."""
 
-    def __init__(self, members: list[Any], fits: dict[str, Any]):
-        self.members, self.fits = members, fits
+    def __init__(self, members: list[Any], fits: dict[str, Any], agreement: Any = None):
+        self.members, self.fits, self.agreement = members, fits, agreement
 
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        return stack_scores([m.score(texts, batch_size=batch_size) for m in self.members], None, self.fits)
+        return stack_scores([m.score(texts, batch_size=batch_size) for m in self.members], {}, self.fits)
 
     def score_rows(self, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
         from .model import score_rows
 
         each = [score_rows(m, rows, batch_size) for m in self.members]
-        return stack_scores(each, known_nll(rows), self.fits)
+        return stack_scores(each, signals_of(rows, self.agreement, batch_size), self.fits)
+
+
+def signals_of(rows: list[dict[str, Any]], agreement: Any = None, batch_size: int = 128) -> dict[str, np.ndarray]:
+    """The signals known of the rows: the teacher's NLL, and their sibling agreement where AGREEMENT is given."""
+    return {"nll": known_nll(rows)} | ({"agreement": agreement(rows, batch_size)} if agreement else {})

@@ -42,10 +42,10 @@ def group_key(row: dict[str, Any]) -> str:
 
 
 def load_labels(store: Store, where: str | None, sources: list[str] | None = None,
-                teacher_nll: bool = False) -> pl.DataFrame:
+                teacher_nll: bool = False, siblings: bool = False) -> pl.DataFrame:
     """The labels to train on, in a fixed order: the same labels always train the same critic (with the
-    teacher's NLL of each, where asked: a stack's input)."""
-    df = store.labels.select(where, sources, teacher_nll=teacher_nll)
+    teacher's NLL of each and its siblings, where asked: a stack's inputs)."""
+    df = store.labels.select(where, sources, teacher_nll=teacher_nll, siblings=siblings)
     if df.height == 0:
         which = " and ".join(x for x in (f"match {where!r}" if where else "",
                                           f"come from {', '.join(sources)}" if sources else "") if x)

@@ -31,6 +31,9 @@ def coverage_warnings(stats: ScoreSummary) -> list[str]:
     if stats.without_teacher_nll:
         lines.append(f"warning: critic {stats.critic} reads the teacher's NLL, which {stats.without_teacher_nll:,} "
                      "items lack (imported, or generated without `logprobs = true`); its members alone scored them")
+    if stats.without_siblings:
+        lines.append(f"warning: critic {stats.critic} reads sibling agreement, and {stats.without_siblings:,} items "
+                     "have no sibling (no other sample for their prompt); scored without it")
     return lines
 
 
@@ -87,13 +90,18 @@ def ensemble(
     teacher_nll: Annotated[bool, typer.Option("--teacher-nll", help="Stack with the teacher's own NLL of each item "
                                               "too (one member will do); items without it get the members alone.")]
     = False,
+    agreement: Annotated[str | None, typer.Option(
+        "--agreement", metavar="ENCODER",
+        help="Stack with each item's agreement with its siblings (the teacher's other samples for its question, or "
+             "its head and relation): the highest cosine under this sentence encoder, e.g. all-mpnet-base-v2 (one "
+             "member will do); items without siblings are scored without it.")] = None,
     db: Db = None, json: Json = False,
 ) -> None:
     """Combine trained critics into one, calibrated and given thresholds on the dev split they share (they must
     have been trained with the same seed, dev fraction and dev sources)."""
     db_path = db or default_path()
     card = build_ensemble(db_path, name, members, out_dir or Path(str(db_path) + ".d") / "critics" / name,
-                          combine.value, teacher_nll)
+                          combine.value, teacher_nll, agreement)
     if json:
         print_json(card)
         return

@@ -151,16 +151,15 @@ class Labels:
         self.store = store
 
     def select(self, where: str | None = None, sources: list[str] | None = None, option: str = "--labels-where",
-               teacher_nll: bool = False):
+               teacher_nll: bool = False, siblings: bool = False):
         """Labels (a polars DataFrame) matching a user's filter and coming from `sources` (all when empty),
         in a fixed order: the same labels always train the same critic. TEACHER_NLL adds the teacher's likelihood
-        of each (a `teacher_nll` column, null where unknown), for a critic stacked with it."""
-        from .items import TEACHER_NLL, teacher_nll_sql
-
-        nll = f", {teacher_nll_sql('labels')} AS {TEACHER_NLL}" if teacher_nll else ""
+        of each (a `teacher_nll` column, null where unknown), SIBLINGS what the other labelled items of its prompt
+        say (a `siblings` list, null where none), for a critic stacked with them."""
+        columns = ", ".join([self.COLUMNS, *signal_columns("labels", teacher_nll, siblings)])
         with user_filter(option):
             return self.store.query(
-                f"SELECT {self.COLUMNS}{nll} FROM labels WHERE {where_sql(where)} AND "
+                f"SELECT {columns} FROM labels WHERE {where_sql(where)} AND "
                 "(len(?::VARCHAR[]) = 0 OR list_contains(?::VARCHAR[], source)) ORDER BY item_id, source",
                 [sources or [], sources or []])
 
@@ -198,13 +197,23 @@ class Scores:
         self.store = store
 
     def missing(self, critic_id: str, where: str | None = None, option: str = "--where",
-                teacher_nll: bool = False) -> tuple[Any, int]:
+                teacher_nll: bool = False, siblings: bool = False) -> tuple[Any, int]:
         """Items (an Arrow table of SCORED_COLUMNS, by item_id) that the critic has not scored, among those
-        matching a user's filter; and how many match in all. TEACHER_NLL adds the teacher's likelihood of each."""
-        from .items import SCORED_COLUMNS, TEACHER_NLL, teacher_nll_sql
+        matching a user's filter; and how many match in all. TEACHER_NLL adds the teacher's likelihood of each,
+        SIBLINGS what the other items of its prompt say (all items, scored or not, filtered or not)."""
+        from .items import SCORED_COLUMNS
 
-        columns = (*SCORED_COLUMNS, f"{teacher_nll_sql('i')} AS {TEACHER_NLL}") if teacher_nll else SCORED_COLUMNS
+        columns = (*SCORED_COLUMNS, *signal_columns("i", teacher_nll, siblings))
         return items_without(self.store, "scores", "critic_id", critic_id, columns, where, option)
+
+
+def signal_columns(alias: str, teacher_nll: bool, siblings: bool) -> list[str]:
+    """The extra columns a stacked critic reads of the row aliased ALIAS (of labels, or else of items)."""
+    from .items import SIBLINGS, TEACHER_NLL, siblings_sql, teacher_nll_sql
+
+    table = "labels" if alias == "labels" else "items"
+    return ([f"{teacher_nll_sql(alias)} AS {TEACHER_NLL}"] if teacher_nll else []) + \
+        ([f"{siblings_sql(table, alias)} AS {SIBLINGS}"] if siblings else [])
 
 
 def items_without(store: Store, table: str, key: str, value: str, columns: tuple[str, ...], where: str | None,

@@ -27,6 +27,9 @@ ITEM_COLUMNS = ("kind", "head", "relation", "tail", "question", "answer", "choic
 SCORED_COLUMNS = ("item_id", *(c for c in ITEM_COLUMNS if c == "kind" or c in ID_FIELDS))
 # What a critic that also reads the teacher's likelihood gets besides (critics.stack).
 TEACHER_NLL = "teacher_nll"
+# What a critic that weighs agreement among the teacher's samples gets besides (critics.agreement): the other items
+# of the same prompt, as what each of them says (SAID_SQL).
+SIBLINGS = "siblings"
 
 
 def teacher_nll_sql(alias: str) -> str:
@@ -37,6 +40,27 @@ def teacher_nll_sql(alias: str) -> str:
     return (f"coalesce(try_cast({alias}.extra->>'nll' AS DOUBLE), (SELECT min(-g.logprob / g.n_tokens) "
             "FROM item_sources s JOIN generations g ON g.request_id = s.request_id AND g.sample_index = s.sample_index "
             f"WHERE s.item_id = {alias}.item_id AND g.logprob IS NOT NULL AND g.n_tokens > 0))")
+
+
+def said_sql(alias: str) -> str:
+    """What an item says, for comparing it with its siblings: a triple's tail, a rationale's rationale, a QA item's
+    answer (the rest is the prompt they share). NULL for free text, which has no siblings."""
+    return f"CASE {alias}.kind WHEN 'triple' THEN {alias}.tail WHEN 'rationale' THEN {alias}.rationale " \
+           f"WHEN 'qa' THEN {alias}.answer END"
+
+
+def sibling_key_sql(alias: str) -> str:
+    """The prompt an item answers: a triple's head and relation, a question. Items with the same key are siblings."""
+    return f"CASE {alias}.kind WHEN 'triple' THEN {alias}.head || chr(0) || {alias}.relation " \
+           f"WHEN 'rationale' THEN {alias}.question WHEN 'qa' THEN {alias}.question END"
+
+
+def siblings_sql(table: str, alias: str) -> str:
+    """The row aliased ALIAS's siblings in TABLE (items or labels), as the list of what each says (distinct, in
+    order); NULL where it has none. Siblings are what a teacher overgenerates for one prompt: several tails for
+    one head and relation, several rationales for one question. Equality on the key keeps this a hash join."""
+    return (f"(SELECT list(DISTINCT {said_sql('o')} ORDER BY {said_sql('o')}) FROM {table} o WHERE o.kind = "
+            f"{alias}.kind AND {sibling_key_sql('o')} = {sibling_key_sql(alias)} AND o.item_id <> {alias}.item_id)")
 
 
 # What the embedder reads: a triple's tail, else the verbalisation, so the same inputs as a critic's.

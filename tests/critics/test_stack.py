@@ -47,7 +47,7 @@ def test_a_stack_with_the_teacher_nll_fits_on_dev_and_falls_back_without_it(weak
     db, d = weak
     card = json.loads(run_skd("critic", "ensemble", "st", "weak", "--teacher-nll", "--json", db=db,
                               check=True).stdout)
-    assert card["stack"]["with_nll"]["weights"][1] < 0 < card["stack"]["with_nll"]["weights"][0]  # less likely: worse
+    assert card["stack"]["with"]["nll"]["weights"][1] < 0 < card["stack"]["with"]["nll"]["weights"][0]  # less likely: worse
     assert card["calibration"] is None and card["config"]["teacher_nll"] is True
     assert card["metrics"]["dev"]["auc"] > card["metrics"]["members_dev_auc"]["weak"] + 0.05
     assert card["metrics"]["dev_with_teacher_nll"] == card["metrics"]["dev_size"]
@@ -59,7 +59,7 @@ def test_a_stack_with_the_teacher_nll_fits_on_dev_and_falls_back_without_it(weak
     critic, member = load_critic(path), load_critic(d / "weak")
     texts = verbalize_rows(rows)
     nll = np.asarray([r[TEACHER_NLL] for r in rows])
-    expect = apply_stack(features([member.score(texts)], nll), card["stack"]["with_nll"])
+    expect = apply_stack(features([member.score(texts)], nll), card["stack"]["with"]["nll"])
     assert np.allclose(score_rows(critic, rows), expect, atol=1e-9)
     # without the NLL (unknown, or asked by text only) the members-only fit answers
     alone = apply_stack(features([member.score(texts)]), card["stack"]["members"])
@@ -71,7 +71,7 @@ def test_a_stack_of_two_critics_needs_no_nll(weak):
     db, _ = weak
     card = json.loads(run_skd("critic", "ensemble", "st2", "weak", "loose", "--combine", "stack", "--json", db=db,
                               check=True).stdout)
-    assert len(card["stack"]["members"]["weights"]) == 2 and card["stack"]["with_nll"] is None
+    assert len(card["stack"]["members"]["weights"]) == 2 and card["stack"]["with"] == {}
     assert card["metrics"]["dev"]["auc"] >= max(card["metrics"]["members_dev_auc"].values()) - 0.02
 
 

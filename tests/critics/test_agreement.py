@@ -1,0 +1,156 @@
+"""Sibling agreement (critics.agreement) on the embedded MiniLM, real DuckDB and the real command line: the store
+finds an item's siblings (the other samples for its prompt), a stack weighs how closely an item agrees with them,
+and items without siblings are scored without it (and counted)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from critics import CriticConfig, load_critic, train_critic
+from critics.agreement import Agreement, agreement
+from critics.model import reads_siblings, score_rows
+from critics.stack import apply_stack, features, reads, stack_scores
+from critics.train import load_labels, split
+from store import SIBLINGS, TEACHER_NLL, Store, import_labels, ingest_file
+from tests.conftest import run_skd
+from tests.critics.test_label_sources import labels_file, triple
+from tests.critics.test_stack import load_card
+
+# Each phrase is acceptable for some heads and not for others, so no text critic can tell; what tells is that a
+# head's two acceptable tails say the same thing and its two unacceptable ones say unrelated things.
+PAIRS = [("to eat food", "to eat some food"), ("to drink water", "to drink some water"),
+         ("to sleep well", "to get a good sleep"), ("to go home", "to head back home"),
+         ("to call a friend", "to phone a friend"), ("to take a nap", "to nap for a while"),
+         ("to say thanks", "to thank them"), ("to find help", "to look for help"),
+         ("to feel better", "to feel a bit better"), ("to get some rest", "to rest for a while")]
+
+
+def rows_of_head(i: int) -> list[dict]:
+    good, odd = PAIRS[i % 10], (PAIRS[(i + 3) % 10][0], PAIRS[(i + 6) % 10][1])
+    nll = np.random.default_rng(i).normal(1.2, 0.3, 4)  # tells nothing
+    return [triple(f"PersonX does thing {i}", t, lab) | {"nll": round(float(x), 4)}
+            for (t, lab), x in zip([(good[0], 1), (good[1], 1), (odd[0], 0), (odd[1], 0)], nll, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def agreeing(tmp_path_factory):
+    d = tmp_path_factory.mktemp("agree")
+    db = d / "c.duckdb"
+    with Store(db) as s:
+        import_labels(s, labels_file(d / "labels.jsonl", [r for i in range(40) for r in rows_of_head(i)]), "jsonl",
+                      source="expert")
+    train_critic(db, "text", CriticConfig(mode="embedding", dev_fraction=0.3), d / "text")
+    return db, d
+
+
+def test_the_store_finds_an_items_siblings_by_its_prompt(tmp_path):
+    items = [triple("PersonX eats", "to be full", None), triple("PersonX eats", "to rest", None),
+             triple("PersonX eats", "hungry", None, "xAttr"), triple("PersonX runs", "to rest", None),
+             {"kind": "rationale", "question": "Why eat?", "answer": "hunger", "rationale": "Food ends hunger."},
+             {"kind": "rationale", "question": "Why eat?", "answer": "hunger", "rationale": "One eats when hungry."},
+             {"kind": "text", "text": "free text"}]
+    with Store(tmp_path / "c.duckdb") as s:
+        ingest_file(s, labels_file(tmp_path / "items.jsonl", items), "jsonl")
+        todo, _ = s.scores.missing("nobody", None, siblings=True)
+    got = {(r["head"], r["relation"], r.get("tail") or r.get("rationale") or r["text"]): r[SIBLINGS]
+           for r in todo.to_pylist()}
+    assert got["PersonX eats", "xWant", "to be full"] == ["to rest"]  # same head and relation, not itself
+    assert got["PersonX eats", "xWant", "to rest"] == ["to be full"]
+    assert got["PersonX eats", "xAttr", "hungry"] is None  # another relation is another prompt
+    assert got["PersonX runs", "xWant", "to rest"] is None  # another head too
+    assert got[None, None, "Food ends hunger."] == ["One eats when hungry."]
+    assert got[None, None, "free text"] is None
+
+
+def test_agreement_is_the_closest_sibling_and_encodes_each_text_once():
+    calls = []
+    enc = Agreement("all-MiniLM-L6-v2")
+
+    def encode(texts):
+        calls.append(list(texts))
+        return enc.encode(texts)
+    rows = [{"kind": "triple", "tail": "to eat food", SIBLINGS: ["to eat some food", "a loud spoon"]},
+            {"kind": "triple", "tail": "to eat some food", SIBLINGS: ["to eat food", "a loud spoon"]},
+            {"kind": "triple", "tail": "a loud spoon", SIBLINGS: ["to eat food", "to eat some food"]},
+            {"kind": "triple", "tail": "alone", SIBLINGS: None}]
+    got = agreement(rows, encode)
+    assert len(calls) == 1 and sorted(calls[0]) == sorted({"to eat food", "to eat some food", "a loud spoon"})
+    assert got[0] == pytest.approx(got[1], abs=1e-4) and got[0] > got[2] + 0.3 and np.isnan(got[3])
+
+
+def test_a_stack_with_agreement_ranks_what_no_text_critic_can(agreeing):
+    db, _ = agreeing
+    card = json.loads(run_skd("critic", "ensemble", "ag", "text", "--agreement", "all-MiniLM-L6-v2", "--json",
+                              db=db, check=True).stdout)
+    assert reads_siblings(card) and card["config"]["agreement"] == "all-MiniLM-L6-v2"
+    assert card["stack"]["with"]["agreement"]["weights"][-1] > 0  # agreeing more: better
+    text, stacked = card["metrics"]["members_dev_auc"]["text"], card["metrics"]["dev"]["auc"]
+    assert text < 0.75 and stacked > max(0.85, text + 0.2), (text, stacked)
+    assert card["metrics"]["dev_with_agreement"] == card["metrics"]["dev_size"]
+
+
+def test_each_item_gets_the_fit_of_the_signals_it_has(agreeing):
+    db, d = agreeing
+    run_skd("critic", "ensemble", "both", "text", "--teacher-nll", "--agreement", "all-MiniLM-L6-v2", db=db,
+            check=True)
+    fits = load_card(db, "both")["stack"]
+    assert sorted(fits["with"]) == ["agreement", "nll", "nll+agreement"]
+    with Store(db, read_only=True) as s:
+        _, dev = split(load_labels(s, None, teacher_nll=True, siblings=True), 0.3, 0)
+        critic = load_critic(s.critics.get("both")["path"])
+    rows, member = dev.to_dicts(), load_critic(d / "text")
+    m = score_rows(member, rows)
+    agree = Agreement("all-MiniLM-L6-v2")(rows)
+    nll = np.asarray([r[TEACHER_NLL] for r in rows])
+    assert np.allclose(score_rows(critic, rows), apply_stack(features([m], nll, agree), fits["with"]["nll+agreement"]))
+    no_nll = [r | {TEACHER_NLL: None} for r in rows]
+    assert np.allclose(score_rows(critic, no_nll), apply_stack(features([m], agree), fits["with"]["agreement"]))
+    alone = [r | {TEACHER_NLL: None, SIBLINGS: None} for r in rows]
+    assert np.allclose(score_rows(critic, alone), apply_stack(features([m]), fits["members"]))
+
+
+def test_scoring_fetches_siblings_and_counts_items_without(agreeing, tmp_path):
+    db, _ = agreeing
+    run_skd("critic", "ensemble", "ags", "text", "--agreement", "all-MiniLM-L6-v2", db=db, check=True)
+    new = [triple("PersonX cooks", t, None) for t in ("to eat food", "to eat some food", "to say thanks")]
+    with Store(db) as s:
+        ingest_file(s, labels_file(tmp_path / "items.jsonl", new + [triple("PersonX sings", "to rest", None)]),
+                    "jsonl")
+    p = run_skd("critic", "score", "ags", "--json", db=db, check=True)
+    assert json.loads(p.stdout)["without_siblings"] == 1
+    assert "reads sibling agreement, and 1 items have no sibling" in p.stderr
+    with Store(db, read_only=True) as s:
+        row = s.critics.get("ags")
+        stored = dict(s.con.execute("SELECT tail, score FROM scores JOIN items USING (item_id) WHERE critic_id = ?",
+                                    [row["critic_id"]]).fetchall())
+        todo, _ = s.scores.missing("nobody", None, siblings=True)
+    rows = [r for r in todo.to_pylist() if r["head"] == "PersonX cooks"]
+    assert np.allclose([stored[r["tail"]] for r in rows], score_rows(load_critic(row["path"]), rows), atol=1e-6)
+    assert min(stored["to eat food"], stored["to eat some food"]) > stored["to say thanks"]  # the odd one out last
+
+
+def test_agreement_that_cannot_be_fitted_is_one_line(tmp_path):
+    rows = [triple(f"PersonX does thing {i}", t, lab) for i in range(16) for t, lab in (("to eat food", 1),)] + \
+        [triple(f"PersonX does other {i}", "a loud spoon", 0) for i in range(16)]
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:  # one tail per head and relation: nobody has a sibling
+        import_labels(s, labels_file(tmp_path / "labels.jsonl", rows), "jsonl", source="expert")
+    train_critic(db, "plain", CriticConfig(mode="embedding", dev_fraction=0.3), tmp_path / "plain")
+    for args, says in ((["lone", "plain", "--agreement", "all-MiniLM-L6-v2"], "only 0 dev labels carry sibling "
+                                                                              "agreement"),
+                       (["nomodel", "plain", "--agreement", "./no/such/encoder"], "neither an embedded default")):
+        p = run_skd("critic", "ensemble", *args, db=db)
+        assert p.returncode != 0 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+    with Store(db, read_only=True) as s:
+        assert s.critics.names() == ["plain"]
+
+
+def test_a_stack_saved_before_agreement_still_reads_its_nll_fit():
+    """Cards written before agreement kept their one NLL fit as `with_nll`; they score as they did."""
+    legacy = {"members": {"weights": [1.0], "bias": 0.0}, "with_nll": {"weights": [1.0, -2.0], "bias": 0.5}}
+    member, nll = np.asarray([0.2, 0.7, 0.9]), np.asarray([1.0, np.nan, 0.3])
+    got = stack_scores([member], {"nll": nll, "agreement": np.asarray([0.9, 0.9, 0.9])}, legacy)
+    assert reads(legacy, "nll") and not reads(legacy, "agreement")
+    assert got[1] == pytest.approx(apply_stack(features([member[1:2]]), legacy["members"])[0])
+    assert got[[0, 2]] == pytest.approx(apply_stack(features([member[[0, 2]]], nll[[0, 2]]), legacy["with_nll"]))

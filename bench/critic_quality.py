@@ -239,6 +239,7 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     nll = -np.asarray([float(json.loads(e)["nll"]) for e in df["extra"].to_list()])
     started = time.perf_counter()
     agree = Agreement(MPNET)(df.to_dicts())
+    assert not np.isnan(agree).any(), "every explanation here has four siblings: the stacks below need them all"
     took = f"{time.perf_counter() - started:.0f} s to score"
     fold = grouped_folds([group_key(r) for r in df.iter_rows(named=True)], folds, 0)  # cross_validate's folds
     both = out_of_fold_stack(np.column_stack([nll, agree]), y, fold)

@@ -11,6 +11,7 @@ by a fit without this input, never by a guessed one."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,13 @@ import numpy as np
 from store import SIBLINGS, resolve_model
 
 SAID = {"triple": "tail", "rationale": "rationale", "qa": "answer"}  # as store.items.said_sql
+
+
+def encoder_name(model: str) -> str:
+    """What a critic records of the encoder: an embedded name as given, a folder as an absolute path (a relative
+    one would not resolve from another directory or on a Ray worker)."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
 
 
 def said(row: dict[str, Any]) -> str | None:
@@ -42,12 +50,13 @@ def agreement(rows: list[dict[str, Any]], encode) -> np.ndarray:
 
 
 class Agreement:
-    """Sibling agreement under the sentence encoder MODEL (an embedded name or a folder), loaded once."""
+    """Sibling agreement under the sentence encoder MODEL (an embedded name or a folder), loaded once, at DTYPE (by
+    default this machine's compute precision; a saved critic passes the one its stack was fitted at)."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, dtype: Any = None):
         from .model import sentence_encoder
 
-        self.model, self.encoder = model, sentence_encoder(resolve_model(model))
+        self.model, self.encoder = model, sentence_encoder(resolve_model(model), dtype)
 
     def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)

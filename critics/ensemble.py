@@ -17,11 +17,11 @@ import numpy as np
 
 from store import SkdError, Store, skd_version
 
-from .agreement import Agreement
+from .agreement import Agreement, encoder_name
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
-from .model import load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
+from .model import card_dtype, load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
 from .stack import StackedCritic, fit_stack, reads, signals_of, stack_scores
 from .stack import features as stack_features
 from .train import check_name_free, coverage, label_counts, load_labels, publish, split, staging
@@ -48,7 +48,7 @@ def load_ensemble(card: dict[str, Any]) -> MeanOfCritics | StackedCritic:
     members = [load_critic(m["path"]) for m in card["members"]]
     if not card.get("stack"):
         return MeanOfCritics(members)
-    agreement = Agreement(card["config"]["agreement"]) if reads(card["stack"], "agreement") else None
+    agreement = Agreement(card["config"]["agreement"], card_dtype(card)) if reads(card["stack"], "agreement") else None
     return StackedCritic(members, card["stack"], agreement)
 
 
@@ -73,6 +73,7 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
     if len(set(members)) < (1 if signalled else 2) or len(set(members)) < len(members):
         raise SkdError("an ensemble needs at least two different critics (one, stacked with the teacher's NLL or "
                        "sibling agreement)")
+    agreement = encoder_name(agreement) if agreement else None
     agree = Agreement(agreement) if agreement else None  # a missing encoder fails here, before any scoring
     with Store(db) as store:
         check_name_free(store, name)

@@ -58,7 +58,8 @@ def reads(fits: dict[str, Any] | None, signal: str) -> bool:
 
 def stack_scores(member_scores: list[np.ndarray], signals: dict[str, np.ndarray], fits: dict[str, Any]) -> np.ndarray:
     """Each item by the fit that reads the most of its known signals (NaN where unknown); by the members-only fit
-    where none is known."""
+    where none is known. Where a combination was not fitted (too few dev labels knew both), an item that knows both
+    gets the last single-signal fit."""
     out = apply_stack(features(member_scores), fits["members"])
     for combo, fit in sorted(signal_fits(fits).items(), key=lambda kv: len(kv[0].split("+"))):
         cols = [signals.get(name) for name in combo.split("+")]

@@ -211,9 +211,8 @@ def signal_columns(alias: str, teacher_nll: bool, siblings: bool) -> list[str]:
     """The extra columns a stacked critic reads of the row aliased ALIAS (of labels, or else of items)."""
     from .items import SIBLINGS, TEACHER_NLL, siblings_sql, teacher_nll_sql
 
-    table = "labels" if alias == "labels" else "items"
     return ([f"{teacher_nll_sql(alias)} AS {TEACHER_NLL}"] if teacher_nll else []) + \
-        ([f"{siblings_sql(table, alias)} AS {SIBLINGS}"] if siblings else [])
+        ([f"{siblings_sql(alias, labels=alias == 'labels')} AS {SIBLINGS}"] if siblings else [])
 
 
 def items_without(store: Store, table: str, key: str, value: str, columns: tuple[str, ...], where: str | None,

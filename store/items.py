@@ -50,17 +50,25 @@ def said_sql(alias: str) -> str:
 
 
 def sibling_key_sql(alias: str) -> str:
-    """The prompt an item answers: a triple's head and relation, a question. Items with the same key are siblings."""
-    return f"CASE {alias}.kind WHEN 'triple' THEN {alias}.head || chr(0) || {alias}.relation " \
-           f"WHEN 'rationale' THEN {alias}.question WHEN 'qa' THEN {alias}.question END"
+    """The prompt an item answers: a triple's head and relation, a question (case folded, as in `item_id`). Items
+    with the same key are siblings."""
+    return f"CASE {alias}.kind WHEN 'triple' THEN lower({alias}.head) || chr(0) || {alias}.relation " \
+           f"WHEN 'rationale' THEN lower({alias}.question) WHEN 'qa' THEN lower({alias}.question) END"
 
 
-def siblings_sql(table: str, alias: str) -> str:
-    """The row aliased ALIAS's siblings in TABLE (items or labels), as the list of what each says (distinct, in
-    order); NULL where it has none. Siblings are what a teacher overgenerates for one prompt: several tails for
-    one head and relation, several rationales for one question. Equality on the key keeps this a hash join."""
-    return (f"(SELECT list(DISTINCT {said_sql('o')} ORDER BY {said_sql('o')}) FROM {table} o WHERE o.kind = "
-            f"{alias}.kind AND {sibling_key_sql('o')} = {sibling_key_sql(alias)} AND o.item_id <> {alias}.item_id)")
+SIBLING_FIELDS = "item_id, kind, head, relation, tail, question, answer, rationale"
+
+
+def siblings_sql(alias: str, labels: bool = False) -> str:
+    """The row aliased ALIAS's siblings, as the list of what each says (distinct, in order, none NULL); NULL where
+    it has none. Siblings are what a teacher overgenerates for one prompt: several tails for one head and relation,
+    several rationales for one question. They are looked for among the items, and for a label (LABELS) among the
+    labels too: a label of an item sees the same siblings as the item does when it is scored, and an imported label
+    (not an item) sees the other labels of its prompt. Equality on the key keeps this a hash join."""
+    pool = f"(SELECT {SIBLING_FIELDS} FROM items UNION ALL SELECT {SIBLING_FIELDS} FROM labels)" if labels else "items"
+    return (f"(SELECT list(DISTINCT {said_sql('o')} ORDER BY {said_sql('o')}) FILTER (WHERE {said_sql('o')} IS NOT "
+            f"NULL) FROM {pool} o WHERE o.kind = {alias}.kind AND {sibling_key_sql('o')} = {sibling_key_sql(alias)} "
+            f"AND o.item_id <> {alias}.item_id)")
 
 
 # What the embedder reads: a triple's tail, else the verbalisation, so the same inputs as a critic's.

@@ -45,18 +45,24 @@ def agreeing(tmp_path_factory):
 
 
 def test_the_store_finds_an_items_siblings_by_its_prompt(tmp_path):
-    items = [triple("PersonX eats", "to be full", None), triple("PersonX eats", "to rest", None),
+    items = [triple("PersonX eats", "to be full", None), triple("personx EATS", "to rest", None),
              triple("PersonX eats", "hungry", None, "xAttr"), triple("PersonX runs", "to rest", None),
              {"kind": "rationale", "question": "Why eat?", "answer": "hunger", "rationale": "Food ends hunger."},
              {"kind": "rationale", "question": "Why eat?", "answer": "hunger", "rationale": "One eats when hungry."},
              {"kind": "text", "text": "free text"}]
     with Store(tmp_path / "c.duckdb") as s:
         ingest_file(s, labels_file(tmp_path / "items.jsonl", items), "jsonl")
+        import_labels(s, labels_file(tmp_path / "labels.jsonl", [triple("PersonX eats", "to be full", 1),
+                                                                  triple("PersonX naps", "to rest", 1),
+                                                                  triple("PersonX naps", "to dream", 0)]), "jsonl")
         todo, _ = s.scores.missing("nobody", None, siblings=True)
+        labelled = {r["tail"]: r[SIBLINGS] for r in s.labels.select(siblings=True).to_dicts()}
     got = {(r["head"], r["relation"], r.get("tail") or r.get("rationale") or r["text"]): r[SIBLINGS]
            for r in todo.to_pylist()}
-    assert got["PersonX eats", "xWant", "to be full"] == ["to rest"]  # same head and relation, not itself
-    assert got["PersonX eats", "xWant", "to rest"] == ["to be full"]
+    assert got["PersonX eats", "xWant", "to be full"] == ["to rest"]  # same head (any case) and relation
+    assert got["personx EATS", "xWant", "to rest"] == ["to be full"]  # not itself
+    # a label of an item sees the item's siblings (as scoring will); an imported one, the other labels of its prompt
+    assert labelled == {"to be full": ["to rest"], "to rest": ["to dream"], "to dream": ["to rest"]}
     assert got["PersonX eats", "xAttr", "hungry"] is None  # another relation is another prompt
     assert got["PersonX runs", "xWant", "to rest"] is None  # another head too
     assert got[None, None, "Food ends hunger."] == ["One eats when hungry."]

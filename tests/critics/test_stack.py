@@ -47,7 +47,8 @@ def test_a_stack_with_the_teacher_nll_fits_on_dev_and_falls_back_without_it(weak
     db, d = weak
     card = json.loads(run_skd("critic", "ensemble", "st", "weak", "--teacher-nll", "--json", db=db,
                               check=True).stdout)
-    assert card["stack"]["with"]["nll"]["weights"][1] < 0 < card["stack"]["with"]["nll"]["weights"][0]  # less likely: worse
+    weights = card["stack"]["with"]["nll"]["weights"]
+    assert weights[1] < 0 < weights[0]  # less likely: worse
     assert card["calibration"] is None and card["config"]["teacher_nll"] is True
     assert card["metrics"]["dev"]["auc"] > card["metrics"]["members_dev_auc"]["weak"] + 0.05
     assert card["metrics"]["dev_with_teacher_nll"] == card["metrics"]["dev_size"]

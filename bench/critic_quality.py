@@ -36,12 +36,13 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from critics.agreement import Agreement
+from critics.agreement import Encoder
 from critics.config import CriticConfig
 from critics.crossval import cross_validate, grouped_folds, summaries
 from critics.ensemble import build_ensemble
 from critics.model import load_critic, score_rows
 from critics.stack import apply_stack, features, fit_stack
+from critics.support import Support
 from critics.train import group_key, load_labels, train_critic
 from store import MINILM, Store, import_labels
 from store.models import MPNET, SMOLLM2
@@ -148,14 +149,13 @@ def out_of_fold_stack(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndar
     return oof
 
 
-def ensemble(table: Table, task: str, runs: dict[str, dict], teacher_nll: np.ndarray | None = None,
-             agree: np.ndarray | None = None) -> None:
+def ensemble(table: Table, task: str, runs: dict[str, dict], extras: list[tuple[str, list[np.ndarray]]] = ()) -> None:
     """The attempts combined, two ways: the mean of their calibrated out-of-fold scores, and a logistic
     regression over their logits fitted on the other folds. The folds are the same (seeded, grouped), so both are
     out-of-fold too, and say whether an ensemble of critics would be worth building. Stacking matters when a
     critic's calibration is off on these labels (one calibrated on a crowd-heavy dev split), which a mean cannot
-    correct. With TEACHER_NLL (rationales), a third way: the stack with the teacher's own NLL as one more column;
-    with AGREE, a fourth: sibling agreement as one more still."""
+    correct. Then the stack with each of EXTRAS, (what, columns): signals besides the critics (the teacher's NLL,
+    sibling agreement, support), each with its paired gain over the stack without them."""
     if len(runs) < 2:
         return
     first = next(iter(runs.values()))  # every run has the same labels in the same order and the same folds
@@ -165,15 +165,15 @@ def ensemble(table: Table, task: str, runs: dict[str, dict], teacher_nll: np.nda
     mean = np.mean([r["scores"] for r in runs.values()], axis=0)
     x = features([np.asarray(r["scores"]) for r in runs.values()])
     fold = np.asarray(first["fold"])
-    ways = [("mean of", mean), ("stacked", out_of_fold_stack(x, y, fold))]
-    if teacher_nll is not None:
-        ways.append(("stacked with GPT-3's own NLL,", out_of_fold_stack(np.column_stack([x, teacher_nll]), y, fold)))
-    if teacher_nll is not None and agree is not None:
-        ways.append(("stacked with GPT-3's NLL and sibling agreement,",
-                     out_of_fold_stack(np.column_stack([x, teacher_nll, agree]), y, fold)))
-    for how, scores in ways:
+    plain = out_of_fold_stack(x, y, fold)
+    for how, scores in [("mean of", mean), ("stacked", plain)]:
         row(table, task, f"ensemble: {how} {', '.join(runs)}", summaries(scores, y, groups), seconds, scores, y)
         auc_gain(table, task, f"vs {best} alone", scores, np.asarray(runs[best]["scores"]), y)
+    for what, cols in extras:
+        scores = out_of_fold_stack(np.column_stack([x, *cols]), y, fold)
+        row(table, task, f"ensemble: stacked with {what}, {', '.join(runs)}", summaries(scores, y, groups), seconds,
+            scores, y)
+        auc_gain(table, task, "vs the same stack without", scores, plain, y)
 
 
 def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray, agree: np.ndarray) -> None:
@@ -225,7 +225,24 @@ def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | N
         runs[name] = res | {"seconds": time.perf_counter() - started}
         keep(out, "ckbp", name, runs[name])
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
-    ensemble(table, task, runs)
+    ensemble(table, task, runs, [("support in ATOMIC-2020", [support_of_expert(db, table, task)])])
+
+
+def support_of_expert(db: Path, table: Table, task: str) -> np.ndarray:
+    """Each expert triple's support (critics.support) in ATOMIC-2020's human-written tuples, as `skd critic ensemble
+    --support atomic2020` computes it: the closest human tail of its relation under MPNet. In cross_validate's order
+    of the expert labels; a row of its own as a score."""
+    with Store(db, read_only=True) as s:
+        df = load_labels(s, None)
+    started, enc = time.perf_counter(), Encoder(MPNET)
+    pool = Support.from_labels(df.filter(pl.col("source") == ATOMIC).to_dicts(), ATOMIC, enc.encode)
+    ev = df.filter(pl.col("source") == EXPERT)
+    support = pool(ev.to_dicts(), enc.encode)
+    assert not np.isnan(support).any(), "ATOMIC-2020 has human tails for every CKBP relation"
+    y, groups = ev["label"].to_numpy(), [json.loads(e or "{}").get("class") for e in ev["extra"].to_list()]
+    row(table, task, "support: MPNet cosine of the tail to the closest ATOMIC-2020 human tail of its relation (no "
+        "labels)", summaries(support, y, groups), time.perf_counter() - started, support, y)
+    return support
 
 
 def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | None = None,
@@ -238,7 +255,7 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     y = df["label"].to_numpy()
     nll = -np.asarray([float(json.loads(e)["nll"]) for e in df["extra"].to_list()])
     started = time.perf_counter()
-    agree = Agreement(MPNET)(df.to_dicts())
+    agree = Encoder(MPNET).agreement(df.to_dicts())
     assert not np.isnan(agree).any(), "every explanation here has four siblings: the stacks below need them all"
     took = f"{time.perf_counter() - started:.0f} s to score"
     fold = grouped_folds([group_key(r) for r in df.iter_rows(named=True)], folds, 0)  # cross_validate's folds
@@ -260,7 +277,7 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     for name, run in runs.items():  # this run's attempts and kept ones alike: the NLL must be of the same labels
         assert run["labels"] == y.tolist(), f"{name}: labels out of the order cross_validate read them in"
         stacked(table, task, name, run, nll, agree)
-    ensemble(table, task, runs, nll, agree)
+    ensemble(table, task, runs, [("GPT-3's own NLL", [nll]), ("GPT-3's NLL and sibling agreement", [nll, agree])])
 
 
 def built(tmp: Path, folds: int, table: Table) -> None:
@@ -302,7 +319,7 @@ def build_fold(db: Path, tmp: Path, k: int, where: str):
     build_ensemble(db, f"nll{k}", [f"ft{k}"], tmp / f"nll{k}", teacher_nll=True)
     yield "nll", tmp / f"nll{k}", time.perf_counter() - started
     started = time.perf_counter()
-    build_ensemble(db, f"agree{k}", [f"ft{k}"], tmp / f"agree{k}", teacher_nll=True, agreement=MPNET)
+    build_ensemble(db, f"agree{k}", [f"ft{k}"], tmp / f"agree{k}", teacher_nll=True, agreement=True)
     yield "agree", tmp / f"agree{k}", time.perf_counter() - started
     started = time.perf_counter()
     train_critic(db, f"l{k}", CriticConfig(mode="likelihood", labels_where=where), tmp / f"l{k}")

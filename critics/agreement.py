@@ -49,9 +49,9 @@ def agreement(rows: list[dict[str, Any]], encode) -> np.ndarray:
     return out
 
 
-class Agreement:
-    """Sibling agreement under the sentence encoder MODEL (an embedded name or a folder), loaded once, at DTYPE (by
-    default this machine's compute precision; a saved critic passes the one its stack was fitted at)."""
+class Encoder:
+    """The sentence encoder MODEL (an embedded name or a folder) that a stack's signals compare texts under, loaded
+    once, at DTYPE (by default this machine's compute precision; a saved critic passes the one it was fitted at)."""
 
     def __init__(self, model: str, dtype: Any = None):
         from .model import sentence_encoder
@@ -61,5 +61,5 @@ class Agreement:
     def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
 
-    def __call__(self, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
+    def agreement(self, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
         return agreement(rows, lambda texts: self.encode(texts, batch_size))

@@ -16,14 +16,16 @@ from typing import Any
 import numpy as np
 
 from store import SkdError, Store, skd_version
+from store.models import MPNET
 
-from .agreement import Agreement, encoder_name
+from .agreement import Encoder, encoder_name
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
 from .model import card_dtype, load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
 from .stack import StackedCritic, fit_stack, reads, signals_of, stack_scores
 from .stack import features as stack_features
+from .support import Support
 from .train import check_name_free, coverage, label_counts, load_labels, publish, split, staging
 
 # the settings that decide which heads a critic held out for dev: members must agree on them, or the ensemble's
@@ -44,12 +46,13 @@ class MeanOfCritics:
         return np.mean([score_rows(m, rows, batch_size) for m in self.members], axis=0)
 
 
-def load_ensemble(card: dict[str, Any]) -> MeanOfCritics | StackedCritic:
+def load_ensemble(card: dict[str, Any], path: Path) -> MeanOfCritics | StackedCritic:
     members = [load_critic(m["path"]) for m in card["members"]]
     if not card.get("stack"):
         return MeanOfCritics(members)
-    agreement = Agreement(card["config"]["agreement"], card_dtype(card)) if reads(card["stack"], "agreement") else None
-    return StackedCritic(members, card["stack"], agreement)
+    encoder = Encoder(card["config"]["encoder"], card_dtype(card)) if card["config"].get("encoder") else None
+    support = Support.load(path) if reads(card["stack"], "support") else None
+    return StackedCritic(members, card["stack"], encoder, support)
 
 
 def shared_split(cards: list[dict[str, Any]]) -> CriticConfig:
@@ -64,17 +67,19 @@ def shared_split(cards: list[dict[str, Any]]) -> CriticConfig:
 
 
 def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, combine: str = "mean",
-                   teacher_nll: bool = False, agreement: str | None = None) -> dict[str, Any]:
+                   teacher_nll: bool = False, agreement: bool = False, support: str | None = None,
+                   encoder: str = MPNET) -> dict[str, Any]:
     """Combine the critics MEMBERS of the corpus at DB into the critic NAME, saved to OUT and registered. COMBINE is
-    "mean" or "stack"; TEACHER_NLL (a stack) also weighs the teacher's NLL of each item, AGREEMENT (a sentence
-    encoder; a stack) each item's agreement with its siblings under it, and then one member will do."""
-    signalled = teacher_nll or bool(agreement)
-    stacked = combine == "stack" or signalled
-    if len(set(members)) < (1 if signalled else 2) or len(set(members)) < len(members):
-        raise SkdError("an ensemble needs at least two different critics (one, stacked with the teacher's NLL or "
-                       "sibling agreement)")
-    agreement = encoder_name(agreement) if agreement else None
-    agree = Agreement(agreement) if agreement else None  # a missing encoder fails here, before any scoring
+    "mean" or "stack". A stack may also weigh signals besides the members (and then one member will do): the
+    teacher's NLL of each item (TEACHER_NLL), its agreement with its siblings (AGREEMENT), its support in the
+    human-written positives of the label source SUPPORT; the last two under the sentence encoder ENCODER."""
+    asked = [k for k, on in (("nll", teacher_nll), ("agreement", agreement), ("support", support)) if on]
+    stacked = combine == "stack" or bool(asked)
+    if len(set(members)) < (1 if asked else 2) or len(set(members)) < len(members):
+        raise SkdError("an ensemble needs at least two different critics (one, stacked with the teacher's NLL, "
+                       "sibling agreement or support)")
+    encoder = encoder_name(encoder) if agreement or support else None
+    enc = Encoder(encoder) if encoder else None  # a missing encoder fails here, before any scoring
     with Store(db) as store:
         check_name_free(store, name)
         rows = [store.critics.get(m) for m in members]
@@ -83,11 +88,14 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
         sources = sorted({s for c in cards for s in c["label_sources"]})
         df = load_labels(store, split_cfg.labels_where, sources,
                          teacher_nll=teacher_nll or any(map(reads_teacher_nll, cards)),
-                         siblings=bool(agreement) or any(map(reads_siblings, cards)))
+                         siblings=agreement or any(map(reads_siblings, cards)))
+        pool = support_pool(store, support, enc) if support else None
     _, dev = split(df, split_cfg.dev_fraction, split_cfg.seed, split_cfg.dev_sources)
     dev_rows, labels = dev.to_dicts(), dev["label"].to_numpy()
-    each, signals = [score_rows(load_critic(r["path"]), dev_rows) for r in rows], signals_of(dev_rows, agree)
-    asked = [k for k, on in (("nll", teacher_nll), ("agreement", agree)) if on]
+    each = [score_rows(load_critic(r["path"]), dev_rows) for r in rows]
+    signals = signals_of(dev_rows, enc, agreement, pool)
+    if pool is not None:  # the source's own labels are the reference, not items it judges
+        signals["support"][dev["source"].to_numpy() == support] = np.nan
     fits, cal, raw, scores, how = combine_on_dev(each, signals, labels, stacked, asked)
     thresholds = choose_thresholds(scores, labels, split_cfg.recalls, split_cfg.precisions)
     card = {"name": name, "critic_id": f"{name}-{uuid.uuid4().hex[:8]}", "mode": "ensemble",
@@ -96,7 +104,8 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
                         for r in rows],
             "label_counts": label_counts(df), "coverage": coverage(df), "calibration": cal, "stack": fits,
             "precision": cards[0].get("precision"),
-            "config": {"combine": how, "members": members, "teacher_nll": teacher_nll, "agreement": agreement}
+            "config": {"combine": how, "members": members, "teacher_nll": teacher_nll, "agreement": agreement,
+                       "support": support, "encoder": encoder}
             | {k: getattr(split_cfg, k) for k in SPLIT_KEYS},
             "metrics": {"dev": report(scores, labels, thresholds), "dev_size": dev.height,
                         "dev_calibration_error_raw": calibration_error(raw, labels),
@@ -104,7 +113,19 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
                                             for c, s in zip(cards, each, strict=True)}}
             | {f"dev_with_{'teacher_nll' if k == 'nll' else k}": int((~np.isnan(signals[k])).sum()) for k in asked},
             "thresholds": thresholds, "skd_version": skd_version()}
-    return publish(db, card, staging(out), out)
+    tmp = staging(out)
+    if pool is not None:
+        pool.save(tmp)
+    return publish(db, card, tmp, out)
+
+
+def support_pool(store: Store, source: str, enc: Encoder) -> Support:
+    """The human-written positives of the label SOURCE, embedded; a one-line error where it holds none."""
+    rows = [r for r in store.labels.select(None, [source]).to_dicts() if r["label"] == 1]
+    if not rows:
+        raise SkdError(f"label source {source!r} holds no positive labels to support with; import human-written "
+                       "knowledge with `skd labels import FILE --format atomic2020 --source NAME`")
+    return Support.from_labels(rows, source, enc.encode)
 
 
 def combine_on_dev(each: list[np.ndarray], signals: dict[str, np.ndarray], labels: np.ndarray, stacked: bool,
@@ -121,9 +142,10 @@ def combine_on_dev(each: list[np.ndarray], signals: dict[str, np.ndarray], label
     return None, cal, raw, apply(raw, cal), "mean of calibrated scores"
 
 
-WHAT = {"nll": "the teacher's NLL", "agreement": "sibling agreement"}
+WHAT = {"nll": "the teacher's NLL", "agreement": "sibling agreement", "support": "support"}
 WHERE_FROM = {"nll": "import labels with an `nll` in extra, or label items generated with `logprobs = true`",
-              "agreement": "label several of the teacher's samples for the same question (or head and relation)"}
+              "agreement": "label several of the teacher's samples for the same question (or head and relation)",
+              "support": "label items of the kinds and relations the support source holds, from other sources"}
 
 
 def stack_fits(each: list[np.ndarray], signals: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def load_critic(path: str | Path) -> Critic:
 def _load_model(path: Path, card: dict[str, Any]) -> Critic:
     if card["mode"] == "ensemble":  # its members are critics saved elsewhere, each loaded with its calibration
         from .ensemble import load_ensemble
-        return load_ensemble(card)
+        return load_ensemble(card, path)
     dtype = card_dtype(card)
     if card["mode"] == "likelihood":
         from .likelihood import load_likelihood

@@ -1,6 +1,7 @@
 """A stacked critic: a logistic regression over the logits of trained critics' calibrated scores and, optionally,
-the teacher's own per-token NLL of the item and the item's agreement with its siblings (critics.agreement), fitted
-on dev labels. Its output is a probability fitted on those labels, so it needs no calibration of its own.
+the teacher's own per-token NLL of the item, the item's agreement with its siblings (critics.agreement) and its
+support in human-written knowledge (critics.support), fitted on dev labels. Its output is a probability fitted on
+those labels, so it needs no calibration of its own.
 
 Why: a mean of probabilities weighs every member alike, even one calibrated on other labels than these; a fit
 weighs them by what they add. And the teacher's likelihood is evidence no text critic sees: on the CommonsenseQA
@@ -72,11 +73,12 @@ def stack_scores(member_scores: list[np.ndarray], signals: dict[str, np.ndarray]
 
 
 class StackedCritic:
-    """Members' scores through the stack's fits, with the sibling agreement under AGREEMENT where the stack reads
-    it. `score(texts)` knows no signals and uses the members-only fit."""
+    """Members' scores through the stack's fits, with the signals the stack reads besides: sibling agreement and
+    support, both under ENCODER (critics.agreement.Encoder), support against SUPPORT (critics.support.Support).
+    `score(texts)` knows no signals and uses the members-only fit."""
 
-    def __init__(self, members: list[Any], fits: dict[str, Any], agreement: Any = None):
-        self.members, self.fits, self.agreement = members, fits, agreement
+    def __init__(self, members: list[Any], fits: dict[str, Any], encoder: Any = None, support: Any = None):
+        self.members, self.fits, self.encoder, self.support = members, fits, encoder, support
 
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         return stack_scores([m.score(texts, batch_size=batch_size) for m in self.members], {}, self.fits)
@@ -85,9 +87,17 @@ class StackedCritic:
         from .model import score_rows
 
         each = [score_rows(m, rows, batch_size) for m in self.members]
-        return stack_scores(each, signals_of(rows, self.agreement, batch_size), self.fits)
+        signals = signals_of(rows, self.encoder, reads(self.fits, "agreement"), self.support, batch_size)
+        return stack_scores(each, signals, self.fits)
 
 
-def signals_of(rows: list[dict[str, Any]], agreement: Any = None, batch_size: int = 128) -> dict[str, np.ndarray]:
-    """The signals known of the rows: the teacher's NLL, and their sibling agreement where AGREEMENT is given."""
-    return {"nll": known_nll(rows)} | ({"agreement": agreement(rows, batch_size)} if agreement else {})
+def signals_of(rows: list[dict[str, Any]], encoder: Any = None, agreement: bool = False, support: Any = None,
+               batch_size: int = 128) -> dict[str, np.ndarray]:
+    """The signals known of the rows: the teacher's NLL; with AGREEMENT their sibling agreement, with SUPPORT their
+    support in it, both under ENCODER."""
+    out = {"nll": known_nll(rows)}
+    if agreement:
+        out["agreement"] = encoder.agreement(rows, batch_size)
+    if support is not None:
+        out["support"] = support(rows, lambda texts: encoder.encode(texts, batch_size))
+    return out

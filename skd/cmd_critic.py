@@ -14,6 +14,7 @@ from critics.config import CriticConfig
 from critics.metrics import evaluate_on_file
 from critics.score import ScoreSummary, score_items
 from store import LABEL_FORMATS, Store, default_path
+from store.models import MPNET
 
 from .config_options import FLOATS, PAIRS, config_options
 from .engines import engine_from, mapper_for
@@ -90,18 +91,24 @@ def ensemble(
     teacher_nll: Annotated[bool, typer.Option("--teacher-nll", help="Stack with the teacher's own NLL of each item "
                                               "too (one member will do); items without it get the members alone.")]
     = False,
-    agreement: Annotated[str | None, typer.Option(
-        "--agreement", metavar="ENCODER",
+    agreement: Annotated[bool, typer.Option(
+        "--agreement",
         help="Stack with each item's agreement with its siblings (the teacher's other samples for its question, or "
-             "its head and relation): the highest cosine under this sentence encoder, e.g. all-mpnet-base-v2 (one "
-             "member will do); items without siblings are scored without it.")] = None,
+             "its head and relation): the highest cosine under --encoder (one member will do); items without "
+             "siblings are scored without it.")] = False,
+    support: Annotated[str | None, typer.Option(
+        "--support", metavar="SOURCE",
+        help="Stack with each item's support in the human-written positives of this label source (e.g. ATOMIC-2020 "
+             "imported as atomic2020): the highest cosine between its tail and one written for its relation, under "
+             "--encoder (one member will do).")] = None,
+    encoder: Annotated[str, typer.Option(help="Sentence encoder of --agreement and --support.")] = MPNET,
     db: Db = None, json: Json = False,
 ) -> None:
     """Combine trained critics into one, calibrated and given thresholds on the dev split they share (they must
     have been trained with the same seed, dev fraction and dev sources)."""
     db_path = db or default_path()
     card = build_ensemble(db_path, name, members, out_dir or Path(str(db_path) + ".d") / "critics" / name,
-                          combine.value, teacher_nll, agreement)
+                          combine.value, teacher_nll, agreement, support, encoder)
     if json:
         print_json(card)
         return

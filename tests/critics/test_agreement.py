@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from critics import CriticConfig, load_critic, train_critic
-from critics.agreement import Agreement, agreement
+from critics.agreement import Encoder, agreement
 from critics.model import reads_siblings, score_rows
 from critics.stack import apply_stack, features, reads, stack_scores
 from critics.train import load_labels, split
@@ -71,7 +71,7 @@ def test_the_store_finds_an_items_siblings_by_its_prompt(tmp_path):
 
 def test_agreement_is_the_closest_sibling_and_encodes_each_text_once():
     calls = []
-    enc = Agreement("all-MiniLM-L6-v2")
+    enc = Encoder("all-MiniLM-L6-v2")
 
     def encode(texts):
         calls.append(list(texts))
@@ -87,9 +87,9 @@ def test_agreement_is_the_closest_sibling_and_encodes_each_text_once():
 
 def test_a_stack_with_agreement_ranks_what_no_text_critic_can(agreeing):
     db, _ = agreeing
-    card = json.loads(run_skd("critic", "ensemble", "ag", "text", "--agreement", "all-MiniLM-L6-v2", "--json",
-                              db=db, check=True).stdout)
-    assert reads_siblings(card) and card["config"]["agreement"] == "all-MiniLM-L6-v2"
+    card = json.loads(run_skd("critic", "ensemble", "ag", "text", "--agreement", "--encoder", "all-MiniLM-L6-v2",
+                              "--json", db=db, check=True).stdout)
+    assert reads_siblings(card) and card["config"]["agreement"] and card["config"]["encoder"] == "all-MiniLM-L6-v2"
     assert card["stack"]["with"]["agreement"]["weights"][-1] > 0  # agreeing more: better
     text, stacked = card["metrics"]["members_dev_auc"]["text"], card["metrics"]["dev"]["auc"]
     assert text < 0.75 and stacked > max(0.85, text + 0.2), (text, stacked)
@@ -98,8 +98,8 @@ def test_a_stack_with_agreement_ranks_what_no_text_critic_can(agreeing):
 
 def test_each_item_gets_the_fit_of_the_signals_it_has(agreeing):
     db, d = agreeing
-    run_skd("critic", "ensemble", "both", "text", "--teacher-nll", "--agreement", "all-MiniLM-L6-v2", db=db,
-            check=True)
+    run_skd("critic", "ensemble", "both", "text", "--teacher-nll", "--agreement", "--encoder", "all-MiniLM-L6-v2",
+            db=db, check=True)
     fits = load_card(db, "both")["stack"]
     assert sorted(fits["with"]) == ["agreement", "nll", "nll+agreement"]
     with Store(db, read_only=True) as s:
@@ -107,7 +107,7 @@ def test_each_item_gets_the_fit_of_the_signals_it_has(agreeing):
         critic = load_critic(s.critics.get("both")["path"])
     rows, member = dev.to_dicts(), load_critic(d / "text")
     m = score_rows(member, rows)
-    agree = Agreement("all-MiniLM-L6-v2")(rows)
+    agree = Encoder("all-MiniLM-L6-v2").agreement(rows)
     nll = np.asarray([r[TEACHER_NLL] for r in rows])
     assert np.allclose(score_rows(critic, rows), apply_stack(features([m], nll, agree), fits["with"]["nll+agreement"]))
     no_nll = [r | {TEACHER_NLL: None} for r in rows]
@@ -118,7 +118,7 @@ def test_each_item_gets_the_fit_of_the_signals_it_has(agreeing):
 
 def test_scoring_fetches_siblings_and_counts_items_without(agreeing, tmp_path):
     db, _ = agreeing
-    run_skd("critic", "ensemble", "ags", "text", "--agreement", "all-MiniLM-L6-v2", db=db, check=True)
+    run_skd("critic", "ensemble", "ags", "text", "--agreement", "--encoder", "all-MiniLM-L6-v2", db=db, check=True)
     new = [triple("PersonX cooks", t, None) for t in ("to eat food", "to eat some food", "to say thanks")]
     with Store(db) as s:
         ingest_file(s, labels_file(tmp_path / "items.jsonl", new + [triple("PersonX sings", "to rest", None)]),
@@ -143,9 +143,12 @@ def test_agreement_that_cannot_be_fitted_is_one_line(tmp_path):
     with Store(db) as s:  # one tail per head and relation: nobody has a sibling
         import_labels(s, labels_file(tmp_path / "labels.jsonl", rows), "jsonl", source="expert")
     train_critic(db, "plain", CriticConfig(mode="embedding", dev_fraction=0.3), tmp_path / "plain")
-    for args, says in ((["lone", "plain", "--agreement", "all-MiniLM-L6-v2"], "only 0 dev labels carry sibling "
-                                                                              "agreement"),
-                       (["nomodel", "plain", "--agreement", "./no/such/encoder"], "neither an embedded default")):
+    for args, says in ((["lone", "plain", "--agreement", "--encoder", "all-MiniLM-L6-v2"],
+                        "only 0 dev labels carry sibling agreement"),
+                       (["nomodel", "plain", "--agreement", "--encoder", "./no/such/encoder"],
+                        "neither an embedded default"),
+                       (["nosource", "plain", "--support", "nosuch", "--encoder", "all-MiniLM-L6-v2"],
+                        "label source 'nosuch' holds no positive labels")):
         p = run_skd("critic", "ensemble", *args, db=db)
         assert p.returncode != 0 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
     with Store(db, read_only=True) as s:

@@ -14,6 +14,9 @@ machine, including the attempts that did not help.
     python bench/critic_quality.py --task ckbp --attempts mpnet-ft --out kept/   # keep out-of-fold scores
     python bench/critic_quality.py --task ckbp --attempts none --load kept/*.json  # ensemble kept attempts
     python bench/critic_quality.py --task built   # the rationale stacks as `skd critic ensemble` builds them
+
+The CKBP stacks are also shown with support (critics.support: each triple's closest ATOMIC-2020 human tail of its
+relation), the rationale ones with sibling agreement (critics.agreement).
 """
 
 from __future__ import annotations
@@ -293,7 +296,7 @@ def built(tmp: Path, folds: int, table: Table) -> None:
         df = load_labels(s, None, teacher_nll=True, siblings=True)
     fold = grouped_folds([group_key(r) for r in df.iter_rows(named=True)], folds, 0)  # cross_validate's folds
     names = {"ft": "`minilm-ft`, trained by `skd critic train`", "nll": "+ `--teacher-nll` (GPT-3's NLL), built",
-             "agree": "+ `--teacher-nll --agreement all-mpnet-base-v2`, built",
+             "agree": "+ `--teacher-nll --agreement` (MPNet), built",
              "lik": "+ `smollm2-likelihood`, `--combine stack`, built"}
     oof, seconds = {n: np.zeros(df.height) for n in names}, dict.fromkeys(names, 0.0)
     for k in range(folds):

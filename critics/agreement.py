@@ -16,9 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from store import SIBLINGS, resolve_model
-
-SAID = {"triple": "tail", "rationale": "rationale", "qa": "answer"}  # as store.items.said_sql
+from store import SAID, SIBLINGS, resolve_model
 
 
 def encoder_name(model: str) -> str:
@@ -33,18 +31,21 @@ def said(row: dict[str, Any]) -> str | None:
     return row.get(field) if field else None
 
 
+def encode_distinct(texts: set[str], encode) -> dict[str, np.ndarray]:
+    """Each distinct text's vector, encoded once (in a fixed order)."""
+    ordered = sorted(texts)
+    return dict(zip(ordered, np.asarray(encode(ordered), dtype=np.float32), strict=True)) if ordered else {}
+
+
 def agreement(rows: list[dict[str, Any]], encode) -> np.ndarray:
     """Each row's highest cosine similarity to a sibling (its `siblings` column), NaN where it has none. ENCODE maps
     texts to unit vectors; each distinct text is encoded once."""
-    texts = sorted({t for r in rows if said(r) is not None and r.get(SIBLINGS)
-                    for t in (said(r), *r[SIBLINGS]) if t is not None})
-    if not texts:
-        return np.full(len(rows), np.nan)
-    vectors = dict(zip(texts, np.asarray(encode(texts), dtype=np.float32), strict=True))
+    vectors = encode_distinct({t for r in rows if said(r) is not None and r.get(SIBLINGS)
+                               for t in (said(r), *r[SIBLINGS]) if t is not None}, encode)
     out = np.full(len(rows), np.nan)
     for i, r in enumerate(rows):
-        others = [vectors[t] for t in r.get(SIBLINGS) or () if t is not None]
-        if said(r) is not None and others:
+        others = [vectors[t] for t in r.get(SIBLINGS) or () if t is not None] if said(r) is not None else []
+        if others:
             out[i] = float(np.max(np.stack(others) @ vectors[said(r)]))
     return out
 

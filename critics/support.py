@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .agreement import said
+from .agreement import encode_distinct, said
 
 FILE = "support.npz"
 CHUNK = 512  # rows compared at once: CHUNK x (positives of one relation) similarities in memory
@@ -54,10 +54,7 @@ class Support:
     def __call__(self, rows: list[dict[str, Any]], encode: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         """Each row's highest cosine to a positive of its pool other than itself (NaN where the pool is empty)."""
         out = np.full(len(rows), np.nan)
-        texts = sorted({said(r) for r in rows if said(r)})
-        if not texts:
-            return out
-        vectors = dict(zip(texts, np.asarray(encode(texts), dtype=np.float32), strict=True))
+        vectors = encode_distinct({said(r) for r in rows if said(r)}, encode)
         pools = np.asarray([relation_of(r) for r in rows])
         for pool in np.unique(pools):
             ref = self.pools == pool

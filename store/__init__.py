@@ -15,7 +15,7 @@ _WHERE = {
     ".errors": ("LockedError", "SchemaError", "SkdError"),
     ".ingest": ("IngestResult", "ingest_file"),
     ".items": ("EMBEDDED_COLUMNS", "EXPORTED_COLUMNS", "FORMATS", "ITEM_COLUMNS", "KINDS", "LABEL_FORMATS", "SCOPES",
-               "SCORED_COLUMNS", "SIBLINGS", "TEACHER_NLL"),
+               "SAID", "SCORED_COLUMNS", "SIBLINGS", "TEACHER_NLL"),
     ".labels": ("LabelResult", "import_labels"),
     ".migrations": ("SCHEMA_VERSION",),
     ".models": ("MINILM", "SMOLLM2", "resolve_model"),
@@ -26,7 +26,7 @@ _WHERE = {
 _MODULE = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = [
     "BatchJob", "DEFAULT_DB", "EMBEDDED_COLUMNS", "EXPORTED_COLUMNS", "FORMATS", "ITEM_COLUMNS", "IngestResult",
-    "KINDS", "LABEL_FORMATS", "LabelResult", "LockedError", "MINILM", "Mapper", "SCHEMA_VERSION", "SCOPES",
+    "KINDS", "LABEL_FORMATS", "LabelResult", "LockedError", "MINILM", "Mapper", "SAID", "SCHEMA_VERSION", "SCOPES",
     "SCORED_COLUMNS", "SMOLLM2", "SIBLINGS", "SchemaError", "ShardWriter", "SkdError", "Slice", "Store", "TEACHER_NLL",
     "commit_batch",
     "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "local_mapper", "open_store",
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         ITEM_COLUMNS,
         KINDS,
         LABEL_FORMATS,
+        SAID,
         SCOPES,
         SCORED_COLUMNS,
         SIBLINGS,

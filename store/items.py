@@ -28,8 +28,11 @@ SCORED_COLUMNS = ("item_id", *(c for c in ITEM_COLUMNS if c == "kind" or c in ID
 # What a critic that also reads the teacher's likelihood gets besides (critics.stack).
 TEACHER_NLL = "teacher_nll"
 # What a critic that weighs agreement among the teacher's samples gets besides (critics.agreement): the other items
-# of the same prompt, as what each of them says (SAID_SQL).
+# of the same prompt, as what each of them says (the SAID field of its kind).
 SIBLINGS = "siblings"
+# What an item of each kind says, for comparing it with its siblings or with human-written knowledge (the rest is
+# the prompt they share). Free text has none.
+SAID = {"triple": "tail", "rationale": "rationale", "qa": "answer"}
 
 
 def teacher_nll_sql(alias: str) -> str:
@@ -43,10 +46,8 @@ def teacher_nll_sql(alias: str) -> str:
 
 
 def said_sql(alias: str) -> str:
-    """What an item says, for comparing it with its siblings: a triple's tail, a rationale's rationale, a QA item's
-    answer (the rest is the prompt they share). NULL for free text, which has no siblings."""
-    return f"CASE {alias}.kind WHEN 'triple' THEN {alias}.tail WHEN 'rationale' THEN {alias}.rationale " \
-           f"WHEN 'qa' THEN {alias}.answer END"
+    """What an item says (SAID), as SQL; NULL for free text, which has no siblings."""
+    return f"CASE {alias}.kind {' '.join(f'WHEN {k!r} THEN {alias}.{f}' for k, f in SAID.items())} END"
 
 
 def sibling_key_sql(alias: str) -> str:

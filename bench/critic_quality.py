@@ -8,7 +8,8 @@ machine, including the attempts that did not help.
 - Rationales: CommonsenseQA explanation acceptability (crowd majority), folds by question; GPT-3's own
   normalised NLL as the baseline score, and each attempt stacked with that NLL (the teacher's own likelihood), then
   with sibling agreement too (critics.agreement: how close each explanation is to another of GPT-3's five samples
-  for its question, under MPNet).
+  for its question, under MPNet). Beside those two, five signals from the explanation's surface (whether it names
+  a wrong choice, its length, ...), each stacked with them: measured, none kept.
 
     python bench/critic_quality.py --task ckbp --attempts minilm-emb,mpnet-emb --folds 5
     python bench/critic_quality.py --task ckbp --attempts mpnet-ft --out kept/   # keep out-of-fold scores
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -268,6 +270,7 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
                                ("GPT-3's NLL + sibling agreement, stacked (no critic)", both, took)):
         table.add_row("CSQA rationales", what, f"{roc_auc_score(y, score):.3f}", auc_interval(score, y),
                       f"{average_precision_score(y, score):.3f}", "-", f"{len(y):,}", spent)
+    surface_signals(table, df, y, fold, np.column_stack([nll, agree]), both)
     task = f"CSQA rationales, {folds}-fold by question"
     runs = loaded(list(load), "rationale", table, task)
     for name in attempts:
@@ -281,6 +284,40 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
         assert run["labels"] == y.tolist(), f"{name}: labels out of the order cross_validate read them in"
         stacked(table, task, name, run, nll, agree)
     ensemble(table, task, runs, [("GPT-3's own NLL", [nll]), ("GPT-3's NLL and sibling agreement", [nll, agree])])
+
+
+def surface_signals(table: Table, df: pl.DataFrame, y: np.ndarray, fold: np.ndarray, base: np.ndarray,
+                    both: np.ndarray) -> None:
+    """Signals an explanation's surface gives without any model, each stacked (out of fold) with GPT-3's NLL and
+    sibling agreement: tried as cheaper routes to what a critic reads, none kept (README, Benchmarks). Whether it
+    names a wrong choice, whether it was GPT-3's greedy sample (the file's `source_sample`), its length, whether it
+    names the gold answer, and its NLL against the mean of its question's five (a sample's likelihood among its
+    siblings)."""
+    rows, extra = df.to_dicts(), [json.loads(e) for e in df["extra"].to_list()]
+    said = [r["rationale"].lower() for r in rows]
+    wrong = [[c for c in map(str.strip, re.split(r",\s*(?:or\s+)?", (e.get("choices") or "").lower()))
+              if c != (r["answer"] or "").lower()] for r, e in zip(rows, extra, strict=True)]
+    nll = base[:, 0]
+    question = np.unique([group_key(r) for r in rows], return_inverse=True)[1]
+    signals = {
+        "names a wrong choice (count)": [sum(c in s for c in w) for s, w in zip(said, wrong, strict=True)],
+        "GPT-3's greedy sample (not one of its four sampled)": [e.get("sample") == "greedy" for e in extra],
+        "length (log words)": np.log([len(s.split()) for s in said]),
+        "names the gold answer": [(r["answer"] or "").lower() in s for s, r in zip(said, rows, strict=True)],
+        "NLL minus its question's mean": nll - (np.bincount(question, nll) / np.bincount(question))[question],
+    }
+    cols = []
+    for what, signal in signals.items():
+        col = np.asarray(signal, dtype=np.float64)
+        cols.append(col)
+        scores = out_of_fold_stack(np.column_stack([base, col]), y, fold)
+        row(table, "CSQA rationales", f"NLL + agreement + {what}, stacked (alone: AUC "
+            f"{roc_auc_score(y, col):.3f})", summaries(scores, y, None), 0.0, scores, y)
+        auc_gain(table, "CSQA rationales", "vs NLL + agreement", scores, both, y)
+    scores = out_of_fold_stack(np.column_stack([base, *cols]), y, fold)
+    row(table, "CSQA rationales", "NLL + agreement + all five surface signals, stacked", summaries(scores, y, None),
+        0.0, scores, y)
+    auc_gain(table, "CSQA rationales", "vs NLL + agreement", scores, both, y)
 
 
 def built(tmp: Path, folds: int, table: Table) -> None:

@@ -15,6 +15,7 @@ machine, including the attempts that did not help.
     python bench/critic_quality.py --task ckbp --attempts mpnet-ft --out kept/   # keep out-of-fold scores
     python bench/critic_quality.py --task ckbp --attempts none --load kept/*.json  # ensemble kept attempts
     python bench/critic_quality.py --task built   # the rationale stacks as `skd critic ensemble` builds them
+    python bench/critic_quality.py --task built-ckbp   # CKBP support (`--support atomic2020`), built
 
 The CKBP stacks are also shown with support (critics.support: each triple's closest ATOMIC-2020 human tail of its
 relation), the rationale ones with sibling agreement (critics.agreement).
@@ -367,10 +368,51 @@ def build_fold(db: Path, tmp: Path, k: int, where: str):
     yield "lik", tmp / f"lik{k}", time.perf_counter() - started
 
 
+def built_ckbp(tmp: Path, folds: int, table: Table) -> None:
+    """CKBP support as the product builds it, out of fold over the expert heads (cross_validate's folds): per fold,
+    `skd critic train` (frozen MPNet + head on the crowd and the other folds' expert labels, x3, dev from the expert
+    folds, every label of a held-out head left out), then `skd critic ensemble --support atomic2020` fitted on that
+    critic's expert dev split, each scoring the held-out expert triples through `critics.model.score_rows`."""
+    db = tmp / "built-ckbp.duckdb"
+    with Store(db) as s:
+        for path, fmt, source in (("ckbp/ckbp1_crowd.csv", "ckbp", CROWD), ("ckbp/ckbp2_dev.csv", "ckbp", EXPERT),
+                                  ("atomic2020/human_tuples.tsv", "atomic2020", ATOMIC)):
+            import_labels(s, DATA / path, fmt, source=source)
+        df = load_labels(s, None)
+    ev = df.filter(pl.col("source") == EXPERT)
+    keys, every = [group_key(r) for r in ev.iter_rows(named=True)], [group_key(r) for r in df.iter_rows(named=True)]
+    fold = grouped_folds(keys, folds, 0)
+    what, cfg, sources, weights = CKBP_ATTEMPTS["mpnet-emb"]
+    names = {"emb": f"`mpnet-emb` ({what}, dev from the expert folds), trained by `skd critic train`",
+             "sup": "+ `--support atomic2020` (MPNet), built"}
+    oof, seconds = {n: np.zeros(ev.height) for n in names}, dict.fromkeys(names, 0.0)
+    for k in range(folds):
+        held = {key for key, f in zip(keys, fold, strict=True) if f == k}
+        out = [i for i, key in zip(df["item_id"], every, strict=True) if key in held]
+        where = f"item_id NOT IN ({', '.join(map(repr, out))})"
+        rows = ev.filter(pl.Series(fold == k)).to_dicts()
+        started = time.perf_counter()
+        train_critic(db, f"emb{k}", CriticConfig(**cfg, sources=sources, source_weights=weights, labels_where=where,
+                                                 dev_sources=[EXPERT]), tmp / f"emb{k}")
+        seconds["emb"] += time.perf_counter() - started
+        started = time.perf_counter()
+        build_ensemble(db, f"sup{k}", [f"emb{k}"], tmp / f"sup{k}", support=ATOMIC)
+        seconds["sup"] += time.perf_counter() - started
+        for name in names:
+            oof[name][fold == k] = score_rows(load_critic(tmp / f"{name}{k}"), rows)
+        print(f"  built fold {k}: {sum(seconds.values()):.0f} s", flush=True)
+    y, groups = ev["label"].to_numpy(), [json.loads(e or "{}").get("class") for e in ev["extra"].to_list()]
+    for name, what in names.items():
+        total = seconds["emb"] + (seconds[name] if name != "emb" else 0)
+        row(table, f"CKBP v2 expert, {folds}-fold by head", what, summaries(oof[name], y, groups), total, oof[name], y)
+    auc_gain(table, "CKBP v2 expert", "vs `mpnet-emb` alone", oof["sup"], oof["emb"], y)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--task", choices=["ckbp", "rationale", "built", "all"], default="all",
-                    help="built: the rationale stacks as `skd critic ensemble` builds them (not part of all)")
+    ap.add_argument("--task", choices=["ckbp", "rationale", "built", "built-ckbp", "all"], default="all",
+                    help="built, built-ckbp: the rationale stacks and CKBP support as `skd critic ensemble` builds "
+                         "them (not part of all)")
     ap.add_argument("--attempts", default="", help="comma separated (default: all of the task's)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--out", type=Path, help="keep each attempt's out-of-fold scores here (TASK-NAME.json)")
@@ -394,6 +436,8 @@ def main() -> None:
             rationale(ra, args.folds, tmp, table, args.out, args.load)
         if args.task == "built":
             built(tmp, args.folds, table)
+        if args.task == "built-ckbp":
+            built_ckbp(tmp, args.folds, table)
     finally:
         Console(width=160).print(table)
         print(f"python bench/critic_quality.py --task {args.task} --attempts {args.attempts or 'all'} "

@@ -370,9 +370,10 @@ def build_fold(db: Path, tmp: Path, k: int, where: str):
 
 def built_ckbp(tmp: Path, folds: int, table: Table) -> None:
     """CKBP support as the product builds it, out of fold over the expert heads (cross_validate's folds): per fold,
-    `skd critic train` (frozen MPNet + head on the crowd and the other folds' expert labels, x3, dev from the expert
-    folds, every label of a held-out head left out), then `skd critic ensemble --support atomic2020` fitted on that
-    critic's expert dev split, each scoring the held-out expert triples through `critics.model.score_rows`."""
+    `skd critic train` of `mpnet-emb` and `minilm-ft-devexpert` (crowd and the other folds' expert labels, x3, dev
+    from the expert folds, every label of a held-out head left out), then `skd critic ensemble --support
+    atomic2020` of each, and of both (`--combine stack`, with and without support), fitted on the members' expert
+    dev split, each scoring the held-out expert triples through `critics.model.score_rows`."""
     db = tmp / "built-ckbp.duckdb"
     with Store(db) as s:
         for path, fmt, source in (("ckbp/ckbp1_crowd.csv", "ckbp", CROWD), ("ckbp/ckbp2_dev.csv", "ckbp", EXPERT),
@@ -382,30 +383,39 @@ def built_ckbp(tmp: Path, folds: int, table: Table) -> None:
     ev = df.filter(pl.col("source") == EXPERT)
     keys, every = [group_key(r) for r in ev.iter_rows(named=True)], [group_key(r) for r in df.iter_rows(named=True)]
     fold = grouped_folds(keys, folds, 0)
-    what, cfg, sources, weights = CKBP_ATTEMPTS["mpnet-emb"]
-    names = {"emb": f"`mpnet-emb` ({what}, dev from the expert folds), trained by `skd critic train`",
-             "sup": "+ `--support atomic2020` (MPNet), built"}
+    names = {"emb": "`mpnet-emb`, dev from the expert folds, trained by `skd critic train`",
+             "emb+sup": "`mpnet-emb` + `--support atomic2020`, built",
+             "ft": "`minilm-ft-devexpert`, trained by `skd critic train`",
+             "ft+sup": "`minilm-ft-devexpert` + `--support atomic2020`, built",
+             "two": "both, `--combine stack`, built", "two+sup": "both + `--support atomic2020`, built"}
     oof, seconds = {n: np.zeros(ev.height) for n in names}, dict.fromkeys(names, 0.0)
     for k in range(folds):
         held = {key for key, f in zip(keys, fold, strict=True) if f == k}
         out = [i for i, key in zip(df["item_id"], every, strict=True) if key in held]
         where = f"item_id NOT IN ({', '.join(map(repr, out))})"
+        for name, attempt in (("emb", "mpnet-emb"), ("ft", "minilm-ft-devexpert")):
+            _, cfg, sources, weights = CKBP_ATTEMPTS[attempt]
+            started = time.perf_counter()
+            train_critic(db, f"{name}{k}", CriticConfig(**cfg | {"dev_sources": [EXPERT]}, sources=sources,
+                                                        source_weights=weights, labels_where=where), tmp / f"{name}{k}")
+            seconds[name] = seconds[name] + time.perf_counter() - started
+        for name, members, support in (("emb+sup", ["emb"], ATOMIC), ("ft+sup", ["ft"], ATOMIC),
+                                       ("two", ["emb", "ft"], None), ("two+sup", ["emb", "ft"], ATOMIC)):
+            started = time.perf_counter()
+            build_ensemble(db, f"{name}{k}", [f"{m}{k}" for m in members], tmp / f"{name}{k}", combine="stack",
+                           support=support)
+            seconds[name] += time.perf_counter() - started
         rows = ev.filter(pl.Series(fold == k)).to_dicts()
-        started = time.perf_counter()
-        train_critic(db, f"emb{k}", CriticConfig(**cfg, sources=sources, source_weights=weights, labels_where=where,
-                                                 dev_sources=[EXPERT]), tmp / f"emb{k}")
-        seconds["emb"] += time.perf_counter() - started
-        started = time.perf_counter()
-        build_ensemble(db, f"sup{k}", [f"emb{k}"], tmp / f"sup{k}", support=ATOMIC)
-        seconds["sup"] += time.perf_counter() - started
         for name in names:
             oof[name][fold == k] = score_rows(load_critic(tmp / f"{name}{k}"), rows)
         print(f"  built fold {k}: {sum(seconds.values()):.0f} s", flush=True)
     y, groups = ev["label"].to_numpy(), [json.loads(e or "{}").get("class") for e in ev["extra"].to_list()]
     for name, what in names.items():
-        total = seconds["emb"] + (seconds[name] if name != "emb" else 0)
+        trained = sum(seconds[m] for m in ("emb", "ft") if m in name or name.startswith("two"))
+        total = trained + (seconds[name] if name not in ("emb", "ft") else 0)
         row(table, f"CKBP v2 expert, {folds}-fold by head", what, summaries(oof[name], y, groups), total, oof[name], y)
-    auc_gain(table, "CKBP v2 expert", "vs `mpnet-emb` alone", oof["sup"], oof["emb"], y)
+        if name.endswith("+sup"):
+            auc_gain(table, "CKBP v2 expert", "vs the same without support", oof[name], oof[name[:-4]], y)
 
 
 def main() -> None:

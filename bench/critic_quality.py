@@ -214,13 +214,18 @@ def loaded(paths: list[Path], task: str, table: Table, title: str) -> dict[str, 
     return runs
 
 
-def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | None = None,
-         load: list[Path] = ()) -> None:
-    db = tmp / "ckbp.duckdb"
+def import_ckbp(db: Path) -> Path:
+    """A corpus at DB with the three CKBP label sources: the crowd, the experts and ATOMIC-2020's human tuples."""
     with Store(db) as s:
         import_labels(s, DATA / "ckbp/ckbp1_crowd.csv", "ckbp", source=CROWD)
         import_labels(s, DATA / "ckbp/ckbp2_dev.csv", "ckbp", source=EXPERT)
         import_labels(s, DATA / "atomic2020/human_tuples.tsv", "atomic2020", source=ATOMIC)
+    return db
+
+
+def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | None = None,
+         load: list[Path] = ()) -> None:
+    db = import_ckbp(tmp / "ckbp.duckdb")
     task = f"CKBP v2 expert, {folds}-fold by head"
     runs = loaded(list(load), "ckbp", table, task)
     for name in attempts:
@@ -271,7 +276,7 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
                                ("GPT-3's NLL + sibling agreement, stacked (no critic)", both, took)):
         table.add_row("CSQA rationales", what, f"{roc_auc_score(y, score):.3f}", auc_interval(score, y),
                       f"{average_precision_score(y, score):.3f}", "-", f"{len(y):,}", spent)
-    surface_signals(table, df, y, fold, np.column_stack([nll, agree]), both)
+    surface_signals(table, df, y, fold, nll, agree, both)
     task = f"CSQA rationales, {folds}-fold by question"
     runs = loaded(list(load), "rationale", table, task)
     for name in attempts:
@@ -287,24 +292,24 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     ensemble(table, task, runs, [("GPT-3's own NLL", [nll]), ("GPT-3's NLL and sibling agreement", [nll, agree])])
 
 
-def surface_signals(table: Table, df: pl.DataFrame, y: np.ndarray, fold: np.ndarray, base: np.ndarray,
-                    both: np.ndarray) -> None:
+def surface_signals(table: Table, df: pl.DataFrame, y: np.ndarray, fold: np.ndarray, nll: np.ndarray,
+                    agree: np.ndarray, both: np.ndarray) -> None:
     """Signals an explanation's surface gives without any model, each stacked (out of fold) with GPT-3's NLL and
     sibling agreement: tried as cheaper routes to what a critic reads, none kept (README, Benchmarks). Whether it
     names a wrong choice, whether it was GPT-3's greedy sample (the file's `source_sample`), its length, whether it
     names the gold answer, and its NLL against the mean of its question's five (a sample's likelihood among its
     siblings)."""
     rows, extra = df.to_dicts(), [json.loads(e) for e in df["extra"].to_list()]
-    said = [r["rationale"].lower() for r in rows]
-    wrong = [[c for c in map(str.strip, re.split(r",\s*(?:or\s+)?", (e.get("choices") or "").lower()))
-              if c != (r["answer"] or "").lower()] for r, e in zip(rows, extra, strict=True)]
-    nll = base[:, 0]
+    said, gold = [r["rationale"].lower() for r in rows], [(r["answer"] or "").lower() for r in rows]
+    wrong = [[c for c in map(str.strip, re.split(r",\s*(?:or\s+)?", (e.get("choices") or "").lower())) if c != g]
+             for e, g in zip(extra, gold, strict=True)]
+    base = np.column_stack([nll, agree])
     question = np.unique([group_key(r) for r in rows], return_inverse=True)[1]
     signals = {
         "names a wrong choice (count)": [sum(c in s for c in w) for s, w in zip(said, wrong, strict=True)],
         "GPT-3's greedy sample (not one of its four sampled)": [e.get("sample") == "greedy" for e in extra],
         "length (log words)": np.log([len(s.split()) for s in said]),
-        "names the gold answer": [(r["answer"] or "").lower() in s for s, r in zip(said, rows, strict=True)],
+        "names the gold answer": [g in s for s, g in zip(said, gold, strict=True)],
         "NLL minus its question's mean": nll - (np.bincount(question, nll) / np.bincount(question))[question],
     }
     cols = []
@@ -368,17 +373,19 @@ def build_fold(db: Path, tmp: Path, k: int, where: str):
     yield "lik", tmp / f"lik{k}", time.perf_counter() - started
 
 
+# the ensembles built_ckbp builds of its two critics ("emb", "ft"): name: (members, support source)
+BUILT_CKBP_ENSEMBLES = {"emb+sup": (["emb"], ATOMIC), "ft+sup": (["ft"], ATOMIC), "two": (["emb", "ft"], None),
+                        "two+sup": (["emb", "ft"], ATOMIC)}
+
+
 def built_ckbp(tmp: Path, folds: int, table: Table) -> None:
     """CKBP support as the product builds it, out of fold over the expert heads (cross_validate's folds): per fold,
     `skd critic train` of `mpnet-emb` and `minilm-ft-devexpert` (crowd and the other folds' expert labels, x3, dev
     from the expert folds, every label of a held-out head left out), then `skd critic ensemble --support
     atomic2020` of each, and of both (`--combine stack`, with and without support), fitted on the members' expert
     dev split, each scoring the held-out expert triples through `critics.model.score_rows`."""
-    db = tmp / "built-ckbp.duckdb"
-    with Store(db) as s:
-        for path, fmt, source in (("ckbp/ckbp1_crowd.csv", "ckbp", CROWD), ("ckbp/ckbp2_dev.csv", "ckbp", EXPERT),
-                                  ("atomic2020/human_tuples.tsv", "atomic2020", ATOMIC)):
-            import_labels(s, DATA / path, fmt, source=source)
+    db = import_ckbp(tmp / "built-ckbp.duckdb")
+    with Store(db, read_only=True) as s:
         df = load_labels(s, None)
     ev = df.filter(pl.col("source") == EXPERT)
     keys, every = [group_key(r) for r in ev.iter_rows(named=True)], [group_key(r) for r in df.iter_rows(named=True)]
@@ -398,9 +405,8 @@ def built_ckbp(tmp: Path, folds: int, table: Table) -> None:
             started = time.perf_counter()
             train_critic(db, f"{name}{k}", CriticConfig(**cfg | {"dev_sources": [EXPERT]}, sources=sources,
                                                         source_weights=weights, labels_where=where), tmp / f"{name}{k}")
-            seconds[name] = seconds[name] + time.perf_counter() - started
-        for name, members, support in (("emb+sup", ["emb"], ATOMIC), ("ft+sup", ["ft"], ATOMIC),
-                                       ("two", ["emb", "ft"], None), ("two+sup", ["emb", "ft"], ATOMIC)):
+            seconds[name] += time.perf_counter() - started
+        for name, (members, support) in BUILT_CKBP_ENSEMBLES.items():
             started = time.perf_counter()
             build_ensemble(db, f"{name}{k}", [f"{m}{k}" for m in members], tmp / f"{name}{k}", combine="stack",
                            support=support)
@@ -411,8 +417,8 @@ def built_ckbp(tmp: Path, folds: int, table: Table) -> None:
         print(f"  built fold {k}: {sum(seconds.values()):.0f} s", flush=True)
     y, groups = ev["label"].to_numpy(), [json.loads(e or "{}").get("class") for e in ev["extra"].to_list()]
     for name, what in names.items():
-        trained = sum(seconds[m] for m in ("emb", "ft") if m in name or name.startswith("two"))
-        total = trained + (seconds[name] if name not in ("emb", "ft") else 0)
+        members = BUILT_CKBP_ENSEMBLES[name][0] if name in BUILT_CKBP_ENSEMBLES else []
+        total = seconds[name] + sum(seconds[m] for m in members)  # an ensemble's time includes its members'
         row(table, f"CKBP v2 expert, {folds}-fold by head", what, summaries(oof[name], y, groups), total, oof[name], y)
         if name.endswith("+sup"):
             auc_gain(table, "CKBP v2 expert", "vs the same without support", oof[name], oof[name[:-4]], y)

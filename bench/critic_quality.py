@@ -96,6 +96,10 @@ RATIONALE_ATTEMPTS = {
                        TUNE | {"base": MINILM, "epochs": 3, "eval_steps": 100, "soft_labels": True}),
     "mpnet-ft-lr2e-5-soft": ("MPNet fine-tuned, learning rate 2e-5, toward the vote share",
                              TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100, "lr": 2e-5, "soft_labels": True}),
+    "minilm-ft-soft-rank": ("`minilm-ft-soft` plus a ranking loss among each question's explanations "
+                            "(`--rank-weight 1`)",
+                            TUNE | {"base": MINILM, "epochs": 3, "eval_steps": 100, "soft_labels": True,
+                                    "rank_weight": 1.0}),
     "smollm2-ft": ("SmolLM2-135M fine-tuned as a classifier (its last token), toward the vote share",
                    TUNE | {"base": SMOLLM2, "epochs": 2, "eval_steps": 50, "lr": 3e-5, "soft_labels": True}),
     **{f"minilm-ft-soft-seed{k}": (f"`minilm-ft-soft` with seed {k} (its own dev split and order; the same folds)",

@@ -29,6 +29,10 @@ class CriticConfig(BaseModel):
         False, description="Train toward the annotators' vote share (votes_pos / votes_total) where a label has "
                            "votes, not its majority: a 2-of-3 label is less sure than a 3-of-3 one. Dev (early "
                            "stopping, calibration, thresholds) keeps the majority labels.")
+    rank_weight: float = Field(
+        0.0, ge=0, description="finetune: weight of a ranking loss within groups (a question's explanations, a "
+                               "head's tails) beside the per-label loss. Batches then hold whole groups, and each "
+                               "pair of a group whose targets differ is pushed into order, by how much they differ.")
     dev_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of heads/questions held out for dev.")
     dev_sources: list[str] = Field(
         [], description="Hold out dev (early stopping, calibration, thresholds) from these label sources only, e.g. "

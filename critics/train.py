@@ -103,6 +103,12 @@ def targets(df: pl.DataFrame, soft: bool) -> np.ndarray:
     return np.where(total > 0, pos / np.maximum(total, 1), hard).astype(np.float32)
 
 
+def group_ids(df: pl.DataFrame) -> list[int]:
+    """Each label's group (head or question) as a small integer, for the ranking loss."""
+    ids: dict[str, int] = {}
+    return [ids.setdefault(group_key(r), len(ids)) for r in df.iter_rows(named=True)]
+
+
 def coverage(df: pl.DataFrame) -> dict[str, dict[str, int]]:
     """What the critic was trained on, per kind and per relation: scoring outside it is flagged."""
     def counts(col: str) -> dict[str, int]:
@@ -170,6 +176,36 @@ def pad_for_decoder(tok: Any, model: Any) -> None:
         model.config.pad_token_id = tok.pad_token_id
 
 
+class GroupOrder(torch.utils.data.Sampler):
+    """Training order for a ranking loss: whole groups, the groups shuffled anew each epoch (seeded), so a batch
+    holds each group's members together; only a group cut by a batch edge loses the pairs across that edge."""
+
+    def __init__(self, groups: list[int], seed: int):
+        self.members: dict[int, list[int]] = {}
+        for i, g in enumerate(groups):
+            self.members.setdefault(g, []).append(i)
+        self.size, self.rng = len(groups), np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        keys = list(self.members)
+        for g in self.rng.permutation(len(keys)):
+            yield from self.members[keys[g]]
+
+
+def rank_loss(score: torch.Tensor, target: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Pairwise logistic loss over the pairs of one group whose targets differ, each weighted by the gap: a 3-of-3
+    explanation should outrank a 0-of-3 one of the same question more surely than a 2-of-3 one a 1-of-3 one."""
+    gap = target[:, None] - target[None, :]  # > 0 where i should rank above j
+    pairs = (group[:, None] == group[None, :]) & (gap > 0)
+    if not pairs.any():
+        return score.new_zeros(())
+    diff = score[:, None] - score[None, :]
+    return (torch.nn.functional.softplus(-diff)[pairs] * gap[pairs]).sum() / gap[pairs].sum()
+
+
 def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path,
                  on_step: Callable[[int, int], None] | None = None):
     from datasets import Dataset
@@ -198,18 +234,28 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
 
     def dataset(texts: list[str], df: pl.DataFrame, soft: bool) -> Dataset:  # train texts verbalised once
         ds = Dataset.from_dict({"text": texts, "label": df["label"].to_list(),
-                                "weight": example_weights(df, cfg).tolist(), "target": targets(df, soft).tolist()})
+                                "weight": example_weights(df, cfg).tolist(), "target": targets(df, soft).tolist(),
+                                "group": group_ids(df)})
         return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True,
                       remove_columns=["text"])
 
     class WeightedTrainer(Trainer):  # per-example weights (balanced classes, weighted sources) and targets
         def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
             _, weight, target = inputs.pop("labels"), inputs.pop("weight"), inputs.pop("target")
+            group = inputs.pop("group")
             outputs = model(**inputs)
-            target = torch.stack([1 - target, target], -1)  # a probability per class: 0/1, or the vote share
-            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), target, reduction="none")
+            logits = outputs.logits.float()
+            per_class = torch.stack([1 - target, target], -1)  # a probability per class: 0/1, or the vote share
+            loss = torch.nn.functional.cross_entropy(logits, per_class, reduction="none")
             loss = (loss * weight).sum() / weight.sum()
+            if cfg.rank_weight > 0:
+                loss = loss + cfg.rank_weight * rank_loss(logits[:, 1] - logits[:, 0], target, group)
             return (loss, outputs) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            if cfg.rank_weight > 0:  # batches of whole groups, or the ranking loss has few pairs to rank
+                return GroupOrder((train_dataset or self.train_dataset)["group"], cfg.seed)
+            return super()._get_train_sampler(train_dataset)
 
     def auc(pred) -> dict[str, float]:
         logits = torch.tensor(pred.predictions)

@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from critics import CriticConfig, load_critic, train_critic
-from critics.train import load_labels, targets
+from critics.train import GroupOrder, load_labels, rank_loss, targets
 from store import Store, import_labels
 from tests.conftest import run_skd
 
@@ -76,3 +77,36 @@ def test_soft_label_finetune_keeps_dev_on_majority_labels(voted, tmp_path):
     # dev holds majority labels: SURE and SPLIT are both acceptable, so two thirds of dev is positive
     assert abs(dev["positive_rate"] - 2 / 3) < 0.01
     assert np.isfinite(load_critic(tmp_path / "c.duckdb.d" / "critics" / "ft").score(["PersonX eats. to rest"])).all()
+
+
+def test_rank_loss_orders_pairs_within_a_group_only():
+    target = torch.tensor([1.0, 0.0, 2 / 3, 1 / 3])
+    group = torch.tensor([0, 0, 1, 1])
+    right, wrong = torch.tensor([3.0, -3.0, 3.0, -3.0]), torch.tensor([-3.0, 3.0, -3.0, 3.0])
+    assert rank_loss(right, target, group) < 0.01 < 5 < rank_loss(wrong, target, group)
+    # a pair across groups is never ranked: item 0 below item 3 costs nothing
+    assert rank_loss(torch.tensor([-1.0, -9.0, 9.0, 1.0]), target, group) < 0.001
+    assert rank_loss(right, torch.ones(4), group) == 0  # no pair differs: nothing to rank
+    # a wide gap in votes weighs more than a narrow one: the 3-of-3 over 0-of-3 pair dominates
+    only_wide_wrong = rank_loss(torch.tensor([-1.0, 1.0, 1.0, -1.0]), target, group)
+    only_narrow_wrong = rank_loss(torch.tensor([1.0, -1.0, -1.0, 1.0]), target, group)
+    assert only_wide_wrong > only_narrow_wrong
+
+
+def test_group_order_keeps_groups_together_and_reshuffles_them():
+    groups = [3, 1, 3, 2, 1, 3, 0, 2]
+    order = GroupOrder(groups, seed=0)
+    epochs = [list(order) for _ in range(6)]
+    for seen in epochs:
+        assert sorted(seen) == list(range(len(groups)))  # every label once
+        runs = [groups[i] for i in seen]
+        assert len([g for k, g in enumerate(runs) if k == 0 or g != runs[k - 1]]) == 4  # each group contiguous
+    assert len({tuple(e) for e in epochs}) > 1  # a new order of groups each epoch
+
+
+def test_rank_weight_finetune_trains_and_is_recorded(voted, tmp_path):
+    p = run_skd("critic", "train", "ranked", "--mode", "finetune", "--soft-labels", "--rank-weight", "1",
+                "--max-steps", "4", "--eval-steps", "2", "--batch-size", "16", "--dev-fraction", "0.3", "--json",
+                db=voted, check=True)
+    card = json.loads(p.stdout)
+    assert card["config"]["rank_weight"] == 1.0 and card["metrics"]["dev"]["auc"] is not None

@@ -51,13 +51,25 @@ def agreement(rows: list[dict[str, Any]], encode) -> np.ndarray:
 
 
 class Encoder:
-    """The sentence encoder MODEL (an embedded name or a folder) that a stack's signals compare texts under, loaded
-    once, at DTYPE (by default this machine's compute precision; a saved critic passes the one it was fitted at)."""
+    """The sentence encoder MODEL (an embedded name or a folder) that a stack's signals compare texts under, at
+    DTYPE (by default this machine's compute precision; a saved critic passes the one it was fitted at). The name is
+    resolved at once, so a missing model fails before any scoring; the weights load on first use, once: a stack
+    that scores bare texts (no siblings, no support) never needs them."""
 
     def __init__(self, model: str, dtype: Any = None):
-        from .model import sentence_encoder
+        self.model, self.path, self.dtype, self._encoder = model, resolve_model(model), dtype, None
 
-        self.model, self.encoder = model, sentence_encoder(resolve_model(model), dtype)
+    @property
+    def loaded(self) -> bool:
+        return self._encoder is not None
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from .model import sentence_encoder
+
+            self._encoder = sentence_encoder(self.path, self.dtype)
+        return self._encoder
 
     def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)

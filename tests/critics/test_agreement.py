@@ -105,6 +105,8 @@ def test_each_item_gets_the_fit_of_the_signals_it_has(agreeing):
     with Store(db, read_only=True) as s:
         _, dev = split(load_labels(s, None, teacher_nll=True, siblings=True), 0.3, 0)
         critic = load_critic(s.critics.get("both")["path"])
+    critic.score(["PersonX eats. as a result, PersonX wants to rest"])
+    assert not critic.encoder.loaded  # bare texts have no siblings: the encoder's weights are never read
     rows, member = dev.to_dicts(), load_critic(d / "text")
     m = score_rows(member, rows)
     agree = Encoder("all-MiniLM-L6-v2").agreement(rows)

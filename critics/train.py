@@ -254,7 +254,8 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
 
         def _get_train_sampler(self, train_dataset=None):
             if cfg.rank_weight > 0:  # batches of whole groups, or the ranking loss has few pairs to rank
-                return GroupOrder((train_dataset or self.train_dataset)["group"], cfg.seed)
+                return GroupOrder((self.train_dataset if train_dataset is None else train_dataset)["group"],
+                                  cfg.seed)
             return super()._get_train_sampler(train_dataset)
 
     def auc(pred) -> dict[str, float]:

@@ -181,18 +181,17 @@ class GroupOrder(torch.utils.data.Sampler):
     holds each group's members together; only a group cut by a batch edge loses the pairs across that edge."""
 
     def __init__(self, groups: list[int], seed: int):
-        self.members: dict[int, list[int]] = {}
+        members: dict[int, list[int]] = {}
         for i, g in enumerate(groups):
-            self.members.setdefault(g, []).append(i)
-        self.size, self.rng = len(groups), np.random.default_rng(seed)
+            members.setdefault(g, []).append(i)
+        self.groups, self.size, self.rng = list(members.values()), len(groups), np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self) -> Iterator[int]:
-        keys = list(self.members)
-        for g in self.rng.permutation(len(keys)):
-            yield from self.members[keys[g]]
+        for g in self.rng.permutation(len(self.groups)):
+            yield from self.groups[g]
 
 
 def rank_loss(score: torch.Tensor, target: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
@@ -235,14 +234,14 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
     def dataset(texts: list[str], df: pl.DataFrame, soft: bool) -> Dataset:  # train texts verbalised once
         ds = Dataset.from_dict({"text": texts, "label": df["label"].to_list(),
                                 "weight": example_weights(df, cfg).tolist(), "target": targets(df, soft).tolist(),
-                                "group": group_ids(df)})
+                                **({"group": group_ids(df)} if cfg.rank_weight > 0 else {})})  # only to rank
         return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True,
                       remove_columns=["text"])
 
     class WeightedTrainer(Trainer):  # per-example weights (balanced classes, weighted sources) and targets
         def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
             _, weight, target = inputs.pop("labels"), inputs.pop("weight"), inputs.pop("target")
-            group = inputs.pop("group")
+            group = inputs.pop("group", None)
             outputs = model(**inputs)
             logits = outputs.logits.float()
             per_class = torch.stack([1 - target, target], -1)  # a probability per class: 0/1, or the vote share

@@ -53,7 +53,9 @@ class CriticConfig(BaseModel):
     precisions: list[float] = Field([], description="... and for these precisions.")
 
     @model_validator(mode="after")
-    def _judge_needs_a_generative_model(self) -> CriticConfig:
+    def _fits_the_mode(self) -> CriticConfig:
         if self.mode in ("llm-judge", "likelihood") and self.base == MINILM:  # the encoder default is no LM
             self.base = SMOLLM2
+        if self.rank_weight > 0 and self.mode != "finetune":  # the other modes have no loss to add it to
+            raise ValueError(f"rank_weight ranks only while fine-tuning; mode {self.mode!r} would ignore it")
         return self

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from store import SkdError
+from store import SkdError, pad_with_eos
 from store.hardware import bf16_native, compute_dtype, device
 
 
@@ -102,13 +102,6 @@ class FinetunedCritic:
 
 JUDGE_PROMPT = ("Is the following statement plausible and acceptable as commonsense knowledge?\n"
                 "Statement: {text}\nAnswer yes or no.")
-
-
-def pad_with_eos(tokenizer: Any) -> None:
-    """A decoder's tokenizer often has no pad token; end-of-text pads its batches (the padding is masked, or
-    read past, so which token it is does not matter)."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
 
 
 class LlmJudge:

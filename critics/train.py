@@ -18,7 +18,7 @@ import polars as pl
 import torch
 from safetensors.torch import save_file
 
-from store import SkdError, Store, resolve_model, skd_version
+from store import SkdError, Store, pad_with_eos, resolve_model, skd_version
 from store.hardware import bf16_native, compute_dtype
 
 from .calibration import apply, calibration_error, fit_platt
@@ -30,7 +30,6 @@ from .model import (
     FinetunedCritic,
     device,
     load_judge,
-    pad_with_eos,
     precision,
     score_rows,
 )

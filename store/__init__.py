@@ -18,7 +18,7 @@ _WHERE = {
                "SAID", "SCORED_COLUMNS", "SIBLINGS", "TEACHER_NLL"),
     ".labels": ("LabelResult", "import_labels"),
     ".migrations": ("SCHEMA_VERSION",),
-    ".models": ("MINILM", "SMOLLM2", "resolve_model"),
+    ".models": ("MINILM", "SMOLLM2", "pad_with_eos", "resolve_model"),
     ".shards": ("BatchJob", "Mapper", "ShardWriter", "commit_batch", "ingest_batch", "ingest_shards", "local_mapper",
                 "open_store", "pending_shards", "stage_job"),
     ".slices": ("Slice",),
@@ -30,7 +30,7 @@ __all__ = [
     "SCORED_COLUMNS", "SMOLLM2", "SIBLINGS", "SchemaError", "ShardWriter", "SkdError", "Slice", "Store", "TEACHER_NLL",
     "commit_batch",
     "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "local_mapper", "open_store",
-    "pending_shards", "resolve_model", "skd_version", "stage_job", "user_filter", "where_sql",
+    "pad_with_eos", "pending_shards", "resolve_model", "skd_version", "stage_job", "user_filter", "where_sql",
 ]
 
 
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     )
     from .labels import LabelResult, import_labels
     from .migrations import LATEST as SCHEMA_VERSION
-    from .models import MINILM, SMOLLM2, resolve_model
+    from .models import MINILM, SMOLLM2, pad_with_eos, resolve_model
     from .shards import (
         BatchJob,
         Mapper,

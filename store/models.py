@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .errors import SkdError
 
@@ -115,3 +116,10 @@ def _in_hf_cache(name: str) -> bool:
     hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
                                                       "huggingface") / "hub")
     return (hub / f"models--{name.replace('/', '--')}").is_dir()
+
+
+def pad_with_eos(tokenizer: Any) -> None:
+    """A decoder's tokenizer often has no pad token; end-of-text pads its batches (the padding is masked, or
+    read past, so which token it is does not matter). Teachers, critics and students all load decoders."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token

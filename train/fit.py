@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from corpus import snapshot_frame, snapshot_row
-from store import SMOLLM2, SkdError, Store, open_store, resolve_model
+from store import SMOLLM2, SkdError, Store, open_store, pad_with_eos, resolve_model
 from store.hardware import bf16_native
 
 from .formats import encode, example
@@ -138,8 +138,7 @@ def load_base(cfg: TrainConfig):
         model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if frozen_bf16 else "float32")
     except OSError as e:
         raise SkdError(f"cannot load base model {cfg.base!r}: {str(e).splitlines()[0]}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    pad_with_eos(tok)
     return model, tok
 
 

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 from transformers.utils import logging as hf_logging
 
-from store import SkdError, resolve_model
+from store import SkdError, pad_with_eos, resolve_model
 from store.hardware import compute_dtype
 from store.hardware import device as default_device
 
@@ -68,8 +68,7 @@ class TransformersTeacher:
         self.share_prefill: bool | None = None  # prefill once for n samples (see _shared_prefill)
         self.grammars: Grammars | None = None  # compiled on the first constrained request
         self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        pad_with_eos(self.tokenizer)
 
     def close(self) -> None:
         del self.lm

@@ -110,3 +110,9 @@ def test_rank_weight_finetune_trains_and_is_recorded(voted, tmp_path):
                 db=voted, check=True)
     card = json.loads(p.stdout)
     assert card["config"]["rank_weight"] == 1.0 and card["metrics"]["dev"]["auc"] is not None
+
+
+def test_rank_weight_outside_a_finetune_is_one_line(voted):
+    p = run_skd("critic", "train", "ranked", "--mode", "embedding", "--rank-weight", "1", db=voted)
+    assert p.returncode != 0 and "rank_weight ranks only while fine-tuning" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

@@ -53,6 +53,19 @@ def signal_fits(fits: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# the way each signal is meant to point: a likelier item (lower NLL), one its siblings agree with, one like what
+# people wrote. A fit that weighs one the other way learned something about these dev labels, not what it is for.
+MEANT = {"nll": -1, "agreement": 1, "support": 1}
+
+
+def contrary_signals(fits: dict[str, Any] | None) -> dict[str, float]:
+    """The signals whose own fit (beside the members) weighs them against the way they are meant, with that weight:
+    on CKBP v1's crowd dev labels support takes -1.09 (bench/distill.py --support-filter), and a filter built so
+    leans away from tails like the human ones."""
+    return {combo: fit["weights"][-1] for combo, fit in signal_fits(fits or {}).items()
+            if combo in MEANT and fit["weights"][-1] * MEANT[combo] < 0}
+
+
 def reads(fits: dict[str, Any] | None, signal: str) -> bool:
     return any(signal in combo.split("+") for combo in signal_fits(fits or {}))
 

@@ -13,6 +13,7 @@ from critics import build_ensemble, train_critic
 from critics.config import CriticConfig
 from critics.metrics import evaluate_on_file
 from critics.score import ScoreSummary, score_items
+from critics.stack import contrary_signals
 from store import LABEL_FORMATS, Store, default_path
 from store.models import MPNET
 
@@ -109,6 +110,9 @@ def ensemble(
     db_path = db or default_path()
     card = build_ensemble(db_path, name, members, out_dir or Path(str(db_path) + ".d") / "critics" / name,
                           combine.value, teacher_nll, agreement, support, encoder)
+    for signal, weight in contrary_signals(card["stack"]).items():
+        err.print(f"warning: {signal} takes a weight of {weight:+.2f} on these dev labels, against the way it is "
+                  f"meant; fit the stack on labels it informs (the members' --dev-source) or leave {signal} out")
     if json:
         print_json(card)
         return

@@ -12,6 +12,7 @@ import pytest
 from critics import CriticConfig, load_critic, train_critic
 from critics.agreement import Encoder
 from critics.model import score_rows
+from critics.stack import contrary_signals
 from critics.support import FILE, Support
 from critics.train import load_labels, split
 from store import Store, import_labels, ingest_file
@@ -99,3 +100,24 @@ def test_the_support_sources_own_labels_are_not_judged_by_it(supported, tmp_path
 def card_path(db, name):
     with Store(db, read_only=True) as s:
         return s.critics.get(name)["path"]
+
+
+def test_support_weighed_against_its_meaning_warns(tmp_path):
+    """Labels that reward a tail people wrote for the *other* relation: the stack weighs support negatively, and
+    `skd critic ensemble` says so in one line (on CKBP v1's crowd labels it does, bench/distill.py)."""
+    human = [triple(f"PersonX helps {i}", w, 1) for i, w in enumerate(WANTS)] + \
+        [triple(f"PersonX helps {i}", t, 1, "xAttr") for i, t in enumerate(TRAITS)]
+    judged = [triple(f"PersonX does thing {i}", t, int(good), rel)
+              for i in range(30) for rel in ("xWant", "xAttr")
+              for t, good in ((WANTS_SAID[i % 6], rel == "xAttr"), (TRAITS_SAID[(i + 1) % 6], rel == "xWant"))]
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        import_labels(s, labels_file(tmp_path / "human.jsonl", human), "jsonl", source="human")
+        import_labels(s, labels_file(tmp_path / "judged.jsonl", judged), "jsonl", source="expert")
+    train_critic(db, "text", CriticConfig(mode="embedding", dev_fraction=0.3, sources=["expert"]), tmp_path / "text")
+    p = run_skd("critic", "ensemble", "sup", "text", "--support", "human", "--encoder", "all-MiniLM-L6-v2", db=db,
+                check=True)
+    warned = [line for line in p.stderr.splitlines() if line.startswith("warning: support takes a weight of -")]
+    assert len(warned) == 1, p.stderr
+    assert contrary_signals({"members": {}, "with": {"support": {"weights": [1.0, 0.5]},
+                                                     "nll": {"weights": [1.0, -0.5]}}}) == {}

@@ -21,20 +21,21 @@ references, and do I2D2 self-imitation rounds improve it further?
    BLEU-2 against all human references (best over references), distinct-2 and unique-output ratio, degenerate
    rate. Acceptance differences against the teacher, the unfiltered student and round 1 come with a paired
    bootstrap 95% interval over the same pairs, and a second table gives acceptance per relation.
-7. With --support-filter, one more student of the round-1 corpus: the same cut as the pipeline's (--loop-cut),
-   the same number of items of every relation, chosen by a better filter: the MiniLM filter stacked with support
-   (critics.support: the highest cosine between a tail and the human-written tails of its relation), the human
-   tuples of every distillation-split head as the support source, fitted on the filter's own dev labels. Does
-   a better filter make a better student, at the same corpus size? The second judge has seen the spare heads'
-   tuples the support reads, so its figures for that student are not independent; the first judge's and the
-   reference overlap are.
+7. With --better-filter, more students of the round-1 corpus: the same cut as the pipeline's (--loop-cut), the
+   same number of items of every relation, chosen by another filter. Does a better filter make a better student,
+   at the same corpus size? `support`: the MiniLM filter stacked with support (critics.support: the highest
+   cosine between a tail and the human-written tails of its relation), the human tuples of every
+   distillation-split head as the support source, fitted on the filter's own dev labels (the second judge has
+   seen the spare heads' tuples the support reads, so its figures for that student are not independent; the
+   first judge's and the reference overlap are). `finetune`: MiniLM fine-tuned (1 epoch) on the same CKBP v1 crowd
+   labels as the filter, the same dev split.
 8. The same outputs by a second judge (MPNet, frozen + head): the first judge's labels plus the human tuples, and
    tail swaps as negatives, of distillation-split heads beyond those distilled on (no model trains on them and no
    evaluation asks about them). CKBP has no HinderedBy labels, so the first judge cannot judge that relation.
 
     python bench/distill.py [--distil-heads 60] [--eval-pairs 0 (all)] [--samples 4] [--steps 80] [--rounds 3]
                             [--loop-cut per-relation-r0.5] [--train-seeds 3] [--seeded unfiltered,...] [--work DIR]
-                            [--support-filter]
+                            [--better-filter support,finetune]
 
 With --train-seeds K, the students of the round-1 corpus named in --seeded are trained K times (training seeds
 0..K-1) and judged by the mean of their runs' acceptance per pair, so a comparison is not one training run's luck
@@ -73,7 +74,9 @@ ROUND_1 = (f"{GENERATED} AND item_id IN (SELECT item_id FROM snapshot_items WHER
 # the second judge: the first's labels plus human tuples (and tail swaps) of spare heads, so it has seen HinderedBy
 JUDGE_2 = "judge-atomic"
 SUPPORT_SOURCE = "atomic-distil-split"  # the human tuples of every distillation-split head (distilled on and spare)
-SUPPORT_FILTER = "filter-support"
+FILTER = {"mode": "embedding", "sources": ["ckbp1"]}  # the filtering critic's config
+# the other filters of --better-filter, each on the filter's labels and dev split
+BETTER = {"support": "filter-support", "finetune": "filter-finetune"}
 STUDENT = {"lora": (16, 32), "lr": 1e-3, "batch_size": 8, "max_length": 64, "save_steps": 10_000}
 
 
@@ -106,11 +109,11 @@ def critics(db: Path, spare: Path, distil_split: Path | None = None) -> dict:
         import_labels(s, DATA / "ckbp/ckbp1_crowd.csv", "ckbp", source="ckbp1")
         import_labels(s, DATA / "ckbp/ckbp2_dev.csv", "ckbp", source="ckbp2")
         import_labels(s, spare, "atomic2020", source="atomic-spare")
-        if distil_split is not None:  # --support-filter's support source
+        if distil_split is not None:  # --better-filter support's source
             import_labels(s, distil_split, "atomic2020", source=SUPPORT_SOURCE)
         files = s.files_dir
     judge = {"mode": "embedding", "base": "all-mpnet-base-v2"}
-    configs = {"filter": CriticConfig(mode="embedding", sources=["ckbp1"]),
+    configs = {"filter": CriticConfig(**FILTER),
                "judge": CriticConfig(**judge, sources=["ckbp1", "ckbp2"], source_weights={"ckbp2": 3.0}),
                JUDGE_2: CriticConfig(**judge, sources=["ckbp1", "ckbp2", "atomic-spare"],
                                      source_weights={"ckbp2": 3.0, "atomic-spare": 3.0})}
@@ -194,31 +197,43 @@ def snapshots(db: Path, where: str, cuts: dict[str, dict]) -> dict[str, int]:
     return out
 
 
-def support_cut(db: Path, loop_snapshot: str, name: str) -> int:
-    """--support-filter: the stack of the filter and support, and its cut of the round-1 corpus that keeps as many
-    items as the pipeline's cut (LOOP_SNAPSHOT) before dedup, so the two students differ in which items they learn
-    from, not in how many (a per-relation cut then keeps the same count of every relation)."""
+def better_filter(db: Path, kind: str) -> str:
+    """The --better-filter KIND's critic, made unless an earlier run in the folder made it."""
+    from critics import CriticConfig, build_ensemble, train_critic
+    from store import Store
+
+    name = BETTER[kind]
+    with Store(db, read_only=True) as s:
+        made, folder = s.critics.exists(name), s.files_dir / "critics" / name
+    if made:
+        return name
+    if kind == "support":
+        build_ensemble(db, name, ["filter"], folder, support=SUPPORT_SOURCE)
+    else:
+        train_critic(db, name, CriticConfig(**FILTER | {"mode": "finetune", "epochs": 1.0}), folder)
+    return name
+
+
+def same_size_cut(db: Path, loop_snapshot: str, name: str, critic: str) -> int:
+    """CRITIC's cut of the round-1 corpus that keeps as many items as the pipeline's cut (LOOP_SNAPSHOT) before
+    dedup, so the students differ in which items they learn from, not in how many (a per-relation cut then keeps
+    the same count of every relation)."""
     from corpus import SnapshotRecipe, create_snapshot, snapshot_row
-    from critics import build_ensemble
     from critics.score import score_items
     from store import Store
 
-    with Store(db, read_only=True) as s:
-        made, files = s.critics.exists(SUPPORT_FILTER), s.files_dir
-    if not made:
-        build_ensemble(db, SUPPORT_FILTER, ["filter"], files / "critics" / SUPPORT_FILTER, support=SUPPORT_SOURCE)
-    score_items(db, SUPPORT_FILTER, ROUND_1)
+    score_items(db, critic, ROUND_1)
     with Store(db) as s:
         if s.snapshots.exists(name):
             return snapshot_row(s, name)["funnel"]["snapshot"]
         loop = snapshot_row(s, loop_snapshot)
-        critic_id = s.critics.get(SUPPORT_FILTER)["critic_id"]
-        scores = np.sort(s.snapshots.members(snapshot_row(s, "unfiltered")["snapshot_id"], critic_id)
+        row = s.critics.get(critic)
+        scores = np.sort(s.snapshots.members(snapshot_row(s, "unfiltered")["snapshot_id"], row["critic_id"])
                          ["critic_score"].to_numpy())[::-1]
         keep = loop["funnel"]["passed_critic"]
-        say(f"{SUPPORT_FILTER}: dev AUC {s.critics.get(SUPPORT_FILTER)['metrics']['dev']['auc']:.3f}; keeps the "
-            f"{keep} best-scored of {len(scores)} round-1 items, as the filter's cut does")
-        recipe = SnapshotRecipe(where=ROUND_1, split={"train": 1.0}, critic=SUPPORT_FILTER, dedup="semantic",
+        say(f"{critic}: dev AUC {row['metrics']['dev']['auc']:.3f}; keeps the {keep} best-scored of {len(scores)} "
+            "round-1 items, as the filter's cut does")
+        recipe = SnapshotRecipe(where=ROUND_1, split={"train": 1.0}, critic=critic, dedup="semantic",
                                 min_score=float(scores[keep - 1]), per_relation=bool(loop["recipe"]["per_relation"]))
         return create_snapshot(s, name, recipe)["funnel"]["snapshot"]
 
@@ -354,11 +369,15 @@ def main() -> None:
     ap.add_argument("--seeded", default="unfiltered,per-relation-r0.8,per-relation-r0.5",
                     help="The students --train-seeds applies to (comma-separated; the others train once).")
     ap.add_argument("--work", type=Path, default=None, help="Folder to work in (kept); default: a new temporary one.")
-    ap.add_argument("--support-filter", action="store_true",
-                    help="Also a student of the pipeline's cut made by the filter stacked with support in the human "
-                         "tuples of the distillation-split heads, at the same size (seeded as the loop cut is).")
+    ap.add_argument("--better-filter", default="",
+                    help="Also students of the pipeline's cut made by other filters at the same size, seeded as the "
+                         "loop cut is (comma-separated): support (the filter stacked with support in the human "
+                         "tuples of the distillation-split heads), finetune (MiniLM fine-tuned on the same labels).")
     args = ap.parse_args()
-    if unknown := set(args.seeded.split(",")) - {"unfiltered", *CUTS, "human-tuples", f"support-{args.loop_cut}"}:
+    better = [k for k in args.better_filter.split(",") if k]
+    if unknown := set(better) - set(BETTER):
+        ap.error(f"--better-filter: no filter named {', '.join(sorted(unknown))}")
+    if unknown := set(args.seeded.split(",")) - {"unfiltered", *CUTS, "human-tuples"}:
         ap.error(f"--seeded: no student named {', '.join(sorted(unknown))}")
     if not DATA.is_dir():
         sys.exit(f"needs ../shared/data ({DATA})")
@@ -377,7 +396,7 @@ def main() -> None:
     say(f"{len(heads)} distillation heads ({sum(len(v) for v in own.values())} human tails), "
         f"{len(held)} held-out (head, relation) pairs; evaluating on {args.eval_pairs or 'all'}; {len(spare)} spare "
         f"pairs for the second judge; work in {tmp}")
-    crit = critics(db, tmp / "spare.tsv", tmp / "distil-split.tsv" if args.support_filter else None)
+    crit = critics(db, tmp / "spare.tsv", tmp / "distil-split.tsv" if "support" in better else None)
     say(f"critics: {crit}")
     first = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=1))
     gen = first.summaries["snapshot"]["funnel"]  # the whole round-1 corpus, also when a rerun generated nothing
@@ -402,10 +421,10 @@ def main() -> None:
     # round 1's student is the loop cut's seed 0; its other seeds train on the pipeline's round-1 snapshot
     loop_snapshot = first.summaries["snapshot"]["snapshot"]
     more = train_students(db, loop_snapshot, args.steps, tmp, seeds(args.loop_cut)[1:])
-    supported = f"support-{args.loop_cut}"
-    if args.support_filter:  # seeded as the cut it is measured against
-        sizes[supported] = support_cut(db, loop_snapshot, supported)
-        ids[supported] = train_students(db, supported, args.steps, tmp, seeds(args.loop_cut))
+    for kind in better:  # seeded as the cut it is measured against
+        cut_name = f"{kind}-{args.loop_cut}"
+        sizes[cut_name] = same_size_cut(db, loop_snapshot, cut_name, better_filter(db, kind))
+        ids[cut_name] = train_students(db, cut_name, args.steps, tmp, seeds(args.loop_cut))
 
     def cut_student(name: str) -> tuple[str, list[str]]:
         if name == args.loop_cut:
@@ -415,8 +434,9 @@ def main() -> None:
               f"student: unfiltered ({sizes['unfiltered']:,} items)": ids["unfiltered"],
               **dict(map(cut_student, CUTS)),
               f"student: human ({sizes['human-tuples']:,} tuples)": ids["human-tuples"]}
-    if args.support_filter:
-        models[f"student: {supported}, filter + support ({sizes[supported]:,} items)"] = ids[supported]
+    for kind in better:
+        cut_name = f"{kind}-{args.loop_cut}"
+        models[f"student: {cut_name}, {BETTER[kind]} ({sizes[cut_name]:,} items)"] = ids[cut_name]
     models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": [sid]
                for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
     rows, samples = evaluate(db, models, refs, args.eval_pairs)
@@ -425,7 +445,7 @@ def main() -> None:
     def base(j: dict[str, dict]) -> dict[str, dict]:  # what every model is compared with, pair by pair
         return {"teacher": j[next(iter(models))], "unfiltered": j[next(m for m in models if "unfiltered" in m)],
                 **({"round 1": j[next(m for m in models if "= round 1" in m)]}
-                   if args.rounds > 1 or args.support_filter else {})}
+                   if args.rounds > 1 or better else {})}
     t = Table(title=f"SKD at small scale: SmolLM2-135M teacher and students, {len(heads)} distillation heads, "
                     f"{args.samples} samples per (head, relation), {args.steps} LoRA steps, "
                     f"{args.eval_pairs or len(held)} held-out (head, relation) pairs, greedy"
@@ -458,7 +478,7 @@ def main() -> None:
     print(f"python bench/distill.py --distil-heads {args.distil_heads} --eval-pairs {args.eval_pairs} "
           f"--samples {args.samples} --steps {args.steps} --rounds {args.rounds} --loop-cut {args.loop_cut} "
           f"--seed {args.seed} --train-seeds {args.train_seeds} --seeded {args.seeded}"
-          + (" --support-filter" if args.support_filter else ""))
+          + (f" --better-filter {args.better_filter}" if better else ""))
 
 
 if __name__ == "__main__":

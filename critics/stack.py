@@ -60,7 +60,7 @@ MEANT = {"nll": -1, "agreement": 1, "support": 1}
 
 def contrary_signals(fits: dict[str, Any] | None) -> dict[str, float]:
     """The signals whose own fit (beside the members) weighs them against the way they are meant, with that weight:
-    on CKBP v1's crowd dev labels support takes -1.09 (bench/distill.py --support-filter), and a filter built so
+    on CKBP v1's crowd dev labels support takes -1.09 (bench/distill.py --better-filter support), and a filter built so
     leans away from tails like the human ones."""
     return {combo: fit["weights"][-1] for combo, fit in signal_fits(fits or {}).items()
             if combo in MEANT and fit["weights"][-1] * MEANT[combo] < 0}

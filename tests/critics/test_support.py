@@ -28,20 +28,27 @@ WANTS_SAID = ["to eat some food", "to drink some water", "to get a good sleep", 
 TRAITS_SAID = ["very hungry", "very kind", "quite brave", "so tired", "rather lazy", "very generous"]
 
 
-@pytest.fixture(scope="module")
-def supported(tmp_path_factory):
-    d = tmp_path_factory.mktemp("support")
+def human_and_judged(d: Path, flipped: bool = False) -> Path:
+    """A corpus in D: the human source, judged triples acceptable when their tail suits their relation (FLIPPED:
+    when it suits the other one), and the critic `text` trained on the judged ones."""
     human = [triple(f"PersonX helps {i}", w, 1) for i, w in enumerate(WANTS)] + \
         [triple(f"PersonX helps {i}", t, 1, "xAttr") for i, t in enumerate(TRAITS)]
+    want, attr = ("xAttr", "xWant") if flipped else ("xWant", "xAttr")
     judged = [triple(f"PersonX does thing {i}", t, int(good), rel)
               for i in range(30) for rel in ("xWant", "xAttr")
-              for t, good in ((WANTS_SAID[i % 6], rel == "xWant"), (TRAITS_SAID[(i + 1) % 6], rel == "xAttr"))]
+              for t, good in ((WANTS_SAID[i % 6], rel == want), (TRAITS_SAID[(i + 1) % 6], rel == attr))]
     db = d / "c.duckdb"
     with Store(db) as s:
         import_labels(s, labels_file(d / "human.jsonl", human), "jsonl", source="human")
         import_labels(s, labels_file(d / "judged.jsonl", judged), "jsonl", source="expert")
     train_critic(db, "text", CriticConfig(mode="embedding", dev_fraction=0.3, sources=["expert"]), d / "text")
-    return db, d
+    return db
+
+
+@pytest.fixture(scope="module")
+def supported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("support")
+    return human_and_judged(d), d
 
 
 def test_support_is_the_closest_human_tail_of_the_relation_never_itself():
@@ -105,16 +112,7 @@ def card_path(db, name):
 def test_support_weighed_against_its_meaning_warns(tmp_path):
     """Labels that reward a tail people wrote for the *other* relation: the stack weighs support negatively, and
     `skd critic ensemble` says so in one line (on CKBP v1's crowd labels it does, bench/distill.py)."""
-    human = [triple(f"PersonX helps {i}", w, 1) for i, w in enumerate(WANTS)] + \
-        [triple(f"PersonX helps {i}", t, 1, "xAttr") for i, t in enumerate(TRAITS)]
-    judged = [triple(f"PersonX does thing {i}", t, int(good), rel)
-              for i in range(30) for rel in ("xWant", "xAttr")
-              for t, good in ((WANTS_SAID[i % 6], rel == "xAttr"), (TRAITS_SAID[(i + 1) % 6], rel == "xWant"))]
-    db = tmp_path / "c.duckdb"
-    with Store(db) as s:
-        import_labels(s, labels_file(tmp_path / "human.jsonl", human), "jsonl", source="human")
-        import_labels(s, labels_file(tmp_path / "judged.jsonl", judged), "jsonl", source="expert")
-    train_critic(db, "text", CriticConfig(mode="embedding", dev_fraction=0.3, sources=["expert"]), tmp_path / "text")
+    db = human_and_judged(tmp_path, flipped=True)
     p = run_skd("critic", "ensemble", "sup", "text", "--support", "human", "--encoder", "all-MiniLM-L6-v2", db=db,
                 check=True)
     warned = [line for line in p.stderr.splitlines() if line.startswith("warning: support takes a weight of -")]

@@ -13,13 +13,14 @@ _WHERE = {
     ".cut": ("DEFAULT_RECALL", "RECALL_GRID", "CriticCut", "threshold_of"),
     ".ensemble": ("build_ensemble",),
     ".metrics": ("choose_thresholds", "report"),
-    ".model": ("Critic", "load_critic", "read_card"),
+    ".model": ("Critic", "load_critic", "read_card", "score_rows"),
     ".train": ("train_critic",),
     ".verbalize": ("verbalize",),
 }
 _MODULE = {name: module for module, names in _WHERE.items() for name in names}
 __all__ = ["DEFAULT_RECALL", "RECALL_GRID", "Critic", "CriticConfig", "CriticCut", "build_ensemble",
-           "choose_thresholds", "load_critic", "read_card", "report", "threshold_of", "train_critic", "verbalize"]
+           "choose_thresholds", "load_critic", "read_card", "report", "score_rows", "threshold_of", "train_critic",
+           "verbalize"]
 
 
 def __getattr__(name: str) -> Any:

@@ -58,4 +58,7 @@ class CriticConfig(BaseModel):
             self.base = SMOLLM2
         if self.rank_weight > 0 and self.mode != "finetune":  # the other modes have no loss to add it to
             raise ValueError(f"rank_weight ranks only while fine-tuning; mode {self.mode!r} would ignore it")
+        bad = {s: w for s, w in self.source_weights.items() if not w >= 0}  # NaN too: a loss to maximise, or NaN
+        if bad:
+            raise ValueError(f"source weights must be at least 0 (got {bad})")
         return self

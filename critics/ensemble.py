@@ -26,7 +26,7 @@ from .model import card_dtype, load_critic, read_card, reads_siblings, reads_tea
 from .stack import StackedCritic, fit_stack, reads, signals_of, stack_scores
 from .stack import features as stack_features
 from .support import Support
-from .train import check_name_free, coverage, label_counts, load_labels, publish, split, staging
+from .train import check_name_free, coverage, dev_pool, label_counts, load_labels, publish, split, staging
 
 # the settings that decide which heads a critic held out for dev: members must agree on them, or the ensemble's
 # dev would hold labels some member trained on, and its thresholds would be chosen on seen data
@@ -81,7 +81,7 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
     encoder = encoder_name(encoder) if agreement or support else None
     enc = Encoder(encoder) if encoder else None  # a missing encoder fails here, before any scoring
     with Store(db) as store:
-        check_name_free(store, name)
+        check_name_free(store, name, out)
         rows = [store.critics.get(m) for m in members]
         cards = [read_card(Path(r["path"])) for r in rows]
         split_cfg = shared_split(cards)
@@ -90,7 +90,8 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
                          teacher_nll=teacher_nll or any(map(reads_teacher_nll, cards)),
                          siblings=agreement or any(map(reads_siblings, cards)))
         pool = support_pool(store, support, enc) if support else None
-    _, dev = split(df, split_cfg.dev_fraction, split_cfg.seed, split_cfg.dev_sources)
+    check_dev_pool(cards, dev_pool(df, split_cfg.dev_sources))
+    train, dev = split(df, split_cfg.dev_fraction, split_cfg.seed, split_cfg.dev_sources)
     dev_rows, labels = dev.to_dicts(), dev["label"].to_numpy()
     each = [score_rows(load_critic(r["path"]), dev_rows) for r in rows]
     signals = signals_of(dev_rows, enc, agreement, pool)
@@ -102,7 +103,8 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
             "base_model": "+".join(c["base_model"] for c in cards), "label_sources": sources,
             "members": [{"name": r["name"], "critic_id": r["critic_id"], "path": str(Path(r["path"]).resolve())}
                         for r in rows],
-            "label_counts": label_counts(df), "coverage": coverage(df), "calibration": cal, "stack": fits,
+            "label_counts": label_counts(df), "coverage": coverage(train),
+            "dev_pool": dev_pool(df, split_cfg.dev_sources), "calibration": cal, "stack": fits,
             "precision": cards[0].get("precision"),
             "config": {"combine": how, "members": members, "teacher_nll": teacher_nll, "agreement": agreement,
                        "support": support, "encoder": encoder}
@@ -113,10 +115,19 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
                                             for c, s in zip(cards, each, strict=True)}}
             | {f"dev_with_{'teacher_nll' if k == 'nll' else k}": int((~np.isnan(signals[k])).sum()) for k in asked},
             "thresholds": thresholds, "skd_version": skd_version()}
-    tmp = staging(out)
-    if pool is not None:
-        pool.save(tmp)
-    return publish(db, card, tmp, out)
+    with staging(out) as tmp:
+        if pool is not None:
+            pool.save(tmp)
+        return publish(db, card, tmp, out)
+
+
+def check_dev_pool(cards: list[dict[str, Any]], now: str | None) -> None:
+    """A one-line error where the dev sources have labelled new heads since a member was trained: the shared split
+    would now put in dev heads that member trained on (cards from before the pool was recorded are not checked)."""
+    stale = [c["name"] for c in cards if c.get("dev_pool") not in (None, now)]
+    if stale:
+        raise SkdError(f"the labels of {', '.join(cards[0]['config']['dev_sources'])} changed since critic "
+                       f"{stale[0]!r} was trained: dev would hold heads it trained on; retrain it")
 
 
 def support_pool(store: Store, source: str, enc: Encoder) -> Support:

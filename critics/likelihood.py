@@ -64,10 +64,11 @@ class LikelihoodCritic:
         """Mean NLL of each content's tokens (the context's are read, not scored), right-padded in one batch."""
         seqs, starts = [], []
         for context, content in pairs:
-            ctx = self.bos + self.tokenizer(context, add_special_tokens=False)["input_ids"]
-            ids = (ctx + self.tokenizer(content, add_special_tokens=False)["input_ids"])[:self.max_length]
-            seqs.append(ids)
-            starts.append(min(max(len(ctx), 1), len(ids) - 1))  # the first token has nothing to be predicted from
+            said = self.tokenizer(content, add_special_tokens=False)["input_ids"][:self.max_length - 1]
+            room = self.max_length - len(said) - len(self.bos)  # a long context loses its start, not the content
+            ctx = self.bos + (self.tokenizer(context, add_special_tokens=False)["input_ids"][-room:] if room else [])
+            seqs.append(ctx + said or [self.pad])  # the model needs a token to read, even for no text at all
+            starts.append(max(len(ctx), 1))  # the first token has nothing to be predicted from
         width = max(map(len, seqs))
         ids = torch.full((len(seqs), width), self.pad)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -78,7 +79,8 @@ class LikelihoodCritic:
         scored = torch.zeros_like(logp)
         for j, (s, start) in enumerate(zip(seqs, starts, strict=True)):
             scored[j, start - 1:len(s) - 1] = 1  # token t is predicted at position t - 1
-        return (-(logp * scored).sum(1) / scored.sum(1).clamp(min=1)).cpu().tolist()
+        nll = -(logp * scored).sum(1) / scored.sum(1).clamp(min=1)
+        return nll.masked_fill(scored.sum(1) == 0, float("inf")).cpu().tolist()  # no content: the worst, not the best
 
 
 def load_likelihood(base: str, dtype: torch.dtype | None = None, keep: bool = False) -> LikelihoodCritic:

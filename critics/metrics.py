@@ -13,21 +13,22 @@ from .calibration import calibration_error
 
 
 def threshold_for(scores: np.ndarray, labels: np.ndarray, recall: float | None = None,
-                  precision: float | None = None) -> float:
-    """The highest threshold reaching the recall target, or the lowest reaching the precision target."""
+                  precision: float | None = None) -> float | None:
+    """The highest threshold reaching the recall target, or the lowest reaching the precision target (None where
+    no threshold reaches it: a cut named for a precision it does not have would mislead)."""
     p, r, t = precision_recall_curve(labels, scores)
     p, r = p[:-1], r[:-1]  # the last point has no threshold
     if recall is not None:
         ok = np.nonzero(r >= recall)[0]
         return float(t[ok.max()]) if len(ok) else float(t.min())
     ok = np.nonzero(p >= precision)[0]
-    return float(t[ok.min()]) if len(ok) else float(t.max())
+    return float(t[ok.min()]) if len(ok) else None
 
 
 def choose_thresholds(scores: np.ndarray, labels: np.ndarray, recalls=(0.5, 0.8), precisions=()) -> dict[str, float]:
     out = {f"recall@{r:g}": threshold_for(scores, labels, recall=r) for r in recalls}
-    out |= {f"precision@{p:g}": threshold_for(scores, labels, precision=p) for p in precisions}
-    return out
+    reached = {p: threshold_for(scores, labels, precision=p) for p in precisions}
+    return out | {f"precision@{p:g}": v for p, v in reached.items() if v is not None}
 
 
 def at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
@@ -72,11 +73,11 @@ def evaluate_on_file(critic: dict[str, Any], path: Path, fmt: str) -> dict[str, 
     from store import Store, import_labels
 
     from .model import load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
-    from .train import load_labels
 
     card = read_card(Path(critic["path"]))
     with tempfile.TemporaryDirectory() as d, Store(Path(d) / "eval.duckdb") as tmp:
-        import_labels(tmp, path, fmt)
-        df = load_labels(tmp, None, teacher_nll=reads_teacher_nll(card), siblings=reads_siblings(card))
+        import_labels(tmp, path, fmt)  # a file that yields no judgement is an error there
+        # one class is a file to evaluate (precision and kept at the stored cuts), not to train on: no AUC then
+        df = tmp.labels.select(None, None, teacher_nll=reads_teacher_nll(card), siblings=reads_siblings(card))
     scores = score_rows(load_critic(critic["path"]), df.to_dicts())
     return report(scores, df["label"].to_numpy(), critic["thresholds"] or {})

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +38,10 @@ from .verbalize import verbalize_rows
 
 
 def group_key(row: dict[str, Any]) -> str:
-    return (row.get("head") or row.get("question") or row.get("text") or "").strip().lower()
+    """The head (or question, or text) as an item id normalises it (NFC, lower case, runs of whitespace to one
+    space): two labels of one item, from sources that spaced its head differently, split together."""
+    text = row.get("head") or row.get("question") or row.get("text") or ""
+    return " ".join(unicodedata.normalize("NFC", text).lower().split())
 
 
 def load_labels(store: Store, where: str | None, sources: list[str] | None = None,
@@ -76,6 +80,16 @@ def split(df: pl.DataFrame, dev_fraction: float, seed: int,
     return train, dev
 
 
+def dev_pool(df: pl.DataFrame, dev_sources: list[str] | None) -> str | None:
+    """With DEV_SOURCES, the heads that may go to dev are those they label (`split`), so a label of theirs for a new
+    head can move a head a critic trained on into dev: a digest of that pool, recorded so an ensemble can refuse
+    members whose pool has changed. Without, the split is by hash alone and new labels move no head."""
+    if not dev_sources:
+        return None
+    keys = sorted({group_key(r) for r in df.filter(pl.col("source").is_in(dev_sources)).iter_rows(named=True)})
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
 def class_weights(labels: np.ndarray) -> torch.Tensor:
     counts = np.bincount(labels, minlength=2).astype(np.float64)
     return torch.tensor(len(labels) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
@@ -87,6 +101,8 @@ def example_weights(df: pl.DataFrame, cfg: CriticConfig) -> np.ndarray:
     labels = df["label"].to_numpy()
     w = class_weights(labels).numpy()[labels] * np.asarray([cfg.source_weights.get(s, 1.0)
                                                             for s in df["source"].to_list()])
+    if not w.any():
+        raise SkdError(f"every training label's source weighs 0 ({', '.join(sorted(set(df['source'])))})")
     return (w / w.mean()).astype(np.float32)
 
 
@@ -109,7 +125,8 @@ def group_ids(df: pl.DataFrame) -> list[int]:
 
 
 def coverage(df: pl.DataFrame) -> dict[str, dict[str, int]]:
-    """What the critic was trained on, per kind and per relation: scoring outside it is flagged."""
+    """What the critic was trained on (its train split: a relation whose labels all fell in dev, or were left out
+    of both parts by `dev_sources`, taught it nothing), per kind and per relation: scoring outside it is flagged."""
     def counts(col: str) -> dict[str, int]:
         vals = [v for v in df[col].to_list() if v is not None]
         return {str(k): int(n) for k, n in zip(*np.unique(vals, return_counts=True), strict=True)} if vals else {}
@@ -330,10 +347,16 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,
     """Train, choose thresholds on dev, save to `out` and register in `critics`; returns the card. The corpus
     is open only to read the labels and to register the critic: readers and writers work while it trains."""
     with Store(db) as store:  # for writing, like the callers that may hold it in this process
-        check_name_free(store, name)
+        check_name_free(store, name, out)
         df = load_labels(store, cfg.labels_where, cfg.sources)
     train, dev = split(df, cfg.dev_fraction, cfg.seed, cfg.dev_sources)
-    tmp = staging(out)
+    with staging(out) as tmp:
+        return publish(db, fitted_card(name, cfg, df, train, dev, tmp, on_step), tmp, out)
+
+
+def fitted_card(name: str, cfg: CriticConfig, df: pl.DataFrame, train: pl.DataFrame, dev: pl.DataFrame, tmp: Path,
+                on_step: Callable[[int, int], None] | None) -> dict[str, Any]:
+    """Fit the critic into TMP, choose its thresholds on dev; its card."""
     critic, raw, cal = fit_critic(cfg, train, dev, tmp, on_step)
     if isinstance(critic, FinetunedCritic):  # the card records the length the critic was trained at
         cfg = cfg.model_copy(update={"max_length": critic.max_length})
@@ -344,22 +367,27 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,
                "dev_calibration_error_raw": calibration_error(raw, dev_labels)}
     card = {"name": name, "critic_id": f"{name}-{uuid.uuid4().hex[:8]}", "mode": cfg.mode, "base_model": cfg.base,
             "label_sources": sorted(set(df["source"].to_list())),
-            "label_counts": label_counts(df), "coverage": coverage(df), "calibration": cal, "precision": precision(),
+            "label_counts": label_counts(df), "coverage": coverage(train), "dev_pool": dev_pool(df, cfg.dev_sources),
+            "calibration": cal, "precision": precision(),
             "config": cfg.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
             "skd_version": skd_version()}
-    return publish(db, card, tmp, out)
+    return card
 
 
 def label_counts(df: pl.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in zip(*np.unique(df["label"].to_numpy(), return_counts=True), strict=True)}
 
 
-def staging(out: Path) -> Path:
-    """An empty folder beside OUT to build the artifact in; `publish` moves it to OUT when it is whole."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
+@contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A new empty folder beside OUT to build the artifact in, this training's own (two trainings into one OUT never
+    share one); `publish` moves it to OUT when it is whole, and a failed training leaves nothing half built."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already where it was published
 
 
 def publish(db: str | Path, card: dict[str, Any], tmp: Path, out: Path) -> dict[str, Any]:
@@ -367,16 +395,20 @@ def publish(db: str | Path, card: dict[str, Any], tmp: Path, out: Path) -> dict[
     whole or not at all."""
     (tmp / "critic.json").write_text(json.dumps(card, indent=2))
     with Store(db) as store:
-        check_name_free(store, card["name"])  # another process may have registered the name meanwhile
+        check_name_free(store, card["name"], out)  # another process may have registered either meanwhile
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         store.critics.register(card, str(out.resolve()))
     return card
 
 
-def check_name_free(store: Store, name: str) -> None:
+def check_name_free(store: Store, name: str, out: Path | None = None) -> None:
+    """NAME is no critic's, and OUT (which publishing replaces) holds no registered critic's files."""
     if store.critics.exists(name):
         raise SkdError(f"a critic named {name!r} exists; choose another name")
+    holder = next((r["name"] for r in store.critics.all() if out and Path(r["path"]).resolve() == out.resolve()), None)
+    if holder:
+        raise SkdError(f"{out} holds critic {holder!r}; choose another --out")
 
 
 @contextmanager

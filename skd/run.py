@@ -266,9 +266,12 @@ class Runner:
         return r
 
     def stage_train(self, plan: dict[str, Any]) -> dict[str, Any]:
-        st = self.p.student
-        cfg = TrainConfig(snapshot=self.made.snapshot, out=Path(plan["out"]),
-                          **st.model_dump(exclude={"out"}))
+        st, g = self.p.student, self.p.generate
+        cfg = TrainConfig(snapshot=self.made.snapshot, out=Path(plan["out"]), **st.model_dump(exclude={"out"}))
+        if cfg.teacher is None and g is not None and (cfg.mixture == "ddk" or cfg.kd_weight):
+            # from round 2 the corpus holds a student's writing too, maybe most of it: the teacher is the
+            # generator's, not whichever model wrote the most items
+            cfg = cfg.model_copy(update={"teacher": g.teacher})
         progress, update = progress_bar("train", "steps", self.quiet, note="loss {task.fields[loss]}")
         card = run_with_progress(progress, lambda: fit(self.db, cfg, on_step=lambda k, n, loss: update(
             k, n, loss="-" if loss is None else f"{loss:.3f}")))

@@ -9,19 +9,24 @@ from typing import Any
 
 import numpy as np
 
-from store import SkdError
+from store import SIBLINGS, TEACHER_NLL, SkdError
 from train.eval_run import EvalConfig, evaluate_model
 
 
 def critic_scorer(row: dict[str, Any], recall: float | None, min_score: float | None = None) -> tuple[Any, float]:
-    """Score items with the registered critic `row`; accept at its cut (the critics' default recall). By their text
-    only, never the teacher's NLL even for a critic that reads it: a student's outputs and its teacher's are
-    compared here, and only the teacher's would have one."""
-    from critics import load_critic, threshold_of
-    from critics.verbalize import verbalize_rows
+    """Score items with the registered critic `row`; accept at its cut (the critics' default recall). As the critic
+    scored its dev labels when its thresholds were chosen (a likelihood critic the tail given head and relation, a
+    stack its support too), but never by the teacher's NLL or siblings even for a critic that reads them: a
+    student's outputs and its teacher's are compared here, and only the teacher's would have them."""
+    from critics import load_critic, score_rows, threshold_of
 
     critic = load_critic(row["path"])
-    return (lambda items: np.asarray(critic.score(verbalize_rows(items)))), threshold_of(row, recall, min_score)
+
+    def score(items: list[dict[str, Any]]) -> np.ndarray:
+        return np.asarray(score_rows(critic, [{k: v for k, v in i.items() if k not in (TEACHER_NLL, SIBLINGS)}
+                                              for i in items]))
+
+    return score, threshold_of(row, recall, min_score)
 
 
 def check_answer(output: str, item: dict[str, Any]) -> bool | None:
@@ -73,14 +78,20 @@ def student_recipe(recipe: Any, fmt: str, student_id: str) -> Any:
     return StudentPrompts(part.config)
 
 
+def stop_of(items: list[dict[str, Any]], fmt: str) -> tuple[str, ...]:
+    """One line for a tail or a short answer; reasoning runs over lines in any format (a chat student's rationale
+    ends "So the answer is X." after them)."""
+    return () if fmt == "rationale" or any(i.get("kind") == "rationale" for i in items) else ("\n",)
+
+
 def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig) -> list[str]:
     """One output per input from MODEL on the config's backend (greedy at temperature 0)."""
     from generators import Request, Sampling, make_teacher
     from generators.recipes.base import ParseError
     from train.formats import prompt_of
 
-    stop = ("\n",) if fmt != "rationale" else ()
-    sampling = Sampling(n=1, temperature=cfg.temperature, max_tokens=cfg.max_tokens, stop=stop, seed=cfg.seed)
+    sampling = Sampling(n=1, temperature=cfg.temperature, max_tokens=cfg.max_tokens, stop=stop_of(items, fmt),
+                        seed=cfg.seed)
     recipe = None
     if fmt == "fewshot":
         reqs, recipe = fewshot_requests(model, items, cfg, sampling)

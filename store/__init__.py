@@ -13,6 +13,7 @@ _WHERE = {
     ".catalog": ("user_filter", "where_sql"),
     ".db": ("DEFAULT_DB", "Store", "default_path", "skd_version"),
     ".errors": ("LockedError", "SchemaError", "SkdError"),
+    ".files": ("write_atomic",),
     ".ingest": ("IngestResult", "ingest_file"),
     ".items": ("EMBEDDED_COLUMNS", "EXPORTED_COLUMNS", "FORMATS", "ITEM_COLUMNS", "KINDS", "LABEL_FORMATS", "SCOPES",
                "SAID", "SCORED_COLUMNS", "SIBLINGS", "TEACHER_NLL"),
@@ -31,6 +32,7 @@ __all__ = [
     "commit_batch",
     "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "local_mapper", "open_store",
     "pad_with_eos", "pending_shards", "resolve_model", "skd_version", "stage_job", "user_filter", "where_sql",
+    "write_atomic",
 ]
 
 

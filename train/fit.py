@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from corpus import snapshot_frame, snapshot_row
-from store import SMOLLM2, SkdError, Store, open_store, pad_with_eos, resolve_model
+from store import SMOLLM2, SkdError, Store, open_store, pad_with_eos, resolve_model, write_atomic
 from store.hardware import bf16_native
 
 from .formats import encode, example
@@ -156,6 +156,22 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
+def own_checkpoints(ckpt_dir: Path, cfg: TrainConfig, snap: dict[str, Any]) -> None:
+    """Checkpoints are resumed only by a training of the same snapshot content and settings, run longer or as long
+    (a training's length may grow: more steps continue it); those of another (another snapshot into the same
+    --out, another learning rate or base) are removed, and so are any past a shorter --max-steps, or the student
+    would be partly trained on what its card does not name."""
+    what = cfg.model_dump(mode="json", exclude={"out", "save_steps", "max_steps", "epochs"})
+    mark = ckpt_dir / "training.json"
+    text = json.dumps(what | {"snapshot_hash": snap["content_hash"]}, sort_keys=True, default=str)
+    if ckpt_dir.is_dir() and (not mark.is_file() or mark.read_text() != text):
+        shutil.rmtree(ckpt_dir)
+    for p in ckpt_dir.glob("checkpoint-*") if cfg.max_steps > 0 else ():
+        if p.name.split("-")[-1].isdigit() and int(p.name.split("-")[-1]) > cfg.max_steps:
+            shutil.rmtree(p)
+    write_atomic(mark, text)
+
+
 def with_lora(model, cfg: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
@@ -185,6 +201,7 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
     data, mix = training_data(items, tok, cfg, teacher, collate)
     if cfg.lora:
         model = with_lora(model, cfg)
+    own_checkpoints(cfg.out / "checkpoints", cfg, snap)
     resume = last_complete_checkpoint(cfg.out / "checkpoints")
     while mix is not None and resume and not mix.mixture.restore(Path(resume)):
         # killed after the Trainer's state was written but before the mixture: the one before is whole
@@ -210,6 +227,7 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
                "bf16": bf16(cfg), "tokens": sum(len(x["input_ids"]) for x in data)}
     if mix is not None:
         summary["mixture"] = mix.mixture.state() | {"teacher": teacher[1] if teacher else None}
+    (cfg.out / "student.json").unlink(missing_ok=True)  # a kill while the weights are replaced leaves no card
     save_student(trainer, tok, cfg)
     if mix is not None:
         plot_mixture(mix.mixture, cfg.out / "mixture.png")
@@ -333,7 +351,7 @@ def register(db: Path, cfg: TrainConfig, snap: dict[str, Any], summary: dict[str
     card = {"student_id": student_id, "snapshot": snap["name"], "snapshot_id": snap["snapshot_id"],
             "snapshot_hash": snap["content_hash"], "base_model": cfg.base, "format": cfg.format,
             "config": cfg.model_dump(mode="json"), "summary": summary}
-    (cfg.out / "student.json").write_text(json.dumps(card, indent=2, default=str))
+    write_atomic(cfg.out / "student.json", json.dumps(card, indent=2, default=str))
     with open_store(db) as s:
         s.students.register(student_id, snap["snapshot_id"], cfg.base, str(cfg.out.resolve()), card)
     return card

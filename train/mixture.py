@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from store import SkdError
+from store import SkdError, write_atomic
 
 MIXTURE_FILE = "mixture.json"
 
@@ -63,14 +63,15 @@ class Mixture:
                 "teacher_loss": self.teacher_loss, "history": self.history}
 
     def save(self, folder: Path) -> None:
-        (folder / MIXTURE_FILE).write_text(json.dumps(self.state(), indent=1))
+        write_atomic(folder / MIXTURE_FILE, json.dumps(self.state(), indent=1))
 
     def restore(self, folder: Path) -> bool:
         """Continue from a checkpoint's mixture (the same domains), if it has one."""
         f = folder / MIXTURE_FILE
-        if not f.is_file():
+        try:
+            state = json.loads(f.read_text())
+        except (OSError, ValueError):  # none, or cut off by a kill before the atomic write: the one before is whole
             return False
-        state = json.loads(f.read_text())
         if state["domains"] != self.domains or state["kind"] != self.kind:
             raise SkdError(f"the checkpoint {folder.name} was trained with a {state['kind']} mixture over "
                            f"{len(state['domains'])} domains, not this {self.kind} one over {len(self.domains)}: "

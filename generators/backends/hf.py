@@ -48,7 +48,7 @@ def group_key(r: Request) -> dict[str, Any]:
     key = r.sampling.model_dump(mode="json", exclude={"seed", "constraint"})
     if key.get("lexical"):
         key["lexical"] = {k: key["lexical"][k] for k in ("exclude", "boost")}
-    return key
+    return key | {"raw": r.prompt is not None}  # plain prompts and chat templates tokenise apart (BOS)
 
 
 class TransformersTeacher:
@@ -95,8 +95,10 @@ class TransformersTeacher:
     @torch.inference_mode()
     def _generate(self, requests: list[Request]) -> list[list[Completion]]:
         s = requests[0].sampling
+        # a plain prompt gets the tokenizer's special tokens (BOS), as a student was trained on it and as vLLM
+        # prompts it; a chat template writes its own
         enc = self.tokenizer([self.render(r) for r in requests], return_tensors="pt", padding=True,
-                             add_special_tokens=False).to(self.device)
+                             add_special_tokens=requests[0].prompt is not None).to(self.device)
         prompt_len = enc["input_ids"].shape[1]
         # The batch's seed depends on its requests only: a rerun of the same batch gives the same samples.
         torch.manual_seed(int(stable_hash([r.request_id for r in requests], 8), 16))

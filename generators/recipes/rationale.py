@@ -58,13 +58,16 @@ def render(q: dict[str, Any]) -> str:
 def normalise_answer(answer: str, q: dict[str, Any]) -> str:
     a = answer.strip().strip(".").strip()
     if q["type"] == "choice" and q["choices"]:
-        m = re.fullmatch(r"\(?([A-Ea-e])\)?(?:[.)]?\s+.*)?", a)
-        if m and ord(m.group(1).upper()) - 65 < len(q["choices"]):
-            return q["choices"][ord(m.group(1).upper()) - 65]
-        for c in q["choices"]:
-            if c.lower() == a.lower() or c.lower() in a.lower():
-                return c
-        return a
+        # a letter only as "(B)", "B." / "B)" before text, or alone: "a house" is an article, not choice (A)
+        m = re.fullmatch(r"\(([A-Ja-j])\).*|([A-Ja-j])(?:[.):]\s+.*)?", a, flags=re.DOTALL)
+        letter = m and (m.group(1) or m.group(2)).upper()
+        if letter and ord(letter) - 65 < len(q["choices"]):
+            return q["choices"][ord(letter) - 65]
+        low = a.lower()
+        exact = [c for c in q["choices"] if c.lower() == low]
+        # else the longest choice named as whole words: "grocery store" is not "store", "bobcat" not "cat"
+        named = sorted((c for c in q["choices"] if re.search(rf"\b{re.escape(c.lower())}\b", low)), key=len)
+        return (exact or named[-1:] or [a])[0]
     if q["type"] == "number":
         nums = NUMBER.findall(a)
         return nums[-1].replace(",", "").rstrip(".") if nums else a

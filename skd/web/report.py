@@ -3,12 +3,11 @@ critic metrics, evaluations) to share without a server: no script, no link to an
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from store import Store
+from store import Store, write_atomic
 
 from . import charts, views
 from .app import HERE
@@ -31,9 +30,4 @@ def render_report(db: Path, name: str) -> str:
 
 def write_report(db: Path, name: str, out: Path) -> Path:
     """Write the report atomically (a kill leaves the previous file or none, never half of one)."""
-    html = render_report(db, name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, render_report(db, name))

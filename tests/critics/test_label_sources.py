@@ -10,7 +10,7 @@ from critics import CriticConfig, load_critic, train_critic
 from critics.crossval import cross_validate
 from critics.score import score_items
 from critics.train import load_labels, split
-from store import Store, import_labels, ingest_file
+from store import SkdError, Store, import_labels, ingest_file
 from tests.conftest import run_skd, shared_file
 
 GOOD = ["to eat food", "to drink water", "to sleep well", "to rest", "to go home", "to call a friend",
@@ -84,13 +84,22 @@ def test_dev_from_one_source_holds_only_its_labels_and_no_head_is_on_both_sides(
                 "--json", db=db, check=True)
     card = json.loads(p.stdout)
     assert card["config"]["dev_sources"] == ["expert"] and card["metrics"]["dev_size"] == dev.height
+    run_skd("critic", "train", "c2", "--mode", "embedding", "--dev-fraction", "0.3", "--dev-source", "expert",
+            "--seed", "0", db=db, check=True)
+    with Store(db) as s:  # experts now label heads the two critics trained on: some would move to dev
+        more = expert + [triple(h, GOOD[2], 1) for h in heads[1::2]]
+        import_labels(s, labels_file(tmp_path / "more.jsonl", more), "jsonl", source="expert", replace=True)
+    p = run_skd("critic", "ensemble", "ens", "c", "c2", db=db)
+    assert p.returncode != 0 and "changed since critic 'c' was trained: dev would hold heads it trained on" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
     p = run_skd("critic", "train", "d", "--mode", "embedding", "--dev-source", "nobody", db=db)
     assert p.returncode != 0 and "too few labels from nobody" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_coverage_is_recorded_and_scoring_outside_it_warns(two_sources, tmp_path):
     card = train_critic(two_sources, "c", CriticConfig(mode="embedding", dev_fraction=0.3), tmp_path / "c")
-    assert card["coverage"] == {"kinds": {"triple": 144}, "relations": {"xWant": 144}}
+    n = card["metrics"]["train_size"]  # what it learnt from, not the dev labels it was measured on
+    assert n < 144 and card["coverage"] == {"kinds": {"triple": n}, "relations": {"xWant": n}}
     assert 0 <= card["metrics"]["dev"]["calibration_error"] <= card["metrics"]["dev_calibration_error_raw"] + 0.05
     items = tmp_path / "items.jsonl"
     labels_file(items, [triple("PersonX eats", "to sleep", None), triple("PersonX eats", "rain", None, "HinderedBy"),
@@ -101,6 +110,9 @@ def test_coverage_is_recorded_and_scoring_outside_it_warns(two_sources, tmp_path
     assert "trained on no labels of relation HinderedBy; 2 such items" in p.stderr
     assert "trained on no labels of kind text; 1 such items" in p.stderr
     assert score_items(two_sources, "c").uncovered == {}  # nothing left to score: nothing to warn about
+    with pytest.raises(SkdError, match="holds critic 'c'; choose another --out"):  # would delete c's files
+        train_critic(two_sources, "d", CriticConfig(mode="embedding", dev_fraction=0.3), tmp_path / "c")
+    assert load_critic(tmp_path / "c") is not None and not list(tmp_path.glob(".c.*"))
 
 
 def test_atomic2020_human_tuples_as_positives_with_swapped_negatives(tmp_path):

@@ -12,7 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from critics import load_critic
 from critics.likelihood import context_and_content, load_likelihood
 from critics.model import score_rows
-from store import Store, import_labels
+from critics.verbalize import verbalize_rows
+from skd.wiring import critic_scorer
+from store import TEACHER_NLL, Store, import_labels
 from tests.conftest import run_skd
 from tests.critics.test_label_sources import BAD, GOOD, labels_file, triple
 
@@ -41,6 +43,16 @@ def test_batched_scores_are_those_of_one_item_at_a_time(tiny_lm):
     assert np.allclose(score_rows(critic, items[::-1], batch_size=8), expect[::-1], rtol=1e-4)  # any order
 
 
+def test_no_content_scores_worst_and_a_long_context_keeps_the_content(tiny_lm):
+    critic = load_likelihood(str(tiny_lm), torch.float32)
+    item = RATIONALES[0]
+    long = item | {"question": "Where would you put it? " * 200}  # past max_length (256 tokens) on its own
+    other = long | {"rationale": "Nobody knows where such things go, said at some length."}
+    got = score_rows(critic, [long, other, {"kind": "text", "text": ""}])
+    assert 0 < got[0] < 1 and got[0] != got[1]  # each explanation is still what is scored, after the question's end
+    assert got[2] == 0.0  # nothing to judge: the worst score, not exp(0) = 1
+
+
 def test_a_likelihood_critic_trains_scores_and_evaluates_from_the_command_line(tmp_path, tiny_lm):
     rows = [triple(f"PersonX does thing {i}", t, lab) for i in range(12) for t, lab in ((GOOD[i % 10], 1),
                                                                                         (BAD[i % 10], 0))]
@@ -58,6 +70,15 @@ def test_a_likelihood_critic_trains_scores_and_evaluates_from_the_command_line(t
     ev = json.loads(run_skd("critic", "eval", "lik", "--labels", str(tmp_path / "labels.jsonl"), "-f", "jsonl",
                             "--json", db=db, check=True).stdout)
     assert ev["n"] == len(rows) and ev["auc"] is not None
+    good = labels_file(tmp_path / "good.jsonl", [r for r in rows if r["label"] == 1])  # one class: no AUC, still cuts
+    ev = json.loads(run_skd("critic", "eval", "lik", "--labels", str(good), "-f", "jsonl", "--json", db=db,
+                            check=True).stdout)
+    assert ev["n"] == 12 and ev["auc"] is None and ev["positive_rate"] == 1.0 and ev["thresholds"]
+    with Store(db, read_only=True) as s:
+        scorer, _ = critic_scorer(s.critics.get("lik"), None)  # how a student's outputs are judged
+    got = scorer([r | {TEACHER_NLL: 9.0} for r in rows[:4]])  # the NLL a student's output would not have: unread
+    assert np.allclose(got, scores[:4])  # the tail given head and relation, as its thresholds were chosen on
+    assert not np.allclose(got, critic.score(verbalize_rows(rows[:4])))  # not the whole text without context
 
 
 def test_smollm2_finds_knowledge_likelier_than_word_salad(smollm2):

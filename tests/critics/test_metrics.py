@@ -13,6 +13,8 @@ def test_kept_table_and_thresholds_on_a_fixture():
     assert kept[-1] == {"kept": 1.0, "acceptable": 0.4}
     t = choose_thresholds(scores, labels, recalls=(0.5, 1.0), precisions=(1.0,))
     assert t == {"recall@0.5": 0.8, "recall@1": 0.4, "precision@1": 0.8}
+    tied = choose_thresholds(np.array([.1, .4, .35, .8, .8]), np.array([0, 0, 1, 1, 0]), (0.5,), (0.99,))
+    assert tied == {"recall@0.5": 0.8}  # no cut reaches precision 0.99: none is named for it
     assert at_threshold(scores, labels, 0.4) == {"threshold": 0.4, "precision": 4 / 6, "recall": 1.0,
                                                  "f1": pytest.approx(0.8), "kept": 0.6}
     rep = report(scores, labels, t)
@@ -63,3 +65,17 @@ def test_platt_on_a_tiny_separable_or_inverted_dev_set():
     assert 0.05 < p[0] < 0.5 < p[1] < 0.95
     assert fit_platt(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) is None  # would invert the ranking
     assert fit_platt(np.array([0.3, 0.6]), np.array([1, 1])) is None  # one class: nothing to fit
+
+
+def test_labels_of_one_item_spaced_differently_split_together():
+    import polars as pl
+
+    from critics.train import split
+
+    heads = [f"PersonX eats meal {i}" for i in range(200)]
+    df = pl.DataFrame({"head": heads + [h.replace(" meal", "  Meal\t") for h in heads],  # one item id each pair
+                       "label": [i % 2 for i in range(400)], "source": ["crowd"] * 200 + ["expert"] * 200})
+    train, dev = split(df, 0.3, seed=0)
+    assert 0 < dev.height < 400 and dev.height % 2 == 0  # both labels of a head, or neither
+    norm = {" ".join(h.lower().split()) for h in dev["head"].to_list()}
+    assert not norm & {" ".join(h.lower().split()) for h in train["head"].to_list()}

@@ -106,6 +106,16 @@ def test_rationale_parsing_and_answer_checking(tmp_path):
         r.parse(free, Completion(text="Answer: 5"))
 
 
+def test_choice_answers_are_letters_only_where_meant_and_the_longest_choice_named():
+    from generators.recipes.rationale import is_correct, normalise_answer
+
+    q = {"type": "choice", "choices": ["mouse", "house", "grocery store", "store", "bobcat", "cat"]}
+    assert [normalise_answer(a, q) for a in ("a house", "(B) house", "B. house", "b", "F.")] == ["house"] * 4 + ["cat"]
+    assert normalise_answer("at the grocery store", q) == "grocery store"  # not "store", the first choice inside
+    assert normalise_answer("a bobcat", q) == "bobcat" and normalise_answer("a dog", q) == "a dog"
+    assert is_correct(normalise_answer("grocery store", q), "store", q) is False  # two choices are not one
+
+
 def test_gsm8k_numbers_are_compared_as_numbers(tmp_path):
     r = _q(tmp_path, [{"question": "How many?", "answer": "Work.\n#### 1,200"}], fmt="gsm8k")
     req = r.requests("m", 0)[0]

@@ -254,7 +254,7 @@ def test_readers_work_while_a_critic_trains(tmp_path, db_path):
                                stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not out.with_name("critic.tmp").exists() and trainer.poll() is None and time.monotonic() < deadline:
+        while not list(tmp_path.glob(".critic.*.tmp")) and trainer.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert trainer.poll() is None, "the critic finished before it could be queried"
         p = run_skd("--wait", "0", "query", "SELECT count(*) AS n FROM labels", "-f", "jsonl", db=db_path)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from corpus import SnapshotRecipe, create_snapshot
-from skd.wiring import check_answer
+from skd.wiring import check_answer, stop_of
 from store import SkdError, Store
 from tests.conftest import ROOT, atomic_corpus, run_skd, shared_file
 from train import TrainConfig, fit
@@ -77,6 +77,9 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(atomic_db, tiny_
     proc.wait()
     card = json.loads(run_skd(*args[3:], db=db, check=True).stdout)
     assert card["summary"]["resumed_from"].startswith("checkpoint-") and card["summary"]["steps"] == 40
+    other = [a if a != "split" else "eight" for a in args[3:]]  # another snapshot into the same --out
+    card = json.loads(run_skd(*other, db=db, check=True).stdout)
+    assert card["summary"]["resumed_from"] is None and card["snapshot"] == "eight"  # not step 40 of the other one
 
 
 def test_a_students_seed_fixes_it_whatever_the_process_drew_before(atomic_db, tiny_lm):
@@ -142,6 +145,7 @@ def test_formats_and_text_metrics():
     assert example(q, "rationale")["completion"] == " Two and two make four. So the answer is 4."
     assert extract_answer("Two and two. So the answer is 4.", q) == "4"
     assert extract_answer("The answer is (B).", {"answer": "dog", "choices": ["cat", "dog"]}) == "dog"
+    assert stop_of([t], "chat") == ("\n",) and stop_of([q], "chat") == () == stop_of([t], "rationale")  # reasoning
     assert corpus_bleu(["to rest now"], [["to rest now", "sleep"]]) == pytest.approx(1.0)
     assert corpus_bleu(["xyz"], [["to rest"]]) == 0.0
     assert rouge_l("to go to bed", ["go to bed early", "eat"]) == pytest.approx(0.75)  # LCS: 3 of 4

@@ -292,8 +292,10 @@ class Runner:
             fill["snapshot"] = self.summaries["snapshot"]["snapshot"]
         if atomic and not own and not e.relations:  # ask what the corpus was distilled for
             fill["relations"] = make_recipe(g.recipe, g.recipe_config).config.relations
-        if e.use_critic and e.critic is None and self.made.critic:  # accept where the snapshot cut
-            cut = e.critic_recall is None and e.critic_min_score is None  # unset: where the snapshot cut
+        # accept at the critic's threshold for the snapshot's recall: one threshold for every relation, even where
+        # the snapshot cut the same share of each (per_relation), so acceptance compares across rounds and models
+        if e.use_critic and e.critic is None and self.made.critic:
+            cut = e.critic_recall is None and e.critic_min_score is None  # unset: the snapshot's
             fill |= {"critic": self.made.critic,
                      "critic_recall": p.critic.threshold_at_recall if cut else e.critic_recall,
                      "critic_min_score": p.critic.min_score if cut else e.critic_min_score}

@@ -13,7 +13,7 @@ from corpus import DedupConfig, SliceSpec, SnapshotRecipe
 from critics.config import CriticConfig
 from critics.cut import DEFAULT_RECALL, CriticCut
 from generators.config import GenerateConfig
-from train import StudentOptions
+from train import StudentOptions, TrainConfig
 from train.eval_run import EvalConfig
 
 from .engines import EngineConfig
@@ -159,6 +159,15 @@ class Pipeline(Strict):
             per_relation=bool(c and c.per_relation),
             dedup=d.method if d else None, dedup_threshold=(1.0 if d.method == "exact" else d.threshold) if d else None,
             dedup_scope=d.scope if d else None)
+
+    def student_training(self, snapshot: str, out: Path) -> TrainConfig:
+        """The student's training config. DDK and the KD term need a teacher: by default the generator's, since
+        from round 2 the corpus holds a student's writing too, maybe most of it, and the model that wrote most
+        items (what a snapshot alone tells) would be that student."""
+        cfg = TrainConfig(snapshot=snapshot, out=out, **self.student.model_dump(exclude={"out"}))
+        if cfg.teacher is None and self.generate is not None and (cfg.mixture == "ddk" or cfg.kd_weight):
+            cfg = cfg.model_copy(update={"teacher": self.generate.teacher})
+        return cfg
 
     def stage_config(self, stage: str) -> dict[str, Any] | None:
         """The part of the config a stage depends on (None: the stage is not configured)."""

@@ -19,7 +19,7 @@ from critics import train_critic
 from critics.score import score_items
 from generators import make_recipe, planned_requests, run_generation
 from store import SkdError, Store, import_labels, ingest_file, open_store
-from train import TrainConfig, fit
+from train import fit
 from train.eval_run import EvalConfig
 from train.evaluate import acceptance_difference, compare
 
@@ -266,12 +266,7 @@ class Runner:
         return r
 
     def stage_train(self, plan: dict[str, Any]) -> dict[str, Any]:
-        st, g = self.p.student, self.p.generate
-        cfg = TrainConfig(snapshot=self.made.snapshot, out=Path(plan["out"]), **st.model_dump(exclude={"out"}))
-        if cfg.teacher is None and g is not None and (cfg.mixture == "ddk" or cfg.kd_weight):
-            # from round 2 the corpus holds a student's writing too, maybe most of it: the teacher is the
-            # generator's, not whichever model wrote the most items
-            cfg = cfg.model_copy(update={"teacher": g.teacher})
+        cfg = self.p.student_training(self.made.snapshot, Path(plan["out"]))
         progress, update = progress_bar("train", "steps", self.quiet, note="loss {task.fields[loss]}")
         card = run_with_progress(progress, lambda: fit(self.db, cfg, on_step=lambda k, n, loss: update(
             k, n, loss="-" if loss is None else f"{loss:.3f}")))

@@ -214,3 +214,19 @@ def test_dev_sources_retrain_the_critic_only_when_set(tmp_path):
     assert "dev_sources" not in plain.stage_config("critic")
     assert expert.stage_config("critic")["dev_sources"] == ["ckbp2"]
     assert expert.critic.training([]).dev_sources == ["ckbp2"]
+
+
+def test_ddk_in_a_pipeline_measures_against_the_generators_teacher(tmp_path):
+    """From round 2 a student may have written most of the corpus: DDK's loss gap and the KD term are still
+    measured against the generator's teacher, not whichever model wrote the most items."""
+    import tomllib
+
+    from skd.pipeline import Pipeline
+
+    raw = tomllib.loads(write(tmp_path).read_text())
+    assert Pipeline.model_validate(raw).student_training("s", tmp_path / "o").teacher is None  # plain SFT: none
+    raw["student"] |= {"mixture": "ddk"}
+    p = Pipeline.model_validate(raw)
+    assert p.student_training("s", tmp_path / "o").teacher == p.generate.teacher
+    raw["student"] |= {"teacher": "my-teacher"}
+    assert Pipeline.model_validate(raw).student_training("s", tmp_path / "o").teacher == "my-teacher"

@@ -31,6 +31,7 @@ from .train import check_name_free, coverage, dev_pool, label_counts, load_label
 # the settings that decide which heads a critic held out for dev: members must agree on them, or the ensemble's
 # dev would hold labels some member trained on, and its thresholds would be chosen on seen data
 SPLIT_KEYS = ("seed", "dev_fraction", "dev_sources", "labels_where")
+CUT_KEYS = ("recalls", "precisions")
 
 
 class MeanOfCritics:
@@ -63,7 +64,9 @@ def shared_split(cards: list[dict[str, Any]]) -> CriticConfig:
         if len(values) > 1:
             raise SkdError(f"the members split dev differently ({key}: {', '.join(sorted(values))}); an ensemble "
                            "needs members trained with the same seed, dev fraction, dev sources and label filter")
-    return configs[0]
+    # its thresholds at every recall and precision a member has, so a cut that works on a member works on it
+    cuts = {k: sorted({x for c in cards for x in c["config"].get(k, getattr(configs[0], k))}) for k in CUT_KEYS}
+    return configs[0].model_copy(update=cuts)
 
 
 def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, combine: str = "mean",
@@ -108,7 +111,7 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
             "precision": cards[0].get("precision"),
             "config": {"combine": how, "members": members, "teacher_nll": teacher_nll, "agreement": agreement,
                        "support": support, "encoder": encoder}
-            | {k: getattr(split_cfg, k) for k in SPLIT_KEYS},
+            | {k: getattr(split_cfg, k) for k in SPLIT_KEYS + CUT_KEYS},
             "metrics": {"dev": report(scores, labels, thresholds), "dev_size": dev.height,
                         "dev_calibration_error_raw": calibration_error(raw, labels),
                         "members_dev_auc": {c["name"]: report(s, labels, {})["auc"]

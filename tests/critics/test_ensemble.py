@@ -63,3 +63,13 @@ def test_members_that_split_dev_differently_are_refused(members):
         assert p.returncode != 0 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
     with Store(db, read_only=True) as s:
         assert not {"mixed", "one", "none"} & set(s.critics.names())  # nothing half made is registered
+
+
+def test_an_ensemble_has_a_threshold_at_every_cut_its_members_have(members):
+    db, d = members
+    train_critic(db, "odd-cut", CriticConfig(mode="embedding", dev_fraction=0.3, recalls=[0.66], precisions=[0.7]),
+                 d / "odd-cut")
+    card = json.loads(run_skd("critic", "ensemble", "ens-cuts", "strong", "odd-cut", "--json", db=db,
+                              check=True).stdout)
+    assert {"recall@0.66", "recall@0.8"} <= set(card["thresholds"])  # the member's own cut and the default grid
+    assert card["config"]["recalls"] == sorted(set(card["config"]["recalls"]))

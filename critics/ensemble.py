@@ -93,7 +93,8 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
                          teacher_nll=teacher_nll or any(map(reads_teacher_nll, cards)),
                          siblings=agreement or any(map(reads_siblings, cards)))
         pool = support_pool(store, support, enc) if support else None
-    check_dev_pool(cards, dev_pool(df, split_cfg.dev_sources))
+    pool_now = dev_pool(df, split_cfg.dev_sources)
+    check_dev_pool(cards, pool_now)
     train, dev = split(df, split_cfg.dev_fraction, split_cfg.seed, split_cfg.dev_sources)
     dev_rows, labels = dev.to_dicts(), dev["label"].to_numpy()
     each = [score_rows(load_critic(r["path"]), dev_rows) for r in rows]
@@ -107,7 +108,7 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
             "members": [{"name": r["name"], "critic_id": r["critic_id"], "path": str(Path(r["path"]).resolve())}
                         for r in rows],
             "label_counts": label_counts(df), "coverage": coverage(train),
-            "dev_pool": dev_pool(df, split_cfg.dev_sources), "calibration": cal, "stack": fits,
+            "dev_pool": pool_now, "calibration": cal, "stack": fits,
             "precision": cards[0].get("precision"),
             "config": {"combine": how, "members": members, "teacher_nll": teacher_nll, "agreement": agreement,
                        "support": support, "encoder": encoder}

@@ -142,14 +142,16 @@ def load_base(cfg: TrainConfig):
     return model, tok
 
 
+def checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """The Trainer's checkpoints in CKPT_DIR by step, the newest first."""
+    found = [(int(p.name.split("-")[-1]), p) for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted(found, reverse=True)
+
+
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     """The newest checkpoint that was fully written. The Trainer writes `trainer_state.json` last, so a
     checkpoint without it was cut by a kill: it is removed, and the one before it is the resume point."""
-    if not ckpt_dir.is_dir():
-        return None
-    found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-    for p in found:
+    for _, p in checkpoints(ckpt_dir):
         if (p / "trainer_state.json").is_file():
             return str(p)
         shutil.rmtree(p, ignore_errors=True)
@@ -166,8 +168,8 @@ def own_checkpoints(ckpt_dir: Path, cfg: TrainConfig, snap: dict[str, Any]) -> N
     text = json.dumps(what | {"snapshot_hash": snap["content_hash"]}, sort_keys=True, default=str)
     if ckpt_dir.is_dir() and (not mark.is_file() or mark.read_text() != text):
         shutil.rmtree(ckpt_dir)
-    for p in ckpt_dir.glob("checkpoint-*") if cfg.max_steps > 0 else ():
-        if p.name.split("-")[-1].isdigit() and int(p.name.split("-")[-1]) > cfg.max_steps:
+    for step, p in checkpoints(ckpt_dir) if cfg.max_steps > 0 else ():
+        if step > cfg.max_steps:
             shutil.rmtree(p)
     write_atomic(mark, text)
 

@@ -68,6 +68,9 @@ def eval_cmd(
         return
     out.print(compare_table([{"eval_id": r["eval_id"], "model": r["model"], "inputs": r["config"]["inputs"],
                               **flat_metrics(r["metrics"])}]))
+    if r["metrics"].get("seen_in_training"):
+        out.print(f"[yellow]warning:[/] {r['metrics']['seen_in_training']} of {r['metrics']['n']} inputs are heads or "
+                  "questions the student trained on (--unseen-only drops them)")
     for sample in r["samples"][:3]:
         out.print(f"  {sample['input'].get('head') or sample['input'].get('question')} "
                   f"{sample['input'].get('relation') or ''} -> {sample['output']!r}")

@@ -26,10 +26,12 @@ from .evaluate import (
     cases_from_snapshot,
     critic_scores,
     eval_key,
+    input_key,
     read_references,
     record_eval,
     score_outputs,
     stored_eval,
+    training_inputs,
 )
 from .formats import FORMATS
 
@@ -55,6 +57,7 @@ class EvalConfig(BaseModel):
     questions_format: Literal["csqa", "gsm8k", "strategyqa", "jsonl"] = Field("jsonl",
                                                                              description="The question set's format.")
     offset: int = Field(0, ge=0, description="Skip this many questions first (those the teacher was asked).")
+    unseen_only: bool = Field(False, description="Drop inputs whose head or question the student trained on.")
     relations: list[str] = Field(default_factory=list, description="Relations to ask (repeatable; default: all).")
     critic: str | None = Field(None, description="Report this critic's acceptance rate of the outputs.")
     critic_recall: float | None = Field(None, gt=0, le=1, description="Accept at the critic's dev threshold for "
@@ -101,6 +104,23 @@ def eval_cases(store: Store, cfg: EvalConfig) -> tuple[list[Case], str]:
     raise SkdError("give the inputs: --snapshot NAME [--split test], --heads FILE, --references FILE or --questions")
 
 
+def unseen_cases(store: Store, student: dict[str, Any] | None, cases: list[Case], unseen_only: bool
+                 ) -> tuple[list[Case], int | None]:
+    """The cases to evaluate on and how many of them the student trained on (None when that is unknown: a
+    teacher, or a student whose snapshot is not in this store). A head in the training split flatters a student
+    on --heads or --references inputs; --unseen-only drops those."""
+    seen = training_inputs(store, student) if student else None
+    if seen is None:
+        if unseen_only:
+            raise SkdError("--unseen-only needs a student whose snapshot is in this store")
+        return cases, None
+    if unseen_only:
+        cases = [c for c in cases if input_key(c.item) not in seen]
+        if not cases:
+            raise SkdError("every input is a head or question the student trained on")
+    return cases, sum(input_key(c.item) in seen for c in cases)
+
+
 def evaluate_model(db_path: Path, model: str, cfg: EvalConfig, *, generate: Generate, scorer_for: ScorerFor,
                    checker: Checker | None = None) -> dict[str, Any]:
     """Evaluate a student or a teacher and record the result; returns eval_id, model, metrics, config, samples.
@@ -108,6 +128,7 @@ def evaluate_model(db_path: Path, model: str, cfg: EvalConfig, *, generate: Gene
     with Store(db_path, read_only=True) as s:
         student = find_student(s, model)
         cases, source = eval_cases(s, cfg)
+        cases, seen = unseen_cases(s, student, cases, cfg.unseen_only)
         critic_row = s.critics.get(cfg.critic) if cfg.critic else None
         fmt = cfg.format or (student["format"] if student else "chat")
         if fmt not in (*FORMATS, "fewshot"):
@@ -130,6 +151,7 @@ def evaluate_model(db_path: Path, model: str, cfg: EvalConfig, *, generate: Gene
     scores = critic_scores(cases, outputs, scorer) if scorer else [None] * len(cases)
     metrics = score_outputs(cases, outputs, embed_model=cfg.embed_model, scores=scores, threshold=threshold,
                             checker=checker)
+    metrics["seen_in_training"] = seen
     samples = [{"input": c.item, "references": c.references, "output": o}
                | ({"critic_score": score} if score is not None else {})
                for c, o, score in zip(cases, outputs, scores, strict=True)]

@@ -50,6 +50,21 @@ def group_triples(rows: list[dict[str, Any]]) -> list[Case]:
     return list(cases.values())
 
 
+def input_key(item: dict[str, Any]) -> str:
+    """What makes two inputs the same input: the head of a triple or the question, case and spacing aside."""
+    return " ".join(str(item.get("head") or item.get("question") or "").lower().split())
+
+
+def training_inputs(store: Store, student: dict[str, Any]) -> set[str] | None:
+    """The heads and questions a student trained on (its snapshot's training split), as `input_key`s; None when
+    its snapshot is not in this store (a student folder brought from elsewhere)."""
+    try:
+        df = snapshot_frame(store, student["snapshot"])
+    except (KeyError, SkdError):
+        return None
+    return {input_key(r) for r in df.to_dicts() if r["split"] == student.get("split", "train")}
+
+
 def read_references(path: Path) -> dict[tuple[str, str], list[str]]:
     """ATOMIC-2020 `head @@ relation<TAB>tail| tail` as {(head, relation): tails} ('none' tails dropped)."""
     refs: dict[tuple[str, str], list[str]] = {}

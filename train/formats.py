@@ -63,22 +63,28 @@ def example(item: dict[str, Any], fmt: str) -> dict[str, Any]:
     return {"prompt": prompt, "completion": " " + target}
 
 
+# a number may start at its point (".5"); a sentence ends at a period that does not close an abbreviation
+# or an initial ("St. Louis", "U.S.", "B. because" keep going)
+NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
+SENTENCE_END = re.compile(r"(?<!\b[A-Z][a-z])(?<!\b[A-Za-z])\.(?:\s|$)")
+LETTER = re.compile(r"\(?([A-Ja-j])\)?(?:[.):]\s|[.)]?$)")
+
+
 def extract_answer(text: str, item: dict[str, Any]) -> str:
-    """The final answer in a generated output: after 'the answer is' if present, else the whole output;
-    a choice letter becomes the choice's text; for numeric gold answers, the last number."""
-    m = re.findall(r"answer(?:\s+is)?\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", text, flags=re.IGNORECASE)
-    ans = (m[-1] if m else text).strip()
+    """The final answer in a generated output: the rest of the line after the last 'answer is' if present,
+    else the whole output; a choice letter becomes the choice's text; for numeric gold answers, the last
+    number; else the first sentence."""
+    found = re.findall(r"answer(?:\s+is)?\s*:?\s*([^\n]+)", text, flags=re.IGNORECASE)
+    line = (found[-1] if found else text).strip()
     gold = str(item.get("answer") or "")
-    if re.fullmatch(r"-?[\d,]*\.?\d+", gold.replace(",", "")):
-        nums = re.findall(r"-?\d[\d,]*\.?\d*", ans) or re.findall(r"-?\d[\d,]*\.?\d*", text)
-        return nums[-1].replace(",", "").rstrip(".") if nums else ans
+    if NUMBER.fullmatch(gold.replace(",", "")):
+        nums = NUMBER.findall(line) or NUMBER.findall(text)
+        return nums[-1].replace(",", "") if nums else line
     choices = item.get("choices") or []
-    letter = re.fullmatch(r"\(?([A-Ea-e])\)?", ans)
-    if letter and choices:
-        k = ord(letter.group(1).upper()) - 65
-        if k < len(choices):
-            return str(choices[k])
-    return re.sub(r"^\([A-Ea-e]\)\s*", "", ans)
+    letter = LETTER.match(line)
+    if letter and choices and ord(letter.group(1).upper()) - 65 < len(choices):
+        return str(choices[ord(letter.group(1).upper()) - 65])
+    return SENTENCE_END.split(line, maxsplit=1)[0].strip()
 
 
 def normalise_answer(text: str) -> str:

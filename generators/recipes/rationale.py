@@ -17,7 +17,7 @@ from ..types import Completion, Request, Sampling, derive_seed
 from .base import ParseError, Recipe
 
 ANSWER = re.compile(r"(?im)^[\s*#]*(?:final\s+)?answer\s*(?:is)?\s*[:：]\s*\**(.+?)\**\s*$")
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")  # ".5" is a half, not 5
 
 INSTRUCTIONS = {
     "choice": 'Think step by step, then give the final answer on the last line as "Answer: <one of the choices>".',
@@ -56,7 +56,7 @@ def render(q: dict[str, Any]) -> str:
 
 
 def normalise_answer(answer: str, q: dict[str, Any]) -> str:
-    a = answer.strip().strip(".").strip()
+    a = re.sub(r"^\.+(?!\d)|\.+$", "", answer.strip()).strip()  # ".5" keeps its point
     if q["type"] == "choice" and q["choices"]:
         # a letter only as "(B)", "B." / "B)" before text, or alone: "a house" is an article, not choice (A)
         m = re.fullmatch(r"\(([A-Ja-j])\).*|([A-Ja-j])(?:[.):]\s+.*)?", a, flags=re.DOTALL)

@@ -117,10 +117,14 @@ def test_choice_answers_are_letters_only_where_meant_and_the_longest_choice_name
 
 
 def test_gsm8k_numbers_are_compared_as_numbers(tmp_path):
+    from generators.recipes.rationale import is_correct
+
     r = _q(tmp_path, [{"question": "How many?", "answer": "Work.\n#### 1,200"}], fmt="gsm8k")
     req = r.requests("m", 0)[0]
     item = r.parse(req, Completion(text="So 1000 + 200 = 1200 apples.\nAnswer: $1,200.00"))[0]
     assert item["extra"]["correct"] is True and item["answer"] == "1200.00"
+    half = r.parse(req, Completion(text="Half a cup each.\nAnswer: .5"))[0]
+    assert half["answer"] == ".5" and is_correct(half["answer"], "0.5", {"type": "number"})  # not 5
 
 
 def test_template_recipe_regex_and_json(tmp_path):

@@ -117,6 +117,29 @@ def test_a_teacher_is_evaluated_against_human_references(atomic_db, tiny_lm):
     assert m["degenerate_rate"] == pytest.approx(sum(map(degenerate, outputs)) / 4)
 
 
+def test_an_evaluation_counts_the_inputs_a_student_trained_on_and_can_drop_them(atomic_db, tiny_lm):
+    from corpus import snapshot_frame
+
+    db, d = atomic_db
+    fit(db, TrainConfig(snapshot="split", out=d / "seen", base=str(tiny_lm), max_steps=1, batch_size=2, bf16=False))
+    with Store(db, read_only=True) as s:
+        rows = snapshot_frame(s, "split").to_dicts()
+    train = sorted({r["head"] for r in rows if r["split"] == "train"})[:2]
+    test = sorted({r["head"] for r in rows if r["split"] == "test"} - set(train))[:1]
+    heads = d / "heads.txt"
+    heads.write_text("\n".join([train[0].upper(), train[1], *test]) + "\n")  # case does not hide a head
+    args = ("eval", str(d / "seen"), "--heads", str(heads), "--relations", "xWant", "--max-tokens", "4")
+    p = run_skd(*args, db=db, check=True)
+    assert "2 of 3 inputs are heads or questions the student trained on" in " ".join(p.stdout.split())
+    m = json.loads(run_skd(*args, "--unseen-only", "--json", db=db, check=True).stdout)["metrics"]
+    assert m["n"] == 1 and m["seen_in_training"] == 0
+    teacher = json.loads(run_skd("eval", str(tiny_lm), "--heads", str(heads), "--relations", "xWant",
+                                 "--max-tokens", "4", "--json", db=db, check=True).stdout)["metrics"]
+    assert teacher["n"] == 3 and teacher["seen_in_training"] is None  # a teacher's training data is unknown
+    p = run_skd("eval", str(tiny_lm), "--heads", str(heads), "--unseen-only", db=db)
+    assert p.returncode == 2 and "--unseen-only needs a student" in p.stderr
+
+
 def eval_samples(db, eval_id):
     return [json.loads(line) for line in (db.parent / (db.name + ".d") / "evals" / f"{eval_id}.jsonl")
             .read_text().splitlines()]
@@ -145,6 +168,10 @@ def test_formats_and_text_metrics():
     assert example(q, "rationale")["completion"] == " Two and two make four. So the answer is 4."
     assert extract_answer("Two and two. So the answer is 4.", q) == "4"
     assert extract_answer("The answer is (B).", {"answer": "dog", "choices": ["cat", "dog"]}) == "dog"
+    city = {"answer": "St. Louis", "choices": ["Chicago", "St. Louis"]}
+    assert extract_answer("So the answer is St. Louis. It is on a river.", city) == "St. Louis"  # not "St"
+    assert extract_answer("The answer is B. It is on a river.", city) == "St. Louis"
+    assert extract_answer("So the answer is .5 cups.", {"answer": "0.5"}) == ".5"  # a half, not 5
     assert stop_of([t], "chat") == ("\n",) and stop_of([q], "chat") == () == stop_of([t], "rationale")  # reasoning
     assert corpus_bleu(["to rest now"], [["to rest now", "sleep"]]) == pytest.approx(1.0)
     assert corpus_bleu(["xyz"], [["to rest"]]) == 0.0

@@ -50,6 +50,33 @@ def test_shared_prefill_draws_what_num_return_sequences_draws(tiny_lm):
     assert len({c.text for o in shared for c in o}) > 3  # the samples differ: a real draw, not one repeated
 
 
+def test_a_plain_prompt_gets_the_tokenizers_bos_and_a_chat_prompt_only_its_templates(tiny_lm, tmp_path):
+    """A student learns its prompts with the tokenizer's special tokens (train.formats.encode); the backend must
+    prompt it the same way. SmolLM2's tokenizer adds none, so this copy of the tiny model's adds a BOS."""
+    import shutil
+
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "bos-lm"
+    shutil.copytree(tiny_lm, model)
+    tok = AutoTokenizer.from_pretrained(model)
+    bos = (tok.bos_token, tok.bos_token_id)
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{bos[0]} $A", special_tokens=[bos])
+    tok.save_pretrained(model)
+    t = make_teacher("transformers", str(model), dtype="float32")
+    seen = []
+    forward = t.lm.forward
+    t.lm.forward = lambda *a, **kw: seen.append(kw["input_ids"][0].tolist()) or forward(*a, **kw)
+    greedy = Sampling(temperature=0, max_tokens=2)
+    t.generate([Request(model=t.model, sampling=greedy, prompt="PersonX eats xWant [GEN]")])
+    assert seen[0] == tok("PersonX eats xWant [GEN]")["input_ids"] and seen[0][0] == bos[1]
+    seen.clear()
+    chat = Request(model=t.model, sampling=greedy, messages=(("user", "Hi"),))
+    t.generate([chat])
+    assert seen[0] == tok(t.render(chat), add_special_tokens=False)["input_ids"]  # no second BOS before it
+
+
 def test_models_whose_cache_is_more_than_keys_and_values_take_the_plain_way(tiny_lm):
     from transformers import DynamicCache
 

@@ -143,11 +143,14 @@ CONTENT_SQL = "coalesce(i.tail, i.rationale, i.answer, i.text, '')"
 
 
 def exact_norm_sql(col: str) -> str:
-    """Case, PersonX/Person X spelling, punctuation, articles and whitespace do not make items distinct."""
-    x = f"lower(coalesce({col}, ''))"
+    """Case, PersonX/Person X spelling, punctuation, articles and whitespace do not make items distinct.
+    DuckDB's regular expressions (RE2) read `\\w` and `\\b` as ASCII only, so letters are named by their
+    Unicode class (`[^\\w]` made "Привет" and "日本" empty, one key for every such item), and an article is a
+    word between spaces (the spaces doubled first, so each match leaves the next word its own)."""
+    x = f"lower(nfc_normalize(coalesce({col}, '')))"
     x = f"regexp_replace({x}, 'person\\s*([xyz])\\b', 'person\\1', 'g')"
-    x = f"regexp_replace({x}, '[^\\w\\s]', ' ', 'g')"
-    x = f"regexp_replace({x}, '\\b(a|an|the)\\b', ' ', 'g')"
+    x = f"regexp_replace({x}, '[^\\p{{L}}\\p{{N}}\\p{{M}}_\\s]', ' ', 'g')"
+    x = f"regexp_replace(regexp_replace({x}, '\\s+', '  ', 'g'), '(^|\\s)(a|an|the)(\\s|$)', ' ', 'g')"
     return f"trim(regexp_replace({x}, '\\s+', ' ', 'g'))"
 
 

@@ -151,7 +151,8 @@ def migrate(con: duckdb.DuckDBPyConnection, target: int = LATEST) -> int:
             f"database schema version {found} is newer than this skd understands ({LATEST}); upgrade skd"
         )
     if found == 0:
-        con.execute("CREATE TABLE skd_schema (version INTEGER, applied_at TIMESTAMP)")
+        # IF NOT EXISTS: a kill before the first migration committed leaves this table, empty (version 0)
+        con.execute("CREATE TABLE IF NOT EXISTS skd_schema (version INTEGER, applied_at TIMESTAMP)")
     for version in range(found + 1, target + 1):
         con.execute("BEGIN TRANSACTION")
         try:

@@ -51,6 +51,21 @@ def test_exact_dedup_normalises_case_punctuation_articles_and_personx(corpus_db)
     assert groups == [["To help the environment!", "to help the environment"]]
 
 
+def test_exact_dedup_keeps_letters_of_every_script_apart(tmp_path):
+    """DuckDB's `\\w` is ASCII only: normalising with it emptied every Cyrillic or CJK text, so all of them were
+    one exact duplicate; accents were cut off too ("café" = "cafè")."""
+    rows = [("Он ест", "xWant", "спать"), ("Она бежит", "xWant", "пить"), ("彼は食べる", "xWant", "寝る"),
+            ("x", "xWant", "café"), ("x", "xWant", "cafè"), ("x", "xWant", "Café!"), ("x", "xWant", "a the  cat"),
+            ("x", "xWant", "cat")]
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps({"head": h, "relation": r, "tail": t}) for h, r, t in rows) + "\n")
+    with Store(tmp_path / "c.duckdb") as s:
+        ingest_file(s, path, "jsonl")
+        assert dedup(s, "exact", scope="global").removed == 2
+        groups = [g for g in clusters(s, "exact", 1.0, "global") if len(g) > 1]
+    assert groups == [["Café!", "café"], ["a the  cat", "cat"]]
+
+
 def test_semantic_dedup_collapses_paraphrases_within_scope_and_keeps_best_scored(corpus_db):
     with Store(corpus_db) as s:
         s.con.execute("INSERT INTO critics (critic_id, name) VALUES ('c1', 'judge')")

@@ -31,6 +31,14 @@ def test_old_schema_database_is_migrated_on_open(db_path):
         assert s.scalar("SELECT count(*) FROM ingested_shards") == 0
 
 
+def test_a_database_killed_before_its_first_migration_committed_opens(db_path):
+    con = duckdb.connect(str(db_path))  # what a kill inside the first migration leaves: the version table, empty
+    con.execute("CREATE TABLE skd_schema (version INTEGER, applied_at TIMESTAMP)")
+    con.close()
+    with Store(db_path) as s:
+        assert s.schema_version == SCHEMA_VERSION
+
+
 def test_newer_schema_and_foreign_databases_are_refused(db_path, tmp_path):
     Store(db_path).close()
     con = duckdb.connect(str(db_path))

@@ -152,6 +152,31 @@ def parquet_sql(con: duckdb.DuckDBPyConnection, path: Path, exclude: tuple[str, 
     return staged_sql(src, cols, "file_row_number", "file_row_number + 1", ("file_row_number", *exclude))
 
 
+def ident(name: str) -> str:
+    """A column name as a quoted SQL identifier (a field may be named anything, quotes included)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def extra_sql(cols: dict[str, str], unknown: list[str]) -> str:
+    """`extra` as the line-level reader builds it: the file's own `extra` (a JSON object as it is, any other value
+    as {"extra": value}) with the unknown columns over it."""
+    typ = cols.get("extra")
+    if typ is None:
+        own = None
+    elif typ in ("VARCHAR", "JSON", ""):
+        own = ("CASE WHEN extra IS NULL THEN NULL WHEN json_valid(extra) AND json_type(extra::JSON) = 'OBJECT' "
+               "THEN extra::JSON ELSE json_object('extra', extra) END")
+    elif typ.startswith(("STRUCT", "MAP")):
+        own = "to_json(extra)"
+    else:
+        own = "json_object('extra', extra)"
+    rest = "to_json(struct_pack(" + ", ".join(f"{ident(c)} := {ident(c)}" for c in unknown) + "))" if unknown \
+        else None
+    if own and rest:  # a null among the unknown columns drops that key here (JSON merge patch semantics)
+        return f"json_merge_patch(coalesce({own}, '{{}}'::JSON), {rest})::VARCHAR AS extra"
+    return f"({own or rest})::VARCHAR AS extra" if own or rest else "NULL::VARCHAR AS extra"
+
+
 def staged_sql(src: str, cols: dict[str, str], seq: str, row_number: str, exclude: tuple[str, ...] = ()) -> str:
     """A SELECT of the staged columns from `src`, whose columns and DuckDB types are `cols`: item fields
     cast to text, absent ones NULL, columns neither known nor in `exclude` packed into `extra` as JSON."""
@@ -163,14 +188,7 @@ def staged_sql(src: str, cols: dict[str, str], seq: str, row_number: str, exclud
     for name in ("text", "domain"):
         select.append(f'CAST("{name}" AS VARCHAR) AS {name}' if name in cols else f"NULL::VARCHAR AS {name}")
     known = {"kind", "choices", "extra", *TEXT_FIELDS, *IGNORED_INPUT_FIELDS, *exclude}
-    unknown = sorted(c for c in cols if c not in known)
-    if unknown:
-        select.append("to_json(struct_pack(" + ", ".join(f'"{c}" := "{c}"' for c in unknown)
-                      + "))::VARCHAR AS extra")
-    elif "extra" in cols:
-        select.append("CAST(extra AS VARCHAR) AS extra")
-    else:
-        select.append("NULL::VARCHAR AS extra")
+    select.append(extra_sql(cols, sorted(c for c in cols if c not in known)))
     return f"SELECT {', '.join(select)} FROM {src}"
 
 
@@ -181,6 +199,8 @@ def fast_staged(path: Path, fmt: str) -> Staged | None:
     if table is None:
         return None
     cols = {c: ("VARCHAR[]" if c == "choices" else "") for c in table.column_names}
+    if len({c.lower() for c in cols}) < len(cols):  # SQL names ignore case: "Head" would be read as "head"
+        return None
     own = (fast_readers.SEQ, fast_readers.ROW)
     return Staged(table=table, sql=staged_sql("_raw", cols, *own, own))
 

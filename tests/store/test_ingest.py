@@ -165,6 +165,30 @@ def test_parquet_maps_known_columns_and_keeps_unknown_in_extra(db_path, tmp_path
     assert json.loads(df["extra"][0]) == {"score": 0.9}
 
 
+def test_extra_of_any_type_and_odd_column_names_ingest_as_the_line_reader_reads_them(db_path, tmp_path):
+    """A struct `extra` used to become DuckDB's `{'a': 1}` text (not JSON: the whole file failed), an `extra`
+    beside unknown columns was dropped, and a `"` in a column name broke the SQL."""
+    rows = {"text": ["a", "b", "c"], "extra": [{"src": "x", "n": 1}, {"src": "y", "n": 2}, None],
+            'note"s': ["q1", "q2", "q3"]}
+    pl.DataFrame(rows).write_parquet(tmp_path / "struct.parquet")
+    pl.DataFrame({"text": ["d", "e"], "extra": ['{"k": 1}', "plain note"]}).write_parquet(tmp_path / "text.parquet")
+    with Store(db_path) as s:
+        for name in ("struct", "text"):
+            assert ingest_file(s, tmp_path / f"{name}.parquet", "parquet").accepted in (2, 3)
+        got = {t: json.loads(e) for t, e in s.query("SELECT text, extra FROM items").iter_rows()}
+    assert got == {"a": {"src": "x", "n": 1, 'note"s': "q1"}, "b": {"src": "y", "n": 2, 'note"s': "q2"},
+                   "c": {'note"s': "q3"}, "d": {"k": 1}, "e": {"extra": "plain note"}}
+
+
+def test_fields_differing_only_in_case_are_read_as_named(db_path, tmp_path):
+    path = tmp_path / "case.jsonl"
+    path.write_text(json.dumps({"Head": "UPPER", "head": "lower", "relation": "xWant", "tail": "t"}) + "\n")
+    with Store(db_path) as s:
+        assert ingest_file(s, path, "jsonl").accepted == 1
+        head, extra = s.query("SELECT head, extra FROM items").row(0)
+    assert head == "lower" and json.loads(extra) == {"Head": "UPPER"}
+
+
 def test_missing_file_and_bad_parquet_are_clear_errors(db_path, tmp_path):
     bad = tmp_path / "x.parquet"
     bad.write_text("not parquet")

@@ -32,9 +32,11 @@ def critic_scorer(row: dict[str, Any], recall: float | None, min_score: float | 
 def check_answer(output: str, item: dict[str, Any]) -> bool | None:
     """Answer checking shared with the rationale recipe (choices, numbers, yes/no)."""
     from generators.recipes.rationale import is_correct, normalise_answer
+    from store.question_sets import question_type
     from train.formats import extract_answer
 
-    q = {"choices": item.get("choices"), "type": item.get("type") or ("choice" if item.get("choices") else "free")}
+    choices = item.get("choices")
+    q = {"choices": choices, "type": item.get("type") or question_type(choices, item.get("answer"))}
     return is_correct(normalise_answer(extract_answer(output, item), q), item.get("answer"), q)
 
 
@@ -79,9 +81,10 @@ def student_recipe(recipe: Any, fmt: str, student_id: str) -> Any:
 
 
 def stop_of(items: list[dict[str, Any]], fmt: str) -> tuple[str, ...]:
-    """One line for a tail or a short answer; reasoning runs over lines in any format (a chat student's rationale
-    ends "So the answer is X." after them)."""
-    return () if fmt == "rationale" or any(i.get("kind") == "rationale" for i in items) else ("\n",)
+    """One line for a tail; a question may be answered after reasoning over lines in any format (a chat student's
+    rationale, a teacher asked a question set, end "So the answer is X." after them), so no stop: the answer is
+    read from the output (`extract_answer`: after "the answer is", else its first line)."""
+    return () if fmt == "rationale" or any(i.get("kind") in ("qa", "rationale") for i in items) else ("\n",)
 
 
 def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig) -> list[str]:

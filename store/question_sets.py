@@ -4,6 +4,7 @@ one shape, {qid, question, choices, gold, type}: the rationale recipe asks them 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,20 @@ def _question(r: dict[str, Any], fmt: str, i: int) -> dict[str, Any]:
                 "type": "yesno"}
     choices = r.get("choices")
     gold = r.get("answer")
-    kind = "choice" if choices else "yesno" if str(gold).lower() in ("yes", "no", "true", "false") else "free"
     return {"qid": str(r.get("id", i)), "question": r["question"], "choices": choices,
-            "gold": None if gold is None else str(gold), "type": kind}
+            "gold": None if gold is None else str(gold), "type": question_type(choices, gold)}
+
+
+DATASET_TYPES = {"csqa": "choice", "gsm8k": "number", "strategyqa": "yesno"}
+
+
+def question_type(choices: list[str] | None, gold: Any, dataset: str | None = None) -> str:
+    """How a question's answer is checked: its dataset's way, else by what the gold answer looks like."""
+    if dataset in DATASET_TYPES:
+        return DATASET_TYPES[dataset]
+    text = str(gold if gold is not None else "").strip().lower()
+    if choices:
+        return "choice"
+    if text in ("yes", "no", "true", "false"):
+        return "yesno"
+    return "number" if re.fullmatch(r"-?(?:\d+(?:\.\d+)?|\.\d+)", text.replace(",", "")) else "free"

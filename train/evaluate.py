@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 
 from corpus import snapshot_frame, snapshot_row
 from store import MINILM, SkdError, Store, open_store
+from store.question_sets import question_type
 from store.readers import iter_atomic2020
 
 from .formats import extract_answer
@@ -38,16 +40,33 @@ def cases_from_snapshot(store: Store, name: str, split: str, limit: int | None =
 
 
 def group_triples(rows: list[dict[str, Any]]) -> list[Case]:
+    """One case per (head, relation) and one per question, in the order they first come."""
     cases: dict[tuple, Case] = {}
+    asked: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r["kind"] == "triple":
             key = ("t", r["head"], r["relation"])
             cases.setdefault(key, Case({"kind": "triple", "head": r["head"], "relation": r["relation"]}))
             cases[key].references.append(r["tail"])
         elif r["kind"] in ("qa", "rationale"):
-            cases[("q", r["item_id"])] = Case({k: r.get(k) for k in ("kind", "question", "answer", "choices")}
-                                             | {"type": r.get("type")}, [r["answer"]])
+            cases.setdefault(("q", input_key(r)), Case({}))
+            asked.setdefault(input_key(r), []).append(r)
+    for q, samples in asked.items():
+        cases[("q", q)] = question_case(samples)
     return list(cases.values())
+
+
+def question_case(samples: list[dict[str, Any]]) -> Case:
+    """A question the snapshot holds one or more answers to (a teacher's samples), checked against the dataset's
+    gold answer where the recipe kept it (`extra.gold`), else the answer most samples give, and the way its
+    dataset is checked (GSM8K as numbers, StrategyQA as yes/no), not as free text."""
+    extras = [json.loads(r["extra"]) if isinstance(r.get("extra"), str) else r.get("extra") or {} for r in samples]
+    golds = [str(e["gold"]) for e in extras if isinstance(e, dict) and e.get("gold") is not None]
+    gold = Counter(golds or [str(r["answer"]) for r in samples]).most_common(1)[0][0]
+    first = samples[0]
+    item = {"kind": first["kind"], "question": first["question"], "answer": gold, "choices": first.get("choices"),
+            "type": first.get("type") or question_type(first.get("choices"), gold, first.get("domain"))}
+    return Case(item, [gold])
 
 
 def input_key(item: dict[str, Any]) -> str:

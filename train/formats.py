@@ -68,17 +68,23 @@ def example(item: dict[str, Any], fmt: str) -> dict[str, Any]:
 NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
 SENTENCE_END = re.compile(r"(?<!\b[A-Z][a-z])(?<!\b[A-Za-z])\.(?:\s|$)")
 LETTER = re.compile(r"\(?([A-Ja-j])\)?(?:[.):]\s|[.)]?$)")
+# "the answer is X" / "Answer: X", not "to answer this" or "answered"
+ANSWER_LINE = re.compile(r"\banswer(?:\s+is\b\s*[:：]?|\s*[:：])\s*([^\n]+)", flags=re.IGNORECASE)
+MARKUP = re.compile(r"[*_`]+")  # chat models bold their answers: "**B**", "**Answer:** yes"
 
 
 def extract_answer(text: str, item: dict[str, Any]) -> str:
-    """The final answer in a generated output: the rest of the line after the last 'answer is' if present,
-    else the whole output; a choice letter becomes the choice's text; for numeric gold answers, the last
-    number; else the first sentence."""
-    found = re.findall(r"answer(?:\s+is)?\s*:?\s*([^\n]+)", text, flags=re.IGNORECASE)
-    line = (found[-1] if found else text).strip()
+    """The final answer in a generated output: the rest of the line after the last 'the answer is' or
+    'Answer:', else the first line; a choice letter becomes the choice's text; for numeric gold answers, the
+    last number of the answer's first sentence (of the whole output when it names no answer); else the
+    first sentence."""
+    found = ANSWER_LINE.findall(MARKUP.sub("", text))
+    lines = [x for x in text.splitlines() if x.strip()]
+    line = MARKUP.sub("", found[-1] if found else lines[0] if lines else "").strip()
     gold = str(item.get("answer") or "")
     if NUMBER.fullmatch(gold.replace(",", "")):
-        nums = NUMBER.findall(line) or NUMBER.findall(text)
+        where = SENTENCE_END.split(line, maxsplit=1)[0] if found else text
+        nums = NUMBER.findall(where) or NUMBER.findall(text)
         return nums[-1].replace(",", "") if nums else line
     choices = item.get("choices") or []
     letter = LETTER.match(line)

@@ -72,8 +72,8 @@ def normalise_answer(answer: str, q: dict[str, Any]) -> str:
         nums = NUMBER.findall(a)
         return nums[-1].replace(",", "").rstrip(".") if nums else a
     if q["type"] == "yesno":
-        low = a.lower()
-        return "yes" if low.startswith(("yes", "true")) else "no" if low.startswith(("no", "false")) else a
+        word = re.match(r"(yes|true|no|false)\b", a.lower())  # a whole word: "Not enough information" is no "no"
+        return a if not word else "yes" if word.group(1) in ("yes", "true") else "no"
     return a
 
 

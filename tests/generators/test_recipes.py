@@ -114,6 +114,10 @@ def test_choice_answers_are_letters_only_where_meant_and_the_longest_choice_name
     assert normalise_answer("at the grocery store", q) == "grocery store"  # not "store", the first choice inside
     assert normalise_answer("a bobcat", q) == "bobcat" and normalise_answer("a dog", q) == "a dog"
     assert is_correct(normalise_answer("grocery store", q), "store", q) is False  # two choices are not one
+    yesno = {"type": "yesno", "choices": None}
+    assert [normalise_answer(a, yesno) for a in ("Yes, it can.", "no.", "True", "Not enough information",
+                                                 "Normally yes")] == ["yes", "no", "yes", "Not enough information",
+                                                                      "Normally yes"]
 
 
 def test_gsm8k_numbers_are_compared_as_numbers(tmp_path):

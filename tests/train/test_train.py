@@ -172,11 +172,34 @@ def test_formats_and_text_metrics():
     assert extract_answer("So the answer is St. Louis. It is on a river.", city) == "St. Louis"  # not "St"
     assert extract_answer("The answer is B. It is on a river.", city) == "St. Louis"
     assert extract_answer("So the answer is .5 cups.", {"answer": "0.5"}) == ".5"  # a half, not 5
+    assert extract_answer("The answer is **B**.", city) == extract_answer("**Answer:** B", city) == "St. Louis"
+    assert extract_answer("So the answer is 18. That is 3 more than 15.", {"answer": "18"}) == "18"
+    assert extract_answer("To answer it, add.\nSo 2 + 3 = 5", {"answer": "5"}) == "5"  # "to answer" names none
+    assert extract_answer("B\n\nExplanation: a river city.", city) == "St. Louis"  # no answer phrase: line 1
+    qa = {"kind": "qa", "question": "2+2?", "answer": "4"}
     assert stop_of([t], "chat") == ("\n",) and stop_of([q], "chat") == () == stop_of([t], "rationale")  # reasoning
+    assert stop_of([qa], "chat") == ()  # a question may be answered after reasoning, whatever the student learnt
     assert corpus_bleu(["to rest now"], [["to rest now", "sleep"]]) == pytest.approx(1.0)
     assert corpus_bleu(["xyz"], [["to rest"]]) == 0.0
     assert rouge_l("to go to bed", ["go to bed early", "eat"]) == pytest.approx(0.75)  # LCS: 3 of 4
     assert degenerate("") and degenerate("the the the the the the the") and not degenerate("to rest at home")
+
+
+def test_a_snapshots_questions_are_one_case_each_checked_against_the_gold_the_way_their_dataset_is():
+    from train.evaluate import group_triples
+
+    def row(i, q, answer, domain, gold=None):
+        return {"item_id": f"i{i}", "kind": "rationale", "question": q, "answer": answer, "choices": None,
+                "domain": domain, "rationale": "r", "extra": json.dumps({"gold": gold} if gold else {})}
+
+    rows = [row(1, "How many?", "17", "gsm8k", "18"), row(2, "How  many?", "18", "gsm8k", "18"),
+            row(3, "Can a cat fly?", "yes", "strategyqa", "no"), row(4, "Is it red?", "yes", "jsonl"),
+            row(5, "Is it red?", "no", "jsonl"), row(6, "Is it red?", "yes", "jsonl")]
+    cases = group_triples(rows)
+    assert [(c.item["question"], c.item["answer"], c.item["type"]) for c in cases] == [
+        ("How many?", "18", "number"), ("Can a cat fly?", "no", "yesno"), ("Is it red?", "yes", "yesno")]
+    assert check_answer("So the answer is 18.00.", cases[0].item)  # a number, not the string "18"
+    assert check_answer("So the answer is No, it cannot.", cases[1].item)  # the dataset's gold, not the teacher's
 
 
 def test_a_paired_difference_and_its_interval():

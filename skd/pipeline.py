@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from corpus import DedupConfig, SliceSpec, SnapshotRecipe
 from critics.config import CriticConfig
@@ -45,7 +45,16 @@ class CorpusStage(Strict):
 class GenerateStage(GenerateConfig):
     """generators.GenerateConfig, plus the recipe and the backend's load-time options."""
 
-    recipe: Literal["atomic10x", "rationale", "template"]
+    recipe: str = Field(description="A generator recipe: atomic10x, rationale, template, generics, comparatives.")
+
+    @field_validator("recipe")
+    @classmethod
+    def known_recipe(cls, v: str) -> str:
+        from generators import RECIPES
+
+        if v not in RECIPES:
+            raise ValueError(f"unknown recipe {v!r} (expected one of {', '.join(RECIPES)})")
+        return v
     recipe_config: dict[str, Any] = Field(default_factory=dict, description="The recipe's config (as its TOML).")
     teacher_options: dict[str, Any] = Field(default_factory=dict, description="Backend load-time options.")
 
@@ -134,6 +143,9 @@ class Pipeline(Strict):
             recipe = make_recipe(self.generate.recipe, self.generate.recipe_config, source="generate.recipe_config")
             if self.loop.rounds > 1 and getattr(recipe.config, "stage", None) == "events":
                 raise ValueError("loop.rounds > 1: the recipe's stage is 'events', and a student writes inferences")
+            if self.student and self.generate.recipe in ("generics", "comparatives"):
+                raise ValueError(f"student: the {self.generate.recipe} recipe writes statements (text items), and a "
+                                 "student trains on triples, questions or rationales; drop [student] and [eval]")
         if self.loop.rounds > 1:
             missing = [t for t in ("generate", "critic", "student") if getattr(self, t) is None]
             if missing:

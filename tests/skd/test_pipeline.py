@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from store import Store
+from store import SkdError, Store
 from tests.conftest import ROOT, kill_when, run_skd
 
 PIPELINE = """
@@ -162,6 +162,26 @@ def test_the_example_pipelines_are_valid(name):
 
     p = load_pipeline(ROOT / "examples" / f"{name}.toml")
     assert p.snapshot.name and p.student is not None and p.eval is not None
+
+
+def test_every_recipe_can_be_a_pipelines(tmp_path):
+    import tomllib
+
+    from generators import RECIPES
+    from skd.cmd_run import load_pipeline
+    from skd.pipeline import Pipeline
+
+    generics = tomllib.loads((ROOT / "examples" / "generics.toml").read_text())
+    generics.pop("teacher")  # the command line's table; a pipeline has generate.teacher_options
+    raw = {"generate": {"recipe": "generics", "recipe_config": generics}, "snapshot": {"name": "g"}}
+    assert Pipeline.model_validate(raw).generate.recipe == "generics"  # the statement recipes were refused
+    with pytest.raises(ValueError, match="student: the generics recipe writes statements"):
+        Pipeline.model_validate(raw | {"student": {"out": str(tmp_path / "s")}})
+    assert {"generics", "comparatives"} <= set(RECIPES)
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[generate]\nrecipe = "poems"\n[snapshot]\nname = "x"\n')
+    with pytest.raises(SkdError, match="generate.recipe.*unknown recipe 'poems'"):
+        load_pipeline(cfg)
 
 
 def test_a_bad_pipeline_config_names_the_key(tmp_path):

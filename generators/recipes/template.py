@@ -155,9 +155,26 @@ class Template(Recipe):
         item: dict[str, Any] = {"kind": c.kind}
         extra = {}
         for k, v in merged.items():
-            if k in ITEM_FIELDS:
-                item[k] = v if k == "choices" or v is None else str(v)
+            if k == "choices":
+                item[k] = choices_of(v)
+            elif k in ITEM_FIELDS:
+                item[k] = v if v is None else str(v)
             else:
                 extra[k] = v
         item["extra"] = extra or None
         return [check_item(item)]
+
+
+def choices_of(v: Any) -> list[str] | None:
+    """A teacher's `choices` as a list of text (a JSON list written as a string included); anything else is
+    a recorded rejection, not a row the store cannot take."""
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            raise ParseError("choices is not a list") from None
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in v):
+        raise ParseError("choices is not a list of texts")
+    return [str(c) for c in v]

@@ -155,6 +155,15 @@ def test_template_recipe_regex_and_json(tmp_path):
         j.parse(req, Completion(text='{"question": "Q?"}'))
     with pytest.raises(ValueError, match="no JSON object"):
         j.parse(req, Completion(text="no json here {"))
+    # choices as the store takes them, or a recorded rejection (a list of numbers stopped the whole batch)
+    mc = make_recipe("template", {"input": str(rows), "prompt": "Ask about {{ row.a }}", "kind": "qa"})
+    ask = mc.requests("m", 0)[0]
+    said = '{"question": "Q?", "answer": "2", "choices": %s}'
+    assert mc.parse(ask, Completion(text=said % "[1, 2]"))[0]["choices"] == ["1", "2"]
+    assert mc.parse(ask, Completion(text=said % '"[\\"a\\", \\"b\\"]"'))[0]["choices"] == ["a", "b"]
+    for bad in ("3", '{"a": 1}', '[[1]]', '"a, b"', "[true]"):
+        with pytest.raises(ValueError, match="choices is not a list"):
+            mc.parse(ask, Completion(text=said % bad))
 
 
 def test_bad_template_configs(tmp_path):

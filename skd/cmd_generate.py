@@ -43,7 +43,11 @@ def teacher_options(backend: str, config: Path | None, **flags: Any) -> dict[str
     opts.pop("model", None)
     opts.pop("backend", None)
     allowed = set(option_names(backend))
-    opts.update({k: v for k, v in flags.items() if v is not None and k in allowed})
+    given = {k: v for k, v in flags.items() if v is not None}
+    flag = next((k for k in sorted(given) if k not in allowed), None)
+    if flag:  # a flag the backend does not take is an error, as it is in the [teacher] table: never dropped
+        raise SkdError(f"--{flag.replace('_', '-')} does not apply to the {backend} backend")
+    opts.update(given)
     bad = set(opts) - allowed
     if bad:
         raise SkdError(f"teacher option {sorted(bad)[0]!r} does not apply to the {backend} backend "

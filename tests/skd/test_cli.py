@@ -105,6 +105,7 @@ def test_labels_import_cli(db_path, tmp_path):
     ('stage = "events"\nseeds = "EMPTY"\n', [], "has no events"),
     ("prompts = [\n", [], "invalid TOML"),
     ('[teacher]\nconcurrency = 4\n', [], "teacher option 'concurrency' does not apply to the transformers backend"),
+    ("", ["--rpm", "60"], "--rpm does not apply to the transformers backend"),  # was dropped without a word
     ("", ["--teacher", "no-such-org/no-such-model"], "neither an embedded default"),
 ])
 def test_generate_user_errors_are_one_line(db_path, tmp_path, config, args, message):

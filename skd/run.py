@@ -301,8 +301,9 @@ class Runner:
         if e.teacher and self.round == 1:  # the teacher does not change from round to round
             teacher, backend = (g.teacher, g.backend) if g else (p.student.base, "transformers")
             fmt = e.teacher_format or ("fewshot" if atomic else "chat")
-            ids.append(evaluate(self.db, teacher, cfg.model_copy(update={"format": fmt, "backend": backend}))
-                       ["eval_id"])
+            # loaded as it generated the corpus: its GPUs, context length or endpoint (teacher_options)
+            ids.append(evaluate(self.db, teacher, cfg.model_copy(update={"format": fmt, "backend": backend}),
+                                g.teacher_options if g else None)["eval_id"])
         return {"eval_ids": ids, "inputs": "snapshot split" if own else str(e.references or e.questions or e.heads)}
 
     def eval_ids(self, round_: int | None = None) -> list[str]:

@@ -87,8 +87,10 @@ def stop_of(items: list[dict[str, Any]], fmt: str) -> tuple[str, ...]:
     return () if fmt == "rationale" or any(i.get("kind") in ("qa", "rationale") for i in items) else ("\n",)
 
 
-def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig) -> list[str]:
-    """One output per input from MODEL on the config's backend (greedy at temperature 0)."""
+def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig,
+             options: dict[str, Any] | None = None) -> list[str]:
+    """One output per input from MODEL on the config's backend (greedy at temperature 0), loaded with the
+    backend's OPTIONS (the pipeline's teacher_options for its teacher: its GPUs, context length, endpoint)."""
     from generators import Request, Sampling, make_teacher
     from generators.recipes.base import ParseError
     from train.formats import prompt_of
@@ -104,7 +106,7 @@ def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig)
             p = prompt_of(item, fmt)
             reqs.append(Request(model=model, sampling=sampling, prompt=p) if isinstance(p, str) else
                         Request(model=model, sampling=sampling, messages=tuple((m["role"], m["content"]) for m in p)))
-    teacher = make_teacher(cfg.backend, model)
+    teacher = make_teacher(cfg.backend, model, **(options or {}))
     try:
         completions = teacher.generate(reqs)
     finally:
@@ -121,6 +123,11 @@ def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig)
     return outputs
 
 
-def evaluate(db_path: Path, model: str, cfg: EvalConfig) -> dict[str, Any]:
-    """`skd eval` and the pipeline's eval stage: the model generates on its backend, the critic scores."""
-    return evaluate_model(db_path, model, cfg, generate=generate, scorer_for=critic_scorer, checker=check_answer)
+def evaluate(db_path: Path, model: str, cfg: EvalConfig, teacher_options: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """`skd eval` and the pipeline's eval stage: the model generates on its backend (loaded with TEACHER_OPTIONS),
+    the critic scores."""
+    def run(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig) -> list[str]:
+        return generate(model, items, fmt, cfg, teacher_options)
+
+    return evaluate_model(db_path, model, cfg, generate=run, scorer_for=critic_scorer, checker=check_answer)

@@ -58,8 +58,10 @@ class TransformersTeacher:
         self.device = device or default_device()
         path = resolve_model(model)
         hf_logging.disable_progress_bar()  # skd shows its own progress
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                       "float16": torch.float16}[dtype] if dtype != "auto" else compute_dtype(self.device)
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype != "auto" and dtype not in dtypes:
+            raise SkdError(f"dtype {dtype!r} is not one of auto, {', '.join(dtypes)}")
+        torch_dtype = dtypes[dtype] if dtype != "auto" else compute_dtype(self.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()

@@ -140,6 +140,19 @@ def test_an_evaluation_counts_the_inputs_a_student_trained_on_and_can_drop_them(
     assert p.returncode == 2 and "--unseen-only needs a student" in p.stderr
 
 
+def test_a_teacher_is_evaluated_with_the_backend_options_it_generated_with(atomic_db, tiny_lm):
+    """The pipeline's eval stage loads its teacher with [generate.teacher_options] (a 70B teacher's GPUs, an
+    endpoint's URL); they used to be dropped."""
+    from skd.wiring import evaluate
+    from train.eval_run import EvalConfig
+
+    db, _ = atomic_db
+    cfg = EvalConfig(snapshot="split", limit=2, max_tokens=4, format="chat")
+    with pytest.raises(SkdError, match="dtype 'float7' is not one of auto, float32"):
+        evaluate(db, str(tiny_lm), cfg, {"dtype": "float7"})
+    assert evaluate(db, str(tiny_lm), cfg, {"dtype": "float32", "batch_size": 1})["metrics"]["n"] == 2
+
+
 def eval_samples(db, eval_id):
     return [json.loads(line) for line in (db.parent / (db.name + ".d") / "evals" / f"{eval_id}.jsonl")
             .read_text().splitlines()]

@@ -133,14 +133,38 @@ def vllm_processor(job: BatchJob, cfg: EngineConfig, chat: bool) -> Any:
 
     def pre(row: dict[str, Any]) -> dict[str, Any]:
         text = {"messages": json.loads(row["messages"])} if chat else {"prompt": row["prompt"]}
-        return {KEY: row[KEY], "sample_index": row["sample_index"], **text,
-                "sampling_params": {k: v for k, v in json.loads(row["sampling_params"]).items() if v is not None}}
+        params = {k: v for k, v in json.loads(row["sampling_params"]).items() if v is not None}
+        return {KEY: row[KEY], "sample_index": row["sample_index"], **text, "sampling_params": params,
+                "max_tokens": params.get("max_tokens") or 0}
 
-    def post(row: dict[str, Any]) -> dict[str, Any]:
-        return {"request_id": row[KEY], "sample_index": int(row["sample_index"]),
-                "text": row.get("generated_text") or "", "n_tokens": int(row.get("num_generated_tokens") or 0),
-                "prompt_tokens": int(row.get("num_input_tokens") or 0)}
-    return build_processor(config, preprocess=pre, postprocess=post)
+    return build_processor(config, preprocess=pre, postprocess=sample_of)
+
+
+def sample_of(row: dict[str, Any]) -> dict[str, Any]:
+    """One sample as the local engine records it. Ray's vLLM output has no finish reason: a sample that used
+    every token it was allowed was cut ("length"; a recipe drops a cut-off event), else it stopped; its
+    log-probability is the sum over the sampled tokens (vLLM's cumulative logprob), where logprobs were asked."""
+    n = int(row.get("num_generated_tokens") or 0)
+    cap = int(row.get("max_tokens") or 0)
+    return {"request_id": row[KEY], "sample_index": int(row["sample_index"]), "text": row.get("generated_text") or "",
+            "n_tokens": n, "prompt_tokens": int(row.get("num_input_tokens") or 0),
+            "finish_reason": "length" if cap and n >= cap else "stop",
+            "logprob": sampled_logprob(row.get("generated_tokens"), row.get("logprobs"))}
+
+
+def sampled_logprob(tokens: Any, logprobs: Any) -> float | None:
+    """The sum of the sampled tokens' log-probabilities from Ray's per-token {token id: {logprob, ...}} maps (as
+    dicts, or as Arrow's list of (key, value) pairs); None when they were not asked for or do not line up."""
+    if tokens is None or not logprobs or len(logprobs) != len(tokens):
+        return None
+    total = 0.0
+    for tok, entry in zip(tokens, logprobs, strict=True):
+        pairs = entry.items() if isinstance(entry, dict) else (entry or [])
+        found = {int(k): v for k, v in pairs}.get(int(tok))
+        if not isinstance(found, dict) or found.get("logprob") is None:
+            return None
+        total += float(found["logprob"])
+    return total
 
 
 def engine_bundles(cfg: EngineConfig) -> dict[str, Any] | None:
@@ -173,5 +197,6 @@ def regrouped(batches: Iterator[pa.Table], requests: list[Request]) -> Iterator[
 
 def assembled(samples: list[dict[str, Any]]) -> Response:
     samples = sorted(samples, key=lambda s: s["sample_index"])
-    return Response([Completion(text=s["text"], index=s["sample_index"], n_tokens=s["n_tokens"]) for s in samples],
+    return Response([Completion(text=s["text"], index=s["sample_index"], n_tokens=s["n_tokens"],
+                                finish_reason=s.get("finish_reason"), logprob=s.get("logprob")) for s in samples],
                     prompt_tokens=samples[0]["prompt_tokens"])

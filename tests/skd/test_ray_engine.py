@@ -210,6 +210,20 @@ def test_vllm_processor_rows_are_one_sample_each_and_come_back_as_whole_requests
     assert [c.text for c in whole] == ["t0", "t1", "t2"] and whole.prompt_tokens == 5
 
 
+
+def test_a_ray_vllm_sample_has_the_finish_reason_and_logprob_the_local_engine_records():
+    """Ray's vLLM output names no finish reason: without one a cut-off event was kept on Ray and dropped locally."""
+    from skd.ray_llm import KEY, sample_of
+
+    row = {KEY: "r", "sample_index": 1, "generated_text": "PersonX goes to the", "num_generated_tokens": 12,
+           "num_input_tokens": 30, "max_tokens": 12, "generated_tokens": [5, 9],
+           "logprobs": [{5: {"logprob": -0.5, "rank": 1}}, [(9, {"logprob": -1.25, "rank": 2})]]}
+    got = sample_of(row)
+    assert got["finish_reason"] == "length" and got["logprob"] == -1.75 and got["text"] == "PersonX goes to the"
+    assert sample_of(row | {"num_generated_tokens": 4})["finish_reason"] == "stop"
+    assert sample_of(row | {"logprobs": None})["logprob"] is None  # not asked for
+
+
 def test_rate_limits_the_http_processor_cannot_hold_are_one_line():
     from skd.ray_llm import per_worker_qps
 

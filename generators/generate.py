@@ -88,6 +88,8 @@ def parse_completion(recipe: Recipe, request: Request, c: Completion) -> tuple[l
     """Items from one completion, or none and the reason. A parser bug is recorded, not raised. A lexical
     constraint is checked first, whichever backend decoded: a sample that ran out of tokens before its
     required words is a recorded failure."""
+    if c.finish_reason and c.finish_reason.startswith("refused"):  # the endpoint refused this request
+        return [], c.finish_reason
     reason = unmet(request.sampling.lexical, c.text)
     if reason:
         return [], reason

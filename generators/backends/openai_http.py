@@ -22,6 +22,14 @@ from ..rate_limit import RateLimiter
 from ..types import Completion, Request, Response
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# what a request itself can cause (too long a prompt, a content filter, a value the model refuses): recorded as
+# that request's failed generation when other requests get through; auth, a wrong URL or model stop the run
+REQUEST_STATUS = {400, 413, 422}
+REFUSED = "refused"
+
+
+class Refused(SkdError):
+    """The endpoint refused one request (a REQUEST_STATUS answer)."""
 
 
 class OpenAITeacher:
@@ -69,7 +77,8 @@ class OpenAITeacher:
             async def one(r: Request) -> list[Completion]:
                 async with limit:
                     return await self._request(client, r)
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+            got = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        return refusals_recorded(got)
 
     def body(self, r: Request) -> tuple[str, dict[str, Any]]:
         s = r.sampling
@@ -112,8 +121,9 @@ class OpenAITeacher:
                     self.limiter.settle(estimate, _total(out))
                     return self.priced(out)
                 if resp.status_code not in RETRY_STATUS:
-                    raise SkdError(f"teacher endpoint {self.shown_url}{path} answered {resp.status_code}: "
-                                   f"{redact(_message(resp))}")
+                    kind = Refused if resp.status_code in REQUEST_STATUS else SkdError
+                    raise kind(f"teacher endpoint {self.shown_url}{path} answered {resp.status_code}: "
+                               f"{redact(_message(resp))}")
                 problem = f"HTTP {resp.status_code}"
                 wait = _retry_after(resp)
                 if wait is not None and attempt < self.max_retries:
@@ -153,6 +163,19 @@ class OpenAITeacher:
             for c in out:
                 c.n_tokens = round(share)
         return Response(out, prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
+
+
+def refusals_recorded(got: list[Any]) -> list[list[Completion]]:
+    """Every request's completions, a refused one's as one empty completion whose finish reason says why (a
+    recorded failure; the others' completions, paid for, are stored). When every request was refused the cause
+    is not in the requests (a parameter the endpoint does not take): the first refusal is raised, as any other
+    error is, and nothing is recorded."""
+    failed = [g for g in got if isinstance(g, BaseException)]
+    fatal = next((g for g in failed if not isinstance(g, Refused)), None)
+    if fatal is not None or (failed and len(failed) == len(got)):
+        raise fatal or failed[0]
+    return [Response([Completion(text="", finish_reason=f"{REFUSED}: {str(g).split(' answered ')[-1]}"[:200])])
+            if isinstance(g, Refused) else g for g in got]
 
 
 def estimated_tokens(r: Request) -> int:

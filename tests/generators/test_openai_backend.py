@@ -81,3 +81,36 @@ def test_unreachable_endpoint_is_retried_then_reported():
     t = teacher("http://127.0.0.1:9/v1", max_retries=1, timeout=1)
     with pytest.raises(SkdError, match="failed after 2 attempts"):
         t.generate(reqs()[:1])
+
+
+class PickyServer(FlakyServer):
+    """Refuses (400) any request whose prompt or message says "too long", as an endpoint refuses a prompt past its
+    context; answers the others."""
+
+    def respond(self, path, body, headers):
+        if "too long" in str(body.get("prompt") or body.get("messages")):
+            return 400, {}, {"error": {"message": "maximum context length exceeded"}}
+        return super().respond(path, body, headers)
+
+
+def test_a_refused_request_is_a_recorded_failure_and_the_others_are_kept(tmp_path):
+    from generators import make_recipe, run_generation
+    from store import Store
+
+    good, bad = reqs()[0], Request(model="served-model", sampling=Sampling(n=1), prompt="too long")
+    with PickyServer() as url:
+        out = teacher(url).generate([good, bad])
+        assert [c.text for c in out[0]] == [" sample 0", " sample 1"]
+        assert out[1][0].text == "" and out[1][0].finish_reason == "refused: 400: maximum context length exceeded"
+        with pytest.raises(SkdError, match="answered 400: maximum context"):  # every request refused: the run's
+            teacher(url).generate([bad, bad])
+        # through a run: the refused request is a failed generation with its reason, the others are stored
+        rows = tmp_path / "rows.jsonl"
+        rows.write_text('{"a": "short"}\n{"a": "too long"}\n')
+        recipe = make_recipe("template", {"input": str(rows), "prompt": "{{ row.a }}", "kind": "text",
+                                          "parser": "regex", "regex": r"(?P<text>.+)"})
+        stats = run_generation(tmp_path / "c.duckdb", recipe, teacher(url))
+    assert stats.parsed == 1 and stats.failures == {"refused: 400: maximum context length exceeded": 1}
+    with Store(tmp_path / "c.duckdb", read_only=True) as s:
+        assert s.query("SELECT parsed_ok, error FROM generations ORDER BY parsed_ok").rows() == [
+            (False, "refused: 400: maximum context length exceeded"), (True, None)]

@@ -162,10 +162,11 @@ def critic_id_for(store: Store, critic: str | None) -> str | None:
     return store.critics.get(critic)["critic_id"]
 
 
-def previous_edges(store: Store, ids: list[str], method: str, threshold: float, scope: str) -> tuple[
-        np.ndarray, np.ndarray, np.ndarray]:
-    """Chains through the stored clusters of this setting, and which rows were clustered before."""
-    prev = store.dedup.clusters(method, threshold, scope)
+def previous_edges(store: Store, ids: list[str], method: str, threshold: float, scope: str, model: str,
+                   where: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chains through the stored clusters of this setting that a run with the same model and filter made, and
+    which rows those clustered (the rest are searched again)."""
+    prev = store.dedup.clusters(method, threshold, scope, model=model, where=where, default_model=DEFAULT.model)
     row_of = {item: k for k, item in enumerate(ids)}
     old = np.zeros(len(ids), dtype=bool)
     members: dict[str, list[int]] = {}
@@ -203,7 +204,7 @@ def dedup(store: Store, method: str = DEFAULT.method, threshold: float = DEFAULT
         if dry_run:
             index, x = item_index(store, ids, model, where)
             return dry_run_report(store, result, index, x, ids, scope_codes, dry_run, started)
-        oi, oj, old = previous_edges(store, ids, method, threshold, scope) if incremental else (
+        oi, oj, old = previous_edges(store, ids, method, threshold, scope, model, where) if incremental else (
             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(n, dtype=bool))
         queries = np.nonzero(~old)[0] if old.any() else None
         if partitions and n:
@@ -221,7 +222,7 @@ def dedup(store: Store, method: str = DEFAULT.method, threshold: float = DEFAULT
         i, j = i[same], j[same]
         result.pairs, result.searched = len(i), n if queries is None else len(queries)
         labels = components(n, np.concatenate([i, oi]), np.concatenate([j, oj]))
-    write_clusters(store, result, ids, labels, scores, where)
+    write_clusters(store, result, ids, labels, scores, where, model if method == "semantic" else None)
     result.seconds = time.monotonic() - started
     return result
 
@@ -234,7 +235,7 @@ def vectors_for(store: Store, ids: list[str], model: str, where: str | None) -> 
 
 
 def write_clusters(store: Store, result: DedupResult, ids: list[str], labels: np.ndarray, scores: np.ndarray,
-                   where: str | None) -> None:
+                   where: str | None, model: str | None = None) -> None:
     rep = representatives(labels, scores)
     rep_row = rep[labels] if len(labels) else np.zeros(0, dtype=np.int64)
     id_arr = np.asarray(ids, dtype=object)
@@ -243,6 +244,8 @@ def write_clusters(store: Store, result: DedupResult, ids: list[str], labels: np
     result.clusters = int(len(rep))
     result.removed = result.items - result.clusters
     config = {"method": result.method, "threshold": result.threshold, "scope": result.scope, "where": where}
+    if model:
+        config["model"] = model
     if result.partitions:
         config |= {"partitions": result.partitions, "max_visits": result.max_visits}
     run_id = store.start_run("dedup", config)

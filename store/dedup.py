@@ -33,10 +33,19 @@ class Dedup:
         with user_filter(option):
             return self.store.con.sql(sql, params={"critic": critic_id} if critic_id else None).to_arrow_table()
 
-    def clusters(self, method: str, threshold: float, scope: str) -> list[tuple[str, str]]:
-        """(item_id, cluster_id) of every item stored under this setting."""
-        return self.store.con.execute("SELECT item_id, cluster_id FROM dedup_clusters WHERE method = ? AND "
-                                      "threshold = ? AND scope = ?", [method, threshold, scope]).fetchall()
+    def clusters(self, method: str, threshold: float, scope: str, *, model: str | None = None,
+                 where: str | None = None, default_model: str | None = None) -> list[tuple[str, str]]:
+        """(item_id, cluster_id) of every item stored under this setting; with MODEL, only those a run with that
+        embedding model and the same filter WHERE clustered (a run before models were recorded counts as
+        DEFAULT_MODEL's): an item another model or another filter clustered was never compared with these."""
+        sql = ("SELECT d.item_id, d.cluster_id FROM dedup_clusters d LEFT JOIN runs r USING (run_id) "
+               "WHERE d.method = ? AND d.threshold = ? AND d.scope = ?")
+        params: list[object] = [method, threshold, scope]
+        if model is not None:
+            sql += (" AND coalesce(json_extract_string(r.config, '$.model'), ?) = ? AND "
+                    "json_extract_string(r.config, '$.where') IS NOT DISTINCT FROM ?")
+            params += [default_model or model, model, where]
+        return self.store.con.execute(sql, params).fetchall()
 
     def write(self, method: str, threshold: float, scope: str, clusters: pa.Table, run_id: str) -> None:
         """Store the clusters (item_id, cluster_id, is_representative) of a setting, replacing those rows of

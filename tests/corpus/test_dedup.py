@@ -66,6 +66,27 @@ def test_exact_dedup_keeps_letters_of_every_script_apart(tmp_path):
     assert groups == [["Café!", "café"], ["a the  cat", "cat"]]
 
 
+def test_incremental_dedup_searches_again_what_another_filter_or_model_clustered(corpus_db):
+    """Stored clusters count as done only for a run with the same filter and model: a run over all items after
+    runs over two halves compares across the halves, and another model searches everything again."""
+    from store.models import MPNET
+
+    halves = ("head = 'PersonX plants a tree'", "head = 'Person X plants a tree'")
+    with Store(corpus_db) as s:
+        for where in halves:
+            assert dedup(s, "semantic", 0.9, "global", where=where).searched > 0
+        r = dedup(s, "semantic", 0.9, "global")
+        assert r.searched == 9  # every item: none was clustered by a run over all of them
+        merged = [g for g in clusters(s, "semantic", 0.9, "global") if "To help the environment!" in g][0]
+        assert "to help the environment" in merged  # a pair across the two halves
+        assert dedup(s, "semantic", 0.9, "global").searched == 0  # the same run again: nothing new
+    embed_items(corpus_db, model=MPNET)
+    with Store(corpus_db) as s:
+        assert dedup(s, "semantic", 0.9, "global", model=MPNET).searched == 9
+        config = s.query("SELECT config FROM runs WHERE stage = 'dedup' ORDER BY started_at DESC LIMIT 1")
+        assert json.loads(config["config"][0])["model"] == MPNET
+
+
 def test_semantic_dedup_collapses_paraphrases_within_scope_and_keeps_best_scored(corpus_db):
     with Store(corpus_db) as s:
         s.con.execute("INSERT INTO critics (critic_id, name) VALUES ('c1', 'judge')")

@@ -30,6 +30,11 @@ from .ingest import Staged, _quote, check_staged, insert_new_items, parquet_sql,
 SOURCE_COLUMNS = ("run_id", "request_id", "sample_index", "prompt_hash", "teacher", "params", "source")
 # Tables a batch may fill, in the order they are ingested.
 TARGETS = ("requests", "generations", "items", "scores", "embeddings", "dedup_clusters")
+# A row of these is one fact: two processes doing the same stage at once (two `skd critic score` in two terminals,
+# `skd run` beside a command) each write it, and only the first is stored (a second score row of an item doubled
+# it in every snapshot cut with that critic)
+KEYS = {"requests": ("request_id",), "generations": ("request_id", "sample_index"), "scores": ("item_id", "critic_id"),
+        "embeddings": ("item_id", "model")}
 
 
 class ShardWriter:
@@ -94,12 +99,22 @@ def _ingest_batch(store: Store, batch: Path, run_id: str | None) -> int:
             if target == "items":
                 rows += _ingest_items(store, shard, run_id)
             else:
-                rows += int(con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM read_parquet('{_quote(shard)}')"
-                                        ).fetchall()[0][0])
+                rows += int(con.execute(insert_sql(target, shard)).fetchall()[0][0])
         con.execute("INSERT INTO ingested_shards (shard, target, rows, run_id) VALUES (?, 'batch', ?, ?)",
                     [_key(batch), rows, run_id])
     store.con.execute("DROP TABLE IF EXISTS _checked")
     return rows
+
+
+def insert_sql(target: str, shard: Path) -> str:
+    """The shard's rows into TARGET, those whose key is stored already left out."""
+    src = f"read_parquet('{_quote(shard)}')"
+    key = KEYS.get(target)
+    if not key:
+        return f"INSERT INTO {target} BY NAME SELECT * FROM {src}"
+    same = " AND ".join(f"t.{k} = s.{k}" for k in key)
+    return (f"INSERT INTO {target} BY NAME SELECT s.* FROM {src} s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {same})")
 
 
 def _ingest_items(store: Store, shard: Path, run_id: str | None) -> int:

@@ -40,6 +40,22 @@ def test_batches_are_ingested_once_with_provenance(db_path):
         assert s.scalar("SELECT extra FROM items LIMIT 1") is None  # provenance is not item content
 
 
+def test_two_processes_writing_the_same_rows_store_them_once(db_path):
+    """Two `skd critic score` (or embed, or generate) runs at once each write every missing row in their own
+    shards; a score stored twice was an item twice in every snapshot cut with that critic."""
+    scores = pa.table({"item_id": ["a", "b"], "critic_id": ["c", "c"], "score": [0.25, 0.75]})
+    with Store(db_path) as s:
+        w = ShardWriter(s.files_dir / "shards")
+        for _ in range(2):
+            w.write({"scores": scores, "generations": generations(["r1"])})
+        w.write({"generations": generations(["r2"]), "scores": pa.table({"item_id": ["a"], "critic_id": ["d"],
+                                                                          "score": [0.5]})})
+        assert ingest_shards(s, w.directory) == 3 + 2
+        assert s.query("SELECT item_id, critic_id FROM scores ORDER BY ALL").rows() == [("a", "c"), ("a", "d"),
+                                                                                        ("b", "c")]
+        assert s.scalar("SELECT count(*) FROM generations") == 2
+
+
 def test_half_written_batch_is_never_ingested_and_a_bad_batch_changes_nothing(db_path):
     with Store(db_path) as s:
         w = ShardWriter(s.files_dir / "shards")

@@ -142,7 +142,8 @@ def create_snapshot(store: Store, name: str, recipe: SnapshotRecipe, model: str 
                                          "dedup_setting": list(setting) if setting else None}
     snapshot_id = f"snap-{uuid.uuid4().hex[:12]}"
     run_id = store.start_run("snapshot", {"name": name, **full_recipe})
-    with store.snapshots.create(snapshot_id, name, ids, splits) as draft:  # one transaction
+    frozen = (recipe.dedup, *setting) if setting and recipe.dedup else None
+    with store.snapshots.create(snapshot_id, name, ids, splits, frozen) as draft:  # one transaction
         funnel = store.generations.funnel(draft.members) | funnel | {"snapshot": len(ids)}
         funnel["splits"] = {s: splits.count(s) for s in recipe.split}
         funnel["generation_cost"] = store.usage.of_slice(draft.members)

@@ -128,7 +128,14 @@ CREATE TABLE judgements (
 );
 """
 
-MIGRATIONS: list[str] = [M001_CORE, M002_INGEST, M003_REQUESTS, M004_RUN_OWNERS, M005_BATCH_JOBS, M006_JUDGEMENTS]
+# A snapshot's cluster sizes as they were when it was cut: a later dedup run rewrites its setting's clusters, and an
+# export of the same snapshot must not change with it
+M007_SNAPSHOT_CLUSTERS = """
+ALTER TABLE snapshot_items ADD COLUMN cluster_size BIGINT;
+"""
+
+MIGRATIONS: list[str] = [M001_CORE, M002_INGEST, M003_REQUESTS, M004_RUN_OWNERS, M005_BATCH_JOBS, M006_JUDGEMENTS,
+                         M007_SNAPSHOT_CLUSTERS]
 LATEST = len(MIGRATIONS)
 
 

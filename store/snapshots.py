@@ -72,18 +72,26 @@ class Snapshots:
                                  "GROUP BY ALL ORDER BY s.created_at")
 
     @contextmanager
-    def create(self, snapshot_id: str, name: str, item_ids: list[str], splits: list[str]) -> Iterator[Draft]:
-        """Insert the members, then let the block compute what it needs over them (`draft.members`) and
-        `draft.describe` the snapshot; all in one transaction, so a failure leaves no trace of it."""
+    def create(self, snapshot_id: str, name: str, item_ids: list[str], splits: list[str],
+               dedup: tuple[str, float, str] | None = None) -> Iterator[Draft]:
+        """Insert the members (with the size of their cluster under the DEDUP setting, as it is now), then let
+        the block compute what it needs over them (`draft.members`) and `draft.describe` the snapshot; all in
+        one transaction, so a failure leaves no trace of it."""
         import pyarrow as pa
 
         members = pa.table({"snapshot_id": [snapshot_id] * len(item_ids), "item_id": item_ids, "split": splits})
         with self.store.transaction() as con:
             con.register("_members", members)
             try:
-                con.execute("INSERT INTO snapshot_items SELECT snapshot_id, item_id, split FROM _members")
+                con.execute("INSERT INTO snapshot_items (snapshot_id, item_id, split) "
+                            "SELECT snapshot_id, item_id, split FROM _members")
             finally:
                 con.unregister("_members")
+            if dedup:
+                con.execute("""UPDATE snapshot_items m SET cluster_size = c.n FROM (
+                        SELECT d.item_id, count(*) OVER (PARTITION BY d.cluster_id) AS n FROM dedup_clusters d
+                        WHERE d.method = ? AND d.threshold = ? AND d.scope = ?) c
+                    WHERE m.snapshot_id = ? AND m.item_id = c.item_id""", [*dedup, snapshot_id])
             draft = Draft(self.store, snapshot_id, name)
             yield draft
             if not draft.described:
@@ -179,15 +187,17 @@ class Snapshots:
         params: dict[str, Any] = {"snap": snapshot_id, "critic": critic_id or "",
                                   "method": dedup[0] if dedup else "", "dthr": dedup[1] if dedup else -1.0,
                                   "scope": dedup[2] if dedup else ""}
-        cluster = ("(SELECT count(*) FROM dedup_clusters c WHERE c.cluster_id = d.cluster_id AND c.method = $method "
-                   "AND c.threshold = $dthr AND c.scope = $scope)") if dedup else "NULL::BIGINT"
+        # as they were when the snapshot was cut: its cluster sizes were frozen then (a snapshot cut before they
+        # were, counts the clusters now), and a source added later (a student writing the item again) is not its
+        cluster = ("coalesce(m.cluster_size, (SELECT count(*) FROM dedup_clusters c WHERE c.cluster_id = d.cluster_id "
+                   "AND c.method = $method AND c.threshold = $dthr AND c.scope = $scope))") if dedup else "NULL::BIGINT"
         cols = ", ".join(f"i.{c}" for c in EXPORTED_COLUMNS)
         return self.store.query(f"""
             SELECT m.split, {cols}, i.extra::VARCHAR AS extra,
                    (SELECT string_agg(DISTINCT teacher, ', ' ORDER BY teacher) FROM item_sources s
-                    WHERE s.item_id = i.item_id AND s.teacher IS NOT NULL) AS teacher,
+                    WHERE s.item_id = i.item_id AND s.teacher IS NOT NULL AND s.created_at <= sn.created_at) AS teacher,
                    sc.score AS critic_score, {cluster} AS cluster_size
-            FROM snapshot_items m JOIN items i USING (item_id)
+            FROM snapshot_items m JOIN items i USING (item_id) JOIN snapshots sn ON sn.snapshot_id = m.snapshot_id
             LEFT JOIN scores sc ON sc.item_id = i.item_id AND sc.critic_id = $critic
             LEFT JOIN dedup_clusters d ON d.item_id = i.item_id AND d.method = $method AND d.threshold = $dthr
                  AND d.scope = $scope
@@ -197,4 +207,5 @@ class Snapshots:
         """(teacher, params as JSON text, item_id) of every generated source of the snapshot's items."""
         return _rows(self.store, "SELECT teacher, params::VARCHAR AS params, item_id FROM item_sources "
                                  "WHERE teacher IS NOT NULL AND item_id IN "
-                                 "(SELECT item_id FROM snapshot_items WHERE snapshot_id = ?)", [snapshot_id])
+                                 "(SELECT item_id FROM snapshot_items WHERE snapshot_id = $1) AND created_at <= "
+                                 "(SELECT created_at FROM snapshots WHERE snapshot_id = $1)", [snapshot_id])

@@ -225,3 +225,31 @@ def test_snapshot_commands(corpus_db, tmp_path):
     assert "n=16" in p.stdout and (tmp_path / "plots" / "lengths.png").stat().st_size > 1000
     p = run_skd("snapshot", "create", "u", "--split", "train=0.5", db=corpus_db)
     assert p.returncode == 2 and "split" in p.stderr
+
+
+def test_a_snapshots_export_keeps_the_provenance_and_clusters_it_was_cut_with(tmp_path):
+    """A later round writing an item again (another teacher) and a later dedup run rewriting the setting's
+    clusters used to change what an old snapshot exported."""
+    from store import ShardWriter, ingest_shards
+
+    def shard(tails, teacher):
+        n = len(tails)
+        return {"items": pl.DataFrame({"kind": ["triple"] * n, "head": ["PersonX bakes"] * n,
+                                       "relation": ["xWant"] * n, "tail": tails,
+                                       "request_id": [f"{teacher}-{k}" for k in range(n)],
+                                       "sample_index": [0] * n, "teacher": [teacher] * n}).to_arrow()}
+
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        w = ShardWriter(s.files_dir / "shards")
+        w.write(shard(["to eat", "to share"], "teacher-1"))
+        ingest_shards(s, w.directory)
+        dedup(s, "exact", scope="global")
+        create_snapshot(s, "r1", SnapshotRecipe(dedup="exact"))
+        before = snapshot_frame(s, "r1").select("tail", "teacher", "cluster_size").sort("tail").rows()
+        w.write(shard(["to eat", "To share!"], "student-1"))  # round 2: one item again, one duplicate
+        ingest_shards(s, w.directory)
+        dedup(s, "exact", scope="global")
+        after = snapshot_frame(s, "r1").select("tail", "teacher", "cluster_size").sort("tail").rows()
+    assert before == [("to eat", "teacher-1", 1), ("to share", "teacher-1", 1)]
+    assert after == before

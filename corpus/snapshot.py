@@ -4,6 +4,7 @@ statistics. The same recipe over the same corpus gives the same hash; a name is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from typing import Any, Literal
@@ -143,13 +144,18 @@ def create_snapshot(store: Store, name: str, recipe: SnapshotRecipe, model: str 
     snapshot_id = f"snap-{uuid.uuid4().hex[:12]}"
     run_id = store.start_run("snapshot", {"name": name, **full_recipe})
     frozen = (recipe.dedup, *setting) if setting and recipe.dedup else None
-    with store.snapshots.create(snapshot_id, name, ids, splits, frozen) as draft:  # one transaction
-        funnel = store.generations.funnel(draft.members) | funnel | {"snapshot": len(ids)}
-        funnel["splits"] = {s: splits.count(s) for s in recipe.split}
-        funnel["generation_cost"] = store.usage.of_slice(draft.members)
-        stats = corpus_stats(store, draft.members, model=model, seed=recipe.seed)
-        draft.describe(content_hash(ids, splits), full_recipe, funnel, stats)
-        store.finish_run(run_id, "ok", {"snapshot_id": snapshot_id, "items": len(ids)})
+    try:
+        with store.snapshots.create(snapshot_id, name, ids, splits, frozen) as draft:  # one transaction
+            funnel = store.generations.funnel(draft.members) | funnel | {"snapshot": len(ids)}
+            funnel["splits"] = {s: splits.count(s) for s in recipe.split}
+            funnel["generation_cost"] = store.usage.of_slice(draft.members)
+            stats = corpus_stats(store, draft.members, model=model, seed=recipe.seed)
+            draft.describe(content_hash(ids, splits), full_recipe, funnel, stats)
+            store.finish_run(run_id, "ok", {"snapshot_id": snapshot_id, "items": len(ids)})
+    except BaseException as e:  # the cut rolled back; its run says so now, not "running" until the process ends
+        with contextlib.suppress(Exception):  # never hide why it failed
+            store.finish_run(run_id, "failed", error=f"{type(e).__name__}: {e}"[:300])
+        raise
     return snapshot_row(store, name)
 
 

@@ -4,7 +4,8 @@ A stage writes a *batch*: one parquet file per target table (say `generations` a
 chunk of teacher requests) in a temporary folder, renamed into place whole, so a kill never leaves a
 half-written batch under a real name. `ingest_shards` moves each batch into the database in one short
 transaction that also records it in `ingested_shards`: a batch is ingested entirely, once, or not at
-all. The same folders are what a Ray Data job would write; the catalogue ingests them the same way.
+all, and its folder is deleted once it is in. The same folders are what a Ray Data job would write; the
+catalogue ingests them the same way.
 """
 
 from __future__ import annotations
@@ -83,10 +84,15 @@ def ingest_shards(store: Store, directory: str | Path, run_id: str | None = None
 
 
 def ingest_batch(store: Store, batch: Path, run_id: str | None = None) -> int:
+    """Ingest one batch, then delete its folder: `ingested_shards` records it, so a kill between the two leaves
+    a folder that is never read again (a million embeddings were stored twice on disk, as shards and in the
+    database)."""
     try:
-        return _ingest_batch(store, batch, run_id)
+        rows = _ingest_batch(store, batch, run_id)
     except duckdb.Error as e:
         raise SkdError(f"cannot ingest shard batch {batch}: {str(e).splitlines()[0]}") from None
+    shutil.rmtree(batch, ignore_errors=True)
+    return rows
 
 
 def _ingest_batch(store: Store, batch: Path, run_id: str | None) -> int:

@@ -253,3 +253,18 @@ def test_a_snapshots_export_keeps_the_provenance_and_clusters_it_was_cut_with(tm
         after = snapshot_frame(s, "r1").select("tail", "teacher", "cluster_size").sort("tail").rows()
     assert before == [("to eat", "teacher-1", 1), ("to share", "teacher-1", 1)]
     assert after == before
+
+
+def test_a_failed_cut_leaves_no_snapshot_and_its_run_says_failed(corpus_db, monkeypatch):
+    import corpus.snapshot as snapshot_mod
+
+    def disk_full(*a, **kw):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(snapshot_mod, "corpus_stats", disk_full)  # a fault inside the cut's transaction
+    with Store(corpus_db) as s:
+        with pytest.raises(OSError, match="No space"):
+            create_snapshot(s, "cut", SnapshotRecipe())
+        assert not s.snapshots.exists("cut") and s.scalar("SELECT count(*) FROM snapshot_items") == 0
+        run = s.query("SELECT status, error FROM runs WHERE stage = 'snapshot'").row(0)
+    assert run == ("failed", "OSError: No space left on device")

@@ -31,7 +31,7 @@ def test_batches_are_ingested_once_with_provenance(db_path):
         w.write({"items": items_shard(["r3", "r1"])})  # "to eat 1" again: one item, two sources
         assert ingest_shards(s, w.directory, run_id="gen-1") == 6
         assert ingest_shards(s, w.directory, run_id="gen-1") == 0
-        assert pending_shards(s, w.directory) == []
+        assert pending_shards(s, w.directory) == [] and list(w.directory.iterdir()) == []  # ingested: deleted
         assert s.scalar("SELECT count(*) FROM items") == 3
         assert s.scalar("SELECT count(*) FROM generations") == 2
         src = s.query("SELECT request_id, run_id, teacher FROM item_sources ORDER BY request_id")

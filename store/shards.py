@@ -192,6 +192,9 @@ def stage_job(db_path: str | Path, run_id: str, job: BatchJob, mapper: Mapper = 
             if on_rows:
                 on_rows(out.num_rows)
         status = "ok"
+    except KeyboardInterrupt:  # the user stopped it; a rerun resumes (what `skd info` counts apart from failures)
+        status = "interrupted"
+        raise
     finally:
         with open_store(db_path) as s:
             s.finish_run(run_id, status, summary())

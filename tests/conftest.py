@@ -95,8 +95,9 @@ def full_and_killed_runs(args: list[str], tmp_path: Path, shards: int) -> tuple[
     return full, killed, json.loads(rerun.stdout)
 
 
-def kill_when(proc: subprocess.Popen, db: Path, sql: str, minimum: int, timeout: float = 300) -> None:
-    """SIGKILL `proc` once `sql` on `db` counts at least `minimum` (polled between its writes)."""
+def kill_when(proc: subprocess.Popen, db: Path, sql: str, minimum: int, timeout: float = 300,
+              signum: int | None = None) -> None:
+    """SIGKILL (or SIGNUM) `proc` once `sql` on `db` counts at least `minimum` (polled between its writes)."""
     import signal
     import time
 
@@ -110,7 +111,7 @@ def kill_when(proc: subprocess.Popen, db: Path, sql: str, minimum: int, timeout:
         except Exception:  # locked by the writer, or not created yet: poll again
             continue
     assert proc.poll() is None, "the process finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signum or signal.SIGKILL)
     proc.wait()
 
 

@@ -182,6 +182,21 @@ def test_a_kill_during_embedding_resumes(atomic_db, tmp_path):
     assert 0 < partial < n and total == distinct == n and done["embedded"] <= n - partial + 64
 
 
+def test_ctrl_c_during_embedding_is_an_interrupted_run(atomic_db, tmp_path):
+    import signal
+
+    db = tmp_path / "c.duckdb"
+    shutil.copy(atomic_db, db)
+    with Store(db) as s:
+        s.con.execute("DELETE FROM embeddings")
+    proc = subprocess.Popen([sys.executable, "-m", "skd", "embed", "--chunk", "64", "--batch-size", "32", "--quiet"],
+                            cwd=ROOT, env={**os.environ, "SKD_DB": str(db)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    kill_when(proc, db, "SELECT count(*) FROM embeddings", 128, signum=signal.SIGINT)
+    with Store(db, read_only=True) as s:
+        assert s.query("SELECT status FROM runs WHERE stage = 'embed'")["status"].to_list() == ["interrupted"]
+
+
 def test_head_tail_scope_dedups_within_an_entity_pair(tmp_path):
     """Comparatives: the same statement for two pairs is two items; duplicates are sought within a pair."""
     rows = [("steel", "styrofoam", "Steel is stronger than styrofoam."),

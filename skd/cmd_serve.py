@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,7 @@ def serve(
 
     from .web.app import create_app
 
+    check_free(host, port)  # uvicorn logs a failed bind itself and exits 3: say it the skd way, before the address
     public = host not in LOOPBACK
     token = secrets.token_urlsafe(24)
     app = create_app(db or default_path(), token, public=public, source=source)
@@ -41,6 +43,17 @@ def serve(
         uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
     except OSError as e:
         raise SkdError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def check_free(host: str, port: int) -> None:
+    """One line when HOST:PORT cannot be bound (in use, or not an address of this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds (TIME_WAIT is free)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise SkdError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def report(

@@ -30,12 +30,13 @@ class ItemFilter(BaseModel):
     critic: str = Field("", description="Critic id whose score is shown, filtered and sorted by.")
     min_score: float | None = None
     max_score: float | None = None
-    cluster: str = Field("", description="Dedup cluster id: the items of that cluster.")
+    cluster: str = Field("", description="Dedup cluster, METHOD:THRESHOLD:SCOPE:ID (or an id under any setting): "
+                                         "the items of that cluster.")
     snapshot: str = Field("", description="Snapshot id.")
     split: str = ""
     origin: Literal["any", "generated", "ingested"] = "any"
     sort: Literal["newest", "score-desc", "score-asc", "id"] = "newest"
-    page: int = Field(1, ge=1)
+    page: int = Field(1, ge=1, le=10**9)  # a larger one overflows the SQL offset
     per_page: int = Field(50, ge=1, le=500)
 
     @model_validator(mode="after")
@@ -63,8 +64,13 @@ def _conditions(f: ItemFilter) -> tuple[list[str], list[str], dict[str, Any]]:
         on_scores.append("sc.score <= $max_score")
         params["max_score"] = f.max_score
     if f.cluster:
-        conds.append("i.item_id IN (SELECT item_id FROM dedup_clusters WHERE cluster_id = $cluster)")
-        params["cluster"] = f.cluster
+        # a representative's id names its cluster under every setting it represents: the setting picks one
+        method, threshold, scope, cluster = f.cluster.split(":") if f.cluster.count(":") == 3 else ("", "", "",
+                                                                                                     f.cluster)
+        setting = "method = $method AND threshold = try_cast($threshold AS DOUBLE) AND scope = $scope" if method \
+            else "TRUE"
+        conds.append(f"i.item_id IN (SELECT item_id FROM dedup_clusters WHERE cluster_id = $cluster AND {setting})")
+        params |= {"cluster": cluster} | ({"method": method, "threshold": threshold, "scope": scope} if method else {})
     if f.snapshot:
         conds.append("i.item_id IN (SELECT item_id FROM snapshot_items WHERE snapshot_id = $snapshot "
                      "AND ($split = '' OR split = $split))")

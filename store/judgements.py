@@ -131,6 +131,16 @@ def record(store: Store, annotator: str, judgements: list[dict[str, Any]], sourc
     return {"saved": int(saved), "repeated": int(repeated), "unknown": int(unknown)}
 
 
+def check_annotation_source(store: Store, source: str) -> None:
+    """Judgements typed in the web app make their labels from the typed votes alone: a source a label file was
+    imported into would lose the file's votes for every item judged, so it is refused."""
+    imported = store.scalar("SELECT count(*) FROM runs WHERE stage = 'labels' AND "
+                            "json_extract_string(config, '$.source') = ?", [source])
+    if imported:
+        raise SkdError(f"labels source {source!r} holds labels imported from a file; judgements typed here would "
+                       "replace their votes: choose another --source")
+
+
 def _relabel(store: Store, source: str) -> None:
     """The labels of the items in `_new`: the majority of their annotators' accept/reject votes (a tie is not
     acceptable, as in `skd labels import`); an item only skipped has no label."""

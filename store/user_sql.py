@@ -8,6 +8,7 @@ settings are locked, so no statement can write a file, attach a database or chan
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,16 @@ class QueryResult:
 
 
 def run_user_sql(path: Path, sql: str, arrow: bool = False, wait: float | None = None,
-                 limit: int | None = None) -> QueryResult:
+                 limit: int | None = None, timeout: float | None = None) -> QueryResult:
     """The result of a user's read-only SQL over the corpus at `path`, opened just for this query (a
     reader holds the file no longer than its query, so writers wait as little as possible); its first LIMIT
-    rows when given (fetched, not computed whole: the web app's SQL box on a million rows)."""
+    rows when given (fetched, not computed whole: the web app's SQL box on a million rows). A query still
+    running after TIMEOUT seconds is stopped: it would hold the file from every writer."""
     Store(path, read_only=True, wait=wait).close()  # the usual checks: exists, is a corpus, migrated
     con = _connect(Path(path), read_only=True, config=GUARDED)
+    timer = threading.Timer(timeout, con.interrupt) if timeout else None
+    if timer:
+        timer.start()
     try:
         check_read_only(con, sql)
         rel = con.sql(sql)
@@ -72,7 +77,11 @@ def run_user_sql(path: Path, sql: str, arrow: bool = False, wait: float | None =
         if arrow:
             return QueryResult(columns, types, [], rel.to_arrow_table())
         return QueryResult(columns, types, rel.fetchall() if limit is None else rel.limit(limit).fetchall())
+    except duckdb.InterruptException:
+        raise SkdError(f"the query ran past {timeout:g} s and was stopped") from None
     except duckdb.Error as e:
         raise SkdError(f"SQL error: {first_line(e)}") from None
     finally:
+        if timer:
+            timer.cancel()
         con.close()

@@ -14,6 +14,7 @@ is never written anywhere. The Content-Security-Policy allows no script or style
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import threading
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from . import charts, views
 HERE = Path(__file__).parent
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 WAIT = 2.0  # seconds a request waits for a corpus another process holds, before the page says it is busy
+SQL_SECONDS = 10.0  # a SQL box query running longer is stopped: it holds the file from every writer meanwhile
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -111,18 +113,23 @@ class Corpus:
         with self._turn():
             try:
                 # one row more than shown: the page says whether there were more
-                return run_user_sql(self.path, q, wait=WAIT, limit=views.SQL_ROWS + 1)
+                return run_user_sql(self.path, q, wait=WAIT, limit=views.SQL_ROWS + 1, timeout=SQL_SECONDS)
             except LockedError as e:
                 raise Busy(str(e).split(";")[0]) from None
 
 
 def create_app(db: Path, token: str, *, public: bool = False, source: str = jm.SOURCE) -> FastAPI:
     """The web app over the corpus at DB. TOKEN guards writes (and, when PUBLIC, every request)."""
-    Store(db, read_only=True, wait=WAIT).close()  # one line now if there is no corpus (or it is held), not per page
+    with Store(db, read_only=True, wait=WAIT) as s:  # one line now if there is no corpus (or it is held), not per page
+        jm.check_annotation_source(s, source)
     corpus = Corpus(db, source)
     app = FastAPI(title="skd", docs_url=None, redoc_url=None, openapi_url=None)
     templates = Jinja2Templates(directory=HERE / "templates")
-    templates.env.globals |= {"charts": charts, "fmt": views.fmt, "content": views.content, "token": token}
+    # the browser queues judgements per corpus, not per address: another corpus served on the same port later
+    # must not receive (or silently drop) what was typed for this one
+    corpus_id = hashlib.sha256(str(Path(db).resolve()).encode()).hexdigest()[:16]
+    templates.env.globals |= {"charts": charts, "fmt": views.fmt, "content": views.content, "token": token,
+                              "corpus_id": corpus_id}
     templates.env.filters["pretty"] = views.pretty
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -225,9 +232,11 @@ def create_app(db: Path, token: str, *, public: bool = False, source: str = jm.S
         return page(request, "eval.html", r=r, flat=flat_metrics(r["metrics"]))
 
     @app.get("/sql", response_class=HTMLResponse)
-    def sql(request: Request, q: str = ""):
+    def sql(request: Request, q: str = "", t: str = ""):
         result, error = None, None
-        if q.strip():
+        if q.strip() and not same(t, token):  # a link from another site fills the box but does not run it
+            error = "not run yet: press Run to run this query"
+        elif q.strip():
             try:
                 result = corpus.sql(q)
             except SkdError as e:

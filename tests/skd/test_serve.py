@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from store import Store, import_labels, ingest_file
-from tests.conftest import ROOT, run_skd, shared_file
+from store import SkdError, Store, import_labels, ingest_file
+from tests.conftest import EXAMPLES, ROOT, run_skd, shared_file
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 HOSTILE = '<script>document.title="owned"</script> "quoted" & \'single\' <b>bold</b>'
@@ -204,9 +204,17 @@ def test_browse_filter_lineage_annotate_diff_report(corpus, server, browser, tmp
     assert summary.startswith(f"{n_all - n_small:,} items added, 0 removed")
     shot(b, tmp_path, "diff")
 
-    b.get(server + "/sql?q=" + "COPY items TO '/tmp/skd-leak.csv'")
+    def run_sql(q: str) -> None:
+        box = b.find_element(By.ID, "sql")
+        box.clear()
+        box.send_keys(q)
+        b.find_element(By.ID, "run-sql").click()
+
+    b.get(server + "/sql?q=SELECT count(*) AS n FROM items")  # a link (from any site) fills the box, runs nothing
+    assert "press Run" in b.find_element(By.ID, "sql-error").text and not b.find_elements(By.ID, "sql-result")
+    run_sql("COPY items TO '/tmp/skd-leak.csv'")
     assert "only reads" in b.find_element(By.ID, "sql-error").text and not Path("/tmp/skd-leak.csv").exists()
-    b.get(server + "/sql?q=SELECT count(*) AS n FROM items")
+    run_sql("SELECT count(*) AS n FROM items")
     assert b.find_element(By.ID, "sql-result").text.split()[-1].replace(",", "").isdigit()
 
     report = tmp_path / "report.html"
@@ -264,3 +272,28 @@ def test_other_addresses_need_the_printed_token(corpus):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert token not in err  # printed once, never logged
+
+
+def test_judgements_never_go_to_a_source_a_label_file_was_imported_into(tmp_path):
+    """Typed judgements make their items' labels from typed votes alone: served into an imported source, the first
+    accept replaced the file's crowd votes for that item."""
+    from skd.web.app import create_app
+
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        ingest_file(s, EXAMPLES / "mini.jsonl", "jsonl")
+        import_labels(s, EXAMPLES / "critic-labels.jsonl", "jsonl", source="crowd")
+    with pytest.raises(SkdError, match="'crowd' holds labels imported from a file"):
+        create_app(db, "token", source="crowd")
+    assert create_app(db, "token", source="annotation") is not None
+
+
+def test_a_port_in_use_and_a_folder_as_report_are_one_line(corpus, tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        p = run_skd("serve", "--port", str(held.getsockname()[1]), db=corpus, timeout=60)
+    assert p.returncode == 2 and "cannot listen on 127.0.0.1" in p.stderr and p.stderr.count("\n") == 1
+    p = run_skd("report", "all", "--out", str(tmp_path), db=corpus)
+    assert p.returncode == 2 and "is a folder" in p.stderr and p.stderr.count("\n") == 1
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.tmp"))

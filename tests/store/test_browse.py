@@ -58,6 +58,20 @@ def test_every_sort_and_filter_pages_through_the_right_items(corpus, sort, filte
         assert total == len(want) and got == want
 
 
+def test_a_cluster_link_lists_the_cluster_of_its_setting_only(corpus):
+    """A representative's id names its cluster under every dedup setting: the item page's link names the setting."""
+    with Store(corpus) as s:
+        a, b, c = (r[0] for r in s.con.execute("SELECT item_id FROM items ORDER BY item_id LIMIT 3").fetchall())
+        s.con.execute("INSERT INTO dedup_clusters (item_id, method, threshold, scope, cluster_id, is_representative) "
+                      "VALUES (?, 'semantic', 0.9, 'global', ?, true), (?, 'semantic', 0.9, 'global', ?, false), "
+                      "(?, 'semantic', 0.8, 'global', ?, false)", [a, a, b, a, c, a])
+        members = [r["item_id"] for r in Browse(s).items(ItemFilter(cluster=f"semantic:0.9:global:{a}", sort="id"))[0]]
+        anywhere = [r["item_id"] for r in Browse(s).items(ItemFilter(cluster=a, sort="id"))[0]]
+        with pytest.raises(ValueError):
+            ItemFilter(page=10**20)  # past what an SQL offset holds: refused, not a 500
+    assert members == sorted([a, b]) and anywhere == sorted([a, b, c])
+
+
 def test_judgements_make_majority_labels_and_agreement(corpus):
     with Store(corpus) as s:
         ids = [r[0] for r in s.con.execute("SELECT item_id FROM items ORDER BY item_id LIMIT 4").fetchall()]

@@ -147,6 +147,11 @@ def test_query_returns_rows_and_refuses_writes(db_path):
             run_user_sql(db_path, sql)
     with pytest.raises(SkdError, match="SQL error"):
         run_user_sql(db_path, "SELECT * FROM nowhere")
+    started = time.monotonic()  # a query with a deadline (the web app's SQL box) is stopped, not left holding the file
+    with pytest.raises(SkdError, match="ran past 0.5 s and was stopped"):
+        run_user_sql(db_path, "SELECT sum(a.range * b.range) FROM range(100000000) a, range(100000) b", timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert run_user_sql(db_path, "SELECT 2 AS x", timeout=0.5).rows == [(2,)]
 
 
 @pytest.mark.parametrize("sql", [

@@ -8,7 +8,8 @@
   if (!cards) return;
   const token = document.querySelector('meta[name="skd-token"]').content;
   const annotator = cards.dataset.annotator, sample = cards.dataset.sample;
-  const KEY = "skd-queue:" + location.host;  // one queue per served corpus
+  // one queue per corpus: another corpus served later on the same address must not receive this one's
+  const KEY = "skd-queue:" + location.host + ":" + document.querySelector('meta[name="skd-corpus"]').content;
   const progress = document.getElementById("progress"), bar = document.getElementById("bar");
   const queueNote = document.getElementById("queue");
   let done = Number(progress.dataset.done), history = [], flushing = false, lastTyped = 0;

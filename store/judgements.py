@@ -100,7 +100,7 @@ def record(store: Store, annotator: str, judgements: list[dict[str, Any]], sourc
         rows.append({"item_id": str(j["item_id"]), "label": label, "client_id": str(j.get("client_id") or ""),
                      "pos": pos, "typed_at": int(j.get("typed_at") or now)})
     if not rows:
-        return {"saved": 0, "repeated": 0, "unknown": 0}
+        return {"saved": 0, "repeated": 0, "unknown": 0, "superseded": 0}
     table = pa.Table.from_pylist(rows, schema=pa.schema([("item_id", pa.string()), ("label", pa.int32()),
                                                           ("client_id", pa.string()), ("pos", pa.int32()),
                                                           ("typed_at", pa.int64())]))
@@ -128,7 +128,9 @@ def record(store: Store, annotator: str, judgements: list[dict[str, Any]], sourc
             con.execute("DROP TABLE _new")
     finally:
         con.unregister("_typed")
-    return {"saved": int(saved), "repeated": int(repeated), "unknown": int(unknown)}
+    # the rest were older than what the annotator had typed for the item (later in the batch, or stored)
+    superseded = len(rows) - int(saved) - int(repeated) - int(unknown)
+    return {"saved": int(saved), "repeated": int(repeated), "unknown": int(unknown), "superseded": superseded}
 
 
 def check_annotation_source(store: Store, source: str) -> None:

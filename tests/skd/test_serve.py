@@ -237,8 +237,8 @@ def test_judgements_resent_or_refused_are_stored_once(corpus, server):
                                                {"item_id": "no-such-item", "label": 1, "client_id": "x2"}]}
     assert httpx.post(server + "/api/judgements", json=body).status_code == 403  # no token: refused
     r = httpx.post(server + "/api/judgements", json=body, headers={"X-SKD-Token": token})
-    counts = {k: r.json()[k] for k in ("saved", "repeated", "unknown")}
-    assert counts == {"saved": 1, "repeated": 0, "unknown": 1}
+    counts = {k: r.json()[k] for k in ("saved", "repeated", "unknown", "superseded")}
+    assert counts == {"saved": 1, "repeated": 0, "unknown": 1, "superseded": 0}
     assert {"annotator": "bob", "judged": 1, "accepted": 1}.items() <= next(
         p for p in r.json()["people"] if p["annotator"] == "bob").items()  # the page redraws its table from this
     r = httpx.post(server + "/api/judgements", json=body, headers={"X-SKD-Token": token})

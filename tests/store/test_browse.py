@@ -77,10 +77,11 @@ def test_judgements_make_majority_labels_and_agreement(corpus):
         ids = [r[0] for r in s.con.execute("SELECT item_id FROM items ORDER BY item_id LIMIT 4").fetchall()]
         j = lambda i, label, c: {"item_id": ids[i], "label": label, "client_id": c}  # noqa: E731
         assert jm.record(s, "ann", [j(0, 1, "a0"), j(1, 0, "a1"), j(2, 1, "a2"), j(3, None, "a3")]) == \
-            {"saved": 4, "repeated": 0, "unknown": 0}
+            {"saved": 4, "repeated": 0, "unknown": 0, "superseded": 0}
         assert jm.record(s, "bob", [j(0, 1, "b0"), j(1, 1, "b1"), j(2, 0, "b2")])["saved"] == 3
-        assert jm.record(s, "ann", [j(0, 1, "a0")]) == {"saved": 0, "repeated": 1, "unknown": 0}  # resent: once
-        jm.record(s, "cy", [j(2, 1, "c2"), j(2, 0, "c2b")])  # changed their mind in one batch: the last counts
+        assert jm.record(s, "ann", [j(0, 1, "a0")]) == {"saved": 0, "repeated": 1, "unknown": 0, "superseded": 0}
+        # changed their mind in one batch: the last counts, the first is said to be superseded
+        assert jm.record(s, "cy", [j(2, 1, "c2"), j(2, 0, "c2b")])["superseded"] == 1
         labels = dict(s.con.execute("SELECT item_id, (label, votes_pos, votes_total) FROM labels "
                                     "WHERE source = 'annotation'").fetchall())
         assert labels[ids[0]] == (1, 2, 2) and labels[ids[1]] == (0, 1, 2)  # a tie is not acceptable

@@ -52,6 +52,9 @@ def train_cmd(cfg: TrainConfig, db: Db = None, json: Json = False, quiet: Quiet 
     out.print(f"student {card['student_id']} -> {cfg.out}: {s['steps']} steps on {s['examples']:,} examples of "
               f"{cfg.snapshot}, loss {s['first_loss']:.3f} -> {s['last_loss']:.3f} in {s['seconds']:.0f} s"
               + (f" (resumed from {s['resumed_from']})" if s["resumed_from"] else ""))
+    if s.get("too_long"):
+        out.print(f"[yellow]warning:[/] {s['too_long']:,} examples longer than --max-length {cfg.max_length} were left "
+                  "out (cut, they would lose their answer and end)")
 
 
 @config_options(EvalConfig, "eval")

@@ -136,7 +136,7 @@ def load_base(cfg: TrainConfig):
         # fine-tuning keeps float32 weights under autocast, as bfloat16 weights would lose small updates.
         frozen_bf16 = bf16(cfg) and cfg.lora is not None
         model = AutoModelForCausalLM.from_pretrained(path, dtype="bfloat16" if frozen_bf16 else "float32")
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: not a causal LM (an encoder such as MPNet, a T5)
         raise SkdError(f"cannot load base model {cfg.base!r}: {str(e).splitlines()[0]}") from None
     pad_with_eos(tok)
     return model, tok
@@ -158,20 +158,32 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
-def own_checkpoints(ckpt_dir: Path, cfg: TrainConfig, snap: dict[str, Any]) -> None:
+def own_checkpoints(ckpt_dir: Path, cfg: TrainConfig, snap: dict[str, Any]) -> list[Any]:
     """Checkpoints are resumed only by a training of the same snapshot content and settings, run longer or as long
     (a training's length may grow: more steps continue it); those of another (another snapshot into the same
     --out, another learning rate or base) are removed, and so are any past a shorter --max-steps, or the student
-    would be partly trained on what its card does not name."""
-    what = cfg.model_dump(mode="json", exclude={"out", "save_steps", "max_steps", "epochs"})
+    would be partly trained on what its card does not name. Returns the lengths (steps, or "N epochs") of the
+    schedules the student was trained under: a longer run continues with its own learning-rate schedule from the
+    checkpoint, so it is not the student a fresh run of that length gives, and its card says so."""
+    identity = cfg.model_dump(mode="json", exclude={"out", "save_steps", "max_steps", "epochs"})
+    identity |= {"snapshot_hash": snap["content_hash"]}
+    length = cfg.max_steps if cfg.max_steps > 0 else f"{cfg.epochs:g} epochs"
     mark = ckpt_dir / "training.json"
-    text = json.dumps(what | {"snapshot_hash": snap["content_hash"]}, sort_keys=True, default=str)
-    if ckpt_dir.is_dir() and (not mark.is_file() or mark.read_text() != text):
+    try:
+        held = json.loads(mark.read_text()) if mark.is_file() else {}
+    except json.JSONDecodeError:
+        held = {}
+    if ckpt_dir.is_dir() and held.get("identity") != identity:
         shutil.rmtree(ckpt_dir)
+        held = {}
     for step, p in checkpoints(ckpt_dir) if cfg.max_steps > 0 else ():
         if step > cfg.max_steps:
             shutil.rmtree(p)
-    write_atomic(mark, text)
+    resumed = any((p / "trainer_state.json").is_file() for _, p in checkpoints(ckpt_dir))
+    lengths = [x for x in held.get("lengths", []) if resumed]
+    lengths = lengths if lengths and lengths[-1] == length else [*lengths, length]
+    write_atomic(mark, json.dumps({"identity": identity, "lengths": lengths}, sort_keys=True, default=str))
+    return lengths
 
 
 def with_lora(model, cfg: TrainConfig):
@@ -200,10 +212,10 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
     model, tok = load_base(cfg)
     teacher = load_teacher(cfg, items, tok) if cfg.mixture == "ddk" or cfg.kd_weight else None
     collate = DataCollatorForSeq2Seq(tok, padding=True)
-    data, mix = training_data(items, tok, cfg, teacher, collate)
+    data, mix, too_long = training_data(items, tok, cfg, teacher, collate)
     if cfg.lora:
         model = with_lora(model, cfg)
-    own_checkpoints(cfg.out / "checkpoints", cfg, snap)
+    schedules = own_checkpoints(cfg.out / "checkpoints", cfg, snap)
     resume = last_complete_checkpoint(cfg.out / "checkpoints")
     while mix is not None and resume and not mix.mixture.restore(Path(resume)):
         # killed after the Trainer's state was written but before the mixture: the one before is whole
@@ -226,7 +238,10 @@ def fit(db: str | Path, cfg: TrainConfig, on_step: Callable[[int, int, float | N
     summary = {"steps": trainer.state.global_step, "examples": len(data), "train_loss": result.training_loss,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "seconds": time.monotonic() - started, "resumed_from": Path(resume).name if resume else None,
-               "bf16": bf16(cfg), "tokens": sum(len(x["input_ids"]) for x in data)}
+               "bf16": bf16(cfg), "tokens": sum(len(x["input_ids"]) for x in data), "too_long": too_long,
+               "schedules": schedules}
+    if teacher is not None:  # the model of the KL term and of DDK's loss gap (the default is the snapshot's)
+        summary["teacher"] = teacher[1]
     if mix is not None:
         summary["mixture"] = mix.mixture.state() | {"teacher": teacher[1] if teacher else None}
     (cfg.out / "student.json").unlink(missing_ok=True)  # a kill while the weights are replaced leaves no card
@@ -258,13 +273,18 @@ class MixtureSetup:
 
 
 def training_data(items: list[dict[str, Any]], tok: Any, cfg: TrainConfig, teacher: tuple[Any, str] | None,
-                  collate: Any) -> tuple[list[dict[str, Any]], MixtureSetup | None]:
+                  collate: Any) -> tuple[list[dict[str, Any]], MixtureSetup | None, int]:
     """Encoded training examples; with a mixture, also each domain's held-out examples (not trained on), the
-    sampler and the mixture, with the teacher's loss per domain measured once."""
-    encoded = [(domain_of(it, cfg.domain), encode(example(it, cfg.format), tok, cfg.max_length)) for it in items]
-    encoded = [(d, x) for d, x in encoded if any(t != -100 for t in x["labels"])]  # not cut off entirely
+    sampler and the mixture, with the teacher's loss per domain measured once; and how many examples were left
+    out for not fitting in --max-length."""
+    encoded = [(domain_of(it, cfg.domain), encode(example(it, cfg.format), tok, cfg.max_length, whole=True))
+               for it in items]
+    too_long = sum(x is None for _, x in encoded)
+    encoded = [(d, x) for d, x in encoded if x is not None]
+    if not encoded:
+        raise SkdError(f"every example is longer than --max-length {cfg.max_length} tokens; raise it")
     if cfg.mixture == "natural":
-        return [x for _, x in encoded], None
+        return [x for _, x in encoded], None, too_long
     domains = sorted({d for d, _ in encoded})
     order = list(range(len(encoded)))
     random.Random(cfg.seed).shuffle(order)
@@ -289,7 +309,7 @@ def training_data(items: list[dict[str, Any]], tok: Any, cfg: TrainConfig, teach
         mixture.teacher_loss = domain_losses(teacher[0], batches, collate)
     index = {d: k for k, d in enumerate(kept)}
     return [x for _, x in train], MixtureSetup(mixture, sampler([index[d] for d, _ in train], mixture, cfg.seed),
-                                               batches)
+                                               batches), too_long
 
 
 def load_teacher(cfg: TrainConfig, items: list[dict[str, Any]], tok: Any) -> tuple[Any, str]:

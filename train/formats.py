@@ -99,8 +99,10 @@ def normalise_answer(text: str) -> str:
     return " ".join(text.split()).rstrip(".")
 
 
-def encode(row: dict[str, Any], tok: Any, max_length: int) -> dict[str, list[int]]:
-    """Token ids with labels on the completion only (-100 on the prompt); chat rows through the template."""
+def encode(row: dict[str, Any], tok: Any, max_length: int, whole: bool = False) -> dict[str, list[int]] | None:
+    """Token ids with labels on the completion only (-100 on the prompt); chat rows through the template. Cut at
+    MAX_LENGTH; with WHOLE, None for an example that does not fit (a cut rationale loses its answer and its EOS,
+    and the student learns reasoning that never concludes)."""
     if isinstance(row["prompt"], list):
         prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
         full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
@@ -110,5 +112,7 @@ def encode(row: dict[str, Any], tok: Any, max_length: int) -> dict[str, list[int
     else:
         p = tok(row["prompt"])["input_ids"]
         c = tok(row["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    if whole and len(p) + len(c) > max_length:
+        return None
     ids = (p + c)[:max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ([-100] * len(p) + c)[:max_length]}

@@ -81,7 +81,9 @@ def test_ddk_training_records_its_mixture_and_a_resumed_run_continues_it(relatio
     db, d = relations_db
     base = {"snapshot": "all", "base": str(tiny_lm), "teacher": str(tiny_lm), "mixture": "ddk", "batch_size": 4,
             "mixture_every": 4, "mixture_holdout": 4, "save_steps": 4, "lr": 1e-3, "kd_weight": 0.2}
-    first = fit(db, TrainConfig(out=d / "ddk", max_steps=8, **base))["summary"]["mixture"]
+    card = fit(db, TrainConfig(out=d / "ddk", max_steps=8, **base))
+    first = card["summary"]["mixture"]
+    assert card["summary"]["schedules"] == [8]
     assert [h["step"] for h in first["history"]] == [0, 4, 8] and first["teacher"] == str(tiny_lm)
     assert len(first["domains"]) >= 3
     assert all(sum(h["weights"]) == pytest.approx(1.0, abs=1e-4) for h in first["history"])
@@ -92,6 +94,7 @@ def test_ddk_training_records_its_mixture_and_a_resumed_run_continues_it(relatio
     card = fit(db, TrainConfig(out=d / "ddk", max_steps=16, **base))
     second = card["summary"]["mixture"]
     assert card["summary"]["resumed_from"] == "checkpoint-8"
+    assert card["summary"]["schedules"] == [8, 16]  # 8 steps decayed over 8, then over 16: not a fresh 16-step run
     assert second["history"][:3] == first["history"] and [h["step"] for h in second["history"]][3:] == [12, 16]
     assert second["teacher_loss"] == first["teacher_loss"]
 
@@ -120,8 +123,9 @@ def test_another_teacher_adds_its_kl_with_gradient_accumulation(relations_db, ti
     db, d = relations_db
     base = {"snapshot": "all", "base": str(tiny_lm), "batch_size": 2, "grad_accum": 2, "max_steps": 1, "seed": 3}
     plain = fit(db, TrainConfig(out=d / "plain2", **base))["summary"]["first_loss"]
-    kd = fit(db, TrainConfig(out=d / "kd2", teacher=str(other), kd_weight=0.5, **base))["summary"]["first_loss"]
-    assert kd > plain + 0.01 and math.isfinite(kd)
+    summary = fit(db, TrainConfig(out=d / "kd2", teacher=str(other), kd_weight=0.5, **base))["summary"]
+    assert summary["first_loss"] > plain + 0.01 and math.isfinite(summary["first_loss"])
+    assert summary["teacher"] == str(other)  # the KL term's teacher is on the card, with no mixture too
 
 
 def test_a_teacher_with_another_tokenizer_is_one_line(relations_db, tiny_lm):

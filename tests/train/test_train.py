@@ -102,6 +102,28 @@ def test_a_students_seed_fixes_it_whatever_the_process_drew_before(atomic_db, ti
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
+def test_an_example_longer_than_max_length_is_left_out_not_cut(atomic_db, tiny_lm):
+    """Cut from the right, a rationale lost its answer and its EOS and was trained on anyway."""
+    from transformers import AutoTokenizer
+
+    from corpus import snapshot_frame
+    from train.formats import encode
+
+    db, d = atomic_db
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    with Store(db, read_only=True) as s:
+        items = [r for r in snapshot_frame(s, "eight").to_dicts() if r["split"] == "train"]
+    lengths = [len(encode(example(it, "comet"), tok, 10_000)["input_ids"]) for it in items]
+    limit = sorted(lengths)[len(lengths) // 2]  # about half fit
+    card = fit(db, TrainConfig(snapshot="eight", out=d / "short", base=str(tiny_lm), max_steps=1, batch_size=2,
+                               max_length=limit, bf16=False))
+    assert card["summary"]["too_long"] == sum(n > limit for n in lengths) > 0
+    assert card["summary"]["examples"] == sum(n <= limit for n in lengths)
+    with pytest.raises(SkdError, match="every example is longer than --max-length 8"):
+        fit(db, TrainConfig(snapshot="eight", out=d / "none", base=str(tiny_lm), max_steps=1, max_length=8,
+                            bf16=False))
+
+
 def test_a_teacher_is_evaluated_against_human_references(atomic_db, tiny_lm):
     db, d = atomic_db
     refs = shared_file("atomic2020/human_tuples.tsv")
@@ -163,7 +185,8 @@ def test_training_errors_are_one_line(atomic_db, tmp_path):
     for args, message in ((["--snapshot", "nope"], "no snapshot named 'nope'"),
                           (["--snapshot", "eight", "--lora", "8"], "--lora '8'"),
                           (["--snapshot", "eight", "--format", "bad"], "'bad' is not one of 'comet'"),
-                          (["--snapshot", "eight", "--base", str(tmp_path / "missing")], "neither an embedded")):
+                          (["--snapshot", "eight", "--base", str(tmp_path / "missing")], "neither an embedded"),
+                          (["--snapshot", "eight", "--base", "all-mpnet-base-v2"], "cannot load base model")):
         p = run_skd("train", "--out", str(tmp_path / "o"), *args, db=db)
         assert p.returncode == 2 and message in p.stderr and p.stderr.strip().count("\n") == 0, p.stderr
     with Store(db) as s:

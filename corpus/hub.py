@@ -81,9 +81,15 @@ def push_snapshot(store: Store, name: str, repo_id: str, private: bool = False, 
 def _upload(api, folder: Path, repo_id: str, private: bool, revision: str | None, message: str,
             row: dict[str, Any]) -> dict[str, Any]:
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    # create_repo leaves an existing repo as it is: --private must not publish into a public one
+    if private and not api.dataset_info(repo_id).private:
+        raise SkdError(f"{repo_id} exists and is public; --private would publish the snapshot: make the repo "
+                       "private first, or push without --private")
     if revision:
         api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
+    # data/* of an earlier push goes (a split this snapshot lacks would stay beside its card)
     info = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=folder, revision=revision,
-                             commit_message=message, commit_description=f"snapshot hash {row['content_hash']}")
+                             commit_message=message, commit_description=f"snapshot hash {row['content_hash']}",
+                             delete_patterns=["data/*"])
     return {"repo_id": repo_id, "revision": revision or "main", "commit": info.oid, "url": info.commit_url,
             "message": message}

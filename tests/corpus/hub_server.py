@@ -39,6 +39,10 @@ class FakeHub:
                     return self._reply(503, {"error": "try again"})
                 self._reply(*hub.handle(self.path, body))
 
+            def do_GET(self) -> None:
+                hub.requests.append(self.path)
+                self._reply(*hub.read(self.path))
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -51,7 +55,7 @@ class FakeHub:
             if repo_id in self.repos:
                 return 409, {"error": "You already created this dataset repo", "url": f"{self.url}/datasets/{repo_id}"}
             self.repos[repo_id] = {"private": req.get("visibility") == "private" or req.get("private"),
-                                   "type": req.get("type"), "branches": {"main"}, "commits": []}
+                                   "type": req.get("type"), "branches": {"main"}, "commits": [], "files": {}}
             return 200, {"url": f"{self.url}/datasets/{repo_id}"}
         if path == "/api/validate-yaml":
             return 200, {}
@@ -71,11 +75,27 @@ class FakeHub:
             lines = [json.loads(line) for line in body.splitlines() if line.strip()]
             header = next(x["value"] for x in lines if x["key"] == "header")
             files = {x["value"]["path"]: base64.b64decode(x["value"]["content"]) for x in lines if x["key"] == "file"}
-            repo["commits"].append({"revision": rev, "summary": header["summary"],
+            deleted = [x["value"]["path"] for x in lines if x["key"] == "deletedFile"]
+            tree = repo["files"].setdefault(rev, {})
+            for path_ in deleted:
+                tree.pop(path_, None)
+            tree.update(files)
+            repo["commits"].append({"revision": rev, "summary": header["summary"], "deleted": deleted,
                                     "description": header.get("description", ""), "files": files})
             oid = f"{len(repo['commits']):040x}"
             return 200, {"commitUrl": f"{self.url}/datasets/{repo_id}/commit/{oid}", "commitOid": oid}
         return 404, {"error": f"no route {path}"}
+
+    def read(self, path: str) -> tuple[int, Any]:
+        """GET: a dataset's info (its visibility) and its files at a revision (`/tree/{rev}`)."""
+        parts = path.split("?")[0].split("/")  # /api/datasets/{org}/{name}[/tree/{rev}]
+        repo = self.repos.get(f"{parts[3]}/{parts[4]}") if len(parts) > 4 else None
+        if repo is None:
+            return 404, {"error": "Repository not found"}
+        if len(parts) > 5 and parts[5] == "tree":
+            tree = repo["files"].get("/".join(parts[6:]) or "main", {})
+            return 200, [{"type": "file", "path": p, "oid": f"{0:040x}", "size": len(b)} for p, b in tree.items()]
+        return 200, {"id": f"{parts[3]}/{parts[4]}", "private": bool(repo["private"]), "sha": f"{0:040x}"}
 
     def close(self) -> None:
         self.server.shutdown()

@@ -195,6 +195,23 @@ def test_push_uploads_one_commit_to_a_local_hub(corpus_db):
     assert "hf_secret_token" not in p.stdout + p.stderr
 
 
+def test_a_second_push_replaces_the_data_and_private_never_publishes(corpus_db):
+    hub = FakeHub()
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_secret_token", "HF_HUB_OFFLINE": "0"}
+    try:
+        with Store(corpus_db) as s:
+            snap(s, "two", split={"train": 0.75, "test": 0.25})
+            snap(s, "one", relations=["xWant"], split={"train": 1.0})
+        for name in ("two", "one"):
+            run_skd("push", name, "me/pub", db=corpus_db, env=env, check=True)
+        p = run_skd("push", "one", "me/pub", "--private", db=corpus_db, env=env)
+    finally:
+        hub.close()
+    files = hub.repos["me/pub"]["files"]["main"]
+    assert sorted(f for f in files if f.startswith("data/")) == ["data/train-00000-of-00001.parquet"]  # no stale test
+    assert p.returncode == 2 and "me/pub exists and is public" in p.stderr and len(hub.repos["me/pub"]["commits"]) == 2
+
+
 def test_push_errors_are_one_line(corpus_db):
     with Store(corpus_db) as s:
         snap(s, "s")

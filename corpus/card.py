@@ -85,9 +85,11 @@ def dataset_card(row: dict[str, Any], df: pl.DataFrame, critic: dict[str, Any] |
         parts += ["No generated items: every item was ingested.", ""]
     if critic:
         auc = (critic["metrics"].get("dev") or {}).get("auc")
+        cut = (f"kept the best-scored items of every relation, the same share of each: the share that scoring at "
+               f"least {recipe.get('critic_threshold')} keeps over all of them (so some items below it)"
+               if recipe.get("per_relation") else f"kept items scoring at least {recipe.get('critic_threshold')}")
         parts += [f"Critic `{critic['name']}` ({critic['mode']}, base {critic['base_model']}), dev AUC "
-                  f"{auc if auc is None else round(auc, 4)}; kept items scoring at least "
-                  f"{recipe.get('critic_threshold')}.", ""]
+                  f"{auc if auc is None else round(auc, 4)}; {cut}.", ""]
         if funnel.get("critic_pass_rate"):
             parts += [table([(g, f"{r:.1%}") for g, r in funnel["critic_pass_rate"].items()],
                             ("relation", "passed the critic")), ""]

@@ -122,6 +122,12 @@ def test_per_relation_cut_keeps_the_same_share_of_every_relation(corpus_db):
     assert per["funnel"]["passed_critic"] == 16 and per["recipe"]["per_relation"] is True
     assert df["relation"].value_counts().sort("relation")["count"].to_list() == [8, 8]
     assert all(t.startswith("happy") for t in df.filter(pl.col("relation") == "xReact")["tail"])
+    with Store(corpus_db) as s:
+        export_snapshot(s, "per", corpus_db.parent / "per", "hf")
+        export_snapshot(s, "one", corpus_db.parent / "one", "hf")
+    # the card says what the cut kept: here xReact items scoring 0.3, below the 0.5 threshold
+    assert "the same share of each" in (corpus_db.parent / "per" / "README.md").read_text()
+    assert "kept items scoring at least 0.5" in (corpus_db.parent / "one" / "README.md").read_text()
 
 
 def test_stats_match_hand_computed_values(corpus_db):

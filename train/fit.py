@@ -308,8 +308,8 @@ def training_data(items: list[dict[str, Any]], tok: Any, cfg: TrainConfig, teach
     if teacher is not None:
         mixture.teacher_loss = domain_losses(teacher[0], batches, collate)
     index = {d: k for k, d in enumerate(kept)}
-    return [x for _, x in train], MixtureSetup(mixture, sampler([index[d] for d, _ in train], mixture, cfg.seed),
-                                               batches), too_long
+    draw = sampler([index[d] for d, _ in train], mixture, cfg.seed, cfg.batch_size, cfg.grad_accum)
+    return [x for _, x in train], MixtureSetup(mixture, draw, batches), too_long
 
 
 def load_teacher(cfg: TrainConfig, items: list[dict[str, Any]], tok: Any) -> tuple[Any, str]:

@@ -80,12 +80,19 @@ class Mixture:
         return True
 
 
-def sampler(domain_of: list[int], mixture: Mixture, seed: int):
-    """Draws a domain by the mixture's current weights, then an example of it: one epoch is as many draws as
-    there are examples. The weights are read at each draw, so an update applies about a batch later (the
-    loader fetches one ahead). Each draw is seeded by (seed, epoch, position), so a resumed run draws as an
-    uninterrupted one would wherever the weights were the same."""
+def sampler(domain_of: list[int], mixture: Mixture, seed: int, batch_size: int = 1, grad_accum: int = 1):
+    """Draws a domain by the mixture's weights, then an example of it: one epoch is as many draws as there are
+    examples. Each draw is seeded by (seed, epoch, position), and its weights are those in effect at its batch by
+    the mixture's history: the loader fetches one batch ahead, so the update at step k applies from batch
+    k * grad_accum + 1 on. A resumed run (the history restored) therefore draws exactly what an uninterrupted one
+    does; reading the live weights instead drew the batch after a checkpoint with the update it had not seen."""
     import torch
+
+    per_epoch = -(-len(domain_of) // batch_size)
+
+    def weights_at(batch: int) -> list[float]:
+        live = [h for h in mixture.history if (h["step"] * grad_accum + 1 if h["step"] else 0) <= batch]
+        return live[-1]["weights"] if live else mixture.weights
 
     class MixtureSampler(torch.utils.data.Sampler):
         def __init__(self):
@@ -101,7 +108,8 @@ def sampler(domain_of: list[int], mixture: Mixture, seed: int):
         def __iter__(self):
             for i in range(len(domain_of)):
                 rng = random.Random(f"{seed}-{self.epoch}-{i}")
-                k = rng.choices(range(len(self.members)), weights=mixture.weights)[0]
+                weights = weights_at(self.epoch * per_epoch + i // batch_size)
+                k = rng.choices(range(len(self.members)), weights=weights)[0]
                 yield rng.choice(self.members[k])
 
     return MixtureSampler()

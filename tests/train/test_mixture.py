@@ -40,10 +40,24 @@ def test_the_mixture_shifts_toward_the_domain_the_student_is_worse_at():
     flat = Mixture(["easy", "hard"], "uniform")
     flat.observe(0, [1.0, 3.0])
     assert flat.weights == [0.5, 0.5]
-    # the sampler draws domains by the weights as they are when drawn
-    m.weights = [0.8, 0.2]
+    # the sampler draws domains by the weights in effect at each batch
+    m.history = [{"step": 0, "weights": [0.8, 0.2]}]
     draws = list(sampler([0] * 50 + [1] * 50, m, seed=1))
     assert len(draws) == 100 and 0.65 < sum(1 for i in draws if i < 50) / 100 < 0.95
+
+
+def test_a_resumed_mixture_draws_what_an_uninterrupted_one_draws():
+    """The loader fetches one batch ahead: the update at step 2 comes after batch 2 was drawn. A run resumed from
+    step 2's checkpoint (its history holds the update) must draw batch 2 with the weights before it too."""
+    m = Mixture(["a", "b"], "uniform")
+    m.history = [{"step": 0, "weights": [1.0, 0.0]}]
+    it = iter(sampler([0] * 8 + [1] * 8, m, seed=1, batch_size=2))
+    drawn = [next(it) for _ in range(6)]  # batches 0 and 1 trained on, batch 2 fetched, then step 2 ends
+    m.history.append({"step": 2, "weights": [0.0, 1.0]})
+    uninterrupted = drawn + list(it)
+    resumed = list(sampler([0] * 8 + [1] * 8, m, seed=1, batch_size=2))
+    assert resumed == uninterrupted
+    assert all(i < 8 for i in uninterrupted[:6]) and all(i >= 8 for i in uninterrupted[6:])
 
 
 def test_the_kl_term_on_hand_computed_distributions():

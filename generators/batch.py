@@ -46,7 +46,7 @@ class BatchRun:
         job = {"batch_key": key, "url": url, "request_ids": [r.request_id for r in requests], "status": "uploading"}
         with open_store(self.db_path) as s:
             s.batch_jobs.record(key, run_id=self.stats.run_id, recipe=self.recipe.name, model=self.teacher.model,
-                                endpoint=self.teacher.base_url, url=url, request_ids=job["request_ids"],
+                                endpoint=self.teacher.shown_url, url=url, request_ids=job["request_ids"],
                                 status="uploading")
         return self.advance(job, requests)
 
@@ -157,7 +157,7 @@ def run_batch_stage(db_path: str | Path, recipe: Recipe, teacher: OpenAIBatchTea
         planned = {r.request_id for r in planned_requests(recipe, teacher.model, seed, s, limit)}
         # a job is this stage's when it asked for some of the stage's requests (the recipe name alone does
         # not tell the stages of one recipe apart); other jobs stay open for the run they belong to
-        open_jobs = [j for j in s.batch_jobs.open(teacher.base_url, teacher.model, recipe.name)
+        open_jobs = [j for j in s.batch_jobs.open(teacher.shown_url, teacher.model, recipe.name)
                      if planned.intersection(j["request_ids"])]
     record = {**(config or {}), "batch": True, "resumed_jobs": [j["job_id"] or j["batch_key"] for j in open_jobs]}
     with stage_run(db_path, recipe, teacher, seed, limit, record) as (stats, todo):

@@ -18,14 +18,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from store import BatchJob, Mapper, ShardWriter, Store, commit_batch, ingest_shards, open_store
+from store import BatchJob, Mapper, ShardWriter, SkdError, Store, commit_batch, ingest_shards, open_store
 from store.items import TEXT_FIELDS
 
 from .backends import Teacher
 from .constraints import unmet
 from .recipes import ParseError, Recipe
 from .teacher_job import GenerateBatch, TeacherSpec, request_rows, response_from
-from .types import Completion, Request, usage_of
+from .types import Completion, PartialAnswers, Request, usage_of
 
 # A staged batch's items: the text fields of store.items' one field list, then choices, extra and provenance.
 ITEM_SCHEMA = pa.schema(
@@ -234,7 +234,13 @@ def answers(teacher: Teacher | TeacherSpec, todo: list[Request], batch_size: int
             raise TypeError("a TeacherSpec is built by an engine's workers: pass the engine's mapper")
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            yield chunk, teacher.generate(chunk)
+            try:
+                outputs = teacher.generate(chunk)
+            except PartialAnswers as e:  # store what was answered (paid for), then stop
+                kept = [(r, o) for r, o in zip(chunk, e.answered, strict=True) if o is not None]
+                yield [r for r, _ in kept], [o for _, o in kept]
+                raise SkdError(str(e)) from None
+            yield chunk, outputs
         return
     if not isinstance(teacher, TeacherSpec):
         raise TypeError("an engine builds its own teachers: pass a TeacherSpec, not a loaded teacher")

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from store import SkdError
+
 
 class Constraint(BaseModel):
     """Constrained decoding (vLLM's structured outputs; xgrammar on transformers): one of the four."""
@@ -159,3 +161,12 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Text up to the first stop string (backends that keep the stop string in their output)."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class PartialAnswers(SkdError):
+    """A batch of which some requests were answered (and paid for) while one failed for good: the caller stores
+    the answered ones (None marks the others, which stay pending for a rerun), then stops with the message."""
+
+    def __init__(self, message: str, answered: list[list[Completion] | None]):
+        super().__init__(message)
+        self.answered = answered

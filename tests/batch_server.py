@@ -59,10 +59,11 @@ def vllm_worker(python: str, model: str, served: str, env: dict | None = None,
 class BatchServer:
     def __init__(self, polls: int = 2, fail_every: int = 0, expire_first: bool = False,
                  fail_validation: bool = False, drop_create: int = 0, no_batch_api: bool = False,
-                 worker: Callable[[list[dict]], list[dict]] = echo_worker):
+                 worker: Callable[[list[dict]], list[dict]] = echo_worker, refuse_first: bool = False):
         self.polls, self.fail_every, self.expire_first = polls, fail_every, expire_first
         self.fail_validation, self.drop_create, self.no_batch_api = fail_validation, drop_create, no_batch_api
         self.worker = worker
+        self.refuse_first, self.refused = refuse_first, set()  # the first job's first line is refused (400) for good
         self.page_size = 100  # the most jobs one list call returns
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
@@ -187,6 +188,12 @@ class BatchServer:
             cid = line["custom_id"]
             if expire and i >= len(lines) // 2:
                 continue  # an expired job answers only what it finished
+            if self.refuse_first and (not self.refused or cid in self.refused):
+                self.refused.add(cid)
+                errors.append({"id": f"err-{i}", "custom_id": cid, "response": {"status_code": 400, "body": {
+                    "error": {"message": "maximum context length exceeded", "type": "invalid_request_error"}}},
+                    "error": None})
+                continue
             if self.fail_every and i % self.fail_every == 0 and cid not in self.failed_once:
                 self.failed_once.add(cid)
                 errors.append({"id": f"err-{i}", "custom_id": cid, "response": {"status_code": 500, "body": {

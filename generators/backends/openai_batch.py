@@ -18,7 +18,7 @@ from store import SkdError
 from store.redact import redact
 
 from ..types import Completion, Request, Response
-from .openai_http import RETRY_STATUS, OpenAITeacher, _message, _retry_after
+from .openai_http import REFUSED, REQUEST_STATUS, RETRY_STATUS, OpenAITeacher, _message, _retry_after
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -90,6 +90,10 @@ class OpenAIBatchTeacher(OpenAITeacher):
             resp = row.get("response") or {}
             if resp.get("status_code") == 200 and not row.get("error"):
                 done[key] = self.priced(self.parse(resp.get("body") or {}, chat=chat), batch=True)
+            elif resp.get("status_code") in REQUEST_STATUS:  # the line itself is refused: every job would refuse it
+                why = _line_error(row).removeprefix(f"HTTP {resp['status_code']} ")
+                refusal = f"{REFUSED}: {resp['status_code']}: {why}"[:200]
+                done[key] = Response([Completion(text="", finish_reason=refusal)])
             else:
                 failed[key] = _line_error(row)
         return done, failed
@@ -212,7 +216,7 @@ def job_error(job: dict[str, Any]) -> str | None:
     if not errors:
         return None if job.get("status") != "failed" else "job failed"
     e = errors[0]
-    return " ".join(f"{e.get('code') or ''}: {e.get('message') or ''}".split())[:200]
+    return redact(" ".join(f"{e.get('code') or ''}: {e.get('message') or ''}".split()))[:200]
 
 
 def _line_error(row: dict[str, Any]) -> str:

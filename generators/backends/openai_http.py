@@ -19,7 +19,7 @@ from store.redact import redact, register_secret, strip_credentials
 from ..constraints import banned_words, grammar_of
 from ..pricing import price_for
 from ..rate_limit import RateLimiter
-from ..types import Completion, Request, Response
+from ..types import Completion, PartialAnswers, Request, Response
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 # what a request itself can cause (too long a prompt, a content filter, a value the model refuses): recorded as
@@ -168,14 +168,20 @@ class OpenAITeacher:
 def refusals_recorded(got: list[Any]) -> list[list[Completion]]:
     """Every request's completions, a refused one's as one empty completion whose finish reason says why (a
     recorded failure; the others' completions, paid for, are stored). When every request was refused the cause
-    is not in the requests (a parameter the endpoint does not take): the first refusal is raised, as any other
-    error is, and nothing is recorded."""
+    is not in the requests (a parameter the endpoint does not take): the first refusal is raised, and nothing is
+    recorded. Any other failure (retries spent, a timeout) stops the run, after the answered requests are stored
+    (`PartialAnswers`): the failed one stays pending for a rerun, the others are not paid for again."""
     failed = [g for g in got if isinstance(g, BaseException)]
     fatal = next((g for g in failed if not isinstance(g, Refused)), None)
-    if fatal is not None or (failed and len(failed) == len(got)):
-        raise fatal or failed[0]
-    return [Response([Completion(text="", finish_reason=f"{REFUSED}: {str(g).split(' answered ')[-1]}"[:200])])
-            if isinstance(g, Refused) else g for g in got]
+    if fatal is None and failed and len(failed) == len(got):
+        raise failed[0]
+    out = [Response([Completion(text="", finish_reason=f"{REFUSED}: {str(g).split(' answered ')[-1]}"[:200])])
+           if isinstance(g, Refused) else None if isinstance(g, BaseException) else g for g in got]
+    if fatal is not None:
+        if not isinstance(fatal, SkdError) or not any(o is not None for o in out):
+            raise fatal
+        raise PartialAnswers(str(fatal), out)
+    return out
 
 
 def estimated_tokens(r: Request) -> int:

@@ -63,6 +63,25 @@ def test_failed_lines_wait_for_the_next_run_when_rounds_run_out(db_path):
         assert set(server.answered.values()) == {1}  # nothing answered twice, nothing paid twice
 
 
+def test_a_line_the_endpoint_refuses_is_a_recorded_failure_not_resubmitted(db_path):
+    """A 400 (too long a prompt) is the line's own: every job would refuse it. It used to stay pending and be sent
+    in a new job by every round of every run."""
+    recipe = make_recipe("atomic10x", INFER)
+    with BatchServer(polls=1, refuse_first=True) as server:
+        stats = run_generation(db_path, recipe, batch_teacher(server), seed=1)
+        assert stats.generated == 8 and stats.failures == {"refused: 400: maximum context length exceeded": 1}
+        again = run_generation(db_path, recipe, batch_teacher(server), seed=1)
+        assert (again.already_done, again.generated, server.created) == (8, 0, 1)
+
+
+def test_a_password_in_the_endpoint_is_not_stored(db_path):
+    with BatchServer(polls=1) as server:
+        url = server.url.replace("http://", "http://user:hunter2@")
+        t = make_teacher("openai-batch", "m", base_url=url, poll_interval=0.01, max_poll_interval=0.05)
+        run_generation(db_path, make_recipe("atomic10x", INFER), t, seed=1)
+    assert "hunter2" not in str(table(db_path, "SELECT endpoint FROM batch_jobs").rows())
+
+
 def test_expired_job_keeps_what_it_finished_and_resubmits_the_rest(db_path):
     with BatchServer(polls=1, expire_first=True) as server:
         stats = run_generation(db_path, make_recipe("atomic10x", INFER), batch_teacher(server), seed=1)

@@ -114,3 +114,36 @@ def test_a_refused_request_is_a_recorded_failure_and_the_others_are_kept(tmp_pat
     with Store(tmp_path / "c.duckdb", read_only=True) as s:
         assert s.query("SELECT parsed_ok, error FROM generations ORDER BY parsed_ok").rows() == [
             (False, "refused: 400: maximum context length exceeded"), (True, None)]
+
+
+class BrokenPromptServer(FlakyServer):
+    """Answers 500 to any request whose prompt says "broken" (until `healed`), the others normally."""
+
+    healed = False
+
+    def respond(self, path, body, headers):
+        if "broken" in str(body.get("prompt") or body.get("messages")) and not self.healed:
+            return 500, {}, {"error": {"message": "upstream crashed"}}
+        return super().respond(path, body, headers)
+
+
+def test_a_request_that_keeps_failing_stops_the_run_after_the_others_are_stored(tmp_path):
+    """The other requests of its batch were answered and paid for: they were thrown away, and paid again on every
+    rerun, while the failing one stopped the run."""
+    from generators import make_recipe, run_generation
+    from store import Store
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"a": "fine one"}\n{"a": "broken"}\n{"a": "fine two"}\n')
+    recipe = make_recipe("template", {"input": str(rows), "prompt": "{{ row.a }}", "kind": "text", "parser": "regex",
+                                      "regex": r"(?P<text>.+)"})
+    db = tmp_path / "c.duckdb"
+    server = BrokenPromptServer()
+    with server as url:
+        with pytest.raises(SkdError, match=r"failed after 2 attempts \(last: HTTP 500\)"):
+            run_generation(db, recipe, teacher(url, max_retries=1))
+        with Store(db, read_only=True) as s:
+            assert s.scalar("SELECT count(DISTINCT request_id) FROM generations") == 2  # the answered two are kept
+        server.healed, before = True, server.calls
+        stats = run_generation(db, recipe, teacher(url, max_retries=1))
+    assert stats.already_done == 2 and stats.generated == 1 and server.calls - before == 1  # only the failed one

@@ -49,9 +49,10 @@ def print_summary(sm: dict[str, Any]) -> None:
         out.print(t)
     if sm["critic"]:
         c = sm["critic"]
+        figure = lambda key: None if c.get(key) is None else round(c[key], 4)  # noqa: E731
         out.print(dict_table(f"critic {c['critic']}", {
-            "labels": c.get("labels", "(reused)"), "dev AUC": round(c.get("dev_auc") or 0, 4),
-            "dev average precision": round(c.get("dev_average_precision") or 0, 4),
+            "labels": c.get("labels", "(reused)"), "dev AUC": figure("dev_auc"),
+            "dev average precision": figure("dev_average_precision"),
             **{f"threshold {k}": round(v, 4) for k, v in (c.get("thresholds") or {}).items()}}))
     if sm["evals"]:
         out.print(compare_table(sm["evals"]))

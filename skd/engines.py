@@ -135,14 +135,17 @@ def ray_task_map(cfg: EngineConfig, in_flight: int | None = None) -> Callable[[C
         remote = ray.remote(num_cpus=1)(f)
         limit = in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         pending: list = []
-        for t in tasks:
-            pending.append(remote.remote(t))
-            if len(pending) >= limit:
+        try:
+            for t in tasks:
+                pending.append(remote.remote(t))
+                if len(pending) >= limit:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    yield ray.get(done[0])
+            while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 yield ray.get(done[0])
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+        except ray.exceptions.RayError as e:  # a task's failure (a worker without faiss, killed for memory)
+            raise SkdError(f"the Ray engine failed: {redact(root_cause(e))}") from None
     return imap
 
 

@@ -146,6 +146,7 @@ class Pipeline(Strict):
             if self.student and self.generate.recipe in ("generics", "comparatives"):
                 raise ValueError(f"student: the {self.generate.recipe} recipe writes statements (text items), and a "
                                  "student trains on triples, questions or rationales; drop [student] and [eval]")
+        self._check_splits_and_eval()
         if self.loop.rounds > 1:
             missing = [t for t in ("generate", "critic", "student") if getattr(self, t) is None]
             if missing:
@@ -156,6 +157,20 @@ class Pipeline(Strict):
                                  "with format = 'comet' (its (head, relation) prompt); other recipes have no "
                                  "student prompt yet")
         return self
+
+    def _check_splits_and_eval(self) -> None:
+        """A student trains on the snapshot's train split, an evaluation without inputs of its own reads the
+        snapshot's eval split (references may be absent and fall back to it), and an evaluation needs a model."""
+        splits = set(self.snapshot.split)
+        if self.student and "train" not in splits:
+            raise ValueError(f"student: the snapshot's split ({', '.join(sorted(splits))}) has no 'train' part")
+        e = self.eval
+        if e is None:
+            return
+        if not (e.questions or e.heads) and e.split not in splits:
+            raise ValueError(f"eval.split: the snapshot has no {e.split!r} part (it has {', '.join(sorted(splits))})")
+        if self.student is None and not (e.teacher and self.generate):
+            raise ValueError("eval: nothing to evaluate; add [student], or [generate] with eval.teacher = true")
 
     def steps(self) -> list[tuple[str, int]]:
         """(stage, round) in the order they run: the configured stages, then LOOP_STAGES for each later round."""

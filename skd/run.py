@@ -40,19 +40,52 @@ def stage_keys(p: Pipeline) -> dict[str, str]:
     for stage, round_ in p.steps():
         if stage == "generate" and round_ > 1:  # a round's generator is the last round's student, not its eval
             prev = keys[step_name("train", round_ - 1)]
-        parts = [stage, p.stage_config(stage), prev] + ([round_] if round_ > 1 else [])
+        digest = input_digest(p, stage) if round_ == 1 else []
+        parts = [stage, p.stage_config(stage), prev] + ([round_] if round_ > 1 else []) + ([digest] if digest else [])
         prev = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
         keys[step_name(stage, round_)] = prev
     return keys
 
 
 def plan_name(store: Store, key: str, base: str, taken: Callable[[str], bool], prior: dict[str, Any] | None,
-              field: str) -> str:
+              field: str, fresh: bool = False) -> str:
     """The stage's output name: the one planned by an earlier try of this key, else BASE if free, else
-    BASE-<key> (so a changed config never collides with the output of the old one)."""
-    if prior and prior["config"].get("plan", {}).get(field):
+    BASE-<key> (so a changed config never collides with the output of the old one). FRESH (a stage forced by
+    --from or --only after it succeeded) takes a name nothing holds yet: reusing the old one redid nothing."""
+    if prior and prior["config"].get("plan", {}).get(field) and not fresh:
         return prior["config"]["plan"][field]
-    return base if not taken(base) else f"{base}-{key[:6]}"
+    names = [base, f"{base}-{key[:6]}"] + ([f"{base}-{key[:6]}-{n}" for n in range(2, 1000)] if fresh else [])
+    return next((n for n in names if not taken(n)), names[-1])
+
+
+def input_digest(p: Pipeline, stage: str) -> list[Any]:
+    """What a stage reads from files, beyond its config: the content of the files it ingests, the label file it
+    trains on (the first present), the references or questions it evaluates on, or that they are absent. An
+    edited file, or a label file that appeared since, changes the stage's key, so it reruns."""
+    if stage == "ingest":
+        return [file_digest(f.file) for f in p.corpus.ingest]
+    if stage == "critic" and p.critic and p.critic.labels:
+        first = next((f.file for f in p.critic.labels if Path(f.file).exists()), None)
+        return [str(first), file_digest(first) if first else None]
+    if stage == "eval" and p.eval:
+        return [file_digest(f) if f else None for f in (p.eval.references, p.eval.questions, p.eval.heads)]
+    return []
+
+
+def file_digest(path: Path | str) -> str | None:
+    """A file's content hash, a folder's over its files' names, sizes and times; None when it is absent."""
+    path = Path(path)
+    if path.is_dir():
+        listing = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                         for f in path.rglob("*") if f.is_file())
+        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -113,17 +146,23 @@ class Runner:
                 self.say(f"[{k}/{len(names)}] {step.name}: done before, skipped")
                 continue
             if only and step.name != only:
+                if names.index(step.name) > names.index(only):  # after the one asked for: left for a full run
+                    self.say(f"[{k}/{len(names)}] {step.name}: not run (--only {only})")
+                    continue
                 raise SkdError(f"stage {step.name!r} has not run with this config; run without --only first")
             self.say(f"[{k}/{len(names)}] {step.name}")
-            self.summaries[step.name] = self.run_step(step, prior)
+            fresh = step.name in forced and bool(prior) and prior["status"] == "ok"
+            self.summaries[step.name] = self.run_step(step, prior, fresh)
             self.made.restore(step.stage, self.summaries[step.name])
         return self.made
 
-    def run_step(self, step: Step, prior: dict[str, Any] | None) -> dict[str, Any]:
+    def run_step(self, step: Step, prior: dict[str, Any] | None, fresh: bool = False) -> dict[str, Any]:
         with open_store(self.db) as s:
-            plan = self.plan(s, step, prior)
+            plan = self.plan(s, step, prior, fresh)
+            # the stage's own config and the engine: a key in `runs` can be traced back to the TOML that made it
             run_id = s.start_run("pipeline", {"stage": step.stage, "round": step.round, "key": step.key,
-                                              "plan": plan})
+                                              "plan": plan, "config": self.p.stage_config(step.stage),
+                                              "engine": self.p.engine.model_dump(mode="json")})
         try:
             summary = step.run(plan) | {"plan": plan}
         except BaseException as e:
@@ -134,16 +173,19 @@ class Runner:
             s.finish_run(run_id, "ok", summary)
         return summary
 
-    def plan(self, s: Store, step: Step, prior: dict[str, Any] | None) -> dict[str, Any]:
+    def plan(self, s: Store, step: Step, prior: dict[str, Any] | None, fresh: bool = False) -> dict[str, Any]:
         """The names of what the step makes, fixed before it starts (a later round's: NAME-rN)."""
         p, key, later = self.p, step.key, f"-r{step.round}" if step.round > 1 else ""
+        if step.stage == "critic" and not p.critic.use:
+            return {"critic": plan_name(s, key, p.critic.name, s.critics.exists, prior, "critic", fresh)}
         if step.stage == "critic":
-            return {"critic": plan_name(s, key, p.critic.name, s.critics.exists, prior, "critic")}
+            return {"critic": p.critic.use}
         if step.stage == "snapshot":
-            return {"snapshot": plan_name(s, key, p.snapshot.name + later, s.snapshots.exists, prior, "snapshot")}
+            return {"snapshot": plan_name(s, key, p.snapshot.name + later, s.snapshots.exists, prior, "snapshot",
+                                          fresh)}
         if step.stage in ("export", "train"):
             base = str(p.export.out if step.stage == "export" else p.student.out) + later
-            return {"out": plan_name(s, key, base, lambda n: Path(n).exists(), prior, "out")}
+            return {"out": plan_name(s, key, base, lambda n: Path(n).exists(), prior, "out", fresh)}
         return {}
 
     def stage_functions(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
@@ -209,8 +251,11 @@ class Runner:
         with open_store(self.db) as s:
             if c.use and not s.critics.exists(c.use):
                 raise SkdError(f"critic.use: no critic named {c.use!r} in {self.db}")
-            if s.critics.exists(name):
-                return {"critic": name, "reused": True}
+            if s.critics.exists(name):  # its figures from its record: the summary shows them as for a trained one
+                row = s.critics.get(name)
+                dev = (row["metrics"] or {}).get("dev") or {}
+                return {"critic": name, "reused": True, "dev_auc": dev.get("auc"),
+                        "dev_average_precision": dev.get("average_precision"), "thresholds": row["thresholds"]}
             source = next((f for f in c.labels if Path(f.file).is_file()), None)
             if source is None:
                 raise SkdError(f"critic: none of the label files exist: {', '.join(str(f.file) for f in c.labels)}")
@@ -303,7 +348,7 @@ class Runner:
             fmt = e.teacher_format or ("fewshot" if atomic else "chat")
             # loaded as it generated the corpus: its GPUs, context length or endpoint (teacher_options)
             ids.append(evaluate(self.db, teacher, cfg.model_copy(update={"format": fmt, "backend": backend}),
-                                g.teacher_options if g else None)["eval_id"])
+                                g.teacher_options if g else None, g.recipe_config if atomic else None)["eval_id"])
         return {"eval_ids": ids, "inputs": "snapshot split" if own else str(e.references or e.questions or e.heads)}
 
     def eval_ids(self, round_: int | None = None) -> list[str]:

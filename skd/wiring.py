@@ -40,9 +40,11 @@ def check_answer(output: str, item: dict[str, Any]) -> bool | None:
     return is_correct(normalise_answer(extract_answer(output, item), q), item.get("answer"), q)
 
 
-def fewshot_requests(model: str, items: list[dict[str, Any]], cfg: EvalConfig, sampling: Any):
+def fewshot_requests(model: str, items: list[dict[str, Any]], cfg: EvalConfig, sampling: Any,
+                     recipe_config: dict[str, Any] | None = None):
     """The ATOMIC-10x recipe's own few-shot prompts for (head, relation) inputs, and the recipe to parse with:
-    a teacher is measured with the prompt it generated the corpus with, not a zero-shot instruction."""
+    a teacher is measured with the prompt it generated the corpus with (RECIPE_CONFIG, the pipeline's: its number
+    of examples), not a zero-shot instruction."""
     from generators import make_recipe
     from generators.recipes.atomic10x import RELATIONS
 
@@ -50,7 +52,8 @@ def fewshot_requests(model: str, items: list[dict[str, Any]], cfg: EvalConfig, s
     if unknown:
         raise SkdError(f"--format fewshot: the atomic10x recipe has no prompt for relation {unknown[0]!r} "
                        f"(it has {', '.join(RELATIONS)})")
-    recipe = make_recipe("atomic10x", {"stage": "inferences", "events_from": "seeds"}, source="fewshot")
+    config = (recipe_config or {}) | {"stage": "inferences", "events_from": "seeds"}
+    recipe = make_recipe("atomic10x", config, source="fewshot")
     reqs = [recipe.inference_request(model, i["head"], i["relation"], cfg.seed) for i in items]
     return [dataclasses.replace(r, sampling=sampling) for r in reqs], recipe
 
@@ -88,7 +91,7 @@ def stop_of(items: list[dict[str, Any]], fmt: str) -> tuple[str, ...]:
 
 
 def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig,
-             options: dict[str, Any] | None = None) -> list[str]:
+             options: dict[str, Any] | None = None, recipe_config: dict[str, Any] | None = None) -> list[str]:
     """One output per input from MODEL on the config's backend (greedy at temperature 0), loaded with the
     backend's OPTIONS (the pipeline's teacher_options for its teacher: its GPUs, context length, endpoint)."""
     from generators import Request, Sampling, make_teacher
@@ -99,7 +102,7 @@ def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig,
                         seed=cfg.seed)
     recipe = None
     if fmt == "fewshot":
-        reqs, recipe = fewshot_requests(model, items, cfg, sampling)
+        reqs, recipe = fewshot_requests(model, items, cfg, sampling, recipe_config)
     else:
         reqs = []
         for item in items:
@@ -123,11 +126,13 @@ def generate(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig,
     return outputs
 
 
-def evaluate(db_path: Path, model: str, cfg: EvalConfig, teacher_options: dict[str, Any] | None = None
-             ) -> dict[str, Any]:
-    """`skd eval` and the pipeline's eval stage: the model generates on its backend (loaded with TEACHER_OPTIONS),
-    the critic scores."""
+def evaluate(db_path: Path, model: str, cfg: EvalConfig, teacher_options: dict[str, Any] | None = None,
+             recipe_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`skd eval` and the pipeline's eval stage: the model generates on its backend (loaded with TEACHER_OPTIONS;
+    a few-shot prompt from RECIPE_CONFIG), the critic scores."""
     def run(model: str, items: list[dict[str, Any]], fmt: str, cfg: EvalConfig) -> list[str]:
-        return generate(model, items, fmt, cfg, teacher_options)
+        return generate(model, items, fmt, cfg, teacher_options, recipe_config)
 
-    return evaluate_model(db_path, model, cfg, generate=run, scorer_for=critic_scorer, checker=check_answer)
+    fewshot = recipe_config if (cfg.format == "fewshot" and recipe_config) else None
+    return evaluate_model(db_path, model, cfg, generate=run, scorer_for=critic_scorer, checker=check_answer,
+                          prompt_config=fewshot)

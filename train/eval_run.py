@@ -122,9 +122,10 @@ def unseen_cases(store: Store, student: dict[str, Any] | None, cases: list[Case]
 
 
 def evaluate_model(db_path: Path, model: str, cfg: EvalConfig, *, generate: Generate, scorer_for: ScorerFor,
-                   checker: Checker | None = None) -> dict[str, Any]:
+                   checker: Checker | None = None, prompt_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a student or a teacher and record the result; returns eval_id, model, metrics, config, samples.
-    An evaluation recorded before (same model, inputs and settings) is returned as it is, not repeated."""
+    An evaluation recorded before (same model, inputs and settings) is returned as it is, not repeated.
+    PROMPT_CONFIG is what else shapes the prompts (the recipe config of a few-shot prompt): recorded and keyed."""
     with Store(db_path, read_only=True) as s:
         student = find_student(s, model)
         cases, source = eval_cases(s, cfg)
@@ -137,6 +138,8 @@ def evaluate_model(db_path: Path, model: str, cfg: EvalConfig, *, generate: Gene
             raise SkdError("--format fewshot is the teacher's generation prompt; a student answers in its own format")
         config = cfg.model_dump(mode="json", exclude={"snapshot", "split", "heads", "references", "questions",
                                                       "offset"}) | {"inputs": source, "format": fmt}
+        if prompt_config:
+            config["prompt_config"] = prompt_config
         label = f"{student['student_id']} (student)" if student else f"{model} (teacher)"
         student_id = (student or {}).get("student_id")
         snapshot = cfg.snapshot or (student or {}).get("snapshot")

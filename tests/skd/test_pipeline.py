@@ -184,6 +184,43 @@ def test_every_recipe_can_be_a_pipelines(tmp_path):
         load_pipeline(cfg)
 
 
+def test_splits_and_evaluations_that_would_fail_late_are_refused_when_the_config_loads(tmp_path):
+    from skd.pipeline import Pipeline
+
+    student = {"out": str(tmp_path / "s")}
+    cases = [({"snapshot": {"name": "s", "split": {"train": 0.9, "validation": 0.1}}, "student": student,
+               "eval": {}}, "eval.split: the snapshot has no 'test' part"),
+             ({"snapshot": {"name": "s", "split": {"all": 1.0}}, "student": student}, "has no 'train' part"),
+             ({"snapshot": {"name": "s"}, "eval": {}}, "eval: nothing to evaluate")]
+    for raw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            Pipeline.model_validate(raw)
+    assert Pipeline.model_validate({"snapshot": {"name": "s"}, "student": student, "eval": {}}).eval.split == "test"
+
+
+def test_an_edited_input_file_or_a_label_file_that_appeared_reruns_its_stage(tmp_path):
+    from skd.pipeline import Pipeline
+    from skd.run import plan_name, stage_keys
+
+    seeds, crowd, shipped = tmp_path / "seeds.jsonl", tmp_path / "crowd.csv", tmp_path / "shipped.jsonl"
+    seeds.write_text('{"text": "a"}\n')
+    shipped.write_text("{}\n")
+    raw = {"corpus": {"ingest": [{"file": str(seeds)}]}, "snapshot": {"name": "s"},
+           "critic": {"labels": [{"file": str(crowd), "format": "ckbp"}, {"file": str(shipped)}]}}
+    before = stage_keys(Pipeline.model_validate(raw))
+    seeds.write_text('{"text": "b"}\n')  # same path and format, other content
+    edited = stage_keys(Pipeline.model_validate(raw))
+    assert edited["ingest"] != before["ingest"]
+    crowd.write_text("head,relation,tail,label\n")  # the first label file is there now: the critic trains on it
+    appeared = stage_keys(Pipeline.model_validate(raw))
+    assert appeared["critic"] != edited["critic"] and appeared["ingest"] == edited["ingest"]
+    # a stage forced to run again (--from) takes a name nothing holds: reusing the old one redid nothing
+    held = {"critic", "critic-abcdef"}
+    prior = {"config": {"plan": {"critic": "critic"}}}
+    assert plan_name(None, "abcdef12", "critic", held.__contains__, prior, "critic") == "critic"
+    assert plan_name(None, "abcdef12", "critic", held.__contains__, prior, "critic", fresh=True) == "critic-abcdef-2"
+
+
 def test_a_bad_pipeline_config_names_the_key(tmp_path):
     cfg = tmp_path / "p.toml"
     cfg.write_text('[snapshot]\nname = "x"\n[dedup]\nthreshold = 2.0\n')

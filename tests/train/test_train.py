@@ -175,6 +175,18 @@ def test_a_teacher_is_evaluated_with_the_backend_options_it_generated_with(atomi
     assert evaluate(db, str(tiny_lm), cfg, {"dtype": "float32", "batch_size": 1})["metrics"]["n"] == 2
 
 
+def test_a_teacher_is_evaluated_with_the_few_shot_prompt_it_generated_with():
+    """A pipeline whose recipe shows 2 examples per prompt evaluated its teacher with the default 5."""
+    from generators import Sampling
+    from skd.wiring import fewshot_requests
+    from train.eval_run import EvalConfig
+
+    item = [{"kind": "triple", "head": "PersonX eats", "relation": "xWant"}]
+    two, _ = fewshot_requests("m", item, EvalConfig(), Sampling(), {"examples": 2, "stage": "both"})
+    five, _ = fewshot_requests("m", item, EvalConfig(), Sampling())
+    assert (two[0].prompt.count("Event:"), five[0].prompt.count("Event:")) == (3, 6)
+
+
 def eval_samples(db, eval_id):
     return [json.loads(line) for line in (db.parent / (db.name + ".d") / "evals" / f"{eval_id}.jsonl")
             .read_text().splitlines()]

@@ -28,7 +28,7 @@ class JsonServer:
                     self.send_header(k, v)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(json.dumps(data).encode())
+                self.wfile.write(data if isinstance(data, bytes) else json.dumps(data).encode())  # bytes: as they are
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -88,8 +88,12 @@ class OpenAIBatchTeacher(OpenAITeacher):
             except (ValueError, KeyError, TypeError):
                 raise SkdError(f"batch result line {number} is not a batch result: {raw[:80]!r}") from None
             resp = row.get("response") or {}
-            if resp.get("status_code") == 200 and not row.get("error"):
-                done[key] = self.priced(self.parse(resp.get("body") or {}, chat=chat), batch=True)
+            body = resp.get("body")
+            if resp.get("status_code") == 200 and not row.get("error") and not (
+                    isinstance(body, dict) and isinstance(body.get("choices"), list)):
+                failed[key] = "answered without choices"  # not an answer of no completions: asked again
+            elif resp.get("status_code") == 200 and not row.get("error"):
+                done[key] = self.priced(self.parse(body, chat=chat), batch=True)
             elif resp.get("status_code") in REQUEST_STATUS:  # the line itself is refused: every job would refuse it
                 why = _line_error(row).removeprefix(f"HTTP {resp['status_code']} ")
                 refusal = f"{REFUSED}: {resp['status_code']}: {why}"[:200]

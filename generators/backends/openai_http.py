@@ -117,7 +117,7 @@ class OpenAITeacher:
             else:
                 self.limiter.observe(resp.headers)
                 if resp.status_code == 200:
-                    out = self.parse(resp.json(), chat=r.prompt is None)
+                    out = self.parse(answer_json(resp, f"{self.shown_url}{path}"), chat=r.prompt is None)
                     self.limiter.settle(estimate, _total(out))
                     return self.priced(out)
                 if resp.status_code not in RETRY_STATUS:
@@ -203,10 +203,25 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+def answer_json(resp: httpx.Response, where: str) -> dict[str, Any]:
+    """A 200's completion object; a page that is not one (a proxy's login page, a web UI at the base URL) is one
+    line, not a traceback, and a JSON without choices is not taken as an answer of no completions."""
+    try:
+        data = resp.json()
+    except ValueError:
+        raise SkdError(f"teacher endpoint {where} answered 200 with no JSON ({redact(resp.text[:80])!r}); "
+                       "is the base URL an OpenAI-compatible /v1?") from None
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise SkdError(f"teacher endpoint {where} answered 200 without choices: {redact(str(data)[:120])}")
+    return data
+
+
 def _message(resp: httpx.Response) -> str:
     try:
-        err = resp.json().get("error")
-        msg = err.get("message") if isinstance(err, dict) else err or resp.json().get("message")
+        data = resp.json()
+        err = data.get("error") if isinstance(data, dict) else data
+        msg = err.get("message") if isinstance(err, dict) else err or (data.get("message") if isinstance(data, dict)
+                                                                        else None)
     except ValueError:
         msg = resp.text
     return " ".join(str(msg or resp.reason_phrase).split())[:200]

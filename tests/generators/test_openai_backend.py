@@ -147,3 +147,20 @@ def test_a_request_that_keeps_failing_stops_the_run_after_the_others_are_stored(
         server.healed, before = True, server.calls
         stats = run_generation(db, recipe, teacher(url, max_retries=1))
     assert stats.already_done == 2 and stats.generated == 1 and server.calls - before == 1  # only the failed one
+
+
+class NotAnAPIServer(FlakyServer):
+    """A web page, or JSON without choices, at the base URL: what a proxy's login page or a wrong URL gives."""
+
+    page = True
+
+    def respond(self, path, body, headers):
+        return (200, {}, b"<html>login</html>") if self.page else (200, {}, {"object": "list", "data": []})
+
+
+def test_a_200_that_is_not_a_completion_is_one_line():
+    for page, message in ((True, "answered 200 with no JSON"), (False, "answered 200 without choices")):
+        server = NotAnAPIServer()
+        server.page = page
+        with server as url, pytest.raises(SkdError, match=message):
+            teacher(url).generate(reqs()[:1])

@@ -89,6 +89,8 @@ def ingest_batch(store: Store, batch: Path, run_id: str | None = None) -> int:
     database)."""
     try:
         rows = _ingest_batch(store, batch, run_id)
+    except duckdb.InterruptException:  # Ctrl-C inside the query: the user's stop, not a bad batch
+        raise KeyboardInterrupt from None
     except duckdb.Error as e:
         raise SkdError(f"cannot ingest shard batch {batch}: {str(e).splitlines()[0]}") from None
     shutil.rmtree(batch, ignore_errors=True)

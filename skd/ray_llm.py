@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from generators.backends.openai_http import OpenAITeacher
+from generators.backends.openai_http import REFUSED, REQUEST_STATUS, OpenAITeacher
 from generators.backends.vllm_engine import sampling_kwargs
 from generators.teacher_job import RESPONSE_SCHEMA, request_from, response_json
 from generators.types import Completion, Request, Response, derive_seed
@@ -86,12 +86,23 @@ def per_worker_qps(options: dict[str, Any], workers: int) -> int | None:
     return int(qps)
 
 
+# what an error body says when the request itself was refused (Ray's HTTP stage passes on the body, not its status)
+REFUSAL_TYPES = {"invalid_request_error", "BadRequestError"}
+
+
 def http_response(data: dict[str, Any], chat: bool, price: Any) -> Response:
-    """The endpoint's answer as completions; an error body is an error, not a request with no samples."""
+    """The endpoint's answer as completions; an error body is an error, not a request with no samples, except a
+    refusal of the request itself (too long a prompt: OpenAI's invalid_request_error, vLLM's code 400), which
+    is a recorded failed generation as on the local engine, so one prompt cannot stop every rerun."""
     if not isinstance(data, dict) or "choices" not in data:
         err = data.get("error") if isinstance(data, dict) else data
-        msg = err.get("message") if isinstance(err, dict) else err
-        raise SkdError(f"the teacher endpoint answered without choices: {' '.join(str(msg).split())[:200]}")
+        err = err if isinstance(err, dict) else data if isinstance(data, dict) else {"message": err}
+        msg = " ".join(str(err.get("message")).split())[:160]
+        code = err.get("code")
+        if code in REQUEST_STATUS or err.get("type") in REFUSAL_TYPES:
+            status = code if isinstance(code, int) else 400
+            return Response([Completion(text="", finish_reason=f"{REFUSED}: {status}: {msg}")])
+        raise SkdError(f"the teacher endpoint answered without choices: {msg}")
     out = OpenAITeacher.parse(data, chat=chat)
     if price is not None:
         out.cost = price.cost(out.prompt_tokens, out.completion_tokens, batch=False)

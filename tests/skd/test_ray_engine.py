@@ -234,6 +234,21 @@ def test_a_ray_vllm_sample_has_the_finish_reason_and_logprob_the_local_engine_re
     assert sample_of(row | {"logprobs": None})["logprob"] is None  # not asked for
 
 
+def test_a_refusal_through_rays_http_processor_is_recorded_as_on_the_local_engine():
+    """Ray's HTTP stage hands on the error body of a 400, not its status: one prompt past the context stopped the
+    whole job, on every rerun."""
+    from skd.ray_llm import http_response
+
+    vllm = {"error": {"message": "This model's maximum context length is 2048", "type": "BadRequestError",
+                      "code": 400}}
+    openai = {"error": {"message": "too long", "type": "invalid_request_error", "code": "context_length_exceeded"}}
+    assert http_response(vllm, False, None)[0].finish_reason == "refused: 400: This model's maximum context length " \
+        "is 2048"
+    assert http_response(openai, True, None)[0].finish_reason == "refused: 400: too long"
+    with pytest.raises(SkdError, match="answered without choices: engine crashed"):
+        http_response({"error": {"message": "engine crashed", "type": "InternalServerError", "code": 500}}, False, None)
+
+
 def test_rate_limits_the_http_processor_cannot_hold_are_one_line():
     from skd.ray_llm import per_worker_qps
 

@@ -282,11 +282,23 @@ class Runner:
             self.db, self.p.dedup.model, on_chunk=lambda st, n: update(st.embedded, n),
             mapper=mapper_for(self.p.engine))).as_dict()
 
+    def round_where(self, s: Store) -> str | None:
+        """The snapshot's filter for this round: the items later rounds' students wrote are left out. They exist
+        only when an earlier round runs again after a config change (in a first run the later rounds come
+        after), and a round-1 snapshot must not hold what round 3's student wrote."""
+        later = (f"SELECT so.item_id FROM item_sources so LEFT JOIN runs ru USING (run_id) GROUP BY so.item_id "
+                 f"HAVING bool_and(coalesce(json_extract_string(ru.config, '$.pipeline') = 'true' AND "
+                 f"TRY_CAST(json_extract_string(ru.config, '$.round') AS INTEGER) > {int(self.round)}, false))")
+        where = self.p.snapshot.where
+        if not s.scalar(f"SELECT count(*) FROM ({later})"):
+            return where
+        return f"({where or 'TRUE'}) AND i.item_id NOT IN ({later})"  # items are `i` wherever a filter goes
+
     def stage_dedup(self, plan: dict[str, Any]) -> dict[str, Any]:
         d = self.p.dedup
         critic = self.made.critic
         with open_store(self.db) as s:
-            r = dedup(s, d.method, d.threshold, d.scope, critic, self.p.snapshot.where, d.model,
+            r = dedup(s, d.method, d.threshold, d.scope, critic, self.round_where(s), d.model,
                       partitions=d.partitions, max_visits=d.max_visits, map_fn=task_map_for(self.p.engine))
         self.say(f"    {r.items:,} items, {r.clusters:,} clusters, {r.removed:,} duplicates")
         return r.as_dict()
@@ -295,7 +307,7 @@ class Runner:
         name = plan["snapshot"]
         with open_store(self.db) as s:
             exists = s.snapshots.exists(name)
-            recipe = self.p.snapshot_recipe(self.made.critic)
+            recipe = self.p.snapshot_recipe(self.made.critic).model_copy(update={"where": self.round_where(s)})
             row = snapshot_row(s, name) if exists else create_snapshot(s, name, recipe)
         self.say(f"    snapshot {name}: {row['funnel']['snapshot']:,} items, hash {row['content_hash'][:12]}")
         return {"snapshot": name, "content_hash": row["content_hash"], "funnel": row["funnel"]}

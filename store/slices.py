@@ -32,7 +32,8 @@ class Slice:
             sql = "SELECT item_id FROM snapshot_items WHERE snapshot_id = $slice_snapshot"
             params: dict[str, Any] = {"slice_snapshot": self.snapshot_id}
         else:
-            sql, params = f"SELECT item_id FROM items WHERE {where_sql(self.where)}", {}
+            # aliased `i` as everywhere a user's filter goes: one filter may name `i.item_id` in every query
+            sql, params = f"SELECT i.item_id FROM items i WHERE {where_sql(self.where)}", {}
         if self.sample is not None:
             sql = f"SELECT item_id FROM ({sql}) ORDER BY md5(item_id || $slice_seed) LIMIT $slice_sample"
             params |= {"slice_seed": str(self.seed), "slice_sample": int(self.sample)}

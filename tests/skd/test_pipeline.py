@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from store import SkdError, Store
+from store import SkdError, Store, ingest_file
 from tests.conftest import ROOT, kill_when, run_skd
 
 PIPELINE = """
@@ -219,6 +219,32 @@ def test_an_edited_input_file_or_a_label_file_that_appeared_reruns_its_stage(tmp
     prior = {"config": {"plan": {"critic": "critic"}}}
     assert plan_name(None, "abcdef12", "critic", held.__contains__, prior, "critic") == "critic"
     assert plan_name(None, "abcdef12", "critic", held.__contains__, prior, "critic", fresh=True) == "critic-abcdef-2"
+
+
+def test_an_earlier_round_run_again_leaves_out_what_later_rounds_wrote(tmp_path):
+    """After a config change reruns round 1, its dedup and snapshot saw every item, round 3's student's too."""
+    from corpus import SnapshotRecipe, create_snapshot, dedup, snapshot_frame
+    from skd.pipeline import Pipeline
+    from skd.run import Runner
+
+    db = tmp_path / "c.duckdb"
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"head": "PersonX eats", "relation": "xWant", "tail": "to rest"}\n')
+    with Store(db) as s:
+        ingest_file(s, seeds, "jsonl")
+        run = s.start_run("generate", {"pipeline": True, "round": 3, "generator": "student"})
+        s.con.execute("INSERT INTO items (item_id, kind, head, relation, tail) VALUES "
+                      "('late', 'triple', 'PersonX eats', 'xWant', 'to nap')")
+        s.con.execute("INSERT INTO item_sources (item_id, run_id, request_id, teacher) VALUES ('late', ?, 'r', 'st')",
+                      [run])
+    runner = Runner(Pipeline.model_validate({"corpus": {"path": str(db)}, "snapshot": {"name": "s"}}), say=print)
+    for round_, kept in ((1, ["to rest"]), (3, ["to nap", "to rest"])):
+        runner.round = round_
+        with Store(db) as s:
+            where = runner.round_where(s)
+            dedup(s, "exact", scope="global", where=where)
+            create_snapshot(s, f"r{round_}", SnapshotRecipe(where=where, split={"train": 1.0}, dedup="exact"))
+            assert sorted(snapshot_frame(s, f"r{round_}")["tail"]) == kept
 
 
 def test_a_bad_pipeline_config_names_the_key(tmp_path):

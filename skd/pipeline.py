@@ -32,6 +32,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# an HTTP teacher's pacing and patience: they change how fast it is asked, not what it answers
+PACING = {"rpm", "tpm", "concurrency", "timeout", "max_retries", "backoff", "max_backoff", "poll_interval",
+          "max_poll_interval"}
+
+
 class SourceFile(Strict):
     file: Path
     format: str = "jsonl"
@@ -203,6 +208,10 @@ class Pipeline(Strict):
                  "snapshot": self.snapshot, "export": self.export, "train": self.student, "eval": self.eval}[stage]
         if table is None:
             return None
+        if stage == "generate":  # how fast an endpoint is asked changes no answer: a new rate limit redoes nothing
+            d = table.model_dump(mode="json")
+            d["teacher_options"] = {k: v for k, v in d["teacher_options"].items() if k not in PACING}
+            return d
         if stage in ("critic", "score"):  # the cut belongs to the snapshot: changing it retrains nothing
             # and a critic trained before dev_sources existed is not retrained for its default
             left = {"threshold_at_recall", "min_score", "per_relation"}

@@ -247,6 +247,20 @@ def test_an_earlier_round_run_again_leaves_out_what_later_rounds_wrote(tmp_path)
             assert sorted(snapshot_frame(s, f"r{round_}")["tail"]) == kept
 
 
+def test_an_endpoints_pacing_is_not_part_of_any_key():
+    from skd.pipeline import Pipeline
+    from skd.run import stage_keys
+
+    def keys(**options):
+        return stage_keys(Pipeline.model_validate({
+            "generate": {"recipe": "atomic10x", "backend": "openai", "teacher": "m",
+                         "teacher_options": {"base_url": "http://127.0.0.1:9/v1"} | options},
+            "critic": {"labels": []}, "snapshot": {"name": "s"}}))
+
+    assert keys(rpm=60, concurrency=4) == keys(rpm=600, timeout=30) == keys()  # a new rate limit reran everything
+    assert keys(served_model="other")["generate"] != keys()["generate"]
+
+
 def test_a_bad_pipeline_config_names_the_key(tmp_path):
     cfg = tmp_path / "p.toml"
     cfg.write_text('[snapshot]\nname = "x"\n[dedup]\nthreshold = 2.0\n')

@@ -26,6 +26,9 @@ from .types import Request
 OnBatch = Callable[[GenerateSummary, int], None]
 
 
+LOST_AFTER = 3  # polls in a row that answer 404 before a job counts as lost
+
+
 class BatchRun:
     def __init__(self, db_path: Path, recipe: Recipe, teacher: OpenAIBatchTeacher, stats: GenerateSummary,
                  batch_size: int, on_batch: OnBatch | None):
@@ -74,7 +77,11 @@ class BatchRun:
             for job in list(waiting):
                 try:
                     info = self.teacher.get(job["job_id"])
-                except NotFound:  # purged, or another account's: its requests go back to pending
+                    job["not_found"] = 0
+                except NotFound:  # purged, or another account's: its requests go back to pending, once sure
+                    job["not_found"] = job.get("not_found", 0) + 1
+                    if job["not_found"] < LOST_AFTER:  # a proxy's blip would make us pay for every line twice
+                        continue
                     info = {"id": job["job_id"], "status": "lost",
                             "errors": {"data": [{"code": "lost", "message": "the endpoint no longer knows this job"}]}}
                 status = info.get("status")

@@ -59,11 +59,13 @@ def vllm_worker(python: str, model: str, served: str, env: dict | None = None,
 class BatchServer:
     def __init__(self, polls: int = 2, fail_every: int = 0, expire_first: bool = False,
                  fail_validation: bool = False, drop_create: int = 0, no_batch_api: bool = False,
-                 worker: Callable[[list[dict]], list[dict]] = echo_worker, refuse_first: bool = False):
+                 worker: Callable[[list[dict]], list[dict]] = echo_worker, refuse_first: bool = False,
+                 blips: int = 0):
         self.polls, self.fail_every, self.expire_first = polls, fail_every, expire_first
         self.fail_validation, self.drop_create, self.no_batch_api = fail_validation, drop_create, no_batch_api
         self.worker = worker
         self.refuse_first, self.refused = refuse_first, set()  # the first job's first line is refused (400) for good
+        self.blips = blips  # this many polls of a job are answered 404 first (a proxy restarting)
         self.page_size = 100  # the most jobs one list call returns
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
@@ -161,6 +163,9 @@ class BatchServer:
             size = min(int(query.get("limit", 20)), self.page_size)
             return 200, {"object": "list", "data": jobs[:size], "has_more": len(jobs) > size}
         if len(parts) == 3 and parts[1] == "batches" and parts[2] in self.batches:
+            if self.blips > 0:
+                self.blips -= 1
+                return 404, {"error": {"message": "not found"}}
             return 200, self.advance(self.batches[parts[2]])
         if len(parts) == 4 and parts[1] == "files" and parts[3] == "content" and parts[2] in self.files:
             return 200, self.files[parts[2]]

@@ -198,6 +198,13 @@ def test_a_job_the_endpoint_forgot_gives_its_requests_back(db_path):
         assert again.generated == 8
 
 
+def test_a_404_in_passing_does_not_make_a_job_lost(db_path):
+    """One 404 while polling (a proxy restarting) closed the job as lost and paid for all its lines again."""
+    with BatchServer(polls=1, blips=2) as server:
+        stats = run_generation(db_path, make_recipe("atomic10x", INFER), batch_teacher(server), seed=1)
+    assert stats.generated == 8 and server.created == 1
+
+
 def planned_requests_for(recipe, store):
     from generators.generate import planned_requests
 

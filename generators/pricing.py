@@ -14,13 +14,20 @@ class Price(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     input: float = Field(ge=0, description="Dollars per million prompt tokens.")
     output: float = Field(ge=0, description="Dollars per million completion tokens.")
+    cached_input: float | None = Field(None, ge=0, description="Dollars per million prompt tokens the provider "
+                                                               "read from its cache (default: the input price).")
     batch_discount: float = Field(0.5, gt=0, le=1, description="Share of the price a batch job pays.")
 
-    def cost(self, prompt_tokens: int | None, completion_tokens: int | None, batch: bool = False) -> float | None:
-        """Dollars for the tokens; None when the provider said nothing of usage (unknown, not free)."""
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None, batch: bool = False,
+             cached_tokens: int | None = None) -> float | None:
+        """Dollars for the tokens (the cached part of the prompt at its own price: few-shot prompts share long
+        prefixes); None when the provider said nothing of usage (unknown, not free)."""
         if prompt_tokens is None and completion_tokens is None:
             return None
-        dollars = ((prompt_tokens or 0) * self.input + (completion_tokens or 0) * self.output) / 1e6
+        cached = min(cached_tokens or 0, prompt_tokens or 0)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        dollars = (((prompt_tokens or 0) - cached) * self.input + cached * cached_price
+                   + (completion_tokens or 0) * self.output) / 1e6
         return dollars * (self.batch_discount if batch else 1.0)
 
 

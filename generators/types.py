@@ -144,9 +144,10 @@ class Response(list):
     token counts (`usage`, not shares of it) and, where the teacher has a price, the cost in dollars."""
 
     def __init__(self, completions=(), prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                 cost: float | None = None):
+                 cost: float | None = None, cached_tokens: int | None = None):
         super().__init__(completions)
         self.prompt_tokens, self.completion_tokens, self.cost = prompt_tokens, completion_tokens, cost
+        self.cached_tokens = cached_tokens  # of the prompt tokens, those the provider read from its cache
 
 
 def usage_of(completions: list[Completion]) -> tuple[int | None, int | None, float | None]:

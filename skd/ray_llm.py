@@ -105,7 +105,7 @@ def http_response(data: dict[str, Any], chat: bool, price: Any) -> Response:
         raise SkdError(f"the teacher endpoint answered without choices: {msg}")
     out = OpenAITeacher.parse(data, chat=chat)
     if price is not None:
-        out.cost = price.cost(out.prompt_tokens, out.completion_tokens, batch=False)
+        out.cost = price.cost(out.prompt_tokens, out.completion_tokens, batch=False, cached_tokens=out.cached_tokens)
     return out
 
 

@@ -141,7 +141,8 @@ class OpenAITeacher:
 
     def priced(self, out: Response, batch: bool = False) -> Response:
         if self.price is not None:
-            out.cost = self.price.cost(out.prompt_tokens, out.completion_tokens, batch=batch)
+            out.cost = self.price.cost(out.prompt_tokens, out.completion_tokens, batch=batch,
+                                       cached_tokens=getattr(out, "cached_tokens", None))
         return out
 
     @staticmethod
@@ -162,7 +163,9 @@ class OpenAITeacher:
             share = usage["completion_tokens"] / len(out)
             for c in out:
                 c.n_tokens = round(share)
-        return Response(out, prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"))
+        details = usage.get("prompt_tokens_details") or {}
+        return Response(out, prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                        cached_tokens=details.get("cached_tokens") if isinstance(details, dict) else None)
 
 
 def refusals_recorded(got: list[Any]) -> list[list[Completion]]:

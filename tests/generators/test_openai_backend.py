@@ -164,3 +164,19 @@ def test_a_200_that_is_not_a_completion_is_one_line():
         server.page = page
         with server as url, pytest.raises(SkdError, match=message):
             teacher(url).generate(reqs()[:1])
+
+
+class CachingServer(FlakyServer):
+    """Says 800 of a 1,000-token prompt came from its cache, as OpenAI's usage does."""
+
+    def respond(self, path, body, headers):
+        status, extra, data = super().respond(path, body, headers)
+        data["usage"] |= {"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 800}}
+        return status, extra, data
+
+
+def test_cached_prompt_tokens_are_priced_as_cached():
+    prices = {"served-model": {"input": 1.0, "output": 4.0, "cached_input": 0.1}}
+    with CachingServer() as url:
+        out = teacher(url, prices=prices).generate(reqs()[:1])[0]
+    assert out.cost == pytest.approx((200 * 1.0 + 800 * 0.1 + 6 * 4.0) / 1e6)  # was every prompt token at 1.0

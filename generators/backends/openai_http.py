@@ -57,10 +57,42 @@ class OpenAITeacher:
 
     def check(self, s: Any) -> None:
         """Constraints travel as vLLM's extra parameters (`structured_outputs`, `bad_words`), which OpenAI's
-        own API refuses: say so before the first request."""
+        own API refuses: say so before the first request. Other servers may drop a field they do not know and
+        answer unconstrained, so a grammar is first tried once on a probe."""
         if (grammar_of(s) is not None or banned_words(s)) and "api.openai.com" in self.base_url:
             raise SkdError("api.openai.com cannot enforce regex/JSON/lexical constraints (vLLM's extensions): "
                            "serve the teacher with vLLM, or drop constrain/include/exclude")
+        if grammar_of(s) is not None and not getattr(self, "batch", False) and not getattr(self, "_probed", False):
+            self._probed = True
+            self.probe_constraints()
+
+    def probe_constraints(self) -> None:
+        """One request constrained to the answer "yes" to a prompt asking for "no": a server that answers
+        anything else did not enforce it (an older vLLM, another server), and every constraint would be lost."""
+        asks = (("/completions", {"prompt": "Answer no. Answer:"}),
+                ("/chat/completions", {"messages": [{"role": "user", "content": "Answer no."}]}))
+        said = []
+        with httpx.Client(base_url=self.base_url, headers=self.headers(), timeout=self.timeout) as client:
+            for path, ask in asks:  # a chat-only server refuses /completions, a base model refuses chat
+                body = {"model": self.served_model, "max_tokens": 4, "temperature": 0,
+                        "structured_outputs": {"choice": ["yes"]}} | ask
+                try:
+                    resp = client.post(path, json=body)
+                except httpx.HTTPError:
+                    return  # unreachable: the run's own requests retry and say so
+                if resp.status_code != 200:
+                    said.append(f"{path} {resp.status_code}")
+                    continue
+                choice = answer_json(resp, f"{self.shown_url}{path}")["choices"][:1]
+                text = ((choice[0].get("message") or {}).get("content") if ask.get("messages") else
+                        choice[0].get("text")) if choice else ""
+                if (text or "").strip() != "yes":
+                    raise SkdError(f"teacher endpoint {self.shown_url} ignores structured_outputs (a probe constrained "
+                                   f"to 'yes' answered {redact((text or '')[:40])!r}): constraints would not be "
+                                   "enforced; serve the teacher with vLLM, or drop constrain")
+                return
+        raise SkdError(f"teacher endpoint {self.shown_url} refused a constrained probe ({', '.join(said)}): it does "
+                       "not take vLLM's structured_outputs; serve the teacher with vLLM, or drop constrain")
 
     def generate(self, requests: list[Request]) -> list[list[Completion]]:
         return asyncio.run(self._generate_all(requests))

@@ -180,3 +180,28 @@ def test_cached_prompt_tokens_are_priced_as_cached():
     with CachingServer() as url:
         out = teacher(url, prices=prices).generate(reqs()[:1])[0]
     assert out.cost == pytest.approx((200 * 1.0 + 800 * 0.1 + 6 * 4.0) / 1e6)  # was every prompt token at 1.0
+
+
+class ChoosingServer(FlakyServer):
+    """Honours structured_outputs' choice when `honours`, else answers as if the field were not there (as a
+    server that drops fields it does not know does)."""
+
+    honours = True
+
+    def respond(self, path, body, headers):
+        status, extra, data = super().respond(path, body, headers)
+        forced = (body.get("structured_outputs") or {}).get("choice")
+        if forced and self.honours:
+            for c in data["choices"]:
+                c["text"] = forced[0]
+        return status, extra, data
+
+
+def test_a_server_that_drops_constraints_is_found_out_before_the_run():
+    grammar = Sampling(constraint={"regex": "[a-z]+"})
+    with ChoosingServer() as url:
+        teacher(url).check(grammar)  # enforced: the probe answered "yes"
+    server = ChoosingServer()
+    server.honours = False
+    with server as url, pytest.raises(SkdError, match="ignores structured_outputs"):
+        teacher(url).check(grammar)

@@ -117,6 +117,7 @@ def test_openai_backend_against_real_vllm_serve(vllm_server):
     assert all(not re.search(r"\bfly\b", c.text, re.I) for c in constrained)  # the server took bad_words
     assert all(unmet(lexical.lexical, c.text) is None for c in constrained if c.finish_reason == "stop")
     ebnf = Sampling(n=2, max_tokens=8, seed=3, constraint={"grammar": 'root ::= "A" [0-9] [0-9]'})
+    t.check(ebnf)  # the constraint probe: a real vLLM server enforces structured_outputs
     coded, = t.generate([Request(model=t.model, sampling=ebnf, prompt="Code:")])
     assert all(re.fullmatch("A[0-9]{2}", c.text) for c in coded), [c.text for c in coded]
     # the chat reply: text from the chat endpoint, cut at max_tokens. What a 135M model answers varies with

@@ -48,7 +48,7 @@ class MeanOfCritics:
 
 
 def load_ensemble(card: dict[str, Any], path: Path) -> MeanOfCritics | StackedCritic:
-    members = [load_critic(m["path"]) for m in card["members"]]
+    members = [load_critic(m["path"], m.get("critic_id")) for m in card["members"]]
     if not card.get("stack"):
         return MeanOfCritics(members)
     encoder = Encoder(card["config"]["encoder"], card_dtype(card)) if card["config"].get("encoder") else None
@@ -97,7 +97,7 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
     check_dev_pool(cards, pool_now)
     train, dev = split(df, split_cfg.dev_fraction, split_cfg.seed, split_cfg.dev_sources)
     dev_rows, labels = dev.to_dicts(), dev["label"].to_numpy()
-    each = [score_rows(load_critic(r["path"]), dev_rows) for r in rows]
+    each = [score_rows(load_critic(r["path"], r["critic_id"]), dev_rows) for r in rows]
     signals = signals_of(dev_rows, enc, agreement, pool)
     if pool is not None:  # the source's own labels are the reference, not items it judges
         signals["support"][dev["source"].to_numpy() == support] = np.nan

@@ -79,5 +79,5 @@ def evaluate_on_file(critic: dict[str, Any], path: Path, fmt: str) -> dict[str, 
         import_labels(tmp, path, fmt)  # a file that yields no judgement is an error there
         # one class is a file to evaluate (precision and kept at the stored cuts), not to train on: no AUC then
         df = tmp.labels.select(None, None, teacher_nll=reads_teacher_nll(card), siblings=reads_siblings(card))
-    scores = score_rows(load_critic(critic["path"]), df.to_dicts())
+    scores = score_rows(load_critic(critic["path"], critic.get("critic_id")), df.to_dicts())
     return report(scores, df["label"].to_numpy(), critic["thresholds"] or {})

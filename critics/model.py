@@ -112,8 +112,12 @@ class LlmJudge:
         self.model, self.tokenizer, self.prompt = model.eval(), tokenizer, prompt
         tokenizer.padding_side = "left"
         pad_with_eos(tokenizer)
-        self.yes = sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", " yes", " Yes")})
-        self.no = sorted({tokenizer.encode(w, add_special_tokens=False)[0] for w in ("no", "No", " no", " No")})
+        yes = {tokenizer.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes", " yes", " Yes")}
+        no = {tokenizer.encode(w, add_special_tokens=False)[0] for w in ("no", "No", " no", " No")}
+        # a token both start with (SentencePiece's bare "▁" before " yes" and " no") says neither
+        self.yes, self.no = sorted(yes - no), sorted(no - yes)
+        if not self.yes or not self.no:
+            raise SkdError("this tokenizer cannot tell yes from no by a first token: use another judge model")
 
     def render(self, text: str) -> str:
         message = [{"role": "user", "content": self.prompt.format(text=text)}]
@@ -148,18 +152,25 @@ def load_judge(base: str, prompt: str = JUDGE_PROMPT, dtype: torch.dtype | None 
     return LlmJudge(*causal_lm(base, dtype), prompt)
 
 
-def read_card(path: Path) -> dict[str, Any]:
-    card = Path(path) / "critic.json"
-    if not card.is_file():
+def read_card(path: Path, critic_id: str | None = None) -> dict[str, Any]:
+    """The card at PATH; with CRITIC_ID, the card of that critic or one line."""
+    card_file = Path(path) / "critic.json"
+    if not card_file.is_file():
         raise SkdError(f"{path} is not a critic (no critic.json)")
-    return json.loads(card.read_text())
+    card = json.loads(card_file.read_text())
+    if critic_id is not None and card.get("critic_id") != critic_id:
+        raise SkdError(f"{path} holds critic {card.get('critic_id')!r}, not {critic_id!r} as registered: it was "
+                       "replaced; train the critic again under a new name")
+    return card
 
 
-def load_critic(path: str | Path) -> Critic:
-    """The critic saved at PATH, its scores calibrated as on dev when it was trained."""
+def load_critic(path: str | Path, critic_id: str | None = None) -> Critic:
+    """The critic saved at PATH, its scores calibrated as on dev when it was trained. With CRITIC_ID (the one the
+    catalog registered), a folder that now holds another critic (retrained into it from another corpus) is one
+    line: its scores would go under the old id and be cut at the old thresholds."""
     from .calibration import Calibrated
 
-    card = read_card(Path(path))
+    card = read_card(Path(path), critic_id)
     critic = _load_model(Path(path), card)
     return Calibrated(critic, card["calibration"]) if card.get("calibration") else critic
 

@@ -36,13 +36,13 @@ class ScoreBatch:
     """A worker's critic: loaded once, then scores batches of items (a Ray actor, or this process)."""
 
     def __init__(self, path: str, critic_id: str, batch_size: int = 128):
-        self.critic, self.critic_id, self.batch_size = load_critic(path), critic_id, batch_size
+        self.critic, self.critic_id, self.batch_size = load_critic(path, critic_id), critic_id, batch_size
 
     @staticmethod
     def preflight(path: str, critic_id: str, batch_size: int = 128) -> None:
         """What an engine checks before its workers start, without loading the critic: that it is one (a model
         that fails to load later is still one line: the engine reports the worker's error)."""
-        read_card(Path(path))
+        read_card(Path(path), critic_id)
 
     def __call__(self, part: pa.Table) -> pa.Table:
         scores = score_rows(self.critic, part.to_pylist(), batch_size=self.batch_size)

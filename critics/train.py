@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from store import SkdError, Store, pad_with_eos, resolve_model, skd_version
 from store.hardware import bf16_native, compute_dtype
 
+from .agreement import encoder_name
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
@@ -53,6 +54,10 @@ def load_labels(store: Store, where: str | None, sources: list[str] | None = Non
         which = " and ".join(x for x in (f"match {where!r}" if where else "",
                                           f"come from {', '.join(sources)}" if sources else "") if x)
         raise SkdError("no labels" + (f" {which}" if which else "") + "; import some with `skd labels import`")
+    missing = sorted(set(sources or ()) - set(df["source"].to_list()))
+    if missing:  # a typo trained on the other sources alone, the config still naming it
+        raise SkdError(f"no labels{f' matching {where!r}' if where else ''} from source {missing[0]!r}; "
+                       f"the sources are {', '.join(sorted(set(df['source'].to_list())))}")
     classes = set(df["label"].to_list())
     if len(classes) < 2:
         raise SkdError(f"the labels have only one class ({classes.pop()}); a critic needs acceptable and not")
@@ -95,12 +100,15 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(len(labels) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def example_weights(df: pl.DataFrame, cfg: CriticConfig) -> np.ndarray:
+def example_weights(df: pl.DataFrame, cfg: CriticConfig, training: bool = True) -> np.ndarray:
     """Each label's weight in the loss: its class's (balanced classes) times its source's, mean 1. Expert
-    labels can count more than crowd labels without discarding either."""
+    labels can count more than crowd labels without discarding either. Dev labels (not TRAINING) whose sources
+    all weigh 0 weigh 1 each: a source kept out of training can still be the dev split (`--dev-source`)."""
     labels = df["label"].to_numpy()
     w = class_weights(labels).numpy()[labels] * np.asarray([cfg.source_weights.get(s, 1.0)
                                                             for s in df["source"].to_list()])
+    if not w.any() and not training:
+        return np.ones(len(w), dtype=np.float32)
     if not w.any():
         raise SkdError(f"every training label's source weighs 0 ({', '.join(sorted(set(df['source'])))})")
     return (w / w.mean()).astype(np.float32)
@@ -247,9 +255,10 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
     train_texts = verbalize_rows(train.to_dicts())
     max_length = cfg.max_length or fitted_length(tok, train_texts)
 
-    def dataset(texts: list[str], df: pl.DataFrame, soft: bool) -> Dataset:  # train texts verbalised once
+    def dataset(texts: list[str], df: pl.DataFrame, soft: bool, training: bool = True) -> Dataset:
         ds = Dataset.from_dict({"text": texts, "label": df["label"].to_list(),
-                                "weight": example_weights(df, cfg).tolist(), "target": targets(df, soft).tolist(),
+                                "weight": example_weights(df, cfg, training).tolist(),
+                                "target": targets(df, soft).tolist(),
                                 **({"group": group_ids(df)} if cfg.rank_weight > 0 else {})})  # only to rank
         return ds.map(lambda b: tok(b["text"], truncation=True, max_length=max_length), batched=True,
                       remove_columns=["text"])
@@ -262,7 +271,9 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
             logits = outputs.logits.float()
             per_class = torch.stack([1 - target, target], -1)  # a probability per class: 0/1, or the vote share
             loss = torch.nn.functional.cross_entropy(logits, per_class, reduction="none")
-            loss = (loss * weight).sum() / weight.sum()
+            # the weighted mean of the batch; a batch of weight-0 labels only (a source weighing 0) adds nothing
+            # (it was 0 / 0: NaN parameters)
+            loss = (loss * weight).sum() / weight.sum().clamp(min=1e-8)
             if cfg.rank_weight > 0:
                 loss = loss + cfg.rank_weight * rank_loss(logits[:, 1] - logits[:, 0], target, group)
             return (loss, outputs) if return_outputs else loss
@@ -289,7 +300,7 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
         train_sampling_strategy="group_by_length",  # batches of like lengths: little padding with dynamic padding
         disable_tqdm=True)
     trainer = WeightedTrainer(model=model, args=args, train_dataset=dataset(train_texts, train, cfg.soft_labels),
-                              eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev, False),  # dev: majority labels
+                              eval_dataset=dataset(verbalize_rows(dev.to_dicts()), dev, False, False),  # majority
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=auc,
                               callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), Steps()])
     trainer.remove_callback(PrinterCallback)  # its log dicts went to stdout, where --json prints the card
@@ -349,6 +360,10 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,
     with Store(db) as store:  # for writing, like the callers that may hold it in this process
         check_name_free(store, name, out)
         df = load_labels(store, cfg.labels_where, cfg.sources)
+    unweighed = sorted(set(cfg.source_weights) - set(df["source"].to_list()))
+    if unweighed:  # a typo weighed nothing, the card still naming the weight
+        raise SkdError(f"--source-weights names {unweighed[0]!r}, which holds none of these labels (sources: "
+                       f"{', '.join(sorted(set(df['source'].to_list())))})")
     train, dev = split(df, cfg.dev_fraction, cfg.seed, cfg.dev_sources)
     with staging(out) as tmp:
         return publish(db, fitted_card(name, cfg, df, train, dev, tmp, on_step), tmp, out)
@@ -356,7 +371,9 @@ def train_critic(db: str | Path, name: str, cfg: CriticConfig, out: Path,
 
 def fitted_card(name: str, cfg: CriticConfig, df: pl.DataFrame, train: pl.DataFrame, dev: pl.DataFrame, tmp: Path,
                 on_step: Callable[[int, int], None] | None) -> dict[str, Any]:
-    """Fit the critic into TMP, choose its thresholds on dev; its card."""
+    """Fit the critic into TMP, choose its thresholds on dev; its card. A base folder is recorded as an absolute
+    path: an embedding, likelihood or judge critic reloads its base to score, from any directory or Ray worker."""
+    cfg = cfg.model_copy(update={"base": encoder_name(cfg.base)})
     critic, raw, cal = fit_critic(cfg, train, dev, tmp, on_step)
     if isinstance(critic, FinetunedCritic):  # the card records the length the critic was trained at
         cfg = cfg.model_copy(update={"max_length": critic.max_length})
@@ -403,12 +420,22 @@ def publish(db: str | Path, card: dict[str, Any], tmp: Path, out: Path) -> dict[
 
 
 def check_name_free(store: Store, name: str, out: Path | None = None) -> None:
-    """NAME is no critic's, and OUT (which publishing replaces) holds no registered critic's files."""
+    """NAME is no critic's, and OUT (which publishing replaces) is new, empty or a critic artifact no catalog entry
+    uses: a folder that holds a registered critic (at any depth), the corpus, or anything else is refused
+    (publishing deleted whatever --out named: `--out DB.d/critics` took every critic with it)."""
     if store.critics.exists(name):
         raise SkdError(f"a critic named {name!r} exists; choose another name")
-    holder = next((r["name"] for r in store.critics.all() if out and Path(r["path"]).resolve() == out.resolve()), None)
+    if out is None or not out.exists():
+        return
+    where = out.resolve()
+    holder = next((r["name"] for r in store.critics.all() if r["path"] and
+                   (Path(r["path"]).resolve() == where or where in Path(r["path"]).resolve().parents)), None)
     if holder:
         raise SkdError(f"{out} holds critic {holder!r}; choose another --out")
+    if where == store.path.resolve().parent or where in store.path.resolve().parents:
+        raise SkdError(f"{out} holds the corpus {store.path.name}; choose another --out")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / "critic.json").is_file()):
+        raise SkdError(f"{out} exists and is not a critic's folder; choose a new or empty --out")
 
 
 @contextmanager

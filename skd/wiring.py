@@ -20,7 +20,7 @@ def critic_scorer(row: dict[str, Any], recall: float | None, min_score: float | 
     student's outputs and its teacher's are compared here, and only the teacher's would have them."""
     from critics import load_critic, score_rows, threshold_of
 
-    critic = load_critic(row["path"])
+    critic = load_critic(row["path"], row.get("critic_id"))
 
     def score(items: list[dict[str, Any]]) -> np.ndarray:
         return np.asarray(score_rows(critic, [{k: v for k, v in i.items() if k not in (TEACHER_NLL, SIBLINGS)}

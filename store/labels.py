@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from .db import Store
 from .errors import SkdError
-from .ingest import Reject, as_text, file_key
+from .ingest import Reject, as_choices, as_text, file_key
 from .items import ID_FIELDS, LABEL_FORMATS, clean_sql, infer_kind_sql, item_id_sql, reject_reason_sql
 from .readers import iter_atomic2020, iter_csv, iter_jsonl
 
@@ -25,7 +25,7 @@ LABEL_WORDS = {"1": 1, "0": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
 SCHEMA = pa.schema(
     [("row_number", pa.int64()), ("kind", pa.string())]
     + [(f, pa.string()) for f in ID_FIELDS]
-    + [("label", pa.int64()), ("extra", pa.string())]
+    + [("label", pa.int64()), ("extra", pa.string()), ("choices", pa.list_(pa.string()))]
 )
 
 
@@ -90,8 +90,11 @@ def acceptability_judgements(rec: dict[str, Any]) -> list[dict[str, Any]]:
 def jsonl_judgements(rec: dict[str, Any]) -> list[dict[str, Any]]:
     if "label" not in rec:
         raise ValueError("missing field label")
-    extra = {k: v for k, v in rec.items() if k not in (*ID_FIELDS, "kind", "label")}
-    return [_judgement(rec, as_text(rec.get("kind"), "kind"), rec["label"], extra)]
+    extra = {k: v for k, v in rec.items() if k not in (*ID_FIELDS, "kind", "label", "choices")}
+    # the choices are part of a question's identity (its item id): a label of a generated CommonsenseQA rationale
+    # must name the item it judges
+    return [_judgement(rec, as_text(rec.get("kind"), "kind"), rec["label"], extra)
+            | {"choices": as_choices(rec.get("choices"))}]
 
 
 def atomic_judgements(rec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -166,9 +169,8 @@ def import_labels(store: Store, path: str | Path, fmt: str, source: str | None =
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _labels AS
         SELECT *, {item_id_sql()} AS item_id, {reject_reason_sql()} AS reason FROM (
-            SELECT row_number, {infer_kind_sql(None)} AS kind, {', '.join(ID_FIELDS)}, label, extra,
-                   NULL::VARCHAR[] AS choices
-            FROM (SELECT row_number, {cleaned}, label, extra FROM _judged))""")
+            SELECT row_number, {infer_kind_sql(None)} AS kind, {', '.join(ID_FIELDS)}, label, extra, choices
+            FROM (SELECT row_number, {cleaned}, label, extra, choices FROM _judged))""")
     con.unregister("_judged")
     bad = con.execute("SELECT row_number, reason FROM _labels WHERE reason IS NOT NULL").fetchall()
     rejects += [Reject(int(n), r) for n, r in bad]

@@ -62,6 +62,57 @@ def test_source_weights_decide_between_sources_that_disagree(two_sources, tmp_pa
     assert a > 0 > b and a - b > 0.2, (a, b)  # the heavier source wins where the two disagree
 
 
+def test_a_source_weighing_zero_fine_tunes_and_can_be_the_dev_split(two_sources, tmp_path):
+    """A batch of weight-0 labels only was 0 / 0 (NaN parameters, then a traceback at the dev AUC), and a weight-0
+    source as --dev-source was refused as if nothing could train."""
+    base = {"mode": "finetune", "sources": ["a", "b"], "max_steps": 12, "eval_steps": 6, "batch_size": 4,
+            "calibrate": False}
+    zero = train_critic(two_sources, "zero", CriticConfig(**base, source_weights={"b": 0.0}), tmp_path / "zero")
+    assert np.isfinite(zero["metrics"]["dev"]["auc"])
+    dev = train_critic(two_sources, "dev", CriticConfig(**base, source_weights={"a": 0.0}, dev_sources=["a"]),
+                       tmp_path / "dev")
+    assert dev["metrics"]["dev"]["n"] > 0 and np.isfinite(dev["metrics"]["dev"]["auc"])
+
+
+def test_an_out_folder_holding_anything_but_a_critic_artifact_is_refused(two_sources, tmp_path):
+    """Publishing replaces --out: `--out DB.d/critics` deleted every critic in it, `--out .` the corpus."""
+    cfg = CriticConfig(mode="embedding", sources=["a", "b"], calibrate=False)
+    train_critic(two_sources, "a", cfg, tmp_path / "critics" / "a")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    for out, message in ((tmp_path / "critics", "holds critic 'a'"), (tmp_path, "holds critic 'a'"),
+                         (two_sources.parent, "holds"), (tmp_path / "notes", "is not a critic's folder")):
+        with pytest.raises(SkdError, match=message):
+            train_critic(two_sources, "b", cfg, out)
+    assert (tmp_path / "critics" / "a" / "critic.json").is_file() and (tmp_path / "notes" / "todo.txt").is_file()
+    (tmp_path / "empty").mkdir()
+    train_critic(two_sources, "b", cfg, tmp_path / "empty")  # a new or empty folder is fine
+
+
+def test_a_source_or_weight_named_wrongly_is_one_line(two_sources, tmp_path):
+    """A typo in --source or --source-weights trained on the other sources alone, the card naming the typo."""
+    for cfg, message in ((CriticConfig(mode="embedding", sources=["a", "bb"]), "from source 'bb'"),
+                         (CriticConfig(mode="embedding", sources=["a", "b"], source_weights={"bb": 3.0}),
+                          "--source-weights names 'bb'")):
+        with pytest.raises(SkdError, match=message):
+            train_critic(two_sources, "typo", cfg, tmp_path / "typo")
+
+
+def test_a_critic_folder_replaced_by_another_corpus_is_refused_at_scoring(two_sources, tmp_path):
+    import shutil
+
+    other = tmp_path / "other.duckdb"
+    shutil.copy(two_sources, other)
+    cfg = CriticConfig(mode="embedding", sources=["a", "b"], calibrate=False)
+    shared = tmp_path / "shared-critic"
+    train_critic(two_sources, "c", cfg, shared)
+    with Store(two_sources) as s:
+        ingest_file(s, labels_file(tmp_path / "items.jsonl", [triple("PersonX eats", "to rest", 1)]), "jsonl")
+    train_critic(other, "c", cfg, shared)  # the other corpus trains its own "c" into the same folder
+    with pytest.raises(SkdError, match="holds critic 'c-.*', not 'c-.*' as registered"):
+        score_items(two_sources, "c")
+
+
 def test_dev_from_one_source_holds_only_its_labels_and_no_head_is_on_both_sides(tmp_path):
     """A head labelled by the crowd and by experts: with --dev-source expert, dev (early stopping, calibration,
     thresholds) holds expert labels only, and the crowd labels of dev heads train nothing."""

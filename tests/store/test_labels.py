@@ -78,3 +78,20 @@ def test_rationale_acceptability_majority_per_explanation(db_path):
             assert got[(q.strip(), e.strip())] == (int(2 * sum(v) > len(v)), sum(v), len(v))
             checked += 1
     assert checked > 250
+
+
+def test_a_label_of_a_question_with_choices_names_the_item_it_judges(db_path, tmp_path):
+    """Choices are part of a question's item id: labels read without them named no item (no teacher NLL, and the
+    item counted as its own sibling)."""
+    from store import ingest_file
+
+    q = {"kind": "rationale", "question": "Where are books sold?", "answer": "store", "rationale": "Stores sell.",
+         "choices": ["store", "river", "sky"]}
+    (tmp_path / "items.jsonl").write_text(json.dumps(q) + "\n")
+    (tmp_path / "labels.jsonl").write_text(json.dumps(q | {"label": 1}) + "\n")
+    with Store(db_path) as s:
+        ingest_file(s, tmp_path / "items.jsonl", "jsonl")
+        import_labels(s, tmp_path / "labels.jsonl", "jsonl", source="mine")
+        item, label = (s.scalar(f"SELECT item_id FROM {t}") for t in ("items", "labels"))
+        extra = s.scalar("SELECT extra FROM labels")
+    assert label == item and "choices" not in (extra or "")

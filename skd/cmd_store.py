@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from store import FORMATS, KINDS, LABEL_FORMATS, SkdError, Store
@@ -106,12 +107,12 @@ def ingest(
         return
     for (file, _), r in results:
         if r.skipped:
-            out.print(f"{file} was already ingested (run {r.run_id}); nothing to do")
+            out.print(escape(f"{file} was already ingested (run {r.run_id}); nothing to do"))
             continue
-        out.print(f"ingested {r.rows:,} rows from {file}: {r.new_items:,} new items, "
-                  f"{r.already_present:,} duplicates of stored or earlier rows, {r.rejected:,} rejected")
+        out.print(escape(f"ingested {r.rows:,} rows from {file}: {r.new_items:,} new items, "
+                         f"{r.already_present:,} duplicates of stored or earlier rows, {r.rejected:,} rejected"))
         if r.report:
-            err.print(f"rejected rows and reasons: {r.report}")
+            err.print(escape(f"rejected rows and reasons: {r.report}"))
     if len(results) > 1:
         total = {k: sum(getattr(r, k) for _, r in results) for k in ("rows", "new_items", "rejected")}
         out.print(f"{len(results)} files: {total['rows']:,} rows, {total['new_items']:,} new items, "
@@ -180,9 +181,10 @@ def labels_import(
                    | {"rejects": [x.__dict__ for x in r.rejects[:100]]})
         return
     if r.skipped:
-        out.print(f"labels [bold]{r.source}[/]: {file} was imported before; {r.items:,} items, nothing changed")
+        out.print(f"labels [bold]{escape(r.source)}[/]: {escape(str(file))} was imported before; {r.items:,} items, "
+                  "nothing changed")
         return
-    out.print(f"labels [bold]{r.source}[/]: {r.items:,} items from {r.judgements:,} judgements "
+    out.print(f"labels [bold]{escape(r.source)}[/]: {r.items:,} items from {r.judgements:,} judgements "
               f"({r.positive:,} acceptable, {r.conflicts:,} with disagreeing votes), {r.rejected:,} rows rejected"
               + (f"; replaced the {r.replaced:,} labels it held" if r.replaced else ""))
     for x in r.rejects[:5]:

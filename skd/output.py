@@ -26,11 +26,13 @@ def status(message: str, quiet: bool):
 
 
 def dict_table(title: str, data: dict[str, Any], key: str = "", value: str = "") -> Table:
-    t = Table(title=title, title_justify="left", show_header=bool(key or value))
+    """Keys and values are data (relations, teachers, paths): printed as they are, never read as rich markup
+    (a relation "[/x]" raised a MarkupError after the work was done)."""
+    t = Table(title=escape(title), title_justify="left", show_header=bool(key or value))
     t.add_column(key)
     t.add_column(value, justify="right", overflow="fold")
     for k, v in data.items():
-        t.add_row(str(k), f"{v:,}" if isinstance(v, int) else str(v))
+        t.add_row(escape(str(k)), f"{v:,}" if isinstance(v, int) else escape(str(v)))
     return t
 
 
@@ -40,7 +42,7 @@ def rows_table(columns: list[str], types: list[str], rows: list[tuple], limit: i
     t = Table(show_lines=False)
     for name, dtype in zip(columns, types, strict=True):
         right = dtype.upper().startswith(numeric) and not dtype.endswith("[]")
-        t.add_column(name, justify="right" if right else "left", overflow="fold")
+        t.add_column(escape(name), justify="right" if right else "left", overflow="fold")
     for row in rows[:limit]:
         t.add_row(*["∅" if v is None else escape(str(v)) for v in row])
     if len(rows) > limit:

@@ -58,6 +58,7 @@ def _lock_holder(message: str) -> str:
         cmd = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
     except OSError:
         cmd = ""
+    cmd = redact(cmd)  # the whole command line first: cut, a password in a URL would no longer look like one
     return f"process {pid}" + (f" ({cmd[:120]})" if cmd else "")
 
 
@@ -65,7 +66,7 @@ def _connect(path: Path, read_only: bool, config: dict[str, Any] | None = None) 
     try:
         return duckdb.connect(str(path), read_only=read_only, config=dict(config or {}))
     except duckdb.IOException as e:
-        if "lock" in str(e).lower():
+        if "conflicting lock" in str(e).lower():  # another process holds it (not a file system without locks)
             raise LockedError(
                 f"database {path} is locked by {_lock_holder(str(e))}; wait for it to finish or use another --db"
             ) from None
@@ -94,7 +95,10 @@ class Store:
         if read_only and not self.path.exists():
             raise SkdError(f"no corpus at {self.path}; create one with `skd init --db {self.path}`")
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise SkdError(f"cannot create the folder of {self.path}: {e.strerror}") from None
         deadline = time.monotonic() + (default_wait() if wait is None else wait)
         said = False
         while True:

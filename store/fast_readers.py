@@ -19,6 +19,8 @@ import pyarrow.json as pa_json
 
 from .items import IGNORED_INPUT_FIELDS, TEXT_FIELDS
 
+csv.field_size_limit(2**31 - 1)  # as the line-level reader reads: a long quoted field is one field
+
 # Columns added to the table; named so that no input field clashes with them.
 SEQ, ROW = "__skd_seq", "__skd_row_number"
 BOM = b"\xef\xbb\xbf"
@@ -48,13 +50,27 @@ def read_jsonl(path: Path) -> pa.Table | None:
     return _numbered(table, rows)
 
 
+def _well_quoted(data: bytes) -> bool:
+    """Every quote where CSV allows it: pyarrow reads an unclosed quote as one field to the end of the file and
+    `"x"y` as xy, where the line-level reader rejects both; such files go to it. Python's csv parser is C: one
+    pass, and only over files that quote at all."""
+    if b'"' not in data:
+        return True
+    try:
+        for _ in csv.reader(io.StringIO(data.decode("utf-8", "replace"), newline=""), strict=True):
+            pass
+    except csv.Error:
+        return False
+    return True
+
+
 def read_csv(path: Path) -> pa.Table | None:
     """Every row with the header's number of fields, no blank line before the last row (pyarrow skips
     blank lines, the Python reader counts them), no NUL byte, distinct non-empty header names. Rows whose
     fields are all blank are dropped, as the Python reader drops them."""
     data = path.read_bytes()
     data = data[len(BOM):] if data.startswith(BOM) else data
-    if b"\0" in data or data[:1] in (b"\r", b"\n") or _blank_line_before_end(data):
+    if b"\0" in data or data[:1] in (b"\r", b"\n") or _blank_line_before_end(data) or not _well_quoted(data):
         return None
     try:
         header = next(csv.reader(io.StringIO(data.split(b"\n", 1)[0].decode("utf-8"), newline="")))
@@ -141,10 +157,16 @@ def _deeply_nested(data: bytes) -> bool:
     return DEEP_LISTS.search(data) is not None
 
 
+BLANK_LINE = re.compile(rb"(?:^|\n)[ \t\r]*(?:\n|$)")
+
+
 def _jsonl_line_numbers(data: bytes, n_records: int) -> np.ndarray:
     """1-based numbers of the non-blank lines, which pyarrow parsed into `n_records` records."""
     n_lines = data.count(b"\n") + (not data.endswith(b"\n"))
-    if n_lines == n_records:  # no blank line: the common case, without splitting
+    body = data[:-1] if data.endswith(b"\n") else data
+    # as many lines as records and no blank line: one record a line, the common case, without splitting (two
+    # records on one line and a blank line elsewhere also count the same: those go the long way and are refused)
+    if n_lines == n_records and not BLANK_LINE.search(body):
         return np.arange(1, n_records + 1, dtype=np.int64)
     lines = data.split(b"\n")
     return np.array([n for n, line in enumerate(lines, start=1) if line.strip(b" \t\r")], dtype=np.int64)

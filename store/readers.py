@@ -15,6 +15,9 @@ from typing import Any
 
 from .errors import SkdError
 
+# no limit on a field's length: past the default (128 KiB) the rest of a long quoted field was read again as rows
+csv.field_size_limit(2**31 - 1)
+
 Row = tuple[int, dict[str, Any] | None, str | None, str]
 RAW_MAX = 500  # keep reject reports small
 
@@ -51,6 +54,8 @@ def _encodable(rec: dict[str, Any]) -> bool:
 def iter_jsonl(path: Path) -> Iterator[Row]:
     with open_binary(path) as f:
         for n, line in enumerate(f, start=1):
+            if n == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Windows editors): not part of the row
+                line = line[3:]
             text, err = _decode(line)
             raw = (text if text is not None else repr(line))[:RAW_MAX].rstrip("\n")
             if err:
@@ -83,7 +88,8 @@ def iter_csv(path: Path) -> Iterator[Row]:
     except UnicodeDecodeError as e:
         raise SkdError(f"{path} is not valid UTF-8 (byte {e.start})") from None
     lines = io.StringIO(text, newline="")
-    reader = csv.reader(lines)
+    # strict: an unclosed quote is an error, not a field that swallows every row after it
+    reader = csv.reader(lines, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -91,6 +97,9 @@ def iter_csv(path: Path) -> Iterator[Row]:
     except csv.Error as e:
         raise SkdError(f"{path}: cannot read the CSV header: {e}") from None
     header = [h.strip() for h in header]
+    twice = next((h for h in header if header.count(h) > 1), None)
+    if twice is not None:  # one of the two columns would be lost without a word
+        raise SkdError(f"{path}: the header names column {twice!r} twice")
     n = 0
     while True:
         try:

@@ -94,7 +94,9 @@ def _extract(parts: list[Path], target: Path, marker: str, what: str) -> None:
             members = [m for m in zf.infolist() if not m.is_dir() and Path(m.filename).name not in SKIP]
             root = _root(members, marker, what)
             for m in [m for m in members if Path(m.filename).is_relative_to(root)]:  # not __MACOSX/ and such
-                dest = tmp / Path(m.filename).relative_to(root)
+                dest = (tmp / Path(m.filename).relative_to(root)).resolve()
+                if not dest.is_relative_to(tmp.resolve()) or m.external_attr >> 28 == 0o12:  # `..` or a symlink
+                    raise zipfile.BadZipFile(f"member {m.filename!r} would land outside the model folder")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(dest, "wb") as out:  # ZipExtFile checks the CRC at the end
                     shutil.copyfileobj(src, out, 1 << 20)

@@ -152,3 +152,13 @@ def test_ingest_folder_with_format_takes_that_format_only(db_path, tmp_path):
     assert [r["file"] for r in results] == [str(tmp_path / "a.csv")] and results[0]["new_items"] == 1
     proc = run_skd("ingest", str(tmp_path), "-f", "parquet", db=db_path)
     assert proc.returncode == 2 and "no parquet files (.parquet) in" in proc.stderr
+
+
+def test_data_that_looks_like_markup_is_printed_as_it_is(db_path, tmp_path):
+    """A relation "[/x]" (or a file named so) raised rich's MarkupError after the ingest was committed."""
+    path = tmp_path / "odd[bold].jsonl"
+    path.write_text(json.dumps({"head": "PersonX eats", "relation": "[/x]", "tail": "food"}) + "\n")
+    p = run_skd("ingest", str(path), db=db_path)
+    assert p.returncode == 0 and "odd[bold].jsonl" in p.stdout, p.stderr  # not read as a style
+    p = run_skd("info", db=db_path)
+    assert p.returncode == 0 and "[/x]" in p.stdout, p.stderr

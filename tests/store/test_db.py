@@ -39,6 +39,12 @@ def test_a_database_killed_before_its_first_migration_committed_opens(db_path):
         assert s.schema_version == SCHEMA_VERSION
 
 
+def test_a_db_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    p = run_skd("init", "--db", str(tmp_path / "afile" / "c.duckdb"))
+    assert p.returncode == 2 and "cannot create the folder of" in p.stderr and p.stderr.count("\n") == 1
+
+
 def test_newer_schema_and_foreign_databases_are_refused(db_path, tmp_path):
     Store(db_path).close()
     con = duckdb.connect(str(db_path))

@@ -216,6 +216,7 @@ def test_real_jsonl_takes_the_fast_path_and_stores_what_the_python_reader_stores
     (['{"question": "q", "answer": "a", "choices": [{"label": "A", "text": "a"}]}'], False),
     (['{"text": "x", "extra": {"url": "u"}}'], False),
     (['{"text": "x"}', '{"text": "y"'], False),  # a truncated line: reported by the Python reader
+    (['{"text": "x"} {"text": "y"}', ""], False),  # two objects on one line: as many lines as records
 ])
 def test_jsonl_fast_path_applies_only_where_it_stores_the_same(tmp_path, lines, fast):
     path = write_lines(tmp_path / "x.jsonl", lines)
@@ -233,10 +234,32 @@ def test_real_csv_takes_the_fast_path_and_stores_what_the_python_reader_stores(t
     ("head,relation,tail\na,xWant,b\n\nc,xWant,d\n", False),  # a blank line counts as a row
     ("head,relation,tail\na,xWant\nc,xWant,d\n", False),  # a short row, reported by number
     ("head,relation,tail\na,xWant,b\0\n", False),
-    ("head,head,tail\na,b,c\n", False),
     ("text,choices\nx,a;b\n", False),  # choices must be a list: the line reader rejects the row
+    ('head,relation,tail\na,xWant,"b\nc,xNeed,d\n', False),  # an unclosed quote: a reject, not 2 rows swallowed
+    ('head,relation,tail\na,xWant,"b"c\n', False),  # text after a closing quote: a reject, not "bc"
 ])
 def test_csv_fast_path_applies_only_where_it_stores_the_same(tmp_path, text, fast):
     path = tmp_path / "x.csv"
     path.write_text(text, encoding="utf-8", newline="")
     assert both_ways(path, "csv", tmp_path) is fast
+
+
+def test_csv_and_jsonl_edge_cases_lose_no_row_without_a_reject(db_path, tmp_path):
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text('head,relation,tail\nPersonX eats,xWant,"food\nPersonY runs,xNeed,shoes\n', newline="")
+    long_field = tmp_path / "long.csv"  # past csv's default field limit (128 KiB), with a newline inside
+    long_field.write_text('head,relation,tail\n\nPersonX eats,xWant,"' + "a" * 200_000 + '\nsecond line"\n',
+                          newline="")
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"text": "first"}\n{"text": "second"}\n\n')
+    twice = tmp_path / "twice.csv"
+    twice.write_text("head,relation,tail,note,note\na,xWant,b,first,second\n")
+    with Store(db_path) as s:
+        r = ingest_file(s, unclosed, "csv")
+        assert (r.accepted, r.rejected) == (0, 1)
+        r = ingest_file(s, long_field, "csv")
+        assert (r.accepted, r.rejected) == (1, 0) and s.scalar("SELECT length(tail) FROM items") == 200_012
+        assert ingest_file(s, bom, "jsonl").accepted == 2  # the BOM is not part of the first row
+        with pytest.raises(SkdError, match="names column 'note' twice"):
+            ingest_file(s, twice, "csv")
+

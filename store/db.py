@@ -251,6 +251,11 @@ class Store:
             self.con.execute("ROLLBACK")
             raise
         self._in_transaction = False
+        try:  # DuckDB commits an aborted transaction as a silent rollback: a failure caught inside must not pass
+            self.con.execute("SELECT 1")
+        except duckdb.TransactionException:
+            self.con.execute("ROLLBACK")
+            raise SkdError("a write failed inside its transaction, so nothing of it was stored") from None
         self.con.execute("COMMIT")
 
     @contextmanager

@@ -189,3 +189,16 @@ def test_user_sql_cannot_write_read_files_or_reach_the_network(db_path, tmp_path
     assert not any(home.rglob("*"))  # no extensions folder
     with Store(db_path, read_only=True) as s:
         assert s.scalar("SELECT count(*) FROM items") == 26
+
+
+def test_a_transaction_whose_write_failed_inside_does_not_pass_as_committed(db_path):
+    """DuckDB answers COMMIT of an aborted transaction with a silent rollback."""
+    with Store(db_path) as s:
+        with pytest.raises(SkdError, match="nothing of it was stored"), s.transaction() as con:
+            con.execute("INSERT INTO items (item_id, kind, text) VALUES ('a', 'text', 'kept?')")
+            with pytest.raises(duckdb.Error):
+                con.execute("INSERT INTO no_such_table VALUES (1)")  # caught here: the transaction is aborted
+        assert s.scalar("SELECT count(*) FROM items") == 0
+        with s.transaction() as con:  # the next one works
+            con.execute("INSERT INTO items (item_id, kind, text) VALUES ('b', 'text', 'kept')")
+        assert s.scalar("SELECT count(*) FROM items") == 1

@@ -40,7 +40,7 @@ def stage_keys(p: Pipeline) -> dict[str, str]:
     for stage, round_ in p.steps():
         if stage == "generate" and round_ > 1:  # a round's generator is the last round's student, not its eval
             prev = keys[step_name("train", round_ - 1)]
-        digest = input_digest(p, stage) if round_ == 1 else []
+        digest = input_digest(p, stage) if round_ == 1 or stage == "eval" else []  # every round's eval reads them
         parts = [stage, p.stage_config(stage), prev] + ([round_] if round_ > 1 else []) + ([digest] if digest else [])
         prev = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
         keys[step_name(stage, round_)] = prev
@@ -286,13 +286,9 @@ class Runner:
         """The snapshot's filter for this round: the items later rounds' students wrote are left out. They exist
         only when an earlier round runs again after a config change (in a first run the later rounds come
         after), and a round-1 snapshot must not hold what round 3's student wrote."""
-        later = (f"SELECT so.item_id FROM item_sources so LEFT JOIN runs ru USING (run_id) GROUP BY so.item_id "
-                 f"HAVING bool_and(coalesce(json_extract_string(ru.config, '$.pipeline') = 'true' AND "
-                 f"TRY_CAST(json_extract_string(ru.config, '$.round') AS INTEGER) > {int(self.round)}, false))")
+        later = s.runs.later_rounds_filter(self.round)
         where = self.p.snapshot.where
-        if not s.scalar(f"SELECT count(*) FROM ({later})"):
-            return where
-        return f"({where or 'TRUE'}) AND i.item_id NOT IN ({later})"  # items are `i` wherever a filter goes
+        return where if later is None else f"({where or 'TRUE'}) AND {later}"
 
     def stage_dedup(self, plan: dict[str, Any]) -> dict[str, Any]:
         d = self.p.dedup

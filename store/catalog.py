@@ -115,6 +115,17 @@ class Runs:
     def __init__(self, store: Store):
         self.store = store
 
+    def later_rounds_filter(self, round_: int) -> str | None:
+        """A filter over items (aliased `i`) that leaves out those only a pipeline's rounds after ROUND_ wrote
+        (their generation runs record `pipeline` and `round`); None when there are none, so the filter of a
+        first run stays as the user wrote it."""
+        later = ("SELECT so.item_id FROM item_sources so LEFT JOIN runs ru USING (run_id) GROUP BY so.item_id "
+                 "HAVING bool_and(coalesce(json_extract_string(ru.config, '$.pipeline') = 'true' AND "
+                 f"TRY_CAST(json_extract_string(ru.config, '$.round') AS INTEGER) > {int(round_)}, false))")
+        if not self.store.scalar(f"SELECT count(*) FROM ({later})"):
+            return None
+        return f"i.item_id NOT IN ({later})"
+
     def pipeline_stage(self, key: str) -> dict[str, Any] | None:
         """The latest finished record of a pipeline stage with this key, else its latest try, else None."""
         rows = _rows(self.store, "SELECT run_id, status, config, summary FROM runs WHERE stage = 'pipeline' AND "

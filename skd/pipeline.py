@@ -151,7 +151,6 @@ class Pipeline(Strict):
             if self.student and self.generate.recipe in ("generics", "comparatives"):
                 raise ValueError(f"student: the {self.generate.recipe} recipe writes statements (text items), and a "
                                  "student trains on triples, questions or rationales; drop [student] and [eval]")
-        self._check_splits_and_eval()
         if self.loop.rounds > 1:
             missing = [t for t in ("generate", "critic", "student") if getattr(self, t) is None]
             if missing:
@@ -161,6 +160,7 @@ class Pipeline(Strict):
                 raise ValueError("loop.rounds > 1: a student generates the next round for the atomic10x recipe "
                                  "with format = 'comet' (its (head, relation) prompt); other recipes have no "
                                  "student prompt yet")
+        self._check_splits_and_eval()
         return self
 
     def _check_splits_and_eval(self) -> None:

@@ -209,6 +209,14 @@ def test_browse_filter_lineage_annotate_diff_report(corpus, server, browser, tmp
         box.clear()
         box.send_keys(q)
         b.find_element(By.ID, "run-sql").click()
+        until(lambda: not box_alive(box))  # the answer's page, not the one the click left
+
+    def box_alive(box) -> bool:
+        try:
+            box.is_enabled()
+            return True
+        except Exception:  # StaleElementReferenceException: the page was replaced
+            return False
 
     b.get(server + "/sql?q=SELECT count(*) AS n FROM items")  # a link (from any site) fills the box, runs nothing
     assert "press Run" in b.find_element(By.ID, "sql-error").text and not b.find_elements(By.ID, "sql-result")

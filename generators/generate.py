@@ -25,7 +25,7 @@ from .backends import Teacher
 from .constraints import unmet
 from .recipes import ParseError, Recipe
 from .teacher_job import GenerateBatch, TeacherSpec, request_rows, response_from
-from .types import Completion, PartialAnswers, Request, usage_of
+from .types import REFUSED, Completion, PartialAnswers, Request, usage_of
 
 # A staged batch's items: the text fields of store.items' one field list, then choices, extra and provenance.
 ITEM_SCHEMA = pa.schema(
@@ -88,7 +88,7 @@ def parse_completion(recipe: Recipe, request: Request, c: Completion) -> tuple[l
     """Items from one completion, or none and the reason. A parser bug is recorded, not raised. A lexical
     constraint is checked first, whichever backend decoded: a sample that ran out of tokens before its
     required words is a recorded failure."""
-    if c.finish_reason and c.finish_reason.startswith("refused"):  # the endpoint refused this request
+    if c.finish_reason and c.finish_reason.startswith(REFUSED):  # the endpoint refused this request
         return [], c.finish_reason
     reason = unmet(request.sampling.lexical, c.text)
     if reason:

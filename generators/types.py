@@ -164,6 +164,15 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+REFUSED = "refused"  # the finish reason of a request its endpoint refused (a prompt past the context, say)
+
+
+def refused(why: str) -> Response:
+    """A refused request's answer: one empty completion whose finish reason says why, recorded as a failed
+    generation (`parse_completion`) whichever way the request went (live, batch job, Ray)."""
+    return Response([Completion(text="", finish_reason=f"{REFUSED}: {why}"[:200])])
+
+
 class PartialAnswers(SkdError):
     """A batch of which some requests were answered (and paid for) while one failed for good: the caller stores
     the answered ones (None marks the others, which stay pending for a rerun), then stops with the message."""

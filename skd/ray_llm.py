@@ -16,10 +16,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from generators.backends.openai_http import REFUSED, REQUEST_STATUS, OpenAITeacher
+from generators.backends.openai_http import REQUEST_STATUS, OpenAITeacher
 from generators.backends.vllm_engine import sampling_kwargs
 from generators.teacher_job import RESPONSE_SCHEMA, request_from, response_json
-from generators.types import Completion, Request, Response, derive_seed
+from generators.types import Completion, Request, Response, derive_seed, refused
 from store import BatchJob, SkdError, resolve_model
 
 from .engines import EngineConfig
@@ -101,7 +101,7 @@ def http_response(data: dict[str, Any], chat: bool, price: Any) -> Response:
         code = err.get("code")
         if code in REQUEST_STATUS or err.get("type") in REFUSAL_TYPES:
             status = code if isinstance(code, int) else 400
-            return Response([Completion(text="", finish_reason=f"{REFUSED}: {status}: {msg}")])
+            return refused(f"{status}: {msg}")
         raise SkdError(f"the teacher endpoint answered without choices: {msg}")
     out = OpenAITeacher.parse(data, chat=chat)
     if price is not None:

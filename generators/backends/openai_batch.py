@@ -17,8 +17,8 @@ import httpx
 from store import SkdError
 from store.redact import redact
 
-from ..types import Completion, Request, Response
-from .openai_http import REFUSED, REQUEST_STATUS, RETRY_STATUS, OpenAITeacher, _message, _retry_after
+from ..types import Completion, Request, Response, refused
+from .openai_http import REQUEST_STATUS, RETRY_STATUS, OpenAITeacher, _message, _retry_after
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -96,8 +96,7 @@ class OpenAIBatchTeacher(OpenAITeacher):
                 done[key] = self.priced(self.parse(body, chat=chat), batch=True)
             elif resp.get("status_code") in REQUEST_STATUS:  # the line itself is refused: every job would refuse it
                 why = _line_error(row).removeprefix(f"HTTP {resp['status_code']} ")
-                refusal = f"{REFUSED}: {resp['status_code']}: {why}"[:200]
-                done[key] = Response([Completion(text="", finish_reason=refusal)])
+                done[key] = refused(f"{resp['status_code']}: {why}")
             else:
                 failed[key] = _line_error(row)
         return done, failed

@@ -19,13 +19,12 @@ from store.redact import redact, register_secret, strip_credentials
 from ..constraints import banned_words, grammar_of
 from ..pricing import price_for
 from ..rate_limit import RateLimiter
-from ..types import Completion, PartialAnswers, Request, Response
+from ..types import Completion, PartialAnswers, Request, Response, refused
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 # what a request itself can cause (too long a prompt, a content filter, a value the model refuses): recorded as
 # that request's failed generation when other requests get through; auth, a wrong URL or model stop the run
 REQUEST_STATUS = {400, 413, 422}
-REFUSED = "refused"
 
 
 class Refused(SkdError):
@@ -210,8 +209,8 @@ def refusals_recorded(got: list[Any]) -> list[list[Completion]]:
     fatal = next((g for g in failed if not isinstance(g, Refused)), None)
     if fatal is None and failed and len(failed) == len(got):
         raise failed[0]
-    out = [Response([Completion(text="", finish_reason=f"{REFUSED}: {str(g).split(' answered ')[-1]}"[:200])])
-           if isinstance(g, Refused) else None if isinstance(g, BaseException) else g for g in got]
+    out = [refused(str(g).split(" answered ")[-1]) if isinstance(g, Refused)
+           else None if isinstance(g, BaseException) else g for g in got]
     if fatal is not None:
         if not isinstance(fatal, SkdError) or not any(o is not None for o in out):
             raise fatal

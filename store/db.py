@@ -137,7 +137,9 @@ class Store:
             raise SchemaError(f"{self.path} is not an skd corpus (no schema); create one with `skd init`")
         if found > LATEST:
             raise SchemaError(f"database schema version {found} is newer than this skd understands ({LATEST})")
-        Store(self.path).close()  # an older corpus: migrate it once, then read
+        # an older corpus: migrate it once, then read. No wait of its own: a held lock comes back to the caller's
+        # loop, which waits the caller's --wait, not the default
+        Store(self.path, wait=0).close()
         return _connect(self.path, read_only=True)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -104,6 +104,35 @@ def test_second_writer_gives_up_after_its_wait_naming_the_lock_holder(db_path):
         assert s.scalar("SELECT count(*) FROM items") == 26
 
 
+OLD_READER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("ready", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_reader_of_an_old_corpus_waits_its_own_wait_for_the_migration(db_path):
+    """A reader migrates an older corpus first; while another process reads it, that migration waited the default
+    (300 s) whatever the reader's own --wait said."""
+    con = duckdb.connect(str(db_path))
+    migrate(con, target=1)
+    con.close()
+    holder = subprocess.Popen([sys.executable, "-c", OLD_READER, str(db_path), "60"], stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        t = time.monotonic()
+        with pytest.raises(LockedError, match=rf"locked by process {holder.pid}\b"):
+            Store(db_path, read_only=True, wait=0.5)
+        assert time.monotonic() - t < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    with Store(db_path, read_only=True) as s:  # once the other reader is gone, it migrates
+        assert s.schema_version == SCHEMA_VERSION
+
+
 def test_writer_waits_for_a_long_reader_instead_of_failing(db_path, tmp_path):
     """A process that holds the corpus for 3 s (a long query) delays a writer; the writer then goes on."""
     with Store(db_path) as s:

@@ -24,6 +24,7 @@ relation), the rationale ones with sibling agreement (critics.agreement).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -55,6 +56,7 @@ from store.models import MPNET, SMOLLM2
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CROWD, EXPERT, ATOMIC = "ckbp1", "ckbp2", "atomic2020"
+CSQA, SWAP = "csqa", "csqa-swap"  # the rationale judgements, and hard negatives made from them (answer_swaps)
 TUNE = {"mode": "finetune", "epochs": 1, "lr": 5e-5, "batch_size": 32, "eval_steps": 200, "patience": 3}
 # name: (what it is, config, label sources it trains on, source weights)
 CKBP_ATTEMPTS = {
@@ -102,6 +104,9 @@ RATIONALE_ATTEMPTS = {
                                     "rank_weight": 1.0}),
     "smollm2-ft": ("SmolLM2-135M fine-tuned as a classifier (its last token), toward the vote share",
                    TUNE | {"base": SMOLLM2, "epochs": 2, "eval_steps": 50, "lr": 3e-5, "soft_labels": True}),
+    "minilm-ft-soft-swap": ("`minilm-ft-soft` plus hard negatives: each accepted explanation given for a wrong choice",
+                            TUNE | {"base": MINILM, "epochs": 3, "eval_steps": 100, "soft_labels": True,
+                                    "sources": [CSQA, SWAP], "dev_sources": [CSQA]}),
     **{f"minilm-ft-soft-seed{k}": (f"`minilm-ft-soft` with seed {k} (its own dev split and order; the same folds)",
                                    TUNE | {"base": MINILM, "epochs": 3, "eval_steps": 100, "soft_labels": True,
                                            "seed": k}) for k in (1, 2)},
@@ -265,8 +270,11 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     db = tmp / "rat.duckdb"
     with Store(db) as s:
         import_labels(s, DATA / "rationale_acceptability/commonsenseqa_train.csv", "rationale-acceptability",
-                      source="csqa")
-        df = load_labels(s, None, siblings=True)  # the order cross_validate reads them in
+                      source=CSQA)
+        df = load_labels(s, None, [CSQA], siblings=True)  # the order cross_validate reads them in
+        swaps = tmp / "swaps.jsonl"
+        swaps.write_text("".join(json.dumps(r) + "\n" for r in answer_swaps(df)))
+        import_labels(s, swaps, "jsonl", source=SWAP)  # trains only the attempts that name it
     y = df["label"].to_numpy()
     nll = -np.asarray([float(json.loads(e)["nll"]) for e in df["extra"].to_list()])
     started = time.perf_counter()
@@ -286,7 +294,8 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     for name in attempts:
         what, cfg = RATIONALE_ATTEMPTS[name]
         started = time.perf_counter()
-        res = cross_validate(db, CriticConfig(**cfg), "csqa", folds, by=None, on_fold=progress(name))
+        res = cross_validate(db, CriticConfig(**{"sources": [CSQA]} | cfg), CSQA, folds, by=None,
+                             on_fold=progress(name))
         runs[name] = res | {"seconds": time.perf_counter() - started}
         keep(out, "rationale", name, runs[name])
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
@@ -294,6 +303,27 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
         assert run["labels"] == y.tolist(), f"{name}: labels out of the order cross_validate read them in"
         stacked(table, task, name, run, nll, agree)
     ensemble(table, task, runs, [("GPT-3's own NLL", [nll]), ("GPT-3's NLL and sibling agreement", [nll, agree])])
+
+
+def answer_swaps(df: pl.DataFrame) -> list[dict]:
+    """Hard negatives that need no annotator: each explanation the majority accepted, given for a wrong choice of
+    its question (seeded by the explanation) and labelled unacceptable, since it no longer supports the answer it
+    is given for. They teach a critic to read the answer, which acceptability (does it justify *this* answer)
+    depends on; whether that helps rank GPT-3's explanations of the gold answer is what the attempt measures."""
+    out = []
+    for r in df.filter(pl.col("label") == 1).iter_rows(named=True):
+        choices = choice_list(json.loads(r["extra"])["choices"])
+        wrong = [c for c in choices if c.lower() != (r["answer"] or "").lower()]
+        if len(wrong) == len(choices) - 1 and wrong:
+            pick = int(hashlib.sha256(r["rationale"].encode()).hexdigest()[:8], 16) % len(wrong)
+            out.append({"kind": "rationale", "question": r["question"], "answer": wrong[pick],
+                        "rationale": r["rationale"], "label": 0})
+    return out
+
+
+def choice_list(text: str) -> list[str]:
+    """'a, b, c, d, or e' (the crowd file's answer choices) as its five choices."""
+    return [c.strip() for c in re.split(r",\s*(?:or\s+)?", text or "")]
 
 
 def surface_signals(table: Table, df: pl.DataFrame, y: np.ndarray, fold: np.ndarray, nll: np.ndarray,
@@ -305,7 +335,7 @@ def surface_signals(table: Table, df: pl.DataFrame, y: np.ndarray, fold: np.ndar
     siblings)."""
     rows, extra = df.to_dicts(), [json.loads(e) for e in df["extra"].to_list()]
     said, gold = [r["rationale"].lower() for r in rows], [(r["answer"] or "").lower() for r in rows]
-    wrong = [[c for c in map(str.strip, re.split(r",\s*(?:or\s+)?", (e.get("choices") or "").lower())) if c != g]
+    wrong = [[c for c in choice_list((e.get("choices") or "").lower()) if c != g]
              for e, g in zip(extra, gold, strict=True)]
     base = np.column_stack([nll, agree])
     question = np.unique([group_key(r) for r in rows], return_inverse=True)[1]

@@ -38,14 +38,11 @@ def llm_responses(job: BatchJob, cfg: EngineConfig) -> Iterator[pa.Table]:
         if not rows:
             continue
         if teacher is not None:
-            ds = ray.data.from_items([{"request_id": r.request_id, "request": json.dumps(teacher.body(r)[1])}
-                                      for r in rows], override_num_blocks=blocks(len(rows), job.chunk))
-            processor = http_processor(teacher, job, cfg, chat)
-        else:
-            ds = ray.data.from_items(sample_rows(rows), override_num_blocks=blocks(len(rows), job.chunk))
-            processor = vllm_processor(job, cfg, chat)
-        batches = processor(ds).iter_batches(batch_size=None, batch_format="pyarrow")
-        yield from (batches if teacher is not None else regrouped(batches, rows))
+            yield from http_passes(rows, teacher, job, cfg, chat)
+            continue
+        ds = ray.data.from_items(sample_rows(rows), override_num_blocks=blocks(len(rows), job.chunk))
+        batches = vllm_processor(job, cfg, chat)(ds).iter_batches(batch_size=None, batch_format="pyarrow")
+        yield from regrouped(batches, rows)
 
 
 def blocks(n: int, chunk: int) -> int:
@@ -53,6 +50,35 @@ def blocks(n: int, chunk: int) -> int:
 
 
 # -- OpenAI-compatible endpoints --------------------------------------------------------------------------------
+
+def http_passes(rows: list[Request], teacher: OpenAITeacher, job: BatchJob, cfg: EngineConfig,
+                chat: bool) -> Iterator[pa.Table]:
+    """The rows through Ray's HTTP processor, answered rows handed on as they come. Ray's stage retries 408, 429,
+    502-504 and connection errors itself, but hands a 409 or 500 on as a body; the local engine retries those, so
+    here they are asked again in a later pass (the teacher's backoff between passes), and a request still failing
+    after the teacher's retries stops the run once every answered one is stored, as on the local engine."""
+    import time
+
+    import pyarrow.compute as pc
+    import ray
+
+    processor, pending = http_processor(teacher, job, cfg, chat), rows
+    for attempt in range(teacher.max_retries + 1):
+        if attempt:
+            time.sleep(min(teacher.max_backoff, teacher.backoff * 2 ** attempt))
+        ds = ray.data.from_items([{"request_id": r.request_id, "request": json.dumps(teacher.body(r)[1])}
+                                  for r in pending], override_num_blocks=blocks(len(pending), job.chunk))
+        again: set[str] = set()
+        for batch in processor(ds).iter_batches(batch_size=None, batch_format="pyarrow"):
+            failed = pc.equal(batch.column("response"), AGAIN)
+            again.update(batch.filter(failed).column("request_id").to_pylist())
+            yield batch.filter(pc.invert(failed))
+        if not again:
+            return
+        pending = [r for r in pending if r.request_id in again]
+    raise SkdError(f"the endpoint answered {len(pending)} request(s) with a server error (409 or 5xx) "
+                   f"{teacher.max_retries + 1} times; the answered requests are stored, rerun to resume")
+
 
 def http_processor(teacher: OpenAITeacher, job: BatchJob, cfg: EngineConfig, chat: bool) -> Any:
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
@@ -67,7 +93,8 @@ def http_processor(teacher: OpenAITeacher, job: BatchJob, cfg: EngineConfig, cha
         config,
         preprocess=lambda row: {"request_id": row["request_id"], "payload": json.loads(row["request"])},
         postprocess=lambda row: {"request_id": row["request_id"],
-                                 "response": response_json(http_response(row["http_response"], chat, price))})
+                                 "response": AGAIN if server_error(row["http_response"]) else
+                                 response_json(http_response(row["http_response"], chat, price))})
 
 
 def per_worker_qps(options: dict[str, Any], workers: int) -> int | None:
@@ -86,6 +113,20 @@ def per_worker_qps(options: dict[str, Any], workers: int) -> int | None:
     return int(qps)
 
 
+# a response to ask again for: the endpoint's server error, which Ray's HTTP stage passes on as a body
+AGAIN = ""
+SERVER_ERROR_TYPES = {"server_error", "InternalServerError"}  # OpenAI's (its `code` is null) and vLLM's
+
+
+def server_error(data: Any) -> bool:
+    """Whether an answer without choices is a transient server error (409 or 5xx) rather than about the request."""
+    if not isinstance(data, dict) or data.get("choices") is not None:
+        return False
+    err = data.get("error") if isinstance(data.get("error"), dict) else data
+    code = err.get("code")
+    return (isinstance(code, int) and (code == 409 or 500 <= code < 600)) or err.get("type") in SERVER_ERROR_TYPES
+
+
 # what an error body says when the request itself was refused (Ray's HTTP stage passes on the body, not its status)
 REFUSAL_TYPES = {"invalid_request_error", "BadRequestError"}
 
@@ -94,7 +135,9 @@ def http_response(data: dict[str, Any], chat: bool, price: Any) -> Response:
     """The endpoint's answer as completions; an error body is an error, not a request with no samples, except a
     refusal of the request itself (too long a prompt: OpenAI's invalid_request_error, vLLM's code 400), which
     is a recorded failed generation as on the local engine, so one prompt cannot stop every rerun."""
-    if not isinstance(data, dict) or "choices" not in data:
+    # a block of Ray rows shares one schema, so an answer beside an error body has `error: None` and the error
+    # `choices: None`: what a row lacks is None, not absent
+    if not isinstance(data, dict) or data.get("choices") is None:
         err = data.get("error") if isinstance(data, dict) else data
         err = err if isinstance(err, dict) else data if isinstance(data, dict) else {"message": err}
         msg = " ".join(str(err.get("message")).split())[:160]

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from skd.engines import EngineConfig, engine_from, mapper_for, task_map_for
 from store import SkdError, Store, import_labels
 from store.hardware import bf16_native
 from tests.conftest import EXAMPLES, ROOT, atomic_corpus, kill_when, run_skd
+from tests.local_http import JsonServer
 
 ray = pytest.importorskip("ray", reason="the ray engine needs the ray package (pip install 'skd[ray]')")
 pytestmark = pytest.mark.slow
@@ -183,6 +185,61 @@ def test_generation_errors_on_ray_are_one_line(cluster, tiny_lm, tmp_path):
     assert p.returncode == 2 and "takes no --engine ray" in p.stderr
 
 
+class ServerErrors(JsonServer):
+    """An OpenAI-compatible endpoint that answers 500 with vLLM's error body: to its first `first` calls, and
+    always to the prompts `always` picks."""
+
+    def __init__(self, first=0, always=lambda prompt: False, too_long=lambda prompt: False):
+        super().__init__()
+        self.first, self.always, self.too_long = first, always, too_long
+        self.calls, self.failing, self.refused = 0, set(), set()
+
+    def respond(self, path, body, headers):
+        self.calls += 1
+        prompt = json.dumps(body.get("prompt") or body.get("messages"))
+        if self.too_long(prompt):
+            self.refused.add(prompt)
+            return 400, {}, {"error": {"message": "too long", "type": "BadRequestError", "code": 400}}
+        if self.always(prompt):
+            self.failing.add(prompt)
+        if self.calls <= self.first or self.always(prompt):
+            return 500, {}, {"error": {"message": "engine busy", "type": "InternalServerError", "code": 500}}
+        chat = path.endswith("/chat/completions")
+        choices = [{"index": i, "finish_reason": "stop", **({"message": {"role": "assistant", "content": "a tail"}}
+                                                             if chat else {"text": " a tail"})}
+                   for i in range(body.get("n", 1))]
+        return 200, {}, {"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 2 * len(choices)}}
+
+
+def test_server_errors_through_rays_http_processor_are_retried_as_on_the_local_engine(cluster, tmp_path):
+    """Ray's HTTP stage retries 429 and 502-504 but hands a 500 on as a body: one busy moment of the server stopped
+    a Ray job that the local engine finishes. A 500 is asked again (the teacher's retries); a request that keeps
+    failing stops the run in one line, with every answered request stored."""
+    cfg = tmp_path / "atomic.toml"
+    cfg.write_text(GENERATE + "[teacher]\nmax_retries = 2\nbackoff = 0.01\n")
+    base = ["generate", "atomic10x", "--engine", "ray", "--ray-address", cluster.address, "--backend", "openai",
+            "--teacher", "m", "--config", str(cfg), "--quiet"]
+    # a block that mixes answers, refusals and server errors (Ray gives its rows one schema: `choices: None`)
+    server = ServerErrors(first=6, too_long=lambda prompt: zlib.crc32(prompt.encode()) % 7 == 1)
+    with server as url:
+        run_skd(*base, "--base-url", url, db=tmp_path / "busy.duckdb", check=True)
+    refused = len(server.refused)
+    with Store(tmp_path / "busy.duckdb", read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM requests") == 40 and 0 < refused < 40
+        assert s.scalar("SELECT count(*) FROM generations WHERE finish_reason LIKE 'refused: 400%'") == refused
+        assert s.scalar("SELECT count(*) FROM generations") == 3 * (40 - refused) + refused
+    server = ServerErrors(always=lambda prompt: zlib.crc32(prompt.encode()) % 4 == 0)
+    with server as url:
+        p = run_skd(*base, "--base-url", url, db=tmp_path / "down.duckdb")
+    failing = len(server.failing)
+    assert 0 < failing < 40 and p.returncode != 0 and "Traceback" not in p.stderr
+    assert f"skd: error: the endpoint answered {failing} request(s) with a server error (409 or 5xx) 3 times; " \
+        "the answered requests are stored, rerun to resume" in p.stderr
+    with Store(tmp_path / "down.duckdb", read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM generations") == 3 * (40 - failing)
+        assert s.scalar("SELECT status FROM runs WHERE stage = 'generate'") == "failed"
+
+
 def test_a_vllm_teacher_without_vllm_installed_is_one_line(cluster, smollm2, tmp_path):
     """This environment has no vLLM (it lives in .venv-vllm): one line, not every engine actor failing and being
     restarted. The vLLM processor itself runs in tests/generators/test_vllm.py."""
@@ -244,6 +301,13 @@ def test_a_refusal_through_rays_http_processor_is_recorded_as_on_the_local_engin
     assert http_response(openai, True, None)[0].finish_reason == "refused: 400: too long"
     with pytest.raises(SkdError, match="answered without choices: engine crashed"):
         http_response({"error": {"message": "engine crashed", "type": "InternalServerError", "code": 500}}, False, None)
+    # ... and a server error is asked again (test_server_errors_through_rays_http_processor_...), a refusal never
+    from skd.ray_llm import server_error
+
+    assert server_error({"error": {"message": "engine crashed", "type": "InternalServerError", "code": 500}})
+    assert server_error({"error": {"message": "try again", "type": "server_error", "code": None}})  # OpenAI's 500
+    assert server_error({"object": "error", "message": "conflict", "code": 409})
+    assert not server_error(vllm) and not server_error(openai) and not server_error({"choices": []})
 
 
 def test_rate_limits_the_http_processor_cannot_hold_are_one_line():

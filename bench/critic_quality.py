@@ -369,7 +369,7 @@ def built(tmp: Path, folds: int, table: Table) -> None:
     db = tmp / "built.duckdb"
     with Store(db) as s:
         import_labels(s, DATA / "rationale_acceptability/commonsenseqa_train.csv", "rationale-acceptability",
-                      source="csqa")
+                      source=CSQA)
         df = load_labels(s, None, teacher_nll=True, siblings=True)
     fold = grouped_folds([group_key(r) for r in df.iter_rows(named=True)], folds, 0)  # cross_validate's folds
     names = {"ft": "`minilm-ft`, trained by `skd critic train`", "nll": "+ `--teacher-nll` (GPT-3's NLL), built",

@@ -122,9 +122,18 @@ def server_error(data: Any) -> bool:
     """Whether an answer without choices is a transient server error (409 or 5xx) rather than about the request."""
     if not isinstance(data, dict) or data.get("choices") is not None:
         return False
-    err = data.get("error") if isinstance(data.get("error"), dict) else data
+    err = error_of(data)
     code = err.get("code")
     return (isinstance(code, int) and (code == 409 or 500 <= code < 600)) or err.get("type") in SERVER_ERROR_TYPES
+
+
+def error_of(data: Any) -> dict[str, Any]:
+    """The error in an answer without choices: OpenAI and recent vLLM nest it under `error`, older vLLM answers
+    with it as the body, and anything else is its message."""
+    if not isinstance(data, dict):
+        return {"message": data}
+    err = data.get("error")
+    return err if isinstance(err, dict) else data
 
 
 # what an error body says when the request itself was refused (Ray's HTTP stage passes on the body, not its status)
@@ -138,8 +147,7 @@ def http_response(data: dict[str, Any], chat: bool, price: Any) -> Response:
     # a block of Ray rows shares one schema, so an answer beside an error body has `error: None` and the error
     # `choices: None`: what a row lacks is None, not absent
     if not isinstance(data, dict) or data.get("choices") is None:
-        err = data.get("error") if isinstance(data, dict) else data
-        err = err if isinstance(err, dict) else data if isinstance(data, dict) else {"message": err}
+        err = error_of(data)
         msg = " ".join(str(err.get("message")).split())[:160]
         code = err.get("code")
         if code in REQUEST_STATUS or err.get("type") in REFUSAL_TYPES:

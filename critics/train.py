@@ -229,6 +229,17 @@ def rank_loss(score: torch.Tensor, target: torch.Tensor, group: torch.Tensor) ->
     return (torch.nn.functional.softplus(-diff)[pairs] * gap[pairs]).sum() / gap[pairs].sum()
 
 
+def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy toward TARGET (0/1, or the vote share), each label times its weight, summed and divided by the
+    batch's size. The weights have mean 1 over the training labels, so every batch is a sample of the weighted loss
+    of the whole set. Dividing by the batch's total weight instead (its weighted mean, as before) cancelled the
+    weights of any batch that is all one class or one source, which length-grouped batches often are: a source
+    weighing 3 counted as 1 there. A batch of weight-0 labels only adds nothing (0, not 0 / 0)."""
+    per_class = torch.stack([1 - target, target], -1)  # a probability per class
+    loss = torch.nn.functional.cross_entropy(logits, per_class, reduction="none")
+    return (loss * weight).sum() / len(weight)
+
+
 def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.DataFrame, out: Path,
                  on_step: Callable[[int, int], None] | None = None):
     from datasets import Dataset
@@ -269,11 +280,7 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
             group = inputs.pop("group", None)
             outputs = model(**inputs)
             logits = outputs.logits.float()
-            per_class = torch.stack([1 - target, target], -1)  # a probability per class: 0/1, or the vote share
-            loss = torch.nn.functional.cross_entropy(logits, per_class, reduction="none")
-            # the weighted mean of the batch; a batch of weight-0 labels only (a source weighing 0) adds nothing
-            # (it was 0 / 0: NaN parameters)
-            loss = (loss * weight).sum() / weight.sum().clamp(min=1e-8)
+            loss = weighted_loss(logits, target, weight)
             if cfg.rank_weight > 0:
                 loss = loss + cfg.rank_weight * rank_loss(logits[:, 1] - logits[:, 0], target, group)
             return (loss, outputs) if return_outputs else loss

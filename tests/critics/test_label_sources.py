@@ -5,11 +5,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from critics import CriticConfig, load_critic, train_critic
 from critics.crossval import cross_validate
 from critics.score import score_items
-from critics.train import load_labels, split
+from critics.train import load_labels, split, weighted_loss
 from store import SkdError, Store, import_labels, ingest_file
 from tests.conftest import run_skd, shared_file
 
@@ -60,6 +61,20 @@ def test_source_weights_decide_between_sources_that_disagree(two_sources, tmp_pa
         assert cards[name]["label_sources"] == ["a", "b"]
     a, b = mean_good_minus_bad(tmp_path / "trust-a"), mean_good_minus_bad(tmp_path / "trust-b")
     assert a > 0 > b and a - b > 0.2, (a, b)  # the heavier source wins where the two disagree
+
+
+def test_a_batch_of_one_source_keeps_its_weight_in_the_fine_tune_loss():
+    """The loss was the batch's weighted mean, so a batch that is all one source (length-grouped batches often
+    are) weighed the same whatever the source's weight: --source-weights ckbp2=3 did nothing there."""
+    logits = torch.tensor([[0.2, -0.1], [1.0, 0.3], [-0.5, 0.8], [0.0, 0.0]])
+    target = torch.tensor([1.0, 0.0, 1.0, 2 / 3])  # a vote share trains too
+    per_label = torch.nn.functional.cross_entropy(logits, torch.stack([1 - target, target], -1), reduction="none")
+    one, three = (weighted_loss(logits, target, torch.full((4,), w)) for w in (1.0, 3.0))
+    assert float(one) == pytest.approx(float(per_label.mean()))
+    assert float(three) == pytest.approx(3 * float(one))  # the heavier source's batch pulls three times as hard
+    mixed = weighted_loss(logits, target, torch.tensor([3.0, 1.0, 1.0, 1.0]))
+    assert float(mixed) == pytest.approx(float(3 * per_label[0] + per_label[1:].sum()) / 4)
+    assert float(weighted_loss(logits, target, torch.zeros(4))) == 0.0  # a weight-0 batch: nothing, not NaN
 
 
 def test_a_source_weighing_zero_fine_tunes_and_can_be_the_dev_split(two_sources, tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from generators.backends.openai_http import REQUEST_STATUS, OpenAITeacher
+from generators.backends.openai_http import REQUEST_STATUS, RETRY_STATUS, OpenAITeacher
 from generators.backends.vllm_engine import sampling_kwargs
 from generators.teacher_job import RESPONSE_SCHEMA, request_from, response_json
 from generators.types import Completion, Request, Response, derive_seed, refused
@@ -119,12 +119,13 @@ SERVER_ERROR_TYPES = {"server_error", "InternalServerError"}  # OpenAI's (its `c
 
 
 def server_error(data: Any) -> bool:
-    """Whether an answer without choices is a transient server error (409 or 5xx) rather than about the request."""
+    """Whether an answer without choices is a transient server error rather than about the request: a status the
+    local engine retries too (RETRY_STATUS: 409, 500, 502-504, and 408 or 429 should Ray's stage hand one on), so
+    the two engines retry the same answers; a 501 would answer the same again."""
     if not isinstance(data, dict) or data.get("choices") is not None:
         return False
     err = error_of(data)
-    code = err.get("code")
-    return (isinstance(code, int) and (code == 409 or 500 <= code < 600)) or err.get("type") in SERVER_ERROR_TYPES
+    return err.get("code") in RETRY_STATUS or err.get("type") in SERVER_ERROR_TYPES
 
 
 def error_of(data: Any) -> dict[str, Any]:

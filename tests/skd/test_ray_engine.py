@@ -308,6 +308,8 @@ def test_a_refusal_through_rays_http_processor_is_recorded_as_on_the_local_engin
     assert server_error({"error": {"message": "try again", "type": "server_error", "code": None}})  # OpenAI's 500
     assert server_error({"object": "error", "message": "conflict", "code": 409})
     assert not server_error(vllm) and not server_error(openai) and not server_error({"choices": []})
+    # the local engine's retried statuses, no others: a 501 answers the same however often it is asked
+    assert not server_error({"error": {"message": "no such route", "type": "NotImplementedError", "code": 501}})
 
 
 def test_rate_limits_the_http_processor_cannot_hold_are_one_line():

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+def choices(path: str, n: int, text: Callable[[int, bool], str]) -> list[dict]:
+    """N OpenAI choices that finished, chat messages or completion texts by PATH; sample i says text(i, chat)."""
+    chat = path.endswith("/chat/completions")
+    return [{"index": i, "finish_reason": "stop",
+             **({"message": {"role": "assistant", "content": text(i, chat)}} if chat else {"text": text(i, chat)})}
+            for i in range(n)]
 
 
 class JsonServer:

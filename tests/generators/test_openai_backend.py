@@ -4,7 +4,7 @@ import pytest
 
 from generators import Request, Sampling, make_teacher
 from store import SkdError
-from tests.local_http import JsonServer
+from tests.local_http import JsonServer, choices
 
 SECRET = "sk-test-do-not-print-0123456789"
 
@@ -24,11 +24,8 @@ class FlakyServer(JsonServer):
         if self.calls <= self.fail:
             extra = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
             return self.status, extra, {"error": {"message": "busy, try later"}}
-        chat = path.endswith("/chat/completions")
-        choices = [{"index": i, "finish_reason": "stop",
-                    **({"message": {"role": "assistant", "content": f"reply {i}"}} if chat
-                       else {"text": f" sample {i}"})} for i in range(body.get("n", 1))]
-        return 200, {}, {"choices": choices, "usage": {"completion_tokens": 3 * len(choices)}}
+        answers = choices(path, body.get("n", 1), lambda i, chat: f"reply {i}" if chat else f" sample {i}")
+        return 200, {}, {"choices": answers, "usage": {"completion_tokens": 3 * len(answers)}}
 
 
 def teacher(url, **kw):

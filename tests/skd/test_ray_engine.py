@@ -21,7 +21,7 @@ from skd.engines import EngineConfig, engine_from, mapper_for, task_map_for
 from store import SkdError, Store, import_labels
 from store.hardware import bf16_native
 from tests.conftest import EXAMPLES, ROOT, atomic_corpus, kill_when, run_skd
-from tests.local_http import JsonServer
+from tests.local_http import JsonServer, choices
 
 ray = pytest.importorskip("ray", reason="the ray engine needs the ray package (pip install 'skd[ray]')")
 pytestmark = pytest.mark.slow
@@ -204,11 +204,8 @@ class ServerErrors(JsonServer):
             self.failing.add(prompt)
         if self.calls <= self.first or self.always(prompt):
             return 500, {}, {"error": {"message": "engine busy", "type": "InternalServerError", "code": 500}}
-        chat = path.endswith("/chat/completions")
-        choices = [{"index": i, "finish_reason": "stop", **({"message": {"role": "assistant", "content": "a tail"}}
-                                                             if chat else {"text": " a tail"})}
-                   for i in range(body.get("n", 1))]
-        return 200, {}, {"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 2 * len(choices)}}
+        answers = choices(path, body.get("n", 1), lambda i, chat: "a tail" if chat else " a tail")
+        return 200, {}, {"choices": answers, "usage": {"prompt_tokens": 5, "completion_tokens": 2 * len(answers)}}
 
 
 def test_server_errors_through_rays_http_processor_are_retried_as_on_the_local_engine(cluster, tmp_path):

@@ -58,7 +58,8 @@ class CriticConfig(BaseModel):
             self.base = SMOLLM2
         if self.rank_weight > 0 and self.mode != "finetune":  # the other modes have no loss to add it to
             raise ValueError(f"rank_weight ranks only while fine-tuning; mode {self.mode!r} would ignore it")
-        bad = {s: w for s, w in self.source_weights.items() if not w >= 0}  # NaN too: a loss to maximise, or NaN
+        # a negative weight is a loss to maximise; NaN or infinity makes every weight NaN once they are scaled to mean 1
+        bad = {s: w for s, w in self.source_weights.items() if not 0 <= w < float("inf")}
         if bad:
-            raise ValueError(f"source weights must be at least 0 (got {bad})")
+            raise ValueError(f"source weights must be at least 0 and finite (got {bad})")
         return self

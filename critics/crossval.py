@@ -51,7 +51,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     rest_keys = np.asarray([group_key(r) for r in rest.iter_rows(named=True)], dtype=object)
     fold = grouped_folds(keys, folds, fold_seed)
     oof = np.zeros(ev.height)
-    seconds = []
+    seconds, trained = [], []
     base = resolve_model(cfg.base)
     for k in range(folds):
         started = time.monotonic()
@@ -60,6 +60,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
         train_df = pl.concat(parts + ([ev.filter(pl.Series(fold != k))] if trains_on_eval else []),
                              how="vertical_relaxed")
         tr, dev = split(train_df, cfg.dev_fraction, cfg.seed, cfg.dev_sources)
+        trained.append(tr.height)
         out = Path(tempfile.mkdtemp(prefix="skd-cv-"))
         try:
             critic, _, cal = fit_critic(cfg, tr, dev, out)
@@ -71,7 +72,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
             on_fold(k, seconds[-1])
     labels = ev["label"].to_numpy()
     result = {"eval_source": eval_source, "folds": folds, "n": int(ev.height), "trains_on_eval": trains_on_eval,
-              "train_labels": int(df.height if trains_on_eval else rest.height),
+              "train_labels_per_fold": float(np.mean(trained)),  # what each fold's critic trained on (not dev)
               "seconds_per_fold": float(np.mean(seconds)), "fold_of_group": "head or question",
               "scores": oof.tolist(), "labels": labels.tolist(), "fold": fold.tolist()}
     groups = [json.loads(e or "{}").get(by) for e in ev["extra"].to_list()] if by and "extra" in ev.columns else []

@@ -22,7 +22,7 @@ from .agreement import Encoder, encoder_name
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
-from .model import card_dtype, load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
+from .model import card_dtype, load_critic, precision, read_card, reads_siblings, reads_teacher_nll, score_rows
 from .stack import StackedCritic, fit_stack, reads, signals_of, stack_scores
 from .stack import features as stack_features
 from .support import Support
@@ -109,7 +109,8 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
                         for r in rows],
             "label_counts": label_counts(df), "coverage": coverage(train),
             "dev_pool": pool_now, "calibration": cal, "stack": fits,
-            "precision": cards[0].get("precision"),
+            # what its encoder ran at here, which scoring must match (the members score at their own precision)
+            "precision": precision() if enc else cards[0].get("precision"),
             "config": {"combine": how, "members": members, "teacher_nll": teacher_nll, "agreement": agreement,
                        "support": support, "encoder": encoder}
             | {k: getattr(split_cfg, k) for k in SPLIT_KEYS + CUT_KEYS},

@@ -95,18 +95,17 @@ def dev_pool(df: pl.DataFrame, dev_sources: list[str] | None) -> str | None:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
-def class_weights(labels: np.ndarray) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=2).astype(np.float64)
-    return torch.tensor(len(labels) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
-
-
 def example_weights(df: pl.DataFrame, cfg: CriticConfig, training: bool = True) -> np.ndarray:
-    """Each label's weight in the loss: its class's (balanced classes) times its source's, mean 1. Expert
-    labels can count more than crowd labels without discarding either. Dev labels (not TRAINING) whose sources
-    all weigh 0 weigh 1 each: a source kept out of training can still be the dev split (`--dev-source`)."""
+    """Each label's weight in the loss: its source's times its class's, mean 1, the classes balanced by what they
+    weigh once the sources are weighted (by counts, a source of another positive rate weighing 3, or one weighing 0,
+    tipped the balance). Expert labels can count more than crowd labels without discarding either. Dev labels (not
+    TRAINING) whose sources all weigh 0 weigh 1 each: a source kept out of training can still be the dev split
+    (`--dev-source`)."""
     labels = df["label"].to_numpy()
-    w = class_weights(labels).numpy()[labels] * np.asarray([cfg.source_weights.get(s, 1.0)
-                                                            for s in df["source"].to_list()])
+    w = np.asarray([cfg.source_weights.get(s, 1.0) for s in df["source"].to_list()], dtype=np.float64)
+    per_class = np.bincount(labels, weights=w, minlength=2)  # each class's weight before balancing
+    balance = np.divide(per_class.sum(), 2 * per_class, out=np.zeros(2), where=per_class > 0)
+    w = w * balance[labels]
     if not w.any() and not training:
         return np.ones(len(w), dtype=np.float32)
     if not w.any():
@@ -449,11 +448,11 @@ def check_name_free(store: Store, name: str, out: Path | None = None) -> None:
 def deterministic(seed: int) -> Iterator[None]:
     """Seeded, deterministic kernels: the same labels train the same critic, so two runs of a pipeline
     give the same scores and a snapshot cut near a threshold is reproducible."""
-    was = torch.are_deterministic_algorithms_enabled()
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(was)
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])  # the caller's setting, strict or warning

@@ -9,10 +9,11 @@ import pytest
 
 from critics import CriticConfig, load_critic, train_critic
 from critics.agreement import Encoder, agreement
-from critics.model import reads_siblings, score_rows
+from critics.ensemble import build_ensemble
+from critics.model import precision, reads_siblings, score_rows
 from critics.stack import apply_stack, features, reads, stack_scores
 from critics.train import load_labels, split
-from store import SIBLINGS, TEACHER_NLL, Store, import_labels, ingest_file
+from store import MINILM, SIBLINGS, TEACHER_NLL, Store, import_labels, ingest_file
 from tests.conftest import run_skd
 from tests.critics.test_label_sources import labels_file, triple
 from tests.critics.test_stack import load_card
@@ -94,6 +95,18 @@ def test_a_stack_with_agreement_ranks_what_no_text_critic_can(agreeing):
     text, stacked = card["metrics"]["members_dev_auc"]["text"], card["metrics"]["dev"]["auc"]
     assert text < 0.75 and stacked > max(0.85, text + 0.2), (text, stacked)
     assert card["metrics"]["dev_with_agreement"] == card["metrics"]["dev_size"]
+
+
+def test_a_stack_records_the_precision_its_encoder_ran_at(agreeing, tmp_path):
+    """The card took the first member's precision, and scoring ran the encoder at that one: a member trained
+    where bfloat16 is (or is not) native gave a stack fitted on one precision's agreement and scored on another's."""
+    db, _ = agreeing
+    other = "float32" if precision() == "bfloat16" else "bfloat16"
+    train_critic(db, "elsewhere", CriticConfig(mode="embedding", dev_fraction=0.3), tmp_path / "elsewhere")
+    card_file = tmp_path / "elsewhere" / "critic.json"
+    card_file.write_text(json.dumps(json.loads(card_file.read_text()) | {"precision": other}))  # trained there
+    card = build_ensemble(db, "ag-here", ["elsewhere"], tmp_path / "ag-here", agreement=True, encoder=MINILM)
+    assert card["precision"] == precision() != other
 
 
 def test_each_item_gets_the_fit_of_the_signals_it_has(agreeing):

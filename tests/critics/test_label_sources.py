@@ -4,13 +4,14 @@ cross-validation, coverage and calibration, on the embedded MiniLM and real labe
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
 from critics import CriticConfig, load_critic, train_critic
 from critics.crossval import cross_validate
 from critics.score import score_items
-from critics.train import load_labels, split, weighted_loss
+from critics.train import deterministic, example_weights, load_labels, split, weighted_loss
 from store import SkdError, Store, import_labels, ingest_file
 from tests.conftest import run_skd, shared_file
 
@@ -75,6 +76,31 @@ def test_a_batch_of_one_source_keeps_its_weight_in_the_fine_tune_loss():
     mixed = weighted_loss(logits, target, torch.tensor([3.0, 1.0, 1.0, 1.0]))
     assert float(mixed) == pytest.approx(float(3 * per_label[0] + per_label[1:].sum()) / 4)
     assert float(weighted_loss(logits, target, torch.zeros(4))) == 0.0  # a weight-0 batch: nothing, not NaN
+
+
+def test_classes_balance_by_what_they_weigh_once_sources_are_weighted():
+    """Balanced by counts, a heavy source with another positive rate tipped the balance: ten experts' labels, 20%
+    positive, weighing 3 beside ten crowd labels, 80% positive, left the negatives weighing 26 to the positives' 14
+    after "balancing"; and a source weighing 0 counted toward a balance it takes no part in."""
+    df = pl.DataFrame({"label": [1] * 2 + [0] * 8 + [1] * 8 + [0] * 2 + [0] * 6,
+                       "source": ["expert"] * 10 + ["crowd"] * 10 + ["ignored"] * 6})
+    cfg = CriticConfig(source_weights={"expert": 3.0, "ignored": 0.0})
+    w, labels, source = example_weights(df, cfg), df["label"].to_numpy(), df["source"].to_numpy()
+    assert w[labels == 1].sum() == pytest.approx(w[labels == 0].sum())  # the classes weigh the same
+    assert w.mean() == pytest.approx(1.0) and not w[source == "ignored"].any()
+    pos = w[(labels == 1) & (source == "expert")][0] / w[(labels == 1) & (source == "crowd")][0]
+    assert pos == pytest.approx(3.0)  # within a class, the sources keep their ratio
+
+
+def test_deterministic_gives_back_the_callers_setting():
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    try:
+        with deterministic(0):
+            assert torch.is_deterministic_algorithms_warn_only_enabled()  # training warns, never raises
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()  # the caller's strict mode, as it was
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_a_source_weighing_zero_fine_tunes_and_can_be_the_dev_split(two_sources, tmp_path):
@@ -212,6 +238,8 @@ def test_cross_validation_holds_out_whole_heads_and_reports_per_class(tmp_path):
     res = cross_validate(db, CriticConfig(mode="embedding", dev_fraction=0.25), "expert", folds=4, by="class",
                          on_fold=lambda k, s: folds_seen.append(k))
     assert folds_seen == [0, 1, 2, 3] and res["n"] == 80 and len(res["scores"]) == 80
+    # each fold trains on three quarters of the heads less a quarter for dev (about 45 labels), not on all 80
+    assert 35 <= res["train_labels_per_fold"] <= 55, res["train_labels_per_fold"]
     assert set(res["by"]) == {"adv", "test_set"} and res["by"]["adv"]["n"] == 40
     assert res["overall"]["auc"] > 0.8  # good and bad tails are easy to tell apart, even for unseen heads
     assert np.all((np.asarray(res["scores"]) >= 0) & (np.asarray(res["scores"]) <= 1))

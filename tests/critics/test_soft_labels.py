@@ -121,6 +121,9 @@ def test_rank_weight_outside_a_finetune_is_one_line(voted):
 def test_a_negative_or_all_zero_source_weight_is_refused(voted):
     with pytest.raises(ValueError, match="source weights must be at least 0"):
         CriticConfig(source_weights={"crowd": -1.0})  # training would maximise that source's loss
+    for w in (float("inf"), float("nan")):  # every weight NaN once scaled to mean 1
+        with pytest.raises(ValueError, match="at least 0 and finite"):
+            CriticConfig(source_weights={"crowd": w})
     p = run_skd("critic", "train", "zero", "--mode", "embedding", "--source-weights", "crowd=0", db=voted)
     assert p.returncode != 0 and "every training label's source weighs 0 (crowd)" in p.stderr  # not a NaN loss
     assert not list(voted.parent.glob("c.duckdb.d/critics/.zero.*"))  # the failed training left nothing half built

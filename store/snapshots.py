@@ -126,15 +126,14 @@ class Snapshots:
                      "AND s.score >= $min"
             if per_relation:
                 passed = self._passed_per_relation()
-        reps = "SELECT * FROM passed"
+        reps = "SELECT *, false AS _undeduped FROM passed"
         if dedup:
             params |= {"method": dedup[0], "dthr": dedup[1], "scope": dedup[2]}
-            reps = "SELECT p.* FROM passed p JOIN dedup_clusters d ON d.item_id = p.item_id AND d.method = $method " \
-                   "AND d.threshold = $dthr AND d.scope = $scope AND d.is_representative"
+            reps = self._best_of_each_cluster(bool(critic_id))
         group = f"coalesce({balance}, '')" if balance else "''"
         split_key = f"coalesce({exact_norm_sql('coalesce(head, question)')}, '')"
         ctes = f"WITH base AS ({base}), passed AS ({passed}), reps AS ({reps})"
-        sql = f"""{ctes}, ranked AS (SELECT item_id,
+        sql = f"""{ctes}, ranked AS (SELECT item_id, _undeduped,
                 CASE WHEN head IS NULL AND question IS NULL THEN item_id ELSE {split_key} END AS split_key,
                 md5(item_id || $seed) AS draw,
                 row_number() OVER (PARTITION BY {group} ORDER BY md5(item_id || $seed)) AS rank_in_group,
@@ -147,9 +146,28 @@ class Snapshots:
                 f"p AS (SELECT {RELATION} AS g, count(*) AS n FROM passed GROUP BY 1) "
                 "SELECT b.g, b.n, coalesce(p.n, 0) FROM b LEFT JOIN p USING (g) ORDER BY b.g", params).fetchall()
         funnel = {"items": sum(int(n) for _, n, _ in per), "passed_critic": sum(int(m) for _, _, m in per)}
+        if dedup:  # kept as they are: the dedup run never saw them (added since, or outside its --where)
+            funnel["not_deduplicated"] = sum(table["_undeduped"].to_pylist())
+        table = table.drop_columns(["_undeduped"])
         if critic_id:
             funnel["critic_pass_rate"] = {str(g): round(int(m) / int(n), 4) for g, n, m in per}
         return table, funnel
+
+    @staticmethod
+    def _best_of_each_cluster(scored: bool) -> str:
+        """Over the CTE `passed`: one item per duplicate cluster, the best of the members that passed the filters
+        and the critic (the dedup run's representative where it passed, else the best scored, ties by item id).
+        Keeping only the representatives lost a whole cluster whenever its representative failed the cut; an item
+        the dedup run never clustered is kept, flagged `_undeduped`, not dropped as if it were a duplicate."""
+        score = "s.score DESC NULLS LAST, " if scored else ""
+        join = "LEFT JOIN scores s ON s.item_id = p.item_id AND s.critic_id = $critic " if scored else ""
+        return f"""SELECT * EXCLUDE (_pick) FROM (
+                SELECT p.*, d.cluster_id IS NULL AS _undeduped,
+                       row_number() OVER (PARTITION BY coalesce(d.cluster_id, p.item_id)
+                                          ORDER BY d.is_representative DESC NULLS LAST, {score}p.item_id) AS _pick
+                FROM passed p LEFT JOIN dedup_clusters d ON d.item_id = p.item_id AND d.method = $method
+                     AND d.threshold = $dthr AND d.scope = $scope {join})
+            WHERE _pick = 1"""
 
     @staticmethod
     def _passed_per_relation() -> str:

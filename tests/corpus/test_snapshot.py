@@ -107,6 +107,31 @@ def test_critic_threshold_dedup_and_balance(corpus_db):
         assert counts["count"].to_list() == [16, 16] and bal["recipe"]["dedup_setting"] == [1.0, "global"]
 
 
+def test_dedup_keeps_the_best_member_that_passed_and_items_it_never_saw(corpus_db, tmp_path):
+    """Keeping only the dedup run's representatives lost the whole cluster when the representative failed the
+    critic (its duplicate passed), and dropped every item added since the dedup run as if it were a duplicate."""
+    twin = tmp_path / "twin.jsonl"
+    twin.write_text(json.dumps({"head": HEADS[0], "relation": "xWant", "tail": "To rest!"}) + "\n")
+    with Store(corpus_db) as s:
+        ingest_file(s, twin, "jsonl")
+        dedup(s, "exact", scope="global")  # no critic: the representative is the smaller item id
+        pair = s.con.execute("SELECT d.item_id, d.is_representative FROM dedup_clusters d JOIN items i USING "
+                             "(item_id) WHERE lower(i.tail) LIKE 'to rest%' AND i.head = ?", [HEADS[0]]).fetchall()
+        rep = next(i for i, is_rep in pair if is_rep)
+        judge_scores(s, f"CASE WHEN item_id = '{rep}' THEN 0.2 ELSE 0.9 END")  # the representative fails
+        one = snap(s, "one", critic="judge", threshold_at_recall=0.5, dedup="exact")
+        kept = set(snapshot_frame(s, "one")["item_id"])
+        assert len(pair) == 2 and rep not in kept and {i for i, _ in pair} - {rep} <= kept  # its twin stands in
+        assert one["funnel"]["snapshot"] == 33 and one["funnel"]["not_deduplicated"] == 0  # one of the two twins
+        late = tmp_path / "late.jsonl"
+        late.write_text(json.dumps({"head": "PersonX sings", "relation": "xWant", "tail": "to bow"}) + "\n")
+        ingest_file(s, late, "jsonl")  # after the dedup run
+        s.con.execute("INSERT INTO scores SELECT item_id, 'c1', 0.9, current_timestamp FROM items "
+                      "WHERE tail = 'to bow'")
+        two = snap(s, "two", critic="judge", threshold_at_recall=0.5, dedup="exact")
+        assert "to bow" in set(snapshot_frame(s, "two")["tail"]) and two["funnel"]["not_deduplicated"] == 1
+
+
 def test_per_relation_cut_keeps_the_same_share_of_every_relation(corpus_db):
     """A critic that scores one relation low (no labels of it) drops that relation under one threshold; the
     per-relation cut keeps the overall share of each relation instead, its best-scored items."""

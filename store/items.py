@@ -138,8 +138,10 @@ def reject_reason_sql() -> str:
 
 
 # -- normalised forms (dedup, statistics, snapshot splits) ---------------------------------------------
-# The generated part of an item (columns qualified by the alias `i`).
-CONTENT_SQL = "coalesce(i.tail, i.rationale, i.answer, i.text, '')"
+# The generated part of an item (columns qualified by the alias `i`). A text item's is its text even when it
+# names a tail: a comparative's tail is its second entity, and its statistics were the entities' names.
+CONTENT_SQL = ("CASE WHEN i.kind = 'text' AND i.text IS NOT NULL THEN i.text "
+               "ELSE coalesce(i.tail, i.rationale, i.answer, i.text, '') END")
 
 
 def exact_norm_sql(col: str) -> str:

@@ -98,3 +98,15 @@ def test_normalised_heads_and_latest_dedup_setting(store):
     assert sorted(store.dedup.clusters("exact", 1.0, "head")) == [("a", "a"), ("b", "a")]
     assert store.analytics.duplicate_counts(Slice()) == [
         {"method": "exact", "threshold": 1.0, "scope": "head", "n": 2, "duplicates": 1}]
+
+
+def test_a_comparatives_statistics_read_its_statement_not_its_second_entity(store):
+    """A comparative is a text item whose tail is its second entity: its distinct contents and n-gram sample were
+    the entities' names, so three different statements about one pair counted as one content."""
+    for k, text in enumerate(["a lion is stronger than a cat", "a lion is larger than a cat", "a lion roars louder"]):
+        store.con.execute("INSERT INTO items (item_id, kind, head, relation, tail, text) VALUES "
+                          "(?, 'text', 'lion', 'comparative', 'cat', ?)", [f"cmp{k}", text])
+    comparatives = Slice(where="relation = 'comparative'")
+    assert store.analytics.distinct_counts(comparatives) == (3, 1, 3)
+    assert sorted(store.analytics.contents(comparatives, 10, 0))[0] == "a lion is larger than a cat"
+    assert store.analytics.distinct_counts(Slice(where="kind = 'triple'")) == (2, 1, 2)  # a triple's is its tail

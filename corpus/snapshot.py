@@ -107,7 +107,8 @@ def select(table: pa.Table, r: SnapshotRecipe) -> pa.Table:
 
 
 def assign_splits(keys: list[str], split: dict[str, float], seed: int) -> list[str]:
-    """A split per item by a seeded hash of its head (or question), so no head falls in two splits."""
+    """A split per item by a seeded hash of its head (or question, or a headless text: an event goes with the
+    triples it heads), so no head falls in two splits."""
     names, edges, acc = list(split), [], 0.0
     for name in names:
         acc += split[name]

@@ -101,9 +101,9 @@ class Snapshots:
                    min_score: float | None, dedup: tuple[str, float, str] | None, balance: str | None,
                    seed: int, option: str = "--where", per_relation: bool = False) -> tuple[pa.Table, dict[str, Any]]:
         """The items passing every filter, each with its split key (its normalised head or question, else its
-        id), a seeded draw and its rank by the draw within its `balance` group, ordered by rank then draw;
-        and the funnel: how many items the filters before the critic keep and how many of those the critic
-        keeps, in all and per relation (kind, for items without one), so a relation the critic drops shows.
+        text, else its id), a seeded draw and its rank by the draw within its `balance` group, ordered by rank
+        then draw; and the funnel: how many items the filters before the critic keep and how many of those the
+        critic keeps, in all and per relation (kind, for items without one), so a relation the critic drops shows.
 
         `dedup` is the (method, threshold, scope) whose cluster representatives are kept. With `per_relation`,
         the critic keeps the same share of every relation (the share `min_score` keeps over all of them), the
@@ -131,10 +131,12 @@ class Snapshots:
             params |= {"method": dedup[0], "dthr": dedup[1], "scope": dedup[2]}
             reps = self._best_of_each_cluster(bool(critic_id))
         group = f"coalesce({balance}, '')" if balance else "''"
-        split_key = f"coalesce({exact_norm_sql('coalesce(head, question)')}, '')"
+        # a text item with no head goes by its text: an atomic10x event is the head of its triples, and an event
+        # in test with its triples in train (it went by its id) leaked the test event into training
+        split_key = f"coalesce({exact_norm_sql('coalesce(head, question, text)')}, '')"
         ctes = f"WITH base AS ({base}), passed AS ({passed}), reps AS ({reps})"
         sql = f"""{ctes}, ranked AS (SELECT item_id, _undeduped,
-                CASE WHEN head IS NULL AND question IS NULL THEN item_id ELSE {split_key} END AS split_key,
+                CASE WHEN coalesce(head, question, text) IS NULL THEN item_id ELSE {split_key} END AS split_key,
                 md5(item_id || $seed) AS draw,
                 row_number() OVER (PARTITION BY {group} ORDER BY md5(item_id || $seed)) AS rank_in_group,
                 {group} AS grp FROM reps)

@@ -78,6 +78,22 @@ def test_splits_never_share_a_head_even_spelt_differently(corpus_db):
     assert set(df["split"]) >= {"train", "test"}
 
 
+def test_an_event_falls_in_the_split_of_the_triples_it_heads(corpus_db, tmp_path):
+    """ATOMIC-10x stores each generated event as a text item without a head; it went by its id, so an event could
+    be in test while its triples trained the student."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps({"kind": "text", "text": h.replace("PersonX", "Person X") + ".",
+                                          "domain": "atomic10x"}) + "\n" for h in HEADS))
+    with Store(corpus_db) as s:
+        ingest_file(s, events, "jsonl")
+        snap(s, "ev", split={"train": 0.5, "test": 0.5})
+        df = snapshot_frame(s, "ev")
+    split_of = {h: sp for h, sp in df.filter(pl.col("kind") == "triple").select("head", "split").rows()}
+    for text, sp in df.filter(pl.col("kind") == "text").select("text", "split").rows():
+        assert sp == split_of[text.rstrip(".").replace("Person X", "PersonX")], text
+    assert set(df["split"]) == {"train", "test"}
+
+
 def test_diff_is_exact(corpus_db):
     with Store(corpus_db) as s:
         snap(s, "react", relations=["xReact"])

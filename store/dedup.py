@@ -26,8 +26,9 @@ class Dedup:
         without a critic, or for an item it has not scored)."""
         score = "s.score" if critic_id else "NULL::DOUBLE"
         join = "LEFT JOIN scores s ON s.item_id = i.item_id AND s.critic_id = $critic" if critic_id else ""
-        exact_key = f"concat_ws(chr(31), i.kind, {', '.join(exact_norm_sql('i.' + c) for c in ID_FIELDS)})" \
-            if exact else "NULL"
+        # the choices too, as the item id has them: one question and answer over other choices is another item
+        fields = [exact_norm_sql("i." + c) for c in ID_FIELDS] + [exact_norm_sql("array_to_string(i.choices, ' | ')")]
+        exact_key = f"concat_ws(chr(31), i.kind, {', '.join(fields)})" if exact else "NULL"
         sql = (f"SELECT i.item_id, {scope_sql(scope)} AS scope_key, {exact_key} AS exact_key, {score} AS score "
                f"FROM items i {join} WHERE {where_sql(where)} ORDER BY i.item_id")
         with user_filter(option):

@@ -66,6 +66,22 @@ def test_exact_dedup_keeps_letters_of_every_script_apart(tmp_path):
     assert groups == [["Café!", "café"], ["a the  cat", "cat"]]
 
 
+def test_exact_dedup_tells_apart_one_question_over_other_choices(tmp_path):
+    """The exact key left out the choices, which the item id has: the same question and answer over other
+    choices were one duplicate, and a snapshot kept one of them."""
+    q = {"kind": "qa", "question": "Where do you keep milk?", "answer": "fridge"}
+    rows = [q | {"choices": ["fridge", "oven", "shelf"]}, q | {"choices": ["Fridge", "oven", "shelf!"]},
+            q | {"choices": ["fridge", "garage", "car"]}]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with Store(tmp_path / "c.duckdb") as s:
+        ingest_file(s, path, "jsonl")
+        r = dedup(s, "exact", scope="global")
+        sizes = sorted(n for (n,) in s.con.execute("SELECT count(*) FROM dedup_clusters GROUP BY cluster_id")
+                       .fetchall())
+    assert (r.items, r.removed, sizes) == (3, 1, [1, 2])  # case and punctuation of a choice still do not count
+
+
 def test_incremental_dedup_searches_again_what_another_filter_or_model_clustered(corpus_db):
     """Stored clusters count as done only for a run with the same filter and model: a run over all items after
     runs over two halves compares across the halves, and another model searches everything again."""

@@ -157,12 +157,13 @@ def exact_norm_sql(col: str) -> str:
 
 
 def scope_sql(scope: str) -> str:
-    """The key items must share to be duplicates of each other under a dedup scope."""
+    """The key items must share to be duplicates of each other under a dedup scope; never items of two kinds (a
+    question's answer and its explanation were one semantic duplicate under `head` when their texts were close)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown dedup scope {scope!r}")
     if scope == "global":
-        return "''"
-    head = f"{exact_norm_sql('head')} || {exact_norm_sql('question')}"
+        return "kind"
+    head = f"kind || chr(31) || {exact_norm_sql('head')} || {exact_norm_sql('question')}"
     if scope == "head-tail":  # a pair of entities (comparatives): duplicates within the pair
         return f"{head} || chr(31) || {exact_norm_sql('tail')}"
     return head if scope == "head" else f"{head} || chr(31) || coalesce(relation, '')"

@@ -230,6 +230,22 @@ def test_head_tail_scope_dedups_within_an_entity_pair(tmp_path):
         assert dedup(s, "semantic", 0.9, "head").removed == 2
 
 
+def test_no_scope_makes_items_of_two_kinds_duplicates(tmp_path):
+    """A question's answer (qa) and its explanation (rationale) share the question, so under `head` a close enough
+    pair was one duplicate, and the snapshot lost one kind of the two."""
+    q = {"question": "Where do you keep milk cold?", "answer": "the fridge"}
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"kind": "qa", **q}) + "\n" + json.dumps(
+        {"kind": "rationale", **q, "rationale": "Milk is kept cold in the fridge."}) + "\n")
+    with Store(tmp_path / "c.duckdb") as s:
+        ingest_file(s, path, "jsonl")
+    embed_items(tmp_path / "c.duckdb")
+    with Store(tmp_path / "c.duckdb") as s:
+        cosine = s.scalar("SELECT list_cosine_similarity(min(vector), max(vector)) FROM embeddings")
+        assert cosine > 0.5  # alike enough to merge at this threshold, had they been compared
+        assert [dedup(s, "semantic", 0.5, scope).removed for scope in ("global", "head", "head-relation")] == [0] * 3
+
+
 def test_partitioned_dedup_equals_one_index_full_and_incremental(atomic_db, tmp_path):
     """Real MiniLM vectors of ATOMIC-2020 tails, global scope (pairs cross heads and partitions): the partitioned
     search finds exactly the clusters of one index, in a full run and in an incremental one, and says so."""

@@ -75,8 +75,12 @@ def dataset_card(row: dict[str, Any], df: pl.DataFrame, critic: dict[str, Any] |
              f"({', '.join(f'{s}: {n:,}' for s, n in splits.items())}).", "",
              f"- snapshot hash: `{row['content_hash']}`", f"- skd version: {skd_version()}",
              f"- created: {row['created_at']}", "", "## Funnel", "",
-             table([(k, f"{v:,}") for k, v in funnel.items() if isinstance(v, int)], ("stage", "items")), "",
-             "## Provenance", ""]
+             table([(k, f"{v:,}") for k, v in funnel.items() if isinstance(v, int) and k != "not_deduplicated"],
+                   ("stage", "items")), ""]
+    if funnel.get("not_deduplicated"):  # not a stage: kept without a dedup result
+        parts += [f"Kept without deduplication: {funnel['not_deduplicated']:,} item(s) the dedup run did not see "
+                  "(ingested after it).", ""]
+    parts += ["## Provenance", ""]
     if teachers:
         parts += [table([(t["teacher"], f"`{t['params']}`", f"{t['items']:,}") for t in teachers],
                         ("teacher", "sampling", "items")), ""]

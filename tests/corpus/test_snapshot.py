@@ -146,6 +146,9 @@ def test_dedup_keeps_the_best_member_that_passed_and_items_it_never_saw(corpus_d
                       "WHERE tail = 'to bow'")
         two = snap(s, "two", critic="judge", threshold_at_recall=0.5, dedup="exact")
         assert "to bow" in set(snapshot_frame(s, "two")["tail"]) and two["funnel"]["not_deduplicated"] == 1
+        export_snapshot(s, "two", tmp_path / "two", "hf")
+    card = (tmp_path / "two" / "README.md").read_text()
+    assert "Kept without deduplication: 1 item(s)" in card and "| not_deduplicated |" not in card
 
 
 def test_per_relation_cut_keeps_the_same_share_of_every_relation(corpus_db):

@@ -130,7 +130,8 @@ class Snapshots:
         if dedup:
             params |= {"method": dedup[0], "dthr": dedup[1], "scope": dedup[2]}
             reps = self._best_of_each_cluster(bool(critic_id))
-        group = f"coalesce({balance}, '')" if balance else "''"
+        # by relation, an item without one goes by its kind, as the funnel and the per-relation cut count it
+        group = (RELATION if balance == "relation" else f"coalesce({balance}, '')") if balance else "''"
         # a text item with no head goes by its text: an atomic10x event is the head of its triples, and an event
         # in test with its triples in train (it went by its id) leaked the test event into training
         split_key = f"coalesce({exact_norm_sql('coalesce(head, question, text)')}, '')"
@@ -182,7 +183,7 @@ class Snapshots:
                        count(*) OVER (PARTITION BY {RELATION}) AS _n,
                        avg((s.score >= $min)::DOUBLE) OVER () AS _share
                 FROM base b JOIN scores s ON s.item_id = b.item_id AND s.critic_id = $critic)
-            WHERE _rank <= round(_n * _share)"""
+            WHERE _rank <= greatest(round(_n * _share), (_share > 0)::INT)"""  # a relation of one item keeps it
 
     def diff(self, a_id: str, b_id: str, sample: int = 10) -> dict[str, Any]:
         """How many items of snapshot B are not in A (`added`) and of A not in B (`removed`), the first SAMPLE of

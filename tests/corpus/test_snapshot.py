@@ -151,6 +151,24 @@ def test_dedup_keeps_the_best_member_that_passed_and_items_it_never_saw(corpus_d
     assert "Kept without deduplication: 1 item(s)" in card and "| not_deduplicated |" not in card
 
 
+def test_a_relation_of_one_item_keeps_it_and_balance_groups_headless_kinds_apart(corpus_db, tmp_path):
+    """The per-relation cut rounded a relation of one item to none (its share under a half), though the cut is
+    there to keep every relation's best; `--balance relation` put every item without a relation in one group."""
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"head": HEADS[1], "relation": "xNeed", "tail": "a shovel"},
+        *({"kind": "qa", "question": f"What is {k} plus {k}?", "answer": str(2 * k)} for k in range(3)),
+        *({"kind": "text", "text": f"Fact number {k}."} for k in range(5))]))
+    with Store(corpus_db) as s:
+        ingest_file(s, extra, "jsonl")
+        judge_scores(s, "CASE WHEN tail LIKE 'to%' THEN 0.9 ELSE 0.2 END")
+        per = snapshot_frame(s, snap(s, "per", critic="judge", threshold_at_recall=0.5, per_relation=True)["name"])
+        assert "a shovel" in set(per["tail"])
+        bal = snapshot_frame(s, snap(s, "bal", balance="relation")["name"])
+    counts = {k: n for k, n in bal.select(pl.coalesce("relation", "kind")).to_series().value_counts().rows()}
+    assert counts == {"xReact": 1, "xWant": 1, "xNeed": 1, "qa": 1, "text": 1}  # the smallest group is one item
+
+
 def test_per_relation_cut_keeps_the_same_share_of_every_relation(corpus_db):
     """A critic that scores one relation low (no labels of it) drops that relation under one threshold; the
     per-relation cut keeps the overall share of each relation instead, its best-scored items."""

@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from store import SIBLINGS, TEACHER_NLL, BatchJob, Mapper, local_mapper, open_store, stage_job
+from store import SIBLINGS, TEACHER_NLL, BatchJob, Mapper, SkdError, local_mapper, open_store, stage_job
 
 from .model import load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
 
@@ -46,6 +47,10 @@ class ScoreBatch:
 
     def __call__(self, part: pa.Table) -> pa.Table:
         scores = score_rows(self.critic, part.to_pylist(), batch_size=self.batch_size)
+        bad = int((~np.isfinite(scores)).sum())
+        if bad:  # a NaN passes every threshold in DuckDB (it sorts above all numbers): a snapshot would keep it
+            raise SkdError(f"critic {self.critic_id} gave {bad:,} of {part.num_rows:,} items no finite score (NaN "
+                           "parameters?); their batch is not stored, nor any later one")
         return pa.table({"item_id": part["item_id"], "critic_id": [self.critic_id] * part.num_rows,
                          "score": pa.array(scores, type=pa.float64())})
 

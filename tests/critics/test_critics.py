@@ -150,6 +150,33 @@ def test_scoring_resumes_after_a_kill(embedding_critic, tmp_path):
     assert again["scored"] == 0
 
 
+def test_a_critic_that_scores_nan_stores_nothing_and_says_so(embedding_critic, tmp_path):
+    """NaN parameters (a diverged fine-tune) score NaN, and DuckDB sorts NaN above every number: a snapshot cut at
+    any threshold kept every such item."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src_db, path, card = embedding_critic
+    broken = tmp_path / "nan"
+    shutil.copytree(path, broken)
+    head = load_file(broken / "head.safetensors")
+    save_file({k: v * float("nan") for k, v in head.items()}, broken / "head.safetensors")
+    db = tmp_path / "corpus.duckdb"
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"head": f"PersonX eats {k}", "relation": "xWant", "tail": "to rest"}) + "\n"
+                             for k in range(5)))
+    with Store(db) as s:
+        ingest_file(s, items, "jsonl")
+        s.con.execute("INSERT INTO critics (critic_id, name, path, mode, metrics, thresholds) VALUES (?,?,?,?,?,?)",
+                      [card["critic_id"], "nan", str(broken), "embedding", "{}", "{}"])
+    p = run_skd("critic", "score", "nan", "-q", db=db)
+    assert p.returncode != 0 and "gave 5 of 5 items no finite score" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    with Store(db, read_only=True) as s:
+        assert s.scalar("SELECT count(*) FROM scores") == 0
+
+
 def test_eval_command_reports_against_held_out_labels(embedding_critic):
     db, _, _ = embedding_critic
     proc = run_skd("critic", "eval", "emb", "--labels", str(shared_file("ckbp/ckbp2_dev.csv")), "--format", "ckbp",

@@ -81,7 +81,8 @@ def training_inputs(store: Store, student: dict[str, Any]) -> set[str] | None:
         df = snapshot_frame(store, student["snapshot"])
     except (KeyError, SkdError):
         return None
-    return {input_key(r) for r in df.to_dicts() if r["split"] == student.get("split", "train")}
+    split = (student.get("config") or {}).get("split", "train")  # the card keeps the split in its config
+    return {input_key(r) for r in df.to_dicts() if r["split"] == split}
 
 
 def read_references(path: Path) -> dict[tuple[str, str], list[str]]:
@@ -239,15 +240,23 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def paired_difference(a: Any, b: Any, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+def paired_difference(a: Any, b: Any, resamples: int = 2000, seed: int = 0,
+                      groups: Any = None) -> dict[str, float]:
     """mean(A) - mean(B), measured on the same inputs, with a paired bootstrap 95% interval (the inputs are
-    resampled together, so what every model finds easy or hard cancels out)."""
+    resampled together, so what every model finds easy or hard cancels out). With GROUPS (one per input: its head
+    or question), whole groups are resampled: a head's seven relations are not seven independent draws, and
+    resampling them one by one made the interval too narrow. Without, each input is its own group."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.shape != y.shape or not x.size:
+    if x.shape != y.shape or not x.size or (groups is not None and len(groups) != len(x)):
         raise ValueError("a paired difference needs the same, non-empty inputs on both sides")
-    idx = np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))
-    lo, hi = np.percentile(x[idx].mean(1) - y[idx].mean(1), [2.5, 97.5])
-    return {"diff": float(x.mean() - y.mean()), "lo": float(lo), "hi": float(hi), "n": int(len(x))}
+    codes = np.arange(len(x)) if groups is None else np.unique(np.asarray(groups, dtype=object),
+                                                               return_inverse=True)[1].ravel()
+    k = int(codes.max()) + 1
+    sums, counts = np.bincount(codes, weights=x - y, minlength=k), np.bincount(codes, minlength=k)
+    pick = np.random.default_rng(seed).integers(0, k, (resamples, k))
+    lo, hi = np.percentile(sums[pick].sum(1) / counts[pick].sum(1), [2.5, 97.5])
+    return {"diff": float(x.mean() - y.mean()), "lo": float(lo), "hi": float(hi), "n": int(len(x)),
+            **({"groups": k} if groups is not None else {})}
 
 
 def accepted(ev: dict[str, Any]) -> tuple[list[Any], np.ndarray] | None:
@@ -268,7 +277,7 @@ def acceptance_difference(store: Store, eval_id: str, base_id: str) -> dict[str,
     a, b = (accepted(ev) if ev else None for ev in got)
     if a is None or b is None or a[0] != b[0]:
         return None
-    return paired_difference(a[1], b[1])
+    return paired_difference(a[1], b[1], groups=[input_key(x) for x in a[0]])  # by head or question
 
 
 def compare(store: Store, eval_ids: list[str] | None = None, snapshot: str | None = None) -> list[dict[str, Any]]:

@@ -158,13 +158,22 @@ def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
+def epoch_of(checkpoint: Path) -> float:
+    """How many epochs a checkpoint had trained (0 for one cut before its state was written)."""
+    try:
+        return float(json.loads((checkpoint / "trainer_state.json").read_text()).get("epoch") or 0)
+    except (OSError, json.JSONDecodeError):
+        return 0.0
+
+
 def own_checkpoints(ckpt_dir: Path, cfg: TrainConfig, snap: dict[str, Any]) -> list[Any]:
     """Checkpoints are resumed only by a training of the same snapshot content and settings, run longer or as long
     (a training's length may grow: more steps continue it); those of another (another snapshot into the same
-    --out, another learning rate or base) are removed, and so are any past a shorter --max-steps, or the student
-    would be partly trained on what its card does not name. Returns the lengths (steps, or "N epochs") of the
-    schedules the student was trained under: a longer run continues with its own learning-rate schedule from the
-    checkpoint, so it is not the student a fresh run of that length gives, and its card says so."""
+    --out, another learning rate or base) are removed, and so are any past a shorter --max-steps or --epochs, or
+    the student would be trained longer than its card says (the Trainer resumed past the end and trained 0
+    steps). Returns the lengths (steps, or "N epochs") of the schedules the student was trained under: a longer
+    run continues with its own learning-rate schedule from the checkpoint, so it is not the student a fresh run
+    of that length gives, and its card says so."""
     identity = cfg.model_dump(mode="json", exclude={"out", "save_steps", "max_steps", "epochs"})
     identity |= {"snapshot_hash": snap["content_hash"]}
     length = cfg.max_steps if cfg.max_steps > 0 else f"{cfg.epochs:g} epochs"
@@ -176,8 +185,8 @@ def own_checkpoints(ckpt_dir: Path, cfg: TrainConfig, snap: dict[str, Any]) -> l
     if ckpt_dir.is_dir() and held.get("identity") != identity:
         shutil.rmtree(ckpt_dir)
         held = {}
-    for step, p in checkpoints(ckpt_dir) if cfg.max_steps > 0 else ():
-        if step > cfg.max_steps:
+    for step, p in checkpoints(ckpt_dir):  # past the end of this run: its steps, or its epochs
+        if step > cfg.max_steps if cfg.max_steps > 0 else epoch_of(p) > cfg.epochs + 1e-6:
             shutil.rmtree(p)
     resumed = any((p / "trainer_state.json").is_file() for _, p in checkpoints(ckpt_dir))
     lengths = [x for x in held.get("lengths", []) if resumed]

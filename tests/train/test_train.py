@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from corpus import SnapshotRecipe, create_snapshot
@@ -80,6 +81,19 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(atomic_db, tiny_
     other = [a if a != "split" else "eight" for a in args[3:]]  # another snapshot into the same --out
     card = json.loads(run_skd(*other, db=db, check=True).stdout)
     assert card["summary"]["resumed_from"] is None and card["snapshot"] == "eight"  # not step 40 of the other one
+
+
+def test_a_shorter_epochs_run_into_the_same_out_trains_its_own_length(atomic_db, tiny_lm):
+    """Only a shorter --max-steps pruned the checkpoints past its end: after --epochs 3, a rerun with --epochs 1
+    resumed at epoch 3, trained 0 steps, and saved a three-epoch student whose card said one."""
+    db, d = atomic_db
+    cfg = {"snapshot": "eight", "out": d / "epochs", "base": str(tiny_lm), "batch_size": 2, "save_steps": 2,
+           "lr": 1e-3, "bf16": False}
+    three = fit(db, TrainConfig(**cfg, epochs=3))["summary"]
+    per_epoch = -(-three["examples"] // 2)
+    assert three["steps"] == 3 * per_epoch
+    card = fit(db, TrainConfig(**cfg, epochs=1))
+    assert card["summary"]["steps"] == per_epoch and card["config"]["epochs"] == 1
 
 
 def test_a_students_seed_fixes_it_whatever_the_process_drew_before(atomic_db, tiny_lm):
@@ -259,6 +273,26 @@ def test_a_paired_difference_and_its_interval():
     assert better["diff"] == 0.5 and 0.35 < better["lo"] < 0.5 < better["hi"] < 0.65
     with pytest.raises(ValueError, match="same, non-empty inputs"):
         paired_difference([1, 0], [1])
+    # a head's relations move together: resampled one by one they passed for independent draws, and the interval
+    # was too narrow; resampled head by head it is as wide as ten draws allow
+    a = np.repeat(np.random.default_rng(0).integers(0, 2, 10), 7)  # ten heads, seven relations each, alike
+    heads = np.repeat(np.arange(10), 7)
+    by_pair, by_head = paired_difference(a, np.zeros(70)), paired_difference(a, np.zeros(70), groups=heads)
+    assert by_head["diff"] == by_pair["diff"] and by_head["groups"] == 10
+    assert by_head["hi"] - by_head["lo"] > 2 * (by_pair["hi"] - by_pair["lo"])
+
+
+def test_the_inputs_a_student_trained_on_are_those_of_its_own_split(atomic_db):
+    """The card keeps the split under `config`; the lookup read a top-level key and always took "train"."""
+    from corpus import snapshot_frame
+    from train.evaluate import input_key, training_inputs
+
+    db, _ = atomic_db
+    with Store(db, read_only=True) as s:
+        rows = snapshot_frame(s, "split").to_dicts()
+        on_test = training_inputs(s, {"snapshot": "split", "config": {"split": "test"}})
+    assert on_test == {input_key(r) for r in rows if r["split"] == "test"} != {input_key(r) for r in rows
+                                                                             if r["split"] == "train"}
 
 
 def test_exact_match_on_commonsenseqa_and_gsm8k(atomic_db, tiny_lm):

@@ -3,9 +3,11 @@ student trained on a critic-filtered corpus beat its teacher, measured on held-o
 references, and do I2D2 self-imitation rounds improve it further?
 
 1. The ATOMIC-2020 human tuples (../shared/data) are split by head (seeded) into heads to distil on and heads to
-   evaluate on; only the 7 ATOMIC-10x relations are used.
+   evaluate on; only the 7 ATOMIC-10x relations are used. The heads distilled on are a seeded draw from the first
+   part, none spelt like a held-out head ("PersonX buys a car", "PersonX buys the car").
 2. The filtering critic (MiniLM, frozen + head, CKBP v1 crowd labels) and the judging critic (MPNet, frozen +
-   head, CKBP v1 + v2 expert labels, so the filter does not grade itself) are trained.
+   head, CKBP v1 + v2 expert labels: another model than the filter, but it shares the filter's crowd labels) are
+   trained.
 3. `skd run`'s pipeline (skd.run.Runner), round 1: the teacher (SmolLM2-135M-Instruct, transformers) writes
    ATOMIC-10x inferences for the distillation heads with the recipe's few-shot prompts; the filter scores them;
    semantic dedup per head and relation; a snapshot cut by the filter (--loop-cut; default: per relation at
@@ -20,7 +22,8 @@ references, and do I2D2 self-imitation rounds improve it further?
 6. Every model completes the evaluation heads' (head, relation) pairs greedily: judge acceptance, ROUGE-L and
    BLEU-2 against all human references (best over references), distinct-2 and unique-output ratio, degenerate
    rate. Acceptance differences against the teacher, the unfiltered student and round 1 come with a paired
-   bootstrap 95% interval over the same pairs, and a second table gives acceptance per relation.
+   bootstrap 95% interval over the same pairs (resampled head by head), and a second table gives acceptance per
+   relation.
 7. With --better-filter, more students of the round-1 corpus: the same cut as the pipeline's (--loop-cut), the
    same number of items of every relation, chosen by another filter. Does a better filter make a better student,
    at the same corpus size? `support`: the MiniLM filter stacked with support (critics.support: the highest
@@ -29,9 +32,10 @@ references, and do I2D2 self-imitation rounds improve it further?
    seen the spare heads' tuples the support reads, so its figures for that student are not independent; the
    first judge's and the reference overlap are). `finetune`: MiniLM fine-tuned (1 epoch) on the same CKBP v1 crowd
    labels as the filter, the same dev split.
-8. The same outputs by a second judge (MPNet, frozen + head): the first judge's labels plus the human tuples, and
-   tail swaps as negatives, of distillation-split heads beyond those distilled on (no model trains on them and no
-   evaluation asks about them). CKBP has no HinderedBy labels, so the first judge cannot judge that relation.
+8. The same outputs by a second judge (MPNet, frozen + head) that shares no label with the filter: the CKBP v2
+   expert labels and the human tuples, with tail swaps as negatives, of distillation-split heads beyond those
+   distilled on (no model trains on them and no evaluation asks about them). CKBP has no HinderedBy labels, so the
+   first judge cannot judge that relation; the second has seen it.
 
     python bench/distill.py [--distil-heads 60] [--eval-pairs 0 (all)] [--samples 4] [--steps 80] [--rounds 3]
                             [--loop-cut per-relation-r0.5] [--train-seeds 3] [--seeded unfiltered,...] [--work DIR]
@@ -50,6 +54,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import random
 import re
 import sys
 import tempfile
@@ -72,8 +77,9 @@ GENERATED = "domain = 'atomic10x'"
 # so a cut added by a later run in the same --work folder is of the same items
 ROUND_1 = (f"{GENERATED} AND item_id IN (SELECT item_id FROM snapshot_items WHERE snapshot_id = "
            "(SELECT snapshot_id FROM snapshots WHERE name = 'unfiltered'))")
-# the second judge: the first's labels plus human tuples (and tail swaps) of spare heads, so it has seen HinderedBy
-JUDGE_2 = "judge-atomic"
+# the second judge: only labels the filter never saw (CKBP v2's experts, the human tuples and tail swaps of spare
+# heads), so a filtered student's lead under it is not the filter's labels agreeing with themselves
+JUDGE_2 = "judge-independent"
 SUPPORT_SOURCE = "atomic-distil-split"  # the human tuples of every distillation-split head (distilled on and spare)
 FILTER = {"mode": "embedding", "sources": ["ckbp1"]}  # the filtering critic's config
 # the other filters of --better-filter, each on the filter's labels and dev split
@@ -123,8 +129,7 @@ def critics(db: Path, spare: Path, distil_split: Path | None = None) -> dict:
     judge = {"mode": "embedding", "base": "all-mpnet-base-v2"}
     configs = {"filter": CriticConfig(**FILTER),
                "judge": CriticConfig(**judge, sources=["ckbp1", "ckbp2"], source_weights={"ckbp2": 3.0}),
-               JUDGE_2: CriticConfig(**judge, sources=["ckbp1", "ckbp2", "atomic-spare"],
-                                     source_weights={"ckbp2": 3.0, "atomic-spare": 3.0})}
+               JUDGE_2: CriticConfig(**judge, sources=["ckbp2", "atomic-spare"])}
     out = {}
     for name, cfg in configs.items():
         with Store(db, read_only=True) as s:
@@ -329,13 +334,14 @@ def judged(db: Path, samples: dict[str, list[list]], critic: str) -> dict[str, d
 
 
 def paired(a: dict, b: dict) -> str:
-    """A's acceptance minus B's on the same pairs, with a paired bootstrap 95% interval."""
+    """A's acceptance minus B's on the same pairs, with a paired bootstrap 95% interval that resamples held-out
+    heads (a head's relations are not independent draws)."""
     from skd.cmd_run import cell
     from train.evaluate import paired_difference
 
     if a["pairs"] != b["pairs"]:
         raise SystemExit("evaluations on different pairs cannot be compared pair by pair")
-    return cell(paired_difference(a["accepted"], b["accepted"]))
+    return cell(paired_difference(a["accepted"], b["accepted"], groups=[head_form(h) for h, _ in a["pairs"]]))
 
 
 def per_relation_table(title: str, judgements: dict[str, dict], paired_with: dict[str, dict] | None = None) -> Table:
@@ -394,10 +400,11 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     db = tmp / "c.duckdb"
     distil, own, held = split_heads(args.seed)
-    heads = distil[: args.distil_heads]
-    # a spare head spelt like a held-out one ("PersonX gets shot", "PersonX gets the shot") would teach the second
-    # judge (and the support) the answer to an evaluation pair: left out
+    # a head spelt like a held-out one ("PersonX gets shot", "PersonX gets the shot") would teach a student (when
+    # distilled on), the second judge or the support (when spare) the answer to an evaluation pair: left out
     held_forms = {head_form(h) for h, _ in held}
+    eligible = [h for h in distil if head_form(h) not in held_forms]
+    heads = sorted(random.Random(args.seed).sample(eligible, min(args.distil_heads, len(eligible))))
     spare = {k: v for k, v in own.items() if k[0] not in set(heads) and head_form(k[0]) not in held_forms}
     own = {k: v for k, v in own.items() if k[0] in set(heads)}
     refs = tmp / "held_out.tsv"  # the evaluation heads' references, in ATOMIC-2020's format
@@ -476,14 +483,15 @@ def main() -> None:
     console = Console(width=300)  # the tables are wide: a log or a pipe keeps every column
     console.print(t)
     console.print(per_relation_table("Judge acceptance per relation (the same pairs)", judgements))
-    console.print(per_relation_table(f"The second judge ({JUDGE_2}: also trained on human tuples of spare heads, "
-                                     "HinderedBy included), on the same outputs", second, base(second)))
+    console.print(per_relation_table(f"The second judge ({JUDGE_2}: CKBP v2 experts and human tuples of spare heads, "
+                                     "HinderedBy included; no label of the filter's), on the same outputs", second,
+                                     base(second)))
     from skd.cmd_run import rounds_table
 
     console.print(rounds_table(loop_rows))
     print(f"critics: filter dev AUC {crit['filter_dev_auc']:.3f} (MiniLM, CKBP v1), judge dev AUC "
           f"{crit['judge_dev_auc']:.3f} (MPNet, CKBP v1 + v2), second judge dev AUC "
-          f"{crit[JUDGE_2 + '_dev_auc']:.3f} (MPNet, CKBP v1 + v2 + ATOMIC-2020 spare heads); teacher parse rate "
+          f"{crit[JUDGE_2 + '_dev_auc']:.3f} (MPNet, CKBP v2 + ATOMIC-2020 spare heads); teacher parse rate "
           f"{gen['parsed'] / max(1, gen['completions']):.1%} of {gen['completions']:,} completions; "
           f"this invocation {(time.monotonic() - started) / 60:.1f} min (less when --work held earlier work)")
     print(f"python bench/distill.py --distil-heads {args.distil_heads} --eval-pairs {args.eval_pairs} "

@@ -107,8 +107,11 @@ def encode(row: dict[str, Any], tok: Any, max_length: int, whole: bool = False) 
         prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
         full = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
         p = tok(prompt, add_special_tokens=False)["input_ids"]
-        c = tok(full[len(prompt):] if full.startswith(prompt) else row["completion"][0]["content"],
-                add_special_tokens=False)["input_ids"]
+        if full.startswith(prompt):  # the template's own end of turn is in the completion
+            c = tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        else:  # a template that renders the prompt otherwise in the whole (a date, a thinking block): the reply
+            # and EOS, or the student never learns to stop and fills max_tokens at evaluation
+            c = tok(row["completion"][0]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     else:
         p = tok(row["prompt"])["input_ids"]
         c = tok(row["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

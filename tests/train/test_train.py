@@ -63,6 +63,25 @@ def test_lora_training_saves_the_adapter_and_a_merged_student(atomic_db, smollm2
     assert out.stdout.startswith("LlamaForCausalLM 1345")  # merged: a plain 135M model, no peft needed
 
 
+def test_a_chat_reply_ends_in_eos_under_a_template_that_renders_the_prompt_otherwise(tiny_lm):
+    """A template whose generation prompt differs from the prompt inside the whole conversation fell back to the
+    bare reply, with no end of turn to learn: the student never stopped."""
+    from transformers import AutoTokenizer
+
+    from train.formats import encode
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm)
+    row = {"prompt": [{"role": "user", "content": "PersonX eats. xWant?"}],
+           "completion": [{"role": "assistant", "content": "to sleep"}]}
+    ours = encode(row, tok, 256)
+    assert ours["labels"][-2:] == tok("<|im_end|>\n", add_special_tokens=False)["input_ids"]  # SmolLM2's own end
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}assistant (thinking off):{% endif %}")
+    other = encode(row, tok, 256)
+    reply = [t for t in other["labels"] if t != -100]
+    assert reply == tok("to sleep", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
 def test_a_killed_training_run_resumes_from_its_last_checkpoint(atomic_db, tiny_lm):
     db, d = atomic_db
     args = [sys.executable, "-m", "skd", "train", "--snapshot", "split", "--out", str(d / "resume"), "--base",

@@ -156,8 +156,10 @@ def pipeline(db: Path, tmp: Path, heads: Path, refs: Path, args: argparse.Namesp
         "dedup": {"method": "semantic", "threshold": 0.9, "scope": "head-relation"},
         "snapshot": {"name": "loop", "where": GENERATED, "kinds": ["triple"], "split": {"train": 1.0}},
         "student": {"out": tmp / "student-loop", **STUDENT, "max_steps": args.steps},
+        # the held-out references are the inputs; `split` names the snapshot's one part only because the pipeline
+        # refuses an eval split the snapshot lacks (it is the fallback should the references file be absent)
         "eval": {"references": refs, "relations": RELATIONS, "limit": args.eval_pairs, "critic": "judge",
-                 "max_tokens": 16, "teacher": True},
+                 "max_tokens": 16, "teacher": True, "split": "train"},
         "loop": {"rounds": rounds}})
 
 

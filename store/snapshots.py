@@ -134,10 +134,11 @@ class Snapshots:
         group = (RELATION if balance == "relation" else f"coalesce({balance}, '')") if balance else "''"
         # a text item with no head goes by its text: an atomic10x event is the head of its triples, and an event
         # in test with its triples in train (it went by its id) leaked the test event into training
-        split_key = f"coalesce({exact_norm_sql('coalesce(head, question, text)')}, '')"
+        split_on = "coalesce(head, question, text)"
+        split_key = f"coalesce({exact_norm_sql(split_on)}, '')"
         ctes = f"WITH base AS ({base}), passed AS ({passed}), reps AS ({reps})"
         sql = f"""{ctes}, ranked AS (SELECT item_id, _undeduped,
-                CASE WHEN coalesce(head, question, text) IS NULL THEN item_id ELSE {split_key} END AS split_key,
+                CASE WHEN {split_on} IS NULL THEN item_id ELSE {split_key} END AS split_key,
                 md5(item_id || $seed) AS draw,
                 row_number() OVER (PARTITION BY {group} ORDER BY md5(item_id || $seed)) AS rank_in_group,
                 {group} AS grp FROM reps)

@@ -31,11 +31,18 @@ references, and do I2D2 self-imitation rounds improve it further?
    distillation-split head as the support source, fitted on the filter's own dev labels (the second judge has
    seen the spare heads' tuples the support reads, so its figures for that student are not independent; the
    first judge's and the reference overlap are). `finetune`: MiniLM fine-tuned (1 epoch) on the same CKBP v1 crowd
-   labels as the filter, the same dev split.
-8. The same outputs by a second judge (MPNet, frozen + head) that shares no label with the filter: the CKBP v2
-   expert labels and the human tuples, with tail swaps as negatives, of distillation-split heads beyond those
-   distilled on (no model trains on them and no evaluation asks about them). CKBP has no HinderedBy labels, so the
-   first judge cannot judge that relation; the second has seen it.
+   labels as the filter, the same dev split. `relevance`: the same fine-tune with the human tuples of half the
+   spare heads (those no judge trains on) beside the crowd labels, each tail with a tail swap as its negative
+   (weight 3): CKBP's labels say whether a tail is plausible, hardly whether it fits its head.
+8. The same outputs by a second judge (MPNet, frozen + head) that shares no label with any filter: the CKBP v2
+   expert labels and the human tuples, with tail swaps as negatives, of half the distillation-split heads beyond
+   those distilled on (no student trains on them and no evaluation asks about them; the other half is the relevance
+   filter's). CKBP has no HinderedBy labels, so the first judge cannot judge that relation; the second has seen it.
+   A third judge is MPNet fine-tuned on the second's labels (2 epochs).
+9. How far each judge can be trusted on these heads: its AUC at telling the held-out heads' human tails from tail
+   swaps (a human tail of another held-out head, same relation), which no judge trained on.
+10. No judge at all: every model's outputs against the held-out human references, pair by pair (ROUGE-L and MPNet
+   cosine to the closest reference), with head-level paired intervals against the teacher and the unfiltered student.
 
     python bench/distill.py [--distil-heads 60] [--eval-pairs 0 (all)] [--samples 4] [--steps 80] [--rounds 3]
                             [--loop-cut per-relation-r0.5] [--train-seeds 3] [--seeded unfiltered,...] [--work DIR]
@@ -77,13 +84,16 @@ GENERATED = "domain = 'atomic10x'"
 # so a cut added by a later run in the same --work folder is of the same items
 ROUND_1 = (f"{GENERATED} AND item_id IN (SELECT item_id FROM snapshot_items WHERE snapshot_id = "
            "(SELECT snapshot_id FROM snapshots WHERE name = 'unfiltered'))")
-# the second judge: only labels the filter never saw (CKBP v2's experts, the human tuples and tail swaps of spare
-# heads), so a filtered student's lead under it is not the filter's labels agreeing with themselves
-JUDGE_2 = "judge-independent"
+# the second and third judges: only labels no filter saw (CKBP v2's experts, the human tuples and tail swaps of half
+# the spare heads), so a filtered student's lead under them is not the filter's labels agreeing with themselves
+JUDGE_2 = "judge-2"
+JUDGE_3 = "judge-3"  # the same labels, MPNet fine-tuned rather than frozen
+INDEPENDENT = ["ckbp2", "atomic-judge"]
+RELEVANCE = "atomic-filter"  # the other half of the spare heads: --better-filter relevance's tuples and swaps
 SUPPORT_SOURCE = "atomic-distil-split"  # the human tuples of every distillation-split head (distilled on and spare)
 FILTER = {"mode": "embedding", "sources": ["ckbp1"]}  # the filtering critic's config
 # the other filters of --better-filter, each on the filter's labels and dev split
-BETTER = {"support": "filter-support", "finetune": "filter-finetune"}
+BETTER = {"support": "filter-support", "finetune": "filter-finetune", "relevance": "filter-relevance"}
 STUDENT = {"lora": (16, 32), "lr": 1e-3, "batch_size": 8, "max_length": 64, "save_steps": 10_000}
 
 
@@ -113,23 +123,28 @@ def head_form(head: str) -> str:
     return " ".join(w for w in h.split() if w not in ("a", "an", "the"))
 
 
-def critics(db: Path, spare: Path, distil_split: Path | None = None) -> dict:
-    """The filter and the two judges; `spare` holds the human tuples of distillation-split heads that no model
-    trains on and no evaluation asks about (the second judge's ATOMIC-2020 labels)."""
+def critics(db: Path, spare: Path, spare_filter: Path, distil_split: Path | None = None) -> dict:
+    """The filter and the three judges; `spare` and `spare_filter` hold the human tuples of two halves of the
+    distillation-split heads that no student trains on and no evaluation asks about (the second and third judges'
+    ATOMIC-2020 labels, and the relevance filter's)."""
     from critics import CriticConfig, train_critic
     from store import Store, import_labels
 
     with Store(db) as s:
         import_labels(s, DATA / "ckbp/ckbp1_crowd.csv", "ckbp", source="ckbp1")
         import_labels(s, DATA / "ckbp/ckbp2_dev.csv", "ckbp", source="ckbp2")
-        import_labels(s, spare, "atomic2020", source="atomic-spare")
+        import_labels(s, spare, "atomic2020", source=INDEPENDENT[1])
+        import_labels(s, spare_filter, "atomic2020", source=RELEVANCE)
         if distil_split is not None:  # --better-filter support's source
             import_labels(s, distil_split, "atomic2020", source=SUPPORT_SOURCE)
         files = s.files_dir
     judge = {"mode": "embedding", "base": "all-mpnet-base-v2"}
     configs = {"filter": CriticConfig(**FILTER),
                "judge": CriticConfig(**judge, sources=["ckbp1", "ckbp2"], source_weights={"ckbp2": 3.0}),
-               JUDGE_2: CriticConfig(**judge, sources=["ckbp2", "atomic-spare"])}
+               JUDGE_2: CriticConfig(**judge, sources=INDEPENDENT),
+               # lr 2e-5: MPNet's fine-tunes ranked better there than at the default 5e-5 (critic_quality bench)
+               JUDGE_3: CriticConfig(mode="finetune", base="all-mpnet-base-v2", sources=INDEPENDENT, epochs=2.0,
+                                     lr=2e-5)}
     out = {}
     for name, cfg in configs.items():
         with Store(db, read_only=True) as s:
@@ -224,6 +239,9 @@ def better_filter(db: Path, kind: str) -> str:
         return name
     if kind == "support":
         build_ensemble(db, name, ["filter"], folder, support=SUPPORT_SOURCE)
+    elif kind == "relevance":  # the crowd labels say whether a tail is plausible, the swaps whether it fits its head
+        train_critic(db, name, CriticConfig(**FILTER | {"mode": "finetune", "epochs": 1.0, "sources": [
+            *FILTER["sources"], RELEVANCE], "source_weights": {RELEVANCE: 3.0}}), folder)
     else:
         train_critic(db, name, CriticConfig(**FILTER | {"mode": "finetune", "epochs": 1.0}), folder)
     return name
@@ -335,15 +353,15 @@ def judged(db: Path, samples: dict[str, list[list]], critic: str) -> dict[str, d
     return out
 
 
-def paired(a: dict, b: dict) -> str:
-    """A's acceptance minus B's on the same pairs, with a paired bootstrap 95% interval that resamples held-out
-    heads (a head's relations are not independent draws)."""
+def paired(a: dict, b: dict, key: str = "accepted") -> str:
+    """A's acceptance (or another per-pair measure, KEY) minus B's on the same pairs, with a paired bootstrap 95%
+    interval that resamples held-out heads (a head's relations are not independent draws)."""
     from skd.cmd_run import cell
     from train.evaluate import paired_difference
 
     if a["pairs"] != b["pairs"]:
         raise SystemExit("evaluations on different pairs cannot be compared pair by pair")
-    return cell(paired_difference(a["accepted"], b["accepted"], groups=[head_form(h) for h, _ in a["pairs"]]))
+    return cell(paired_difference(a[key], b[key], groups=[head_form(h) for h, _ in a["pairs"]]))
 
 
 def per_relation_table(title: str, judgements: dict[str, dict], paired_with: dict[str, dict] | None = None) -> Table:
@@ -357,6 +375,76 @@ def per_relation_table(title: str, judgements: dict[str, dict], paired_with: dic
         t.add_row(label, f"{j['accepted'].mean():.3f}",
                   *(paired(j, b) if b is not j else "" for b in (paired_with or {}).values()),
                   *(f"{j['accepted'][rels == rel].mean():.2f} ({(rels == rel).sum()})" for rel in RELATIONS))
+    return t
+
+
+def against_references(samples: dict[str, list[list]], base) -> Table:
+    """No judge: each model's outputs against the held-out human references, pair by pair: ROUGE-L and the MPNet
+    cosine to the closest reference (each best over the pair's references, the mean of the model's runs), and the
+    differences from BASE(measures) (the teacher, the unfiltered student, ...) with head-level intervals."""
+    from corpus.embed import load_encoder
+    from train.textmetrics import rouge_l
+
+    texts = sorted({x["output"].strip() for runs in samples.values() for ss in runs for x in ss}
+                   | {r for runs in samples.values() for ss in runs for x in ss for r in x["references"]})
+    enc = load_encoder("all-mpnet-base-v2")
+    vec = dict(zip(texts, enc.encode(texts, normalize_embeddings=True, batch_size=128), strict=True))
+
+    def closest(x: dict) -> float:
+        return max(float(vec[r] @ vec[x["output"].strip()]) for r in x["references"])
+    out = {label: {"pairs": [(x["input"]["head"], x["input"]["relation"]) for x in runs[0]],
+                   "rouge_l": np.mean([[rouge_l(x["output"], x["references"]) for x in ss] for ss in runs], axis=0),
+                   "cosine": np.mean([[closest(x) for x in ss] for ss in runs], axis=0)}
+           for label, runs in samples.items()}
+    bases = base(out)
+    t = Table(title="No judge: the outputs against the held-out human references, pair by pair (best over each pair's "
+                    "references; MPNet cosine to the closest one)", title_justify="left")
+    for col in ("model", "ROUGE-L", *(f"vs {b} [95%]" for b in bases), "ref. cosine",
+                *(f"vs {b} [95%]" for b in bases)):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for label, m in out.items():
+        t.add_row(label, *(cell for key in ("rouge_l", "cosine") for cell in (
+            f"{m[key].mean():.3f}", *(paired(m, b, key) if b is not m else "" for b in bases.values()))))
+    return t
+
+
+def judge_check(db: Path, refs: Path, critics: list[str], seed: int) -> Table:
+    """How far each critic can be trusted on the evaluation's heads, on labels none trained on: the held-out heads'
+    human tails (acceptable) against tail swaps (a human tail of another held-out head with the same relation, not
+    one of this pair's: mostly not acceptable). AUC overall and per relation, and the share of each its cut accepts.
+    The second and third judges trained on swaps of spare heads, so this task is closer to their training than to
+    the first judge's or the filter's."""
+    from sklearn.metrics import roc_auc_score
+
+    from skd.wiring import critic_scorer
+    from store import Store
+    from train.evaluate import read_references
+
+    held = read_references(refs)
+    pool: dict[str, list[tuple[str, str]]] = {}
+    for (h, r), tails in held.items():
+        pool.setdefault(r, []).extend((head_form(h), t) for t in tails)
+    rng, items, labels = random.Random(seed), [], []
+    for (h, r), tails in sorted(held.items()):
+        own = {t.lower() for t in tails}
+        others = [t for g, t in pool[r] if g != head_form(h) and t.lower() not in own]
+        for t in tails:
+            items += [{"kind": "triple", "head": h, "relation": r, "tail": t},
+                      {"kind": "triple", "head": h, "relation": r, "tail": rng.choice(others)}]
+            labels += [1, 0]
+    y, rels = np.asarray(labels), np.asarray([x["relation"] for x in items])
+    t = Table(title=f"Each critic on the held-out heads' human tails against tail swaps ({int(y.sum()):,} of each; "
+                    "labels no critic trained on)", title_justify="left")
+    for col in ("critic", "dev AUC (own labels)", "AUC", "accepts human", "accepts swaps", *RELATIONS):
+        t.add_column(col, justify="left" if col == "critic" else "right")
+    for name in critics:
+        with Store(db, read_only=True) as s:
+            row = s.critics.get(name)
+        score, threshold = critic_scorer(row, None)
+        p = score(items)
+        t.add_row(name, f"{row['metrics']['dev']['auc']:.3f}", f"{roc_auc_score(y, p):.3f}",
+                  f"{(p[y == 1] >= threshold).mean():.2f}", f"{(p[y == 0] >= threshold).mean():.2f}",
+                  *(f"{roc_auc_score(y[rels == r], p[rels == r]):.2f}" for r in RELATIONS))
     return t
 
 
@@ -388,7 +476,8 @@ def main() -> None:
     ap.add_argument("--better-filter", default="",
                     help="Also students of the pipeline's cut made by other filters at the same size, seeded as the "
                          "loop cut is (comma-separated): support (the filter stacked with support in the human "
-                         "tuples of the distillation-split heads), finetune (MiniLM fine-tuned on the same labels).")
+                         "tuples of the distillation-split heads), finetune (MiniLM fine-tuned on the same labels), "
+                         "relevance (the same fine-tune with tail swaps of half the spare heads' human tuples).")
     args = ap.parse_args()
     better = [k for k in args.better_filter.split(",") if k]
     if unknown := set(better) - set(BETTER):
@@ -408,15 +497,21 @@ def main() -> None:
     eligible = [h for h in distil if head_form(h) not in held_forms]
     heads = sorted(random.Random(args.seed).sample(eligible, min(args.distil_heads, len(eligible))))
     spare = {k: v for k, v in own.items() if k[0] not in set(heads) and head_form(k[0]) not in held_forms}
+    # half the spare heads (by a seeded hash of the head) for the judges, half for the relevance filter
+    to_filter = {h for h, _ in spare if hashlib.sha256(f"spare:{args.seed}:{head_form(h)}".encode()).digest()[0] % 2}
+    spare_filter = {k: v for k, v in spare.items() if k[0] in to_filter}
+    spare = {k: v for k, v in spare.items() if k[0] not in to_filter}
     own = {k: v for k, v in own.items() if k[0] in set(heads)}
     refs = tmp / "held_out.tsv"  # the evaluation heads' references, in ATOMIC-2020's format
-    for path, tuples in ((refs, held), (tmp / "spare.tsv", spare), (tmp / "distil-split.tsv", own | spare)):
+    for path, tuples in ((refs, held), (tmp / "spare.tsv", spare), (tmp / "spare-filter.tsv", spare_filter),
+                         (tmp / "distil-split.tsv", own | spare | spare_filter)):
         path.write_text("".join(f"{h} @@ {r}\t{'| '.join(t)}\n" for (h, r), t in sorted(tuples.items())))
     (tmp / "heads.txt").write_text("\n".join(heads) + "\n")
     say(f"{len(heads)} distillation heads ({sum(len(v) for v in own.values())} human tails), "
         f"{len(held)} held-out (head, relation) pairs; evaluating on {args.eval_pairs or 'all'}; {len(spare)} spare "
-        f"pairs for the second judge; work in {tmp}")
-    crit = critics(db, tmp / "spare.tsv", tmp / "distil-split.tsv" if "support" in better else None)
+        f"pairs for the second and third judges, {len(spare_filter)} for the relevance filter; work in {tmp}")
+    crit = critics(db, tmp / "spare.tsv", tmp / "spare-filter.tsv",
+                   tmp / "distil-split.tsv" if "support" in better else None)
     say(f"critics: {crit}")
     first = run_pipeline(pipeline(db, tmp, tmp / "heads.txt", refs, args, rounds=1))
     gen = first.summaries["snapshot"]["funnel"]  # the whole round-1 corpus, also when a rerun generated nothing
@@ -460,7 +555,7 @@ def main() -> None:
     models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": [sid]
                for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
     rows, samples = evaluate(db, models, refs, args.eval_pairs)
-    judgements, second = judged(db, samples, "judge"), judged(db, samples, JUDGE_2)
+    judgements, second, third = (judged(db, samples, c) for c in ("judge", JUDGE_2, JUDGE_3))
 
     def base(j: dict[str, dict]) -> dict[str, dict]:  # what every model is compared with, pair by pair
         return {"teacher": j[next(iter(models))], "unfiltered": j[next(m for m in models if "unfiltered" in m)],
@@ -488,12 +583,18 @@ def main() -> None:
     console.print(per_relation_table(f"The second judge ({JUDGE_2}: CKBP v2 experts and human tuples of spare heads, "
                                      "HinderedBy included; no label of the filter's), on the same outputs", second,
                                      base(second)))
+    console.print(per_relation_table(f"The third judge ({JUDGE_3}: MPNet fine-tuned on the second judge's labels), "
+                                     "on the same outputs", third, base(third)))
+    console.print(against_references(samples, base))
+    console.print(judge_check(db, refs, ["filter", *(BETTER[k] for k in better), "judge", JUDGE_2, JUDGE_3],
+                              args.seed))
     from skd.cmd_run import rounds_table
 
     console.print(rounds_table(loop_rows))
     print(f"critics: filter dev AUC {crit['filter_dev_auc']:.3f} (MiniLM, CKBP v1), judge dev AUC "
           f"{crit['judge_dev_auc']:.3f} (MPNet, CKBP v1 + v2), second judge dev AUC "
-          f"{crit[JUDGE_2 + '_dev_auc']:.3f} (MPNet, CKBP v2 + ATOMIC-2020 spare heads); teacher parse rate "
+          f"{crit[JUDGE_2 + '_dev_auc']:.3f} (MPNet, CKBP v2 + ATOMIC-2020 spare heads), third judge dev AUC "
+          f"{crit[JUDGE_3 + '_dev_auc']:.3f} (MPNet fine-tuned, the same labels); teacher parse rate "
           f"{gen['parsed'] / max(1, gen['completions']):.1%} of {gen['completions']:,} completions; "
           f"this invocation {(time.monotonic() - started) / 60:.1f} min (less when --work held earlier work)")
     print(f"python bench/distill.py --distil-heads {args.distil_heads} --eval-pairs {args.eval_pairs} "

@@ -408,33 +408,25 @@ def against_references(samples: dict[str, list[list]], base) -> Table:
     return t
 
 
-def judge_check(db: Path, refs: Path, critics: list[str], seed: int) -> Table:
+def judge_check(db: Path, refs: Path, critics: list[str]) -> Table:
     """How far each critic can be trusted on the evaluation's heads, on labels none trained on: the held-out heads'
     human tails (acceptable) against tail swaps (a human tail of another held-out head with the same relation, not
-    one of this pair's: mostly not acceptable). AUC overall and per relation, and the share of each its cut accepts.
-    The second and third judges trained on swaps of spare heads, so this task is closer to their training than to
-    the first judge's or the filter's."""
+    one of this pair's: mostly not acceptable), as `skd critic eval NAME --labels held_out.tsv --format atomic2020`
+    reads them. AUC overall and per relation, and the share of each its cut accepts. The second and third judges and
+    the relevance filter trained on swaps of spare heads, so this task is closer to their training than to the
+    first judge's or the filter's."""
     from sklearn.metrics import roc_auc_score
 
     from skd.wiring import critic_scorer
     from store import Store
-    from train.evaluate import read_references
+    from store.labels import read_judgements
 
-    held = read_references(refs)
-    pool: dict[str, list[tuple[str, str]]] = {}
-    for (h, r), tails in held.items():
-        pool.setdefault(r, []).extend((head_form(h), t) for t in tails)
-    rng, items, labels = random.Random(seed), [], []
-    for (h, r), tails in sorted(held.items()):
-        own = {t.lower() for t in tails}
-        others = [t for g, t in pool[r] if g != head_form(h) and t.lower() not in own]
-        for t in tails:
-            items += [{"kind": "triple", "head": h, "relation": r, "tail": t},
-                      {"kind": "triple", "head": h, "relation": r, "tail": rng.choice(others)}]
-            labels += [1, 0]
+    table, _ = read_judgements(refs, "atomic2020")
+    items = [{k: r[k] for k in ("kind", "head", "relation", "tail")} for r in table.to_pylist()]
+    labels = [r["label"] for r in table.to_pylist()]
     y, rels = np.asarray(labels), np.asarray([x["relation"] for x in items])
-    t = Table(title=f"Each critic on the held-out heads' human tails against tail swaps ({int(y.sum()):,} of each; "
-                    "labels no critic trained on)", title_justify="left")
+    t = Table(title=f"Each critic on the held-out heads' {int(y.sum()):,} human tails against {int((y == 0).sum()):,} "
+                    "tail swaps (labels no critic trained on)", title_justify="left")
     for col in ("critic", "dev AUC (own labels)", "AUC", "accepts human", "accepts swaps", *RELATIONS):
         t.add_column(col, justify="left" if col == "critic" else "right")
     for name in critics:
@@ -586,8 +578,7 @@ def main() -> None:
     console.print(per_relation_table(f"The third judge ({JUDGE_3}: MPNet fine-tuned on the second judge's labels), "
                                      "on the same outputs", third, base(third)))
     console.print(against_references(samples, base))
-    console.print(judge_check(db, refs, ["filter", *(BETTER[k] for k in better), "judge", JUDGE_2, JUDGE_3],
-                              args.seed))
+    console.print(judge_check(db, refs, ["filter", *(BETTER[k] for k in better), "judge", JUDGE_2, JUDGE_3]))
     from skd.cmd_run import rounds_table
 
     console.print(rounds_table(loop_rows))

@@ -356,7 +356,7 @@ def judged(db: Path, samples: dict[str, list[list]], critic: str) -> dict[str, d
 def paired(a: dict, b: dict, key: str = "accepted") -> str:
     """A's acceptance (or another per-pair measure, KEY) minus B's on the same pairs, with a paired bootstrap 95%
     interval that resamples held-out heads (a head's relations are not independent draws)."""
-    from skd.cmd_run import cell
+    from skd.output import cell
     from train.evaluate import paired_difference
 
     if a["pairs"] != b["pairs"]:

@@ -18,7 +18,7 @@ from train.evaluate import compare
 from .cmd_snapshot import pass_rates, stats_tables
 from .cmd_train import compare_table
 from .options import Json, Quiet
-from .output import dict_table, err, out, print_json
+from .output import cell, dict_table, err, out, print_json
 from .pipeline import Pipeline
 from .run import Runner
 
@@ -71,12 +71,6 @@ def rounds_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         t.add_row(*[cell(v) for v in r.values()])
     return t
-
-
-def cell(v: Any) -> str:
-    if isinstance(v, dict) and "diff" in v:  # a paired difference
-        return f"{v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
-    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def run(

@@ -15,7 +15,7 @@ from train.evaluate import compare, flat_metrics
 
 from .config_options import Text, config_options
 from .options import Db, Json, Quiet
-from .output import out, print_json, progress_bar
+from .output import cell, out, print_json, progress_bar
 from .wiring import evaluate
 
 
@@ -86,18 +86,22 @@ def compare_table(rows: list[dict[str, Any]]) -> Table:
     for c in cols:
         t.add_column(c, justify="left" if c in ("model", "inputs") else "right", overflow="fold")
     for r in rows:
-        t.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else "-" if r[c] is None else str(r[c]) for c in cols])
+        t.add_row(*[cell(r[c]) for c in cols])
     return t
 
 
 def compare_cmd(
     eval_ids: Annotated[list[str] | None, typer.Argument(help="Evaluations to show (default: all).")] = None,
     snapshot: Annotated[str | None, typer.Option(help="Only evaluations linked to this snapshot.")] = None,
+    base: Annotated[str | None, typer.Option(
+        help="An eval id (a teacher's, say): each other evaluation on the same inputs gets its difference from it in "
+             "critic acceptance and ROUGE-L, input by input, with a 95% interval that resamples heads or questions."
+    )] = None,
     db: Db = None, json: Json = False,
 ) -> None:
     """Students and teachers side by side: one row per evaluation."""
     with Store(db, read_only=True) as s:
-        rows = compare(s, eval_ids, snapshot)
+        rows = compare(s, eval_ids, snapshot, base)
     if json:
         print_json(rows)
     else:

@@ -25,6 +25,13 @@ def status(message: str, quiet: bool):
     return nullcontext() if quiet else err.status(message)
 
 
+def cell(v: Any) -> str:
+    """A number, a paired difference with its interval, or a missing value, for a table."""
+    if isinstance(v, dict) and "diff" in v:  # a paired difference
+        return f"{v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
 def dict_table(title: str, data: dict[str, Any], key: str = "", value: str = "") -> Table:
     """Keys and values are data (relations, teachers, paths): printed as they are, never read as rich markup
     (a relation "[/x]" raised a MarkupError after the work was done)."""

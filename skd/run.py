@@ -21,7 +21,7 @@ from generators import make_recipe, planned_requests, run_generation
 from store import SkdError, Store, import_labels, ingest_file, open_store
 from train import fit
 from train.eval_run import EvalConfig
-from train.evaluate import acceptance_difference, compare
+from train.evaluate import compare, differences
 
 from .cmd_critic import coverage_warnings
 from .cmd_generate import progress_view
@@ -367,8 +367,9 @@ class Runner:
 
     def round_rows(self) -> list[dict[str, Any]]:
         """One row per self-imitation round: what it generated, what the critic and dedup kept of the corpus so
-        far, how varied its output was, and its student's evaluation, with its critic acceptance against round
-        1's on the same inputs (a paired bootstrap interval: is the round's gain more than the choice of inputs?)."""
+        far, how varied its output was, and its student's evaluation, with its critic acceptance and ROUGE-L against
+        round 1's on the same inputs (a paired bootstrap interval: is the round's gain more than the choice of
+        inputs?)."""
         rows, first = [], None
         with Store(self.db, read_only=True) as s:
             for r in range(1, self.p.loop.rounds + 1):
@@ -378,7 +379,7 @@ class Runner:
                 student = next((e for e in compare(s, ids) if "(student)" in e["model"]), {}) if ids else {}
                 if r == 1:
                     first = student.get("eval_id")
-                gain = acceptance_difference(s, student["eval_id"], first) if r > 1 and first and student else None
+                gain = differences(s, student["eval_id"], first) if r > 1 and first and student else {}
                 diversity = gen.get("distinct_n") or {}
                 rows.append({"round": r, "generator": gen.get("generator"), "generated": diversity.get("n"),
                              "new_items": gen.get("new_items"), "distinct_2": diversity.get("distinct_2"),
@@ -386,5 +387,6 @@ class Runner:
                              "after_dedup": funnel.get("representatives"), "snapshot": snap.get("snapshot"),
                              "snapshot_items": funnel.get("snapshot"),
                              **{f"eval {k}": student.get(k) for k in ("critic", "ROUGE-L", "BLEU-2", "n")},
-                             "eval critic vs round 1": gain})
+                             "eval critic vs round 1": gain.get("critic"),
+                             "eval ROUGE-L vs round 1": gain.get("ROUGE-L")})
         return rows

@@ -270,17 +270,44 @@ def accepted(ev: dict[str, Any]) -> tuple[list[Any], np.ndarray] | None:
     return [x["input"] for x in ev["samples"]], np.asarray(scores) >= threshold
 
 
-def acceptance_difference(store: Store, eval_id: str, base_id: str) -> dict[str, float] | None:
-    """EVAL_ID's critic acceptance minus BASE_ID's, pair by pair (`paired_difference`); None unless both asked
-    the same inputs and kept their scores."""
-    got = [stored_eval(store, i) for i in (eval_id, base_id)]
-    a, b = (accepted(ev) if ev else None for ev in got)
-    if a is None or b is None or a[0] != b[0]:
-        return None
-    return paired_difference(a[1], b[1], groups=[input_key(x) for x in a[0]])  # by head or question
+def per_input(ev: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A stored evaluation's measures input by input, each where every input has it: critic acceptance
+    (`accepted`) and ROUGE-L against the input's own references (best over them)."""
+    out = {}
+    if (acc := accepted(ev)) is not None:
+        out["critic"] = acc[1].astype(np.float64)
+    if ev["samples"] and all(x.get("references") for x in ev["samples"]):
+        out["ROUGE-L"] = np.asarray([rouge_l(x["output"], x["references"]) for x in ev["samples"]])
+    return out
 
 
-def compare(store: Store, eval_ids: list[str] | None = None, snapshot: str | None = None) -> list[dict[str, Any]]:
+def differences(store: Store, eval_id: str, base_id: str) -> dict[str, dict[str, float]]:
+    """EVAL_ID minus BASE_ID for each measure both have on every input (`per_input`), pair by pair with a paired
+    bootstrap interval over heads or questions (`paired_difference`). Empty unless both asked the same inputs;
+    critic acceptance only when both used the same critic at the same cut (another critic's acceptance is another
+    scale)."""
+    a, b = (stored_eval(store, i) for i in (eval_id, base_id))
+    if a is None or b is None or not a["samples"] or [x["input"] for x in a["samples"]] != \
+            [x["input"] for x in b["samples"]]:
+        return {}
+    ma, mb = per_input(a), per_input(b)
+    same_critic = (a["config"].get("critic"), (a["metrics"].get("critic") or {}).get("threshold")) == \
+        (b["config"].get("critic"), (b["metrics"].get("critic") or {}).get("threshold"))
+    groups = [input_key(x["input"]) for x in a["samples"]]  # by head or question
+    return {k: paired_difference(ma[k], mb[k], groups=groups) for k in ma
+            if k in mb and (k != "critic" or same_critic)}
+
+
+def compare(store: Store, eval_ids: list[str] | None = None, snapshot: str | None = None,
+            base: str | None = None) -> list[dict[str, Any]]:
+    """One row per evaluation; with BASE (an eval id), each row's differences from it on the same inputs
+    (`differences`: critic acceptance and ROUGE-L, with intervals), None where they cannot be compared."""
     snapshot_id = snapshot_row(store, snapshot)["snapshot_id"] if snapshot and not eval_ids else None
-    return [{"eval_id": r["eval_id"], "model": r["model"], "inputs": r["config"].get("inputs", ""),
+    if base is not None and store.evals.get(base) is None:
+        raise SkdError(f"no evaluation {base!r} to compare with (skd compare lists them)")
+    rows = [{"eval_id": r["eval_id"], "model": r["model"], "inputs": r["config"].get("inputs", ""),
              **flat_metrics(r["metrics"])} for r in store.evals.select(eval_ids or None, snapshot_id)]
+    for r in rows if base else []:
+        d = differences(store, r["eval_id"], base) if r["eval_id"] != base else {}
+        r |= {f"{k} vs base": d.get(k) for k in ("critic", "ROUGE-L")}
+    return rows

@@ -96,12 +96,13 @@ def test_three_rounds_each_with_its_snapshot_student_and_row(looped, tiny_lm):
     assert [r["generator"] for r in rows] == ["teacher", "student", "student"]
     assert [r["snapshot"] for r in rows] == ["loop", "loop-r2", "loop-r3"]
     assert all(r["generated"] > 0 and r["eval n"] == 2 and 0 < r["distinct_2"] <= 1 for r in rows)
-    # each later round's critic acceptance against round 1's, on the same inputs, with its interval
-    assert rows[0]["eval critic vs round 1"] is None
+    # each later round's critic acceptance and ROUGE-L against round 1's, on the same inputs, with intervals
+    assert rows[0]["eval critic vs round 1"] is None is rows[0]["eval ROUGE-L vs round 1"]
     for r in rows[1:]:
-        gain = r["eval critic vs round 1"]
-        assert gain["n"] == 2 and gain["lo"] <= gain["diff"] <= gain["hi"]
-        assert gain["diff"] == pytest.approx(r["eval critic"] - rows[0]["eval critic"])
+        for measure in ("critic", "ROUGE-L"):
+            gain = r[f"eval {measure} vs round 1"]
+            assert gain["n"] == 2 and gain["lo"] <= gain["diff"] <= gain["hi"]
+            assert gain["diff"] == pytest.approx(r[f"eval {measure}"] - rows[0][f"eval {measure}"])
     cards = [json.loads((d / name / "student.json").read_text()) for name in ("student", "student-r2", "student-r3")]
     students = [e["model"] for e in sm["evals"] if e["model"].endswith("(student)")]  # each round's, in order
     assert students == [f"{c['student_id']} (student)" for c in cards] and len(sm["evals"]) == 3  # teacher = false

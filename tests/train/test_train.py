@@ -324,3 +324,37 @@ def test_exact_match_on_commonsenseqa_and_gsm8k(atomic_db, tiny_lm):
         assert r["metrics"]["accuracy"]["n"] == 3 and "from 5" in r["config"]["inputs"]
         right = [check_answer(x["output"], x["input"]) for x in eval_samples(db, r["eval_id"])]
         assert r["metrics"]["accuracy"]["exact_match"] == pytest.approx(sum(map(bool, right)) / 3)
+
+
+def test_compare_with_a_base_gives_each_measure_pair_by_pair_on_the_same_inputs(tmp_path):
+    """`skd compare --base` puts beside each evaluation its difference from the base in critic acceptance and
+    ROUGE-L on the same inputs, head by head; another critic's acceptance and other inputs are not compared."""
+    from train.evaluate import record_eval
+
+    db = tmp_path / "c.duckdb"
+    Store(db).close()
+    inputs = [{"kind": "triple", "head": f"PersonX does thing {i // 2}", "relation": ("xWant", "xNeed")[i % 2]}
+              for i in range(20)]
+    refs = [[f"to rest after thing {i}", "to go home"] for i in range(20)]
+
+    def stored(eval_id: str, outputs: list[str], score: float, critic: str = "judge", at: list | None = None) -> None:
+        samples = [{"input": x, "references": r, "output": o, "critic_score": score}
+                   for x, r, o in zip(at or inputs, refs, outputs, strict=True)]
+        metrics = {"n": 20, "critic": {"n": 20, "threshold": 0.5, "acceptance": float(score >= 0.5)}}
+        record_eval(db, eval_id, eval_id, metrics, {"critic": critic, "inputs": "refs.tsv"}, None, None, samples)
+    stored("eval-teacher", ["nothing at all"] * 20, 0.2)
+    stored("eval-student", [r[0] for r in refs], 0.9)  # every output is a reference, and accepted
+    stored("eval-other-critic", [r[0] for r in refs], 0.9, critic="another")
+    stored("eval-other-inputs", ["x"] * 20, 0.9, at=[x | {"relation": "xAttr"} for x in inputs])
+    rows = {r["eval_id"]: r for r in json.loads(run_skd("compare", "--base", "eval-teacher", "--json", db=db,
+                                                        check=True).stdout)}
+    gain = rows["eval-student"]
+    assert gain["critic vs base"] == {"diff": 1.0, "lo": 1.0, "hi": 1.0, "n": 20, "groups": 10}
+    assert gain["ROUGE-L vs base"]["diff"] == pytest.approx(1.0) and gain["ROUGE-L vs base"]["groups"] == 10
+    assert rows["eval-other-critic"]["critic vs base"] is None and rows["eval-other-critic"]["ROUGE-L vs base"]
+    assert rows["eval-other-inputs"]["critic vs base"] is None is rows["eval-other-inputs"]["ROUGE-L vs base"]
+    assert rows["eval-teacher"]["critic vs base"] is None
+    table = run_skd("compare", "--base", "eval-teacher", db=db, check=True, env={"COLUMNS": "300"}).stdout
+    assert "+1.000 [+1.000, +1.000]" in table
+    p = run_skd("compare", "--base", "eval-nope", db=db)
+    assert p.returncode != 0 and "no evaluation 'eval-nope'" in p.stderr and p.stderr.strip().count("\n") == 0

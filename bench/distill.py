@@ -42,11 +42,12 @@ references, and do I2D2 self-imitation rounds improve it further?
 9. How far each judge can be trusted on these heads: its AUC at telling the held-out heads' human tails from tail
    swaps (a human tail of another held-out head, same relation), which no judge trained on.
 10. No judge at all: every model's outputs against the held-out human references, pair by pair (ROUGE-L and MPNet
-   cosine to the closest reference), with head-level paired intervals against the teacher and the unfiltered student.
+   cosine to the closest reference), with head-level paired intervals against the teacher, the unfiltered student
+   and (with more rounds or --better-filter) round 1.
 
     python bench/distill.py [--distil-heads 60] [--eval-pairs 0 (all)] [--samples 4] [--steps 80] [--rounds 3]
                             [--loop-cut per-relation-r0.5] [--train-seeds 3] [--seeded unfiltered,...] [--work DIR]
-                            [--better-filter support,finetune]
+                            [--better-filter support,finetune,relevance]
 
 With --train-seeds K, the students of the round-1 corpus named in --seeded are trained K times (training seeds
 0..K-1) and judged by the mean of their runs' acceptance per pair, so a comparison is not one training run's luck
@@ -92,7 +93,7 @@ INDEPENDENT = ["ckbp2", "atomic-judge"]
 RELEVANCE = "atomic-filter"  # the other half of the spare heads: --better-filter relevance's tuples and swaps
 SUPPORT_SOURCE = "atomic-distil-split"  # the human tuples of every distillation-split head (distilled on and spare)
 FILTER = {"mode": "embedding", "sources": ["ckbp1"]}  # the filtering critic's config
-# the other filters of --better-filter, each on the filter's labels and dev split
+# the other filters of --better-filter, each on the filter's labels and dev split (relevance: with more labels)
 BETTER = {"support": "filter-support", "finetune": "filter-finetune", "relevance": "filter-relevance"}
 STUDENT = {"lora": (16, 32), "lr": 1e-3, "batch_size": 8, "max_length": 64, "save_steps": 10_000}
 
@@ -241,7 +242,8 @@ def better_filter(db: Path, kind: str) -> str:
         build_ensemble(db, name, ["filter"], folder, support=SUPPORT_SOURCE)
     elif kind == "relevance":  # the crowd labels say whether a tail is plausible, the swaps whether it fits its head
         train_critic(db, name, CriticConfig(**FILTER | {"mode": "finetune", "epochs": 1.0, "sources": [
-            *FILTER["sources"], RELEVANCE], "source_weights": {RELEVANCE: 3.0}}), folder)
+            *FILTER["sources"], RELEVANCE], "source_weights": {RELEVANCE: 3.0}, "dev_sources": FILTER["sources"]}),
+            folder)
     else:
         train_critic(db, name, CriticConfig(**FILTER | {"mode": "finetune", "epochs": 1.0}), folder)
     return name
@@ -488,7 +490,9 @@ def main() -> None:
     held_forms = {head_form(h) for h, _ in held}
     eligible = [h for h in distil if head_form(h) not in held_forms]
     heads = sorted(random.Random(args.seed).sample(eligible, min(args.distil_heads, len(eligible))))
-    spare = {k: v for k, v in own.items() if k[0] not in set(heads) and head_form(k[0]) not in held_forms}
+    # nor one spelt like a head distilled on, whose tuples the relevance filter would then have seen
+    taken = held_forms | {head_form(h) for h in heads}
+    spare = {k: v for k, v in own.items() if head_form(k[0]) not in taken}
     # half the spare heads (by a seeded hash of the head) for the judges, half for the relevance filter
     to_filter = {h for h, _ in spare if hashlib.sha256(f"spare:{args.seed}:{head_form(h)}".encode()).digest()[0] % 2}
     spare_filter = {k: v for k, v in spare.items() if k[0] in to_filter}
@@ -572,8 +576,9 @@ def main() -> None:
     console = Console(width=300)  # the tables are wide: a log or a pipe keeps every column
     console.print(t)
     console.print(per_relation_table("Judge acceptance per relation (the same pairs)", judgements))
-    console.print(per_relation_table(f"The second judge ({JUDGE_2}: CKBP v2 experts and human tuples of spare heads, "
-                                     "HinderedBy included; no label of the filter's), on the same outputs", second,
+    console.print(per_relation_table(f"The second judge ({JUDGE_2}: CKBP v2 experts and human tuples of half the "
+                                     "spare heads, HinderedBy included; no label of the filter's), on the same "
+                                     "outputs", second,
                                      base(second)))
     console.print(per_relation_table(f"The third judge ({JUDGE_3}: MPNet fine-tuned on the second judge's labels), "
                                      "on the same outputs", third, base(third)))
@@ -584,7 +589,8 @@ def main() -> None:
     console.print(rounds_table(loop_rows))
     print(f"critics: filter dev AUC {crit['filter_dev_auc']:.3f} (MiniLM, CKBP v1), judge dev AUC "
           f"{crit['judge_dev_auc']:.3f} (MPNet, CKBP v1 + v2), second judge dev AUC "
-          f"{crit[JUDGE_2 + '_dev_auc']:.3f} (MPNet, CKBP v2 + ATOMIC-2020 spare heads), third judge dev AUC "
+          f"{crit[JUDGE_2 + '_dev_auc']:.3f} (MPNet, CKBP v2 + half the spare heads' ATOMIC-2020 tuples), third "
+          f"judge dev AUC "
           f"{crit[JUDGE_3 + '_dev_auc']:.3f} (MPNet fine-tuned, the same labels); teacher parse rate "
           f"{gen['parsed'] / max(1, gen['completions']):.1%} of {gen['completions']:,} completions; "
           f"this invocation {(time.monotonic() - started) / 60:.1f} min (less when --work held earlier work)")

@@ -271,21 +271,24 @@ def accepted(ev: dict[str, Any]) -> tuple[list[Any], np.ndarray] | None:
 
 
 def per_input(ev: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A stored evaluation's measures input by input, each where every input has it: critic acceptance
-    (`accepted`) and ROUGE-L against the input's own references (best over them)."""
+    """A stored evaluation's measures input by input (NaN where one does not apply): critic acceptance, when every
+    output was scored (`accepted`), and ROUGE-L of a triple's output against its own references, as the
+    evaluation's ROUGE-L counts it (a question's reference is its gold answer, not a text to overlap)."""
     out = {}
     if (acc := accepted(ev)) is not None:
         out["critic"] = acc[1].astype(np.float64)
-    if ev["samples"] and all(x.get("references") for x in ev["samples"]):
-        out["ROUGE-L"] = np.asarray([rouge_l(x["output"], x["references"]) for x in ev["samples"]])
+    rouge = [rouge_l(x["output"], x["references"]) if x["input"].get("kind") == "triple" and x.get("references")
+             else np.nan for x in ev["samples"]]
+    if not np.isnan(rouge).all():
+        out["ROUGE-L"] = np.asarray(rouge, dtype=np.float64)
     return out
 
 
 def differences(store: Store, eval_id: str, base_id: str) -> dict[str, dict[str, float]]:
-    """EVAL_ID minus BASE_ID for each measure both have on every input (`per_input`), pair by pair with a paired
-    bootstrap interval over heads or questions (`paired_difference`). Empty unless both asked the same inputs;
-    critic acceptance only when both used the same critic at the same cut (another critic's acceptance is another
-    scale)."""
+    """EVAL_ID minus BASE_ID for each measure both have (`per_input`), on the inputs it applies to, pair by pair
+    with a paired bootstrap interval over heads or questions (`paired_difference`). Empty unless both asked the
+    same inputs; critic acceptance only when both used the same critic at the same cut (another critic's
+    acceptance is another scale)."""
     a, b = (stored_eval(store, i) for i in (eval_id, base_id))
     if a is None or b is None or not a["samples"] or [x["input"] for x in a["samples"]] != \
             [x["input"] for x in b["samples"]]:
@@ -293,9 +296,13 @@ def differences(store: Store, eval_id: str, base_id: str) -> dict[str, dict[str,
     ma, mb = per_input(a), per_input(b)
     same_critic = (a["config"].get("critic"), (a["metrics"].get("critic") or {}).get("threshold")) == \
         (b["config"].get("critic"), (b["metrics"].get("critic") or {}).get("threshold"))
-    groups = [input_key(x["input"]) for x in a["samples"]]  # by head or question
-    return {k: paired_difference(ma[k], mb[k], groups=groups) for k in ma
-            if k in mb and (k != "critic" or same_critic)}
+    groups = np.asarray([input_key(x["input"]) for x in a["samples"]], dtype=object)  # by head or question
+    out = {}
+    for k in (k for k in ma if k in mb and (k != "critic" or same_critic)):
+        both = ~(np.isnan(ma[k]) | np.isnan(mb[k]))
+        if both.any():
+            out[k] = paired_difference(ma[k][both], mb[k][both], groups=groups[both])
+    return out
 
 
 def compare(store: Store, eval_ids: list[str] | None = None, snapshot: str | None = None,

@@ -329,7 +329,7 @@ def test_exact_match_on_commonsenseqa_and_gsm8k(atomic_db, tiny_lm):
 def test_compare_with_a_base_gives_each_measure_pair_by_pair_on_the_same_inputs(tmp_path):
     """`skd compare --base` puts beside each evaluation its difference from the base in critic acceptance and
     ROUGE-L on the same inputs, head by head; another critic's acceptance and other inputs are not compared."""
-    from train.evaluate import record_eval
+    from train.evaluate import differences, record_eval
 
     db = tmp_path / "c.duckdb"
     Store(db).close()
@@ -358,3 +358,14 @@ def test_compare_with_a_base_gives_each_measure_pair_by_pair_on_the_same_inputs(
     assert "+1.000 [+1.000, +1.000]" in table
     p = run_skd("compare", "--base", "eval-nope", db=db)
     assert p.returncode != 0 and "no evaluation 'eval-nope'" in p.stderr and p.stderr.strip().count("\n") == 0
+    # a question's reference is its gold answer: no ROUGE-L to compare; a triple without references is left out
+    qa = [{"kind": "qa", "question": f"Q{i}?", "answer": "A"} for i in range(20)]
+    stored("eval-qa-base", ["So the answer is B."] * 20, 0.2, at=qa)
+    stored("eval-qa", ["So the answer is A."] * 20, 0.9, at=qa)
+    refs[:10] = [[] for _ in range(10)]
+    stored("eval-half-base", ["nothing at all"] * 20, 0.2, at=[x | {"relation": "xIntent"} for x in inputs])
+    stored("eval-half", [r[0] if r else "y" for r in refs], 0.2, at=[x | {"relation": "xIntent"} for x in inputs])
+    with Store(db, read_only=True) as s:
+        assert set(differences(s, "eval-qa", "eval-qa-base")) == {"critic"}
+        half = differences(s, "eval-half", "eval-half-base")
+    assert half["ROUGE-L"]["n"] == 10 and half["ROUGE-L"]["diff"] == pytest.approx(1.0) and half["critic"]["diff"] == 0

@@ -52,7 +52,8 @@ references, and do I2D2 self-imitation rounds improve it further?
 With --train-seeds K, the students of the round-1 corpus named in --seeded are trained K times (training seeds
 0..K-1) and judged by the mean of their runs' acceptance per pair, so a comparison is not one training run's luck
 (three runs of one student span up to 0.018 here); the others, and self-imitation rounds 2 and 3, are one run each
-(a round generates from the one student before it). About 36 minutes from nothing on 2 cores with AMX.
+(a round generates from the one student before it). From nothing on 2 cores: about 36 minutes before the
+third judge and the checks (with AMX); 73 minutes with them, `--rounds 1 --better-filter relevance` (without AMX).
 
 With --work, what a run in DIR already made (generations, critics, snapshots, students, evaluations) is kept.
 """

@@ -406,7 +406,7 @@ def against_references(samples: dict[str, list[list]], base) -> Table:
                 *(f"vs {b} [95%]" for b in bases)):
         t.add_column(col, justify="left" if col == "model" else "right")
     for label, m in out.items():
-        t.add_row(label, *(cell for key in ("rouge_l", "cosine") for cell in (
+        t.add_row(label, *(v for key in ("rouge_l", "cosine") for v in (
             f"{m[key].mean():.3f}", *(paired(m, b, key) if b is not m else "" for b in bases.values()))))
     return t
 
@@ -424,17 +424,16 @@ def judge_check(db: Path, refs: Path, critics: list[str]) -> Table:
     from store import Store
     from store.labels import read_judgements
 
-    table, _ = read_judgements(refs, "atomic2020")
-    items = [{k: r[k] for k in ("kind", "head", "relation", "tail")} for r in table.to_pylist()]
-    labels = [r["label"] for r in table.to_pylist()]
-    y, rels = np.asarray(labels), np.asarray([x["relation"] for x in items])
+    rows = read_judgements(refs, "atomic2020")[0].to_pylist()
+    items = [{k: r[k] for k in ("kind", "head", "relation", "tail")} for r in rows]
+    y, rels = np.asarray([r["label"] for r in rows]), np.asarray([x["relation"] for x in items])
     t = Table(title=f"Each critic on the held-out heads' {int(y.sum()):,} human tails against {int((y == 0).sum()):,} "
                     "tail swaps (labels no critic trained on)", title_justify="left")
     for col in ("critic", "dev AUC (own labels)", "AUC", "accepts human", "accepts swaps", *RELATIONS):
         t.add_column(col, justify="left" if col == "critic" else "right")
-    for name in critics:
-        with Store(db, read_only=True) as s:
-            row = s.critics.get(name)
+    with Store(db, read_only=True) as s:
+        registered = {name: s.critics.get(name) for name in critics}
+    for name, row in registered.items():
         score, threshold = critic_scorer(row, None)
         p = score(items)
         t.add_row(name, f"{row['metrics']['dev']['auc']:.3f}", f"{roc_auc_score(y, p):.3f}",

@@ -33,7 +33,9 @@ references, and do I2D2 self-imitation rounds improve it further?
    first judge's and the reference overlap are). `finetune`: MiniLM fine-tuned (1 epoch) on the same CKBP v1 crowd
    labels as the filter, the same dev split. `relevance`: the same fine-tune with the human tuples of half the
    spare heads (those no judge trains on) beside the crowd labels, each tail with a tail swap as its negative
-   (weight 3): CKBP's labels say whether a tail is plausible, hardly whether it fits its head.
+   (weight 3): CKBP's labels say whether a tail is plausible, hardly whether it fits its head. `pair`: the
+   filter itself (MiniLM frozen + head, seconds to train) on relevance's labels, with pair features (critics'
+   `pair`: head and tail embedded apart too, with their product and difference).
 8. The same outputs by a second judge (MPNet, frozen + head) that shares no label with any filter: the CKBP v2
    expert labels and the human tuples, with tail swaps as negatives, of half the distillation-split heads beyond
    those distilled on (no student trains on them and no evaluation asks about them; the other half is the relevance
@@ -47,7 +49,7 @@ references, and do I2D2 self-imitation rounds improve it further?
 
     python bench/distill.py [--distil-heads 60] [--eval-pairs 0 (all)] [--samples 4] [--steps 80] [--rounds 3]
                             [--loop-cut per-relation-r0.5] [--train-seeds 3] [--seeded unfiltered,...] [--work DIR]
-                            [--better-filter support,finetune,relevance]
+                            [--better-filter support,finetune,relevance,pair]
 
 With --train-seeds K, the students of the round-1 corpus named in --seeded are trained K times (training seeds
 0..K-1) and judged by the mean of their runs' acceptance per pair, so a comparison is not one training run's luck
@@ -95,7 +97,8 @@ RELEVANCE = "atomic-filter"  # the other half of the spare heads: --better-filte
 SUPPORT_SOURCE = "atomic-distil-split"  # the human tuples of every distillation-split head (distilled on and spare)
 FILTER = {"mode": "embedding", "sources": ["ckbp1"]}  # the filtering critic's config
 # the other filters of --better-filter, each on the filter's labels and dev split (relevance: with more labels)
-BETTER = {"support": "filter-support", "finetune": "filter-finetune", "relevance": "filter-relevance"}
+BETTER = {"support": "filter-support", "finetune": "filter-finetune", "relevance": "filter-relevance",
+          "pair": "filter-pair"}
 STUDENT = {"lora": (16, 32), "lr": 1e-3, "batch_size": 8, "max_length": 64, "save_steps": 10_000}
 
 
@@ -241,10 +244,11 @@ def better_filter(db: Path, kind: str) -> str:
         return name
     if kind == "support":
         build_ensemble(db, name, ["filter"], folder, support=SUPPORT_SOURCE)
-    elif kind == "relevance":  # the crowd labels say whether a tail is plausible, the swaps whether it fits its head
-        train_critic(db, name, CriticConfig(**FILTER | {"mode": "finetune", "epochs": 1.0, "sources": [
-            *FILTER["sources"], RELEVANCE], "source_weights": {RELEVANCE: 3.0}, "dev_sources": FILTER["sources"]}),
-            folder)
+    elif kind in ("relevance", "pair"):  # the crowd labels say whether a tail is plausible, the swaps whether it fits
+        tuned = {"mode": "finetune", "epochs": 1.0} if kind == "relevance" else {"pair": True}  # its head
+        train_critic(db, name, CriticConfig(**FILTER | tuned | {"sources": [*FILTER["sources"], RELEVANCE],
+                                            "source_weights": {RELEVANCE: 3.0}, "dev_sources": FILTER["sources"]}),
+                     folder)
     else:
         train_critic(db, name, CriticConfig(**FILTER | {"mode": "finetune", "epochs": 1.0}), folder)
     return name
@@ -471,7 +475,8 @@ def main() -> None:
                     help="Also students of the pipeline's cut made by other filters at the same size, seeded as the "
                          "loop cut is (comma-separated): support (the filter stacked with support in the human "
                          "tuples of the distillation-split heads), finetune (MiniLM fine-tuned on the same labels), "
-                         "relevance (the same fine-tune with tail swaps of half the spare heads' human tuples).")
+                         "relevance (the same fine-tune with tail swaps of half the spare heads' human tuples), pair "
+                         "(the frozen filter on relevance's labels, with pair features).")
     args = ap.parse_args()
     better = [k for k in args.better_filter.split(",") if k]
     if unknown := set(better) - set(BETTER):

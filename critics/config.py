@@ -18,6 +18,11 @@ class CriticConfig(BaseModel):
     mode: Literal["finetune", "embedding", "llm-judge", "likelihood"] = Field(
         "finetune", description="Fine-tune a classifier, fit a head on frozen embeddings, ask an LLM yes/no, or read "
                    "how likely an LM finds the item (the last two train nothing; their base defaults to SmolLM2).")
+    pair: bool = Field(
+        False, description="embedding: also embed what an item answers (a head and relation; a question and answer) "
+                           "and its answer (the tail; the explanation) apart, and give the head both vectors with "
+                           "their product and difference (Sentence-BERT's pair features). One vector of the whole "
+                           "item barely says whether a tail fits its head.")
     prompt: str | None = Field(None, description="llm-judge: question template with {text}.")
     base: str = Field("all-minilm-l6-v2", description="Base model: HF id, local path or an embedded one "
                       "(all-minilm-l6-v2, all-mpnet-base-v2; a decoder such as smollm2-135m-instruct fine-tunes too).")
@@ -56,6 +61,8 @@ class CriticConfig(BaseModel):
     def _fits_the_mode(self) -> CriticConfig:
         if self.mode in ("llm-judge", "likelihood") and self.base == MINILM:  # the encoder default is no LM
             self.base = SMOLLM2
+        if self.pair and self.mode != "embedding":  # the other modes read the whole item as one text
+            raise ValueError(f"pair features are for the embedding mode; mode {self.mode!r} would ignore them")
         if self.rank_weight > 0 and self.mode != "finetune":  # the other modes have no loss to add it to
             raise ValueError(f"rank_weight ranks only while fine-tuning; mode {self.mode!r} would ignore it")
         # a negative weight is a loss to maximise; NaN or infinity makes every weight NaN once they are scaled to mean 1

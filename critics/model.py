@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +21,8 @@ from store.hardware import bf16_native, compute_dtype, device
 
 class Critic(Protocol):
     """What every critic is to the rest of skd: texts in, P(acceptable) out. Scoring, snapshots, dedup's choice
-    of representative and evaluation call only this; which model is behind it is the artifact's business."""
+    of representative and evaluation call it through `score_rows` (items in: a critic that reads more than one
+    text, a stack or a pair-feature head, scores the rows); which model is behind it is the artifact's business."""
 
     def score(self, texts: list[str], batch_size: int = ...) -> np.ndarray: ...
 
@@ -71,19 +73,46 @@ def card_dtype(card: dict[str, Any]) -> torch.dtype:
 
 
 class EmbeddingCritic:
-    def __init__(self, encoder: Any, weight: torch.Tensor, bias: torch.Tensor):
-        self.encoder, self.weight, self.bias = encoder, weight.float(), bias.float()
+    def __init__(self, encoder: Any, weight: torch.Tensor, bias: torch.Tensor, pair: bool = False):
+        self.encoder, self.weight, self.bias, self.pair = encoder, weight.float(), bias.float(), pair
 
     def embed(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                                    show_progress_bar=progress)
 
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        if self.pair:
+            raise SkdError("this critic embeds an item's parts apart: score item rows (score_rows), not texts")
         return self.score_vectors(self.embed(texts, batch_size))
 
+    def score_rows(self, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
+        return self.score_vectors(self.features(rows, lambda texts: self.embed(texts, batch_size)))
+
+    def features(self, rows: list[dict[str, Any]], embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        """What the head reads for item rows, each text embedded by EMBED: the whole item's vector and, with pair
+        features, the vectors of what it answers (u) and of its answer (v), u * v and |u - v|."""
+        from .verbalize import verbalize_pair, verbalize_rows
+
+        if not rows:
+            return np.zeros((0, self.weight.shape[0]), np.float32)
+        whole = embed(verbalize_rows(rows))
+        if not self.pair:
+            return whole
+        context, answer = (list(part) for part in zip(*map(verbalize_pair, rows), strict=True))
+        u, v = embed_once(context, embed), embed(answer)
+        return np.hstack([whole, u, v, u * v, np.abs(u - v)])
+
     def score_vectors(self, x: np.ndarray) -> np.ndarray:
-        """Scores of texts already embedded by this critic's encoder."""
+        """Scores of items already turned into the head's features (`features`)."""
         return torch.sigmoid(torch.from_numpy(x) @ self.weight + self.bias).numpy().astype(np.float64)
+
+
+def embed_once(texts: list[str], embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """EMBED's vectors of TEXTS, each distinct text encoded once (a head and relation is the context of all its
+    tails)."""
+    distinct = list(dict.fromkeys(texts))
+    at = {t: i for i, t in enumerate(distinct)}
+    return embed(distinct)[[at[t] for t in texts]]
 
 
 class FinetunedCritic:
@@ -187,7 +216,8 @@ def _load_model(path: Path, card: dict[str, Any]) -> Critic:
         return load_judge(card["base_model"], card["config"].get("prompt") or JUDGE_PROMPT, dtype)
     if card["mode"] == "embedding":
         head = load_file(path / "head.safetensors")
-        return EmbeddingCritic(sentence_encoder(path / "encoder", dtype), head["weight"], head["bias"])
+        return EmbeddingCritic(sentence_encoder(path / "encoder", dtype), head["weight"], head["bias"],
+                               pair=bool(card.get("config", {}).get("pair")))
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model = AutoModelForSequenceClassification.from_pretrained(path / "model", dtype=dtype).to(device())
     return FinetunedCritic(model, AutoTokenizer.from_pretrained(path / "model"),

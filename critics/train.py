@@ -161,8 +161,8 @@ def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Dat
     torch.manual_seed(cfg.seed)
     encoder = SentenceTransformer(base, device=device())
     encoder.save(str(out / "encoder"))  # at the base's own precision, before it is cast to compute in
-    critic = EmbeddingCritic(encoder.to(compute_dtype()), torch.zeros(1), torch.zeros(1))
-    x = torch.from_numpy(cached_embeddings(critic, base, verbalize_rows(train.to_dicts())))
+    critic = EmbeddingCritic(encoder.to(compute_dtype()), torch.zeros(1), torch.zeros(1), pair=cfg.pair)
+    x = torch.from_numpy(critic.features(train.to_dicts(), lambda texts: cached_embeddings(critic, base, texts)))
     y = torch.from_numpy(targets(train, cfg.soft_labels))
     w = torch.from_numpy(example_weights(train, cfg))
     weight = torch.zeros(x.shape[1], requires_grad=True)
@@ -355,7 +355,7 @@ def label_scores(critic: Any, base: str, rows: list[dict[str, Any]]) -> np.ndarr
     """Raw scores of labels; a frozen encoder's vectors come from the per-process cache, so that
     cross-validation encodes each label text once, whichever fold's dev or held-out part it falls in."""
     if isinstance(critic, EmbeddingCritic):
-        return critic.score_vectors(cached_embeddings(critic, base, verbalize_rows(rows)))
+        return critic.score_vectors(critic.features(rows, lambda texts: cached_embeddings(critic, base, texts)))
     return score_rows(critic, rows)
 
 

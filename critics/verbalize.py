@@ -35,3 +35,18 @@ def verbalize(item: dict[str, Any]) -> str:
 
 def verbalize_rows(rows: list[dict[str, Any]]) -> list[str]:
     return [verbalize(r) for r in rows]
+
+
+def verbalize_pair(item: dict[str, Any]) -> tuple[str, str]:
+    """An item as what it answers and its answer, for a critic that embeds them apart: a triple's head with its
+    relation phrase and its tail; a question (and answer) and the explanation. Plain text has no context."""
+    kind = item.get("kind")
+    if kind == "triple":
+        rel = item.get("relation") or ""
+        return f"{item.get('head') or ''}. {RELATION_PHRASES.get(rel, rel)}".strip(), str(item.get("tail") or "")
+    if kind in ("qa", "rationale"):
+        question = f"Question: {item.get('question') or ''}"
+        if item.get("rationale"):
+            return f"{question} Answer: {item.get('answer') or ''}", str(item["rationale"])
+        return question, f"Answer: {item.get('answer') or ''}"
+    return "", str(item.get("text") or "")

@@ -168,6 +168,9 @@ def labels_import(
     source: Annotated[str | None, typer.Option(help="Name of this label source \\[default: FORMAT:FILENAME].",
                                                show_default=False)] = None,
     replace: Annotated[bool, typer.Option(help="Replace the labels this source already holds.")] = False,
+    heads: Annotated[str | None, typer.Option(
+        help="Only the judgements of part K/N of the heads (or questions), split by a hash of each: e.g. 1/2 for "
+             "a critic and `skd eval --reference-heads 2/2` for the other half.", show_default=False)] = None,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
     """Import judgements; duplicates of one item are resolved by majority vote (votes kept). Importing the
@@ -175,7 +178,7 @@ def labels_import(
     from store import import_labels
 
     with Store(db) as s, status(f"importing labels from {file.name}", quiet or json):
-        r = import_labels(s, file, format.value, source=source, replace=replace)
+        r = import_labels(s, file, format.value, source=source, replace=replace, heads=heads)
     if json:
         print_json({k: v for k, v in r.__dict__.items() if k != "rejects"}
                    | {"rejects": [x.__dict__ for x in r.rejects[:100]]})

@@ -13,6 +13,7 @@ from corpus import DedupConfig, SliceSpec, SnapshotRecipe
 from critics.config import CriticConfig
 from critics.cut import DEFAULT_RECALL, CriticCut
 from generators.config import GenerateConfig
+from store.head_parts import parse_part
 from train import StudentOptions, TrainConfig
 from train.eval_run import EvalConfig
 
@@ -42,6 +43,22 @@ class SourceFile(Strict):
     format: str = "jsonl"
 
 
+class LabelFile(SourceFile):
+    heads: str | None = Field(None, description="Only part K/N of its heads (store.head_parts), e.g. 1/2 of a "
+                                                 "file of human tuples whose 2/2 the evaluation reads "
+                                                 "(eval.reference_heads).")
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="Loss weight of its labels beside the others'.")
+
+    @field_validator("heads")
+    @classmethod
+    def _a_part(cls, v: str | None) -> str | None:
+        return None if v is None else "{}/{}".format(*parse_part(v))
+
+    def source(self) -> str:
+        """The label source its import makes (store.import_labels' default name)."""
+        return f"{self.format}:{Path(self.file).name}" + (f"[heads {self.heads}]" if self.heads else "")
+
+
 class CorpusStage(Strict):
     path: Path = Field(Path("skd.duckdb"), description="The corpus database file.")
     ingest: list[SourceFile] = Field(default_factory=list, description="Files to ingest first (seeds, references).")
@@ -69,8 +86,11 @@ class CriticStage(CriticConfig, CriticCut):
 
     name: str = Field("critic", description="Name of the critic to train.")
     use: str | None = Field(None, description="Use this critic of the corpus instead of training one.")
-    labels: list[SourceFile] = Field(default_factory=list,
-                                     description="Label files, first present one wins (e.g. CKBP, then shipped).")
+    labels: list[LabelFile] = Field(default_factory=list,
+                                    description="Label files, first present one wins (e.g. CKBP, then shipped).")
+    also_labels: list[LabelFile] = Field(
+        default_factory=list, description="Label files trained on beside it, each that is present (e.g. human tuples, "
+                                          "each with a tail swap as its negative, of heads the evaluation leaves out).")
 
     @model_validator(mode="after")
     def _cut_has_a_threshold(self) -> CriticStage:
@@ -81,10 +101,23 @@ class CriticStage(CriticConfig, CriticCut):
                              f"thresholds for: {', '.join(f'{r:g}' for r in self.recalls)}")
         return self
 
-    def training(self, sources: list[str]) -> CriticConfig:
-        """The training config: this table's CriticConfig fields, on the sources it names and those imported."""
+    @model_validator(mode="after")
+    def _sources_apart(self) -> CriticStage:
+        """Each file of also_labels is a source of its own: two with one name would replace each other's labels."""
+        if self.also_labels and not self.labels and self.use is None:
+            raise ValueError("also_labels trains beside labels: give labels too")
+        names = [f.source() for f in self.also_labels]
+        clash = next((n for n in names if names.count(n) > 1 or n in {f.source() for f in self.labels}), None)
+        if clash:
+            raise ValueError(f"two label files would both be the source {clash!r}: give them different file names")
+        return self
+
+    def training(self, sources: dict[str, float]) -> CriticConfig:
+        """The training config: this table's CriticConfig fields, on the sources it names and those imported
+        (SOURCES: name -> the weight its file was given; the source_weights named in the table come first)."""
         named = self.model_dump(include=set(CriticConfig.model_fields))
-        return CriticConfig(**named | {"sources": sorted(set(self.sources) | set(sources))})
+        weights = {s: w for s, w in sources.items() if w != 1.0} | named["source_weights"]
+        return CriticConfig(**named | {"sources": sorted(set(self.sources) | set(sources)), "source_weights": weights})
 
 
 class SnapshotStage(SliceSpec):
@@ -213,14 +246,19 @@ class Pipeline(Strict):
             d["teacher_options"] = {k: v for k, v in d["teacher_options"].items() if k not in PACING}
             return d
         if stage in ("critic", "score"):  # the cut belongs to the snapshot: changing it retrains nothing
-            # and a critic trained before dev_sources existed is not retrained for its default
+            # and a critic trained before an option existed is not retrained for its default
             left = {"threshold_at_recall", "min_score", "per_relation"}
-            left |= set() if table.dev_sources else {"dev_sources"}
-            return table.model_dump(mode="json", exclude=left)
+            left |= {f for f in ("dev_sources", "pair", "also_labels") if not getattr(table, f)}
+            d = table.model_dump(mode="json", exclude=left)
+            d["labels"] = [{k: v for k, v in f.items() if (k, v) not in (("heads", None), ("weight", 1.0))}
+                           for f in d["labels"]]
+            return d
         if stage == "dedup":
             # one index: the partition settings change nothing, and a corpus made before they existed is not redone
             d = table.model_dump(mode="json", exclude=set() if table.partitions else {"partitions", "max_visits"})
             return d | ({"where": self.snapshot.where} if self.snapshot.where else {})  # what the snapshot is cut from
+        if stage == "eval":  # an evaluation made before reference_heads existed is not redone for its default
+            return table.model_dump(mode="json", exclude=set() if table.reference_heads else {"reference_heads"})
         if stage == "snapshot":
             c = self.critic
             cut = [c.threshold_at_recall, c.min_score] + (["per relation"] if c.per_relation else []) if c else None

@@ -59,14 +59,15 @@ def plan_name(store: Store, key: str, base: str, taken: Callable[[str], bool], p
 
 
 def input_digest(p: Pipeline, stage: str) -> list[Any]:
-    """What a stage reads from files, beyond its config: the content of the files it ingests, the label file it
-    trains on (the first present), the references or questions it evaluates on, or that they are absent. An
-    edited file, or a label file that appeared since, changes the stage's key, so it reruns."""
+    """What a stage reads from files, beyond its config: the content of the files it ingests, the label files it
+    trains on (the first present of `labels`, and each of `also_labels`), the references or questions it evaluates
+    on, or that they are absent. An edited file, or a label file that appeared since, changes the stage's key, so
+    it reruns."""
     if stage == "ingest":
         return [file_digest(f.file) for f in p.corpus.ingest]
-    if stage == "critic" and p.critic and p.critic.labels:
+    if stage == "critic" and p.critic and (p.critic.labels or p.critic.also_labels):
         first = next((f.file for f in p.critic.labels if Path(f.file).exists()), None)
-        return [str(first), file_digest(first) if first else None]
+        return [str(first), file_digest(first) if first else None, *(file_digest(f.file) for f in p.critic.also_labels)]
     if stage == "eval" and p.eval:
         return [file_digest(f) if f else None for f in (p.eval.references, p.eval.questions, p.eval.heads)]
     return []
@@ -259,14 +260,20 @@ class Runner:
             source = next((f for f in c.labels if Path(f.file).is_file()), None)
             if source is None:
                 raise SkdError(f"critic: none of the label files exist: {', '.join(str(f.file) for f in c.labels)}")
-            # the pipeline declares this file as the source's content: it replaces an older version of it
-            labels = import_labels(s, source.file, source.format, replace=True)
+            files = [source, *(f for f in c.also_labels if Path(f.file).is_file())]
+            absent = [str(f.file) for f in c.also_labels if not Path(f.file).is_file()]
+            for f in absent:
+                self.say(f"    critic: {f} is absent; training without it")
+            # the pipeline declares each file as its source's content: it replaces an older version of it
+            sources = {import_labels(s, f.file, f.format, replace=True, heads=f.heads).source: f.weight for f in files}
             files_dir = s.files_dir
-        card = train_critic(self.db, name, c.training([labels.source]), files_dir / "critics" / name)
+        card = train_critic(self.db, name, c.training(sources), files_dir / "critics" / name)
         dev = card["metrics"]["dev"]
-        self.say(f"    critic {name} on {source.file}: dev AUC {dev['auc']:.3f}, thresholds {card['thresholds']}")
-        return {"critic": name, "labels": str(source.file), "dev_auc": dev["auc"],
-                "dev_average_precision": dev["average_precision"], "thresholds": card["thresholds"]}
+        read = " + ".join(sources)
+        self.say(f"    critic {name} on {read}: dev AUC {dev['auc']:.3f}, thresholds {card['thresholds']}")
+        return {"critic": name, "labels": str(source.file), "label_sources": list(sources), "dev_auc": dev["auc"],
+                "dev_average_precision": dev["average_precision"], "thresholds": card["thresholds"]} | (
+                    {"labels_absent": absent} if absent else {})
 
     def stage_score(self, plan: dict[str, Any]) -> dict[str, Any]:
         progress, update = progress_bar("score", "items", self.quiet)
@@ -334,6 +341,7 @@ class Runner:
         if e.references is not None and not Path(e.references).is_file():  # e.g. ../shared/data not there
             self.say(f"    eval.references {e.references} is absent: evaluating on the snapshot's {e.split} split")
             fill["references"] = None
+            fill["reference_heads"] = None  # no references to split
         own = not ((e.references and "references" not in fill) or e.questions or e.heads)
         atomic = g is not None and g.recipe == "atomic10x"
         if own and e.snapshot is None:  # every round on round 1's split: later ones hold student-written tails

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from .db import Store
 from .errors import SkdError
+from .head_parts import in_part, parse_part
 from .ingest import Reject, as_choices, as_text, file_key
 from .items import ID_FIELDS, LABEL_FORMATS, clean_sql, infer_kind_sql, item_id_sql, reject_reason_sql
 from .readers import iter_atomic2020, iter_csv, iter_jsonl
@@ -131,7 +132,9 @@ READERS = {
 }
 
 
-def read_judgements(path: Path, fmt: str) -> tuple[pa.Table, list[Reject]]:
+def read_judgements(path: Path, fmt: str, heads: str | None = None) -> tuple[pa.Table, list[Reject]]:
+    """A label file's judgements and its rejected rows; with HEADS (`K/N`, store.head_parts), only those of the
+    heads (or questions) in that part, an ATOMIC-2020 file's tail swaps drawn from those heads' tails alone."""
     if fmt not in READERS:
         raise SkdError(f"unknown labels format {fmt!r} (expected one of {', '.join(LABEL_FORMATS)})")
     rows, judge = READERS[fmt]
@@ -144,25 +147,30 @@ def read_judgements(path: Path, fmt: str) -> tuple[pa.Table, list[Reject]]:
             good += [{**j, "row_number": n} for j in judge(rec)]
         except (ValueError, RecursionError) as e:
             rejects.append(Reject(n, str(e), raw))
+    if heads:
+        good = [j for j in good if in_part(j, heads)]
     if fmt == "atomic2020":
         good = with_swapped_negatives(good)
     return pa.Table.from_pylist(good, schema=SCHEMA), rejects
 
 
 def import_labels(store: Store, path: str | Path, fmt: str, source: str | None = None,
-                  replace: bool = False) -> LabelResult:
-    """Import a label file as one source (default FORMAT:FILENAME). The same bytes again change nothing.
+                  replace: bool = False, heads: str | None = None) -> LabelResult:
+    """Import a label file as one source (default FORMAT:FILENAME, and [heads K/N] with HEADS: only the judgements
+    of that part of the heads, store.head_parts). The same bytes (and part) again change nothing.
     A source that already holds other judgements is replaced only with `replace=True`, and a file that
     yields no judgement is an error: an import never deletes judgements it did not read."""
     path = Path(path)
     if not path.is_file():
         raise SkdError(f"no such file: {path}")
-    key = file_key(path, fmt, None).replace("file:", "labels:", 1)
-    source = source or f"{fmt}:{path.name}"
+    if heads:
+        heads = "{}/{}".format(*parse_part(heads))
+    key = file_key(path, fmt, None).replace("file:", "labels:", 1) + (f":heads={heads}" if heads else "")
+    source = source or f"{fmt}:{path.name}" + (f"[heads {heads}]" if heads else "")
     held = store.scalar("SELECT count(*) FROM labels WHERE source = ?", [source])
     if held and _source_key(store, source) == key:
         return _result(store, source, 0, [], skipped=True)
-    table, rejects = read_judgements(path, fmt)
+    table, rejects = read_judgements(path, fmt, heads)
     con = store.con
     con.register("_judged", table)
     cleaned = ", ".join(f"{clean_sql(c)} AS {c}" for c in ("kind", *ID_FIELDS))

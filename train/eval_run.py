@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from store import MINILM, SkdError, Store
+from store.head_parts import in_part, parse_part
 from store.question_sets import read_questions
 
 from .evaluate import (
@@ -53,6 +54,9 @@ class EvalConfig(BaseModel):
     split: str = Field("test", description="The snapshot split to evaluate on.")
     heads: Path | None = Field(None, description="A file of heads, one per line (with --relations).")
     references: Path | None = Field(None, description="ATOMIC-2020 file: human references (and the inputs).")
+    reference_heads: str | None = Field(
+        None, description="Only the heads of part K/N (of --references or --heads), split by a hash of each head: "
+                          "e.g. 2/2 when a critic trained on the same file's 1/2 (`skd labels import --heads 1/2`).")
     questions: Path | None = Field(None, description="A question set (CommonsenseQA, GSM8K, StrategyQA, JSONL).")
     questions_format: Literal["csqa", "gsm8k", "strategyqa", "jsonl"] = Field("jsonl",
                                                                              description="The question set's format.")
@@ -74,6 +78,17 @@ class EvalConfig(BaseModel):
     seed: int = 0
     embed_model: str = Field(MINILM, description="Encoder for the embedding similarity to the references.")
 
+    @field_validator("reference_heads")
+    @classmethod
+    def _a_part(cls, v: str | None) -> str | None:
+        return None if v is None else "{}/{}".format(*parse_part(v))
+
+    @model_validator(mode="after")
+    def _parts_of_heads(self) -> EvalConfig:
+        if self.reference_heads and not (self.references or self.heads):  # it would split nothing, silently
+            raise ValueError("reference_heads splits the heads of --references or --heads; give one of them")
+        return self
+
 
 DEFAULT_RELATIONS = ("xAttr", "xEffect", "xIntent", "xNeed", "xReact", "xWant", "HinderedBy")  # ATOMIC-10x's
 
@@ -89,13 +104,15 @@ def find_student(store: Store, name: str) -> dict[str, Any] | None:
 
 def eval_cases(store: Store, cfg: EvalConfig) -> tuple[list[Case], str]:
     """The inputs the config names, and a short description of where they came from."""
-    refs = read_references(cfg.references) if cfg.references else None
+    refs = read_references(cfg.references, cfg.reference_heads) if cfg.references else None
     limit, relations = cfg.limit or None, cfg.relations or None
     if cfg.questions:
         cases = cases_from_questions(read_questions(cfg.questions, cfg.questions_format))[cfg.offset:]
         return cases[:limit] if limit else cases, f"{cfg.questions} ({cfg.questions_format}, from {cfg.offset})"
     if cfg.heads:
         cases = cases_from_heads(cfg.heads, relations or list(DEFAULT_RELATIONS), refs)
+        if cfg.reference_heads:
+            cases = [c for c in cases if in_part(c.item, cfg.reference_heads)]
         return cases[:limit] if limit else cases, str(cfg.heads)
     if refs:
         return cases_from_references(refs, relations, limit, cfg.seed), str(cfg.references)

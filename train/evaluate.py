@@ -16,6 +16,7 @@ import numpy as np
 
 from corpus import snapshot_frame, snapshot_row
 from store import MINILM, SkdError, Store, open_store
+from store.head_parts import in_part, parse_part
 from store.question_sets import question_type
 from store.readers import iter_atomic2020
 
@@ -85,19 +86,23 @@ def training_inputs(store: Store, student: dict[str, Any]) -> set[str] | None:
     return {input_key(r) for r in df.to_dicts() if r["split"] == split}
 
 
-def read_references(path: Path) -> dict[tuple[str, str], list[str]]:
-    """ATOMIC-2020 `head @@ relation<TAB>tail| tail` as {(head, relation): tails} ('none' tails dropped)."""
+def read_references(path: Path, heads: str | None = None) -> dict[tuple[str, str], list[str]]:
+    """ATOMIC-2020 `head @@ relation<TAB>tail| tail` as {(head, relation): tails} ('none' tails dropped); with
+    HEADS (`K/N`), those of that part of the heads only (store.head_parts)."""
+    if heads:
+        parse_part(heads)  # a bad part is one line before the file is read
     refs: dict[tuple[str, str], list[str]] = {}
     try:
         for _, row, err, _ in iter_atomic2020(Path(path)):
             if row is not None and not err:
                 tails = [t for t in row["tails"] if t and t.lower() != "none"]
-                if tails:
+                if tails and (not heads or in_part(row, heads)):
                     refs.setdefault((row["head"], row["relation"]), []).extend(tails)
     except OSError as e:
         raise SkdError(f"cannot read references {path}: {e.strerror}") from None
     if not refs:
-        raise SkdError(f"{path}: no ATOMIC-2020 references (`head @@ relation<TAB>tail| tail` lines)")
+        raise SkdError(f"{path}: no ATOMIC-2020 references (`head @@ relation<TAB>tail| tail` lines)"
+                       + (f" of heads {heads}" if heads else ""))
     return refs
 
 

@@ -8,9 +8,11 @@ from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer
 
 from critics import RECALL_GRID, CriticConfig, load_critic, train_critic
+from critics.model import score_rows
 from critics.train import load_labels, split
 from critics.verbalize import verbalize_rows
 from store import SkdError, Store, import_labels, ingest_file
+from store.labels import read_judgements
 from tests.conftest import ROOT, kill_when, run_skd, shared_file
 
 
@@ -53,6 +55,33 @@ def test_embedding_critic_artifact_thresholds_and_fresh_process(embedding_critic
     proc = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(texts)], capture_output=True,
                           text=True, check=True, cwd=ROOT)
     assert np.allclose(json.loads(proc.stdout), scores[:20], atol=1e-6)
+
+
+def test_pair_features_tell_a_tail_that_fits_its_head_from_a_swapped_one(tmp_path):
+    """Human ATOMIC-2020 tails against tail swaps (another head's tail, same relation), on heads no critic saw:
+    one vector of the whole triple barely tells them apart; the head and tail embedded apart, with their product,
+    do. Measured at 0.60 against 0.74 with these 300 lines."""
+    lines = shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()
+    (tmp_path / "train.tsv").write_text("\n".join(lines[:300]) + "\n")
+    (tmp_path / "held.tsv").write_text("\n".join(lines[300:600]) + "\n")
+    held, _ = read_judgements(tmp_path / "held.tsv", "atomic2020")
+    held = [r | {"kind": "triple"} for r in held.to_pylist()]
+    y = np.array([r["label"] for r in held])
+    assert 0.4 < y.mean() < 0.6  # a swap for (nearly) every human tail
+    with Store(tmp_path / "c.duckdb") as s:
+        import_labels(s, tmp_path / "train.tsv", "atomic2020")
+    auc = {}
+    for pair in (False, True):
+        name = f"pair-{pair}".lower()
+        card = train_critic(tmp_path / "c.duckdb", name, CriticConfig(mode="embedding", pair=pair), tmp_path / name)
+        critic = load_critic(tmp_path / name)
+        assert card["config"]["pair"] is pair
+        auc[pair] = roc_auc_score(y, score_rows(critic, held))
+    assert auc[True] > 0.68 and auc[True] > auc[False] + 0.08, auc
+    with pytest.raises(SkdError, match="score item rows"):  # its parts cannot be read back out of one text
+        critic.score(verbalize_rows(held[:2]))
+    with pytest.raises(ValueError, match="embedding mode"):
+        CriticConfig(mode="finetune", pair=True)
 
 
 def test_finetuned_critic_trains_and_reloads(tmp_path, ckbp_small):

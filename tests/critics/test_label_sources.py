@@ -225,6 +225,41 @@ def test_atomic2020_human_tuples_as_positives_with_swapped_negatives(tmp_path):
     assert "none" not in {t.lower() for t in pos["tail"]}
 
 
+def test_one_file_of_human_tuples_split_by_head_between_a_critic_and_an_evaluation(tmp_path):
+    """`--heads 1/2` and `2/2` (and an evaluation's reference_heads) split one file's heads with none in both:
+    the critic's swaps come from its own half's tails, so no evaluation reference reaches training at all."""
+    from train.eval_run import EvalConfig
+    from train.evaluate import read_references
+
+    src = shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()[:400]
+    path = tmp_path / "tuples.tsv"
+    path.write_text("\n".join(src) + "\n")
+    with Store(tmp_path / "c.duckdb") as s:
+        whole = s.labels.select(None, [import_labels(s, path, "atomic2020").source])
+        one, two = (import_labels(s, path, "atomic2020", heads=k) for k in ("1/2", " 2 / 2"))
+        assert (one.source, two.source) == ("atomic2020:tuples.tsv[heads 1/2]", "atomic2020:tuples.tsv[heads 2/2]")
+        assert import_labels(s, path, "atomic2020", heads="1/2").skipped  # the same file and part: nothing to do
+        a, b = s.labels.select(None, [one.source]), s.labels.select(None, [two.source])
+        with pytest.raises(SkdError, match="give K/N"):
+            import_labels(s, path, "atomic2020", heads="3/2")
+    heads = {k: set(df["head"].str.to_lowercase()) for k, df in (("a", a), ("b", b))}
+    assert heads["a"] and heads["b"] and not heads["a"] & heads["b"]
+    assert heads["a"] | heads["b"] == set(whole["head"].str.to_lowercase())
+    pos = whole.filter(whole["label"] == 1)
+    assert a["label"].sum() + b["label"].sum() == pos.height  # every human tail in one half
+    half_tails = {t.lower() for t in a.filter(a["label"] == 1)["tail"]}
+    assert {t.lower() for t in a.filter(a["label"] == 0)["tail"]} <= half_tails  # swaps from its own half
+    refs = read_references(path, "2/2")
+    assert {h.lower() for h, _ in refs} == {h.lower() for h in pos["head"]} - heads["a"]
+    assert set(read_references(path)) == set(refs) | set(read_references(path, "1/2"))
+    with pytest.raises(ValueError, match="give K/N"):
+        EvalConfig(references=path, reference_heads="two")
+    with pytest.raises(ValueError, match="splits the heads of --references or --heads"):
+        EvalConfig(snapshot="s", reference_heads="1/2")
+    bad = run_skd("labels", "import", str(path), "--format", "atomic2020", "--heads", "0/2", db=tmp_path / "c.duckdb")
+    assert bad.returncode == 2 and "give K/N" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_cross_validation_holds_out_whole_heads_and_reports_per_class(tmp_path):
     rows = []
     for i in range(40):

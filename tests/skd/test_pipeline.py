@@ -310,7 +310,46 @@ def test_dev_sources_retrain_the_critic_only_when_set(tmp_path):
     expert = Pipeline.model_validate(raw)
     assert "dev_sources" not in plain.stage_config("critic")
     assert expert.stage_config("critic")["dev_sources"] == ["ckbp2"]
-    assert expert.critic.training([]).dev_sources == ["ckbp2"]
+    assert expert.critic.training({}).dev_sources == ["ckbp2"]
+
+
+def test_a_critic_also_trains_on_half_the_heads_of_human_tuples_with_their_weight(tmp_path):
+    """[critic] also_labels: every present file beside the first present of `labels`, each with its head part
+    and weight; an absent one is said and skipped. A pipeline without the options keeps its critic's key."""
+    import tomllib
+
+    from skd.pipeline import Pipeline
+    from tests.conftest import shared_file
+
+    tuples = tmp_path / "tuples.tsv"
+    tuples.write_text("\n".join(shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()[:200]) + "\n")
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(f'[corpus]\npath = "{tmp_path}/c.duckdb"\n'
+                   'ingest = [{ file = "examples/data/mini.jsonl", format = "jsonl" }]\n'
+                   '[critic]\nmode = "embedding"\npair = true\nmin_score = 0.0001\n'
+                   'labels = [{ file = "examples/data/critic-labels.jsonl", format = "jsonl" }]\n'
+                   f'also_labels = [{{ file = "{tuples}", format = "atomic2020", heads = "1/2", weight = 3 }},\n'
+                   f'               {{ file = "{tmp_path}/absent.tsv", format = "atomic2020" }}]\n'
+                   '[snapshot]\nname = "s"\nkinds = ["triple"]\n')
+    p = run_skd("run", str(cfg), "--json", check=True, timeout=600)
+    sm = json.loads(p.stdout)
+    tuples_source = "atomic2020:tuples.tsv[heads 1/2]"
+    assert sm["critic"]["label_sources"] == ["jsonl:critic-labels.jsonl", tuples_source]
+    assert sm["critic"]["labels_absent"] == [f"{tmp_path}/absent.tsv"] and sm["funnel"]["snapshot"] > 0
+    with Store(tmp_path / "c.duckdb", read_only=True) as s:
+        card = s.critics.get("critic")
+    assert card["config"]["source_weights"] == {tuples_source: 3.0} and card["config"]["pair"] is True
+    assert set(card["config"]["sources"]) == {"jsonl:critic-labels.jsonl", tuples_source}
+    with pytest.raises(ValueError, match="give K/N"):
+        Pipeline.model_validate({"snapshot": {"name": "s"}, "critic": {"labels": [{"file": "x", "heads": "1/0"}]}})
+    twins = [{"file": "a/x.tsv", "format": "atomic2020"}, {"file": "b/x.tsv", "format": "atomic2020"}]
+    with pytest.raises(ValueError, match="both be the source 'atomic2020:x.tsv'"):  # one would replace the other
+        Pipeline.model_validate({"snapshot": {"name": "s"}, "critic": {"labels": twins[:1], "also_labels": twins[1:]}})
+    with pytest.raises(ValueError, match="give labels too"):
+        Pipeline.model_validate({"snapshot": {"name": "s"}, "critic": {"also_labels": twins[:1]}})
+    plain = Pipeline.model_validate(tomllib.loads(write(tmp_path).read_text())).stage_config("critic")
+    assert not {"also_labels", "pair"} & set(plain) and plain["labels"][0] == {"file": f"{tmp_path}/absent.csv",
+                                                                              "format": "ckbp"}
 
 
 def test_ddk_in_a_pipeline_measures_against_the_generators_teacher(tmp_path):

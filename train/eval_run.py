@@ -113,9 +113,11 @@ def eval_cases(store: Store, cfg: EvalConfig) -> tuple[list[Case], str]:
         cases = cases_from_heads(cfg.heads, relations or list(DEFAULT_RELATIONS), refs)
         if cfg.reference_heads:
             cases = [c for c in cases if in_part(c.item, cfg.reference_heads)]
-        return cases[:limit] if limit else cases, str(cfg.heads)
+        heads = f" (heads {cfg.reference_heads})" if cfg.reference_heads else ""
+        return cases[:limit] if limit else cases, f"{cfg.heads}{heads}"
     if refs:
-        return cases_from_references(refs, relations, limit, cfg.seed), str(cfg.references)
+        heads = f" (heads {cfg.reference_heads})" if cfg.reference_heads else ""
+        return cases_from_references(refs, relations, limit, cfg.seed), f"{cfg.references}{heads}"
     if cfg.snapshot:
         return cases_from_snapshot(store, cfg.snapshot, cfg.split, limit), f"snapshot {cfg.snapshot}:{cfg.split}"
     raise SkdError("give the inputs: --snapshot NAME [--split test], --heads FILE, --references FILE or --questions")
@@ -153,8 +155,8 @@ def evaluate_model(db_path: Path, model: str, cfg: EvalConfig, *, generate: Gene
             raise SkdError(f"--format must be one of {', '.join(FORMATS)}, fewshot")
         if fmt == "fewshot" and student:
             raise SkdError("--format fewshot is the teacher's generation prompt; a student answers in its own format")
-        config = cfg.model_dump(mode="json", exclude={"snapshot", "split", "heads", "references", "questions",
-                                                      "offset"}) | {"inputs": source, "format": fmt}
+        config = cfg.model_dump(mode="json", exclude={"snapshot", "split", "heads", "references", "reference_heads",
+                                                      "questions", "offset"}) | {"inputs": source, "format": fmt}
         if prompt_config:
             config["prompt_config"] = prompt_config
         label = f"{student['student_id']} (student)" if student else f"{model} (teacher)"

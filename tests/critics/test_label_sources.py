@@ -228,7 +228,7 @@ def test_atomic2020_human_tuples_as_positives_with_swapped_negatives(tmp_path):
 def test_one_file_of_human_tuples_split_by_head_between_a_critic_and_an_evaluation(tmp_path):
     """`--heads 1/2` and `2/2` (and an evaluation's reference_heads) split one file's heads with none in both:
     the critic's swaps come from its own half's tails, so no evaluation reference reaches training at all."""
-    from train.eval_run import EvalConfig
+    from train.eval_run import EvalConfig, eval_cases
     from train.evaluate import read_references
 
     src = shared_file("atomic2020/human_tuples.tsv").read_text().splitlines()[:400]
@@ -252,6 +252,9 @@ def test_one_file_of_human_tuples_split_by_head_between_a_critic_and_an_evaluati
     refs = read_references(path, "2/2")
     assert {h.lower() for h, _ in refs} == {h.lower() for h in pos["head"]} - heads["a"]
     assert set(read_references(path)) == set(refs) | set(read_references(path, "1/2"))
+    with Store(tmp_path / "c.duckdb", read_only=True) as s:  # the inputs an evaluation asks, and what it records
+        cases, source = eval_cases(s, EvalConfig(references=path, reference_heads="2/2", limit=0))
+    assert source == f"{path} (heads 2/2)" and {(c.item["head"], c.item["relation"]) for c in cases} == set(refs)
     with pytest.raises(ValueError, match="give K/N"):
         EvalConfig(references=path, reference_heads="two")
     with pytest.raises(ValueError, match="splits the heads of --references or --heads"):

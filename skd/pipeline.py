@@ -104,7 +104,9 @@ class CriticStage(CriticConfig, CriticCut):
     @model_validator(mode="after")
     def _sources_apart(self) -> CriticStage:
         """Each file of also_labels is a source of its own: two with one name would replace each other's labels."""
-        if self.also_labels and not self.labels and self.use is None:
+        if self.also_labels and self.use is not None:
+            raise ValueError("also_labels trains a critic; with use (an existing one) it would be ignored")
+        if self.also_labels and not self.labels:
             raise ValueError("also_labels trains beside labels: give labels too")
         names = [f.source() for f in self.also_labels]
         clash = next((n for n in names if names.count(n) > 1 or n in {f.source() for f in self.labels}), None)

@@ -341,7 +341,8 @@ class Runner:
         if e.references is not None and not Path(e.references).is_file():  # e.g. ../shared/data not there
             self.say(f"    eval.references {e.references} is absent: evaluating on the snapshot's {e.split} split")
             fill["references"] = None
-            fill["reference_heads"] = None  # no references to split
+            if not e.heads:  # nothing left to split (a heads file still is)
+                fill["reference_heads"] = None
         own = not ((e.references and "references" not in fill) or e.questions or e.heads)
         atomic = g is not None and g.recipe == "atomic10x"
         if own and e.snapshot is None:  # every round on round 1's split: later ones hold student-written tails

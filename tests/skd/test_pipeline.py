@@ -347,6 +347,8 @@ def test_a_critic_also_trains_on_half_the_heads_of_human_tuples_with_their_weigh
         Pipeline.model_validate({"snapshot": {"name": "s"}, "critic": {"labels": twins[:1], "also_labels": twins[1:]}})
     with pytest.raises(ValueError, match="give labels too"):
         Pipeline.model_validate({"snapshot": {"name": "s"}, "critic": {"also_labels": twins[:1]}})
+    with pytest.raises(ValueError, match="with use .* it would be ignored"):
+        Pipeline.model_validate({"snapshot": {"name": "s"}, "critic": {"use": "c", "also_labels": twins[:1]}})
     plain = Pipeline.model_validate(tomllib.loads(write(tmp_path).read_text())).stage_config("critic")
     assert not {"also_labels", "pair"} & set(plain) and plain["labels"][0] == {"file": f"{tmp_path}/absent.csv",
                                                                               "format": "ckbp"}

@@ -13,7 +13,7 @@ from corpus import DedupConfig, SliceSpec, SnapshotRecipe
 from critics.config import CriticConfig
 from critics.cut import DEFAULT_RECALL, CriticCut
 from generators.config import GenerateConfig
-from store.head_parts import parse_part
+from store.head_parts import normal_part
 from train import StudentOptions, TrainConfig
 from train.eval_run import EvalConfig
 
@@ -52,11 +52,13 @@ class LabelFile(SourceFile):
     @field_validator("heads")
     @classmethod
     def _a_part(cls, v: str | None) -> str | None:
-        return None if v is None else "{}/{}".format(*parse_part(v))
+        return None if v is None else normal_part(v)
 
     def source(self) -> str:
         """The label source its import makes (store.import_labels' default name)."""
-        return f"{self.format}:{Path(self.file).name}" + (f"[heads {self.heads}]" if self.heads else "")
+        from store.labels import default_source  # pyarrow: not at config load
+
+        return default_source(self.format, self.file, self.heads)
 
 
 class CorpusStage(Strict):

@@ -26,6 +26,11 @@ def parse_part(spec: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+def normal_part(spec: str) -> str:
+    """SPEC written as `K/N` (" 2 / 2" is "2/2"), so one part has one spelling in source names and keys."""
+    return "{}/{}".format(*parse_part(spec))
+
+
 def part_of(key: str, n: int) -> int:
     """Which of N parts a head or question falls in (1..N), the same for any spelling of case and spaces."""
     norm = " ".join(key.lower().split())

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from .db import Store
 from .errors import SkdError
-from .head_parts import in_part, parse_part
+from .head_parts import in_part, normal_part
 from .ingest import Reject, as_choices, as_text, file_key
 from .items import ID_FIELDS, LABEL_FORMATS, clean_sql, infer_kind_sql, item_id_sql, reject_reason_sql
 from .readers import iter_atomic2020, iter_csv, iter_jsonl
@@ -154,6 +154,11 @@ def read_judgements(path: Path, fmt: str, heads: str | None = None) -> tuple[pa.
     return pa.Table.from_pylist(good, schema=SCHEMA), rejects
 
 
+def default_source(fmt: str, path: str | Path, heads: str | None = None) -> str:
+    """The source a file's import makes unless named: FORMAT:FILENAME, and [heads K/N] for a part of its heads."""
+    return f"{fmt}:{Path(path).name}" + (f"[heads {heads}]" if heads else "")
+
+
 def import_labels(store: Store, path: str | Path, fmt: str, source: str | None = None,
                   replace: bool = False, heads: str | None = None) -> LabelResult:
     """Import a label file as one source (default FORMAT:FILENAME, and [heads K/N] with HEADS: only the judgements
@@ -163,10 +168,9 @@ def import_labels(store: Store, path: str | Path, fmt: str, source: str | None =
     path = Path(path)
     if not path.is_file():
         raise SkdError(f"no such file: {path}")
-    if heads:
-        heads = "{}/{}".format(*parse_part(heads))
+    heads = normal_part(heads) if heads else None
     key = file_key(path, fmt, None).replace("file:", "labels:", 1) + (f":heads={heads}" if heads else "")
-    source = source or f"{fmt}:{path.name}" + (f"[heads {heads}]" if heads else "")
+    source = source or default_source(fmt, path, heads)
     held = store.scalar("SELECT count(*) FROM labels WHERE source = ?", [source])
     if held and _source_key(store, source) == key:
         return _result(store, source, 0, [], skipped=True)

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from store import MINILM, SkdError, Store
-from store.head_parts import in_part, parse_part
+from store.head_parts import in_part, normal_part
 from store.question_sets import read_questions
 
 from .evaluate import (
@@ -81,7 +81,7 @@ class EvalConfig(BaseModel):
     @field_validator("reference_heads")
     @classmethod
     def _a_part(cls, v: str | None) -> str | None:
-        return None if v is None else "{}/{}".format(*parse_part(v))
+        return None if v is None else normal_part(v)
 
     @model_validator(mode="after")
     def _parts_of_heads(self) -> EvalConfig:
@@ -106,6 +106,7 @@ def eval_cases(store: Store, cfg: EvalConfig) -> tuple[list[Case], str]:
     """The inputs the config names, and a short description of where they came from."""
     refs = read_references(cfg.references, cfg.reference_heads) if cfg.references else None
     limit, relations = cfg.limit or None, cfg.relations or None
+    part = f" (heads {cfg.reference_heads})" if cfg.reference_heads else ""  # recorded with the inputs
     if cfg.questions:
         cases = cases_from_questions(read_questions(cfg.questions, cfg.questions_format))[cfg.offset:]
         return cases[:limit] if limit else cases, f"{cfg.questions} ({cfg.questions_format}, from {cfg.offset})"
@@ -113,11 +114,9 @@ def eval_cases(store: Store, cfg: EvalConfig) -> tuple[list[Case], str]:
         cases = cases_from_heads(cfg.heads, relations or list(DEFAULT_RELATIONS), refs)
         if cfg.reference_heads:
             cases = [c for c in cases if in_part(c.item, cfg.reference_heads)]
-        heads = f" (heads {cfg.reference_heads})" if cfg.reference_heads else ""
-        return cases[:limit] if limit else cases, f"{cfg.heads}{heads}"
+        return cases[:limit] if limit else cases, f"{cfg.heads}{part}"
     if refs:
-        heads = f" (heads {cfg.reference_heads})" if cfg.reference_heads else ""
-        return cases_from_references(refs, relations, limit, cfg.seed), f"{cfg.references}{heads}"
+        return cases_from_references(refs, relations, limit, cfg.seed), f"{cfg.references}{part}"
     if cfg.snapshot:
         return cases_from_snapshot(store, cfg.snapshot, cfg.split, limit), f"snapshot {cfg.snapshot}:{cfg.split}"
     raise SkdError("give the inputs: --snapshot NAME [--split test], --heads FILE, --references FILE or --questions")

@@ -46,9 +46,10 @@ def test_shared_prefill_draws_what_num_return_sequences_draws(tiny_lm):
     def fields(out):
         return [[(c.text, c.index, c.finish_reason, c.n_tokens) for c in o] for o in out]
     assert fields(shared) == fields(plain)
-    # A summed logprob of ~-85 nats carries float32 rounding of ~1e-3 from the differently shaped matmuls: relative.
-    assert [c.logprob for o in shared for c in o] == pytest.approx([c.logprob for o in plain for c in o], rel=1e-4,
-                                                                   abs=1e-3)
+    # Differently shaped float32 matmuls round differently: CI saw 1.3e-3 nats on a summed logprob of -10.7 (8
+    # tokens); the texts, stops and token counts above are still compared exactly.
+    assert [c.logprob for o in shared for c in o] == pytest.approx([c.logprob for o in plain for c in o], rel=5e-4,
+                                                                   abs=5e-3)
     assert len({c.text for o in shared for c in o}) > 3  # the samples differ: a real draw, not one repeated
 
 

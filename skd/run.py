@@ -341,7 +341,7 @@ class Runner:
         if e.references is not None and not Path(e.references).is_file():  # e.g. ../shared/data not there
             self.say(f"    eval.references {e.references} is absent: evaluating on the snapshot's {e.split} split")
             fill["references"] = None
-            if not e.heads:  # nothing left to split (a heads file still is)
+            if not (e.heads or e.questions):  # nothing left to split (a heads file or question set still is)
                 fill["reference_heads"] = None
         own = not ((e.references and "references" not in fill) or e.questions or e.heads)
         atomic = g is not None and g.recipe == "atomic10x"

@@ -55,8 +55,9 @@ class EvalConfig(BaseModel):
     heads: Path | None = Field(None, description="A file of heads, one per line (with --relations).")
     references: Path | None = Field(None, description="ATOMIC-2020 file: human references (and the inputs).")
     reference_heads: str | None = Field(
-        None, description="Only the heads of part K/N (of --references or --heads), split by a hash of each head: "
-                          "e.g. 2/2 when a critic trained on the same file's 1/2 (`skd labels import --heads 1/2`).")
+        None, description="Only the heads (or questions) of part K/N of --references, --heads or --questions, split "
+                          "by a hash of each: e.g. 2/2 when a critic trained on the same file's 1/2 (`skd labels "
+                          "import --heads 1/2`).")
     questions: Path | None = Field(None, description="A question set (CommonsenseQA, GSM8K, StrategyQA, JSONL).")
     questions_format: Literal["csqa", "gsm8k", "strategyqa", "jsonl"] = Field("jsonl",
                                                                              description="The question set's format.")
@@ -85,8 +86,9 @@ class EvalConfig(BaseModel):
 
     @model_validator(mode="after")
     def _parts_of_heads(self) -> EvalConfig:
-        if self.reference_heads and not (self.references or self.heads):  # it would split nothing, silently
-            raise ValueError("reference_heads splits the heads of --references or --heads; give one of them")
+        if self.reference_heads and not (self.references or self.heads or self.questions):  # it would split nothing
+            raise ValueError("reference_heads splits the heads of --references or --heads, or the --questions; give "
+                             "one of them")
         return self
 
 
@@ -107,9 +109,11 @@ def eval_cases(store: Store, cfg: EvalConfig) -> tuple[list[Case], str]:
     refs = read_references(cfg.references, cfg.reference_heads) if cfg.references else None
     limit, relations = cfg.limit or None, cfg.relations or None
     part = f" (heads {cfg.reference_heads})" if cfg.reference_heads else ""  # recorded with the inputs
-    if cfg.questions:
+    if cfg.questions:  # the offset counts in the whole set (the teacher was asked its first questions); then the part
         cases = cases_from_questions(read_questions(cfg.questions, cfg.questions_format))[cfg.offset:]
-        return cases[:limit] if limit else cases, f"{cfg.questions} ({cfg.questions_format}, from {cfg.offset})"
+        if cfg.reference_heads:
+            cases = [c for c in cases if in_part(c.item, cfg.reference_heads)]
+        return cases[:limit] if limit else cases, f"{cfg.questions} ({cfg.questions_format}, from {cfg.offset}){part}"
     if cfg.heads:
         cases = cases_from_heads(cfg.heads, relations or list(DEFAULT_RELATIONS), refs)
         if cfg.reference_heads:

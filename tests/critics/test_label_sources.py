@@ -263,6 +263,27 @@ def test_one_file_of_human_tuples_split_by_head_between_a_critic_and_an_evaluati
     assert bad.returncode == 2 and "give K/N" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_rationale_labels_and_a_question_set_split_by_question(tmp_path):
+    """The same split for questions: a critic on half the rationale judgements' questions, an evaluation on the
+    CommonsenseQA questions of the other half (after its offset), none shared; the part is recorded."""
+    from train.eval_run import EvalConfig, eval_cases
+
+    norm = lambda q: " ".join(q.lower().split())  # noqa: E731
+    labels, csqa = shared_file("rationale_acceptability/commonsenseqa_train.csv"), shared_file("csqa/train.jsonl")
+    with Store(tmp_path / "c.duckdb") as s:
+        taught = {norm(q) for q in s.labels.select(None, [import_labels(s, labels, "rationale-acceptability",
+                                                                         heads="1/2").source])["question"]}
+        ask = dict(questions=csqa, questions_format="csqa", offset=100, limit=0)
+        every, _ = eval_cases(s, EvalConfig(**ask))
+        (two, source), (one, _) = (eval_cases(s, EvalConfig(**ask, reference_heads=k)) for k in ("2/2", "1/2"))
+    asked = {k: {norm(c.item["question"]) for c in cases} for k, cases in (("1", one), ("2", two))}
+    assert source.endswith("(csqa, from 100) (heads 2/2)") and len(one) + len(two) == len(every)
+    assert taught & asked["1"] and not taught & asked["2"] and not asked["1"] & asked["2"]
+    assert abs(len(two) - len(one)) < 0.1 * len(every)  # halves, near enough
+    with pytest.raises(ValueError, match="or the --questions"):
+        EvalConfig(snapshot="s", reference_heads="2/2")
+
+
 def test_cross_validation_holds_out_whole_heads_and_reports_per_class(tmp_path):
     rows = []
     for i in range(40):

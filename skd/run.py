@@ -27,7 +27,7 @@ from .cmd_critic import coverage_warnings
 from .cmd_generate import progress_view
 from .engines import mapper_for, task_map_for, teacher_for
 from .output import progress_bar, run_with_progress
-from .pipeline import Pipeline, step_name
+from .pipeline import EvalStage, Pipeline, step_name
 from .wiring import evaluate, student_recipe
 
 Say = Callable[[str], None]
@@ -87,6 +87,17 @@ def file_digest(path: Path | str) -> str | None:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def without_absent_references(e: EvalStage) -> tuple[dict[str, Any], str | None]:
+    """What [eval] changes when its references file is absent (e.g. ../shared/data not there), and what to say:
+    the inputs fall back to the heads file or question set, else to the snapshot's split."""
+    if e.references is None or Path(e.references).is_file():
+        return {}, None
+    gone = f"eval.references {e.references} is absent"
+    if e.heads or e.questions:  # still inputs to split by reference_heads, now without references to score against
+        return {"references": None}, f"{gone}: evaluating on {e.questions or e.heads} without its references"
+    return {"references": None, "reference_heads": None}, f"{gone}: evaluating on the snapshot's {e.split} split"
 
 
 @dataclass
@@ -337,12 +348,9 @@ class Runner:
 
     def stage_eval(self, plan: dict[str, Any]) -> dict[str, Any]:
         e, p, g = self.p.eval, self.p, self.p.generate
-        fill: dict[str, Any] = {}
-        if e.references is not None and not Path(e.references).is_file():  # e.g. ../shared/data not there
-            self.say(f"    eval.references {e.references} is absent: evaluating on the snapshot's {e.split} split")
-            fill["references"] = None
-            if not (e.heads or e.questions):  # nothing left to split (a heads file or question set still is)
-                fill["reference_heads"] = None
+        fill, absent = without_absent_references(e)
+        if absent:
+            self.say(f"    {absent}")
         own = not ((e.references and "references" not in fill) or e.questions or e.heads)
         atomic = g is not None and g.recipe == "atomic10x"
         if own and e.snapshot is None:  # every round on round 1's split: later ones hold student-written tails

@@ -354,6 +354,33 @@ def test_a_critic_also_trains_on_half_the_heads_of_human_tuples_with_their_weigh
                                                                               "format": "ckbp"}
 
 
+def test_absent_references_fall_back_to_the_heads_file_with_its_part_or_to_the_split(tmp_path):
+    """[eval] references in ../shared/data that a checkout lacks: a heads file still asks its part of the heads
+    (reference_heads kept), with no heads file the snapshot's split is asked and the part dropped (else the
+    evaluation's config would be refused: a part of nothing)."""
+    from skd.pipeline import EvalStage
+    from skd.run import without_absent_references
+    from train.eval_run import EvalConfig
+
+    heads, here = tmp_path / "heads.txt", tmp_path / "tuples.tsv"
+    heads.write_text("PersonX eats\n")
+    here.write_text("PersonX eats\txWant\tto sleep\n")
+    gone = tmp_path / "absent.tsv"
+
+    def filled(**kw):
+        e = EvalStage(reference_heads="2/2", **kw)
+        fill, said = without_absent_references(e)
+        return EvalConfig(**e.model_dump(include=set(EvalConfig.model_fields)) | fill), said
+
+    cfg, said = filled(references=gone, heads=heads)
+    assert (cfg.references, cfg.heads, cfg.reference_heads) == (None, heads, "2/2")
+    assert said == f"eval.references {gone} is absent: evaluating on {heads} without its references"
+    cfg, said = filled(references=gone)
+    assert (cfg.references, cfg.reference_heads) == (None, None) and said.endswith("the snapshot's test split")
+    cfg, said = filled(references=here)
+    assert (cfg.references, cfg.reference_heads, said) == (here, "2/2", None)
+
+
 def test_ddk_in_a_pipeline_measures_against_the_generators_teacher(tmp_path):
     """From round 2 a student may have written most of the corpus: DDK's loss gap and the KD term are still
     measured against the generator's teacher, not whichever model wrote the most items."""

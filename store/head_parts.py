@@ -5,6 +5,7 @@ agree on it wherever they are read."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
@@ -18,6 +19,7 @@ class PartError(SkdError, ValueError):
     """A bad `K/N`: one line on the command line, a validation error in a config."""
 
 
+@functools.lru_cache(maxsize=64)  # in_part asks it once per row
 def parse_part(spec: str) -> tuple[int, int]:
     """`K/N` as (K, N): part K of N, 1 <= K <= N."""
     m = _SPEC.fullmatch(spec or "")

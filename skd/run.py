@@ -95,8 +95,10 @@ def without_absent_references(e: EvalStage) -> tuple[dict[str, Any], str | None]
     if e.references is None or Path(e.references).is_file():
         return {}, None
     gone = f"eval.references {e.references} is absent"
-    if e.heads or e.questions:  # still inputs to split by reference_heads, now without references to score against
-        return {"references": None}, f"{gone}: evaluating on {e.questions or e.heads} without its references"
+    if e.questions:  # scored against their own gold answers; still split by reference_heads
+        return {"references": None}, f"{gone}: evaluating on {e.questions}"
+    if e.heads:  # still inputs to split by reference_heads, now without references to score against
+        return {"references": None}, f"{gone}: evaluating on {e.heads} without its references"
     return {"references": None, "reference_heads": None}, f"{gone}: evaluating on the snapshot's {e.split} split"
 
 
@@ -374,7 +376,8 @@ class Runner:
             # loaded as it generated the corpus: its GPUs, context length or endpoint (teacher_options)
             ids.append(evaluate(self.db, teacher, cfg.model_copy(update={"format": fmt, "backend": backend}),
                                 g.teacher_options if g else None, g.recipe_config if atomic else None)["eval_id"])
-        return {"eval_ids": ids, "inputs": "snapshot split" if own else str(e.references or e.questions or e.heads)}
+        asked = "snapshot split" if own else str(cfg.references or cfg.questions or cfg.heads)  # after a fallback
+        return {"eval_ids": ids, "inputs": asked}
 
     def eval_ids(self, round_: int | None = None) -> list[str]:
         """The evaluations the eval steps made (of ROUND, or of every round), in the order they ran: round 1's

@@ -375,6 +375,9 @@ def test_absent_references_fall_back_to_the_heads_file_with_its_part_or_to_the_s
     cfg, said = filled(references=gone, heads=heads)
     assert (cfg.references, cfg.heads, cfg.reference_heads) == (None, heads, "2/2")
     assert said == f"eval.references {gone} is absent: evaluating on {heads} without its references"
+    cfg, said = filled(references=gone, questions=heads)  # a question set: scored against its gold answers
+    assert (cfg.references, cfg.reference_heads, said) == (None, "2/2", f"eval.references {gone} is absent: "
+                                                                          f"evaluating on {heads}")
     cfg, said = filled(references=gone)
     assert (cfg.references, cfg.reference_heads) == (None, None) and said.endswith("the snapshot's test split")
     cfg, said = filled(references=here)

@@ -57,13 +57,17 @@ With --train-seeds K, the students of the round-1 corpus named in --seeded are t
 (a round generates from the one student before it). From nothing on 2 cores: about 36 minutes before the
 third judge and the checks (with AMX); 73 minutes with them, `--rounds 1 --better-filter relevance` (without AMX).
 
-With --work, what a run in DIR already made (generations, critics, snapshots, students, evaluations) is kept.
+With --work, what a run in DIR already made (generations, critics, snapshots, students, evaluations) is kept, and
+the per-pair reference measures are kept in DIR/references.json (--references-only: only those, no judges, minutes
+on a finished folder). `--pool DIR0,DIR1,DIR2` reads several splits' files and prints one table over all their
+pairs, with intervals that resample heads across the splits: the payoff from every split at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import re
@@ -385,10 +389,11 @@ def per_relation_table(title: str, judgements: dict[str, dict], paired_with: dic
     return t
 
 
-def against_references(samples: dict[str, list[list]], base) -> Table:
+def against_references(samples: dict[str, list[list]], base, keep: Path | None = None) -> Table:
     """No judge: each model's outputs against the held-out human references, pair by pair: ROUGE-L and the MPNet
     cosine to the closest reference (each best over the pair's references, the mean of the model's runs), and the
-    differences from BASE(measures) (the teacher, the unfiltered student, ...) with head-level intervals."""
+    differences from BASE(measures) (the teacher, the unfiltered student, ...) with head-level intervals. KEEP: a
+    JSON file for the per-pair measures, which --pool reads from several splits' folders."""
     from corpus.embed import load_encoder
     from train.textmetrics import rouge_l
 
@@ -403,9 +408,16 @@ def against_references(samples: dict[str, list[list]], base) -> Table:
                    "rouge_l": np.mean([[rouge_l(x["output"], x["references"]) for x in ss] for ss in runs], axis=0),
                    "cosine": np.mean([[closest(x) for x in ss] for ss in runs], axis=0)}
            for label, runs in samples.items()}
-    bases = base(out)
-    t = Table(title="No judge: the outputs against the held-out human references, pair by pair (best over each pair's "
-                    "references; MPNet cosine to the closest one)", title_justify="left")
+    if keep:  # by the model's label less its corpus size, which differs from split to split
+        keep.write_text(json.dumps({re.sub(r" \([\d,]+ (?:items|tuples)\)", "", label): {
+            "pairs": m["pairs"], "rouge_l": m["rouge_l"].tolist(), "cosine": m["cosine"].tolist()}
+            for label, m in out.items()}))
+    return references_table(out, base(out), "No judge: the outputs against the held-out human references, pair by "
+                                            "pair (best over each pair's references; MPNet cosine to the closest one)")
+
+
+def references_table(out: dict[str, dict], bases: dict[str, dict], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
     for col in ("model", "ROUGE-L", *(f"vs {b} [95%]" for b in bases), "ref. cosine",
                 *(f"vs {b} [95%]" for b in bases)):
         t.add_column(col, justify="left" if col == "model" else "right")
@@ -413,6 +425,26 @@ def against_references(samples: dict[str, list[list]], base) -> Table:
         t.add_row(label, *(v for key in ("rouge_l", "cosine") for v in (
             f"{m[key].mean():.3f}", *(paired(m, b, key) if b is not m else "" for b in bases.values()))))
     return t
+
+
+def pooled(folders: list[Path]) -> None:
+    """--pool: the per-pair reference measures of several splits' folders (each kept by a run with --work) as one
+    set of pairs: every model's mean over all of them, and its differences with an interval that resamples heads
+    across the splits (a head held out in two splits is one draw), so the question "does the student beat its
+    teacher" gets one answer from every split at once."""
+    kept = [json.loads((f / "references.json").read_text()) for f in folders]
+    labels = [k for k in kept[0] if all(k in other for other in kept[1:])]
+    out = {label: {"pairs": [tuple(p) for one in kept for p in one[label]["pairs"]],
+                   **{key: np.concatenate([one[label][key] for one in kept]) for key in ("rouge_l", "cosine")}}
+           for label in labels}
+    bases = {"teacher": out[next(k for k in labels if k.startswith("teacher"))],
+             "unfiltered": out[next(k for k in labels if "unfiltered" in k)],
+             **({"round 1": out[r1]} if (r1 := next((k for k in labels if "= round 1" in k), None)) else {})}
+    sizes = " + ".join(str(len(next(iter(one.values()))["pairs"])) for one in kept)
+    Console(width=300).print(references_table(out, bases, f"Pooled over {len(folders)} splits ({sizes} held-out "
+                                                          "pairs): the outputs against the held-out human references; "
+                                                          "intervals resample heads across the splits"))
+    print(f"python bench/distill.py --pool {','.join(map(str, folders))}")
 
 
 def judge_check(db: Path, refs: Path, critics: list[str]) -> Table:
@@ -477,7 +509,14 @@ def main() -> None:
                          "tuples of the distillation-split heads), finetune (MiniLM fine-tuned on the same labels), "
                          "relevance (the same fine-tune with tail swaps of half the spare heads' human tuples), pair "
                          "(the frozen filter on relevance's labels, with pair features).")
+    ap.add_argument("--pool", default="",
+                    help="Only pool the reference measures kept in these --work folders (comma-separated), one per "
+                         "split, and print them as one set of pairs; runs nothing.")
+    ap.add_argument("--references-only", action="store_true",
+                    help="Print only the table against the references (and keep it for --pool): no judges.")
     args = ap.parse_args()
+    if args.pool:
+        return pooled([Path(f) for f in args.pool.split(",")])
     better = [k for k in args.better_filter.split(",") if k]
     if unknown := set(better) - set(BETTER):
         ap.error(f"--better-filter: no filter named {', '.join(sorted(unknown))}")
@@ -556,12 +595,15 @@ def main() -> None:
     models |= {f"student: round {row['round']} ({row['snapshot_items']:,} items)": [sid]
                for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
     rows, samples = evaluate(db, models, refs, args.eval_pairs)
-    judgements, second, third = (judged(db, samples, c) for c in ("judge", JUDGE_2, JUDGE_3))
 
     def base(j: dict[str, dict]) -> dict[str, dict]:  # what every model is compared with, pair by pair
         return {"teacher": j[next(iter(models))], "unfiltered": j[next(m for m in models if "unfiltered" in m)],
                 **({"round 1": j[next(m for m in models if "= round 1" in m)]}
                    if args.rounds > 1 or better else {})}
+    console = Console(width=300)  # the tables are wide: a log or a pipe keeps every column
+    if args.references_only:  # minutes where the judges take a quarter of an hour: for --pool on a finished folder
+        return console.print(against_references(samples, base, tmp / "references.json"))
+    judgements, second, third = (judged(db, samples, c) for c in ("judge", JUDGE_2, JUDGE_3))
     t = Table(title=f"SKD at small scale: SmolLM2-135M teacher and students, {len(heads)} distillation heads, "
                     f"{args.samples} samples per (head, relation), {args.steps} LoRA steps, "
                     f"{args.eval_pairs or len(held)} held-out (head, relation) pairs, greedy"
@@ -578,7 +620,6 @@ def main() -> None:
                   " ".join(f"{a:.3f}" for a in r["by_seed"]) if len(r["by_seed"]) > 1 else "",
                   *(f"{r[k]:.3f}" for k in ("judge_mean", "rouge_l", "bleu2", "distinct_2", "unique", "degenerate")),
                   str(r["n"]))
-    console = Console(width=300)  # the tables are wide: a log or a pipe keeps every column
     console.print(t)
     console.print(per_relation_table("Judge acceptance per relation (the same pairs)", judgements))
     console.print(per_relation_table(f"The second judge ({JUDGE_2}: CKBP v2 experts and human tuples of half the "
@@ -587,7 +628,7 @@ def main() -> None:
                                      base(second)))
     console.print(per_relation_table(f"The third judge ({JUDGE_3}: MPNet fine-tuned on the second judge's labels), "
                                      "on the same outputs", third, base(third)))
-    console.print(against_references(samples, base))
+    console.print(against_references(samples, base, tmp / "references.json"))
     console.print(judge_check(db, refs, ["filter", *(BETTER[k] for k in better), "judge", JUDGE_2, JUDGE_3]))
     from skd.cmd_run import rounds_table
 

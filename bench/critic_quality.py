@@ -52,7 +52,7 @@ from critics.stack import apply_stack, features, fit_stack
 from critics.support import Support
 from critics.train import group_key, load_labels, train_critic
 from store import MINILM, Store, import_labels
-from store.models import MPNET, SMOLLM2
+from store.models import GEMMA, MPNET, SMOLLM2
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CROWD, EXPERT, ATOMIC = "ckbp1", "ckbp2", "atomic2020"
@@ -96,10 +96,16 @@ RATIONALE_ATTEMPTS = {
     "minilm-emb-pair": ("MiniLM frozen + head, pair features (question and answer, explanation apart too)",
                         {"mode": "embedding", "base": MINILM, "pair": True}),
     "mpnet-emb-pair": ("MPNet frozen + head, pair features", {"mode": "embedding", "base": MPNET, "pair": True}),
+    "gemma-emb": ("EmbeddingGemma-300M frozen + head", {"mode": "embedding", "base": GEMMA}),
+    "gemma-emb-pair": ("EmbeddingGemma-300M frozen + head, pair features",
+                       {"mode": "embedding", "base": GEMMA, "pair": True}),
     "minilm-ft": ("MiniLM fine-tuned", TUNE | {"base": MINILM, "epochs": 3, "eval_steps": 100}),
     "mpnet-ft": ("MPNet fine-tuned", TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100}),
     "mpnet-ft-lr2e-5": ("MPNet fine-tuned, learning rate 2e-5",
                         TUNE | {"base": MPNET, "epochs": 2, "eval_steps": 100, "lr": 2e-5}),
+    "gemma-ft-soft": ("EmbeddingGemma-300M fine-tuned toward the vote share, token embeddings frozen",
+                      TUNE | {"base": GEMMA, "epochs": 2, "eval_steps": 100, "lr": 2e-5, "soft_labels": True,
+                              "freeze_embeddings": True}),
     "smollm2-likelihood": ("SmolLM2-135M likelihood of the explanation given question and answer (no training)",
                            {"mode": "likelihood"}),
     "minilm-emb-soft": ("MiniLM frozen + head, trained toward the vote share",
@@ -276,7 +282,7 @@ def support_of_expert(db: Path, table: Table, task: str) -> np.ndarray:
 
 
 def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | None = None,
-              load: list[Path] = ()) -> None:
+              load: list[Path] = (), encoder: str = MPNET) -> None:
     db = tmp / "rat.duckdb"
     with Store(db) as s:
         import_labels(s, DATA / "rationale_acceptability/commonsenseqa_train.csv", "rationale-acceptability",
@@ -288,13 +294,14 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     y = df["label"].to_numpy()
     nll = -np.asarray([float(json.loads(e)["nll"]) for e in df["extra"].to_list()])
     started = time.perf_counter()
-    agree = Encoder(MPNET).agreement(df.to_dicts())
+    agree = Encoder(encoder).agreement(df.to_dicts())
     assert not np.isnan(agree).any(), "every explanation here has four siblings: the stacks below need them all"
     took = f"{time.perf_counter() - started:.0f} s to score"
     fold = grouped_folds([group_key(r) for r in df.iter_rows(named=True)], folds, 0)  # cross_validate's folds
     both = out_of_fold_stack(np.column_stack([nll, agree]), y, fold)
     for what, score, spent in (("GPT-3 normalised NLL (baseline, no training)", nll, ""),
-                               ("sibling agreement: MPNet cosine to the closest other sample (no labels)", agree, took),
+                               (f"sibling agreement: {encoder} cosine to the closest other sample (no labels)",
+                                agree, took),
                                ("GPT-3's NLL + sibling agreement, stacked (no critic)", both, took)):
         table.add_row("CSQA rationales", what, f"{roc_auc_score(y, score):.3f}", auc_interval(score, y),
                       f"{average_precision_score(y, score):.3f}", "-", f"{len(y):,}", spent)
@@ -478,6 +485,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="keep each attempt's out-of-fold scores here (TASK-NAME.json)")
     ap.add_argument("--load", type=Path, nargs="*", default=[],
                     help="kept attempts (--out files) of an earlier run to join this run's ensemble")
+    ap.add_argument("--encoder", default=MPNET, help="the rationales' sibling agreement under this sentence encoder")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"needs ../shared/data ({DATA})")
@@ -493,7 +501,7 @@ def main() -> None:
         if args.task in ("ckbp", "all"):
             ckbp(ck, args.folds, tmp, table, args.out, args.load)
         if args.task in ("rationale", "all"):
-            rationale(ra, args.folds, tmp, table, args.out, args.load)
+            rationale(ra, args.folds, tmp, table, args.out, args.load, args.encoder)
         if args.task == "built":
             built(tmp, args.folds, table)
         if args.task == "built-ckbp":
@@ -502,7 +510,8 @@ def main() -> None:
         Console(width=160).print(table)
         print(f"python bench/critic_quality.py --task {args.task} --attempts {args.attempts or 'all'} "
               f"--folds {args.folds}" + (f" --out {args.out}" if args.out else "")
-              + (f" --load {' '.join(map(str, args.load))}" if args.load else ""))
+              + (f" --load {' '.join(map(str, args.load))}" if args.load else "")
+              + (f" --encoder {args.encoder}" if args.encoder != MPNET else ""))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,11 @@ class Encoder:
         return self._encoder
 
     def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        """Unit vectors to compare by cosine (agreement, support): under the encoder's similarity prompt, if any."""
+        from .model import encoder_prompt
+
+        return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                                   prompt=encoder_prompt(self.encoder, "STS"))
 
     def agreement(self, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
         return agreement(rows, lambda texts: self.encode(texts, batch_size))

@@ -38,6 +38,10 @@ class CriticConfig(BaseModel):
         0.0, ge=0, description="finetune: weight of a ranking loss within groups (a question's explanations, a "
                                "head's tails) beside the per-label loss. Batches then hold whole groups, and each "
                                "pair of a group whose targets differ is pushed into order, by how much they differ.")
+    freeze_embeddings: bool = Field(
+        False, description="finetune: keep the token embeddings as the base has them. EmbeddingGemma's are 201M of its "
+                           "308M parameters (a 262k vocabulary): frozen, a step skips their gradient and optimiser "
+                           "update, and a few thousand labels cannot move most of them anyway.")
     dev_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of heads/questions held out for dev.")
     dev_sources: list[str] = Field(
         [], description="Hold out dev (early stopping, calibration, thresholds) from these label sources only, e.g. "
@@ -65,6 +69,8 @@ class CriticConfig(BaseModel):
             raise ValueError(f"pair features are for the embedding mode; mode {self.mode!r} would ignore them")
         if self.rank_weight > 0 and self.mode != "finetune":  # the other modes have no loss to add it to
             raise ValueError(f"rank_weight ranks only while fine-tuning; mode {self.mode!r} would ignore it")
+        if self.freeze_embeddings and self.mode != "finetune":  # the other modes train no embeddings
+            raise ValueError(f"freeze_embeddings is for fine-tuning; mode {self.mode!r} trains no embeddings")
         # a negative weight is a loss to maximise; NaN or infinity makes every weight NaN once they are scaled to mean 1
         bad = {s: w for s, w in self.source_weights.items() if not 0 <= w < float("inf")}
         if bad:

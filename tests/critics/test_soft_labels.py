@@ -118,6 +118,27 @@ def test_rank_weight_outside_a_finetune_is_one_line(voted):
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
 
 
+def test_freeze_embeddings_trains_all_but_the_token_embeddings(voted, tmp_path):
+    """`--freeze-embeddings` (for EmbeddingGemma, whose 262k-token embeddings are two thirds of it): the saved
+    critic has the base's token embeddings exactly, and trained layers; outside a fine-tune it is one line."""
+    from safetensors.torch import load_file
+
+    from store import MINILM, resolve_model
+
+    p = run_skd("critic", "train", "frozen", "--mode", "finetune", "--freeze-embeddings", "--max-steps", "4",
+                "--eval-steps", "2", "--batch-size", "16", "--dev-fraction", "0.3", "--lr", "1e-3", "--json",
+                db=voted, check=True)
+    assert json.loads(p.stdout)["config"]["freeze_embeddings"] is True
+    base = load_file(f"{resolve_model(MINILM)}/model.safetensors")
+    tuned = load_file(str(voted) + ".d/critics/frozen/model/model.safetensors")
+    word = next(k for k in base if k.endswith("word_embeddings.weight"))
+    assert torch.equal(tuned["bert." + word.removeprefix("bert.")].float(), base[word].float())
+    layer = next(k for k in base if k.endswith("layer.0.attention.self.query.weight"))
+    assert not torch.equal(tuned["bert." + layer.removeprefix("bert.")].float(), base[layer].float())
+    p = run_skd("critic", "train", "frozen2", "--mode", "embedding", "--freeze-embeddings", db=voted)
+    assert p.returncode != 0 and "freeze_embeddings is for fine-tuning" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_a_negative_or_all_zero_source_weight_is_refused(voted):
     with pytest.raises(ValueError, match="source weights must be at least 0"):
         CriticConfig(source_weights={"crowd": -1.0})  # training would maximise that source's loss

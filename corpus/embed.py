@@ -50,11 +50,10 @@ def encode(encoder: Any, rows: list[dict[str, Any]], batch_size: int = 128) -> n
 
 
 def encode_texts(encoder: Any, texts: list[str], batch_size: int = 128) -> np.ndarray:
-    """Unit vectors to compare by cosine: under the encoder's similarity prompt, if it has one (EmbeddingGemma)."""
-    from critics.model import encoder_prompt
+    """Unit vectors to compare by cosine (critics.model.unit_vectors, for train/, which may not import critics)."""
+    from critics.model import unit_vectors
 
-    return encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                          show_progress_bar=False, prompt=encoder_prompt(encoder, "STS")).astype(np.float32)
+    return unit_vectors(encoder, texts, "STS", batch_size).astype(np.float32)
 
 
 class EmbedBatch:

@@ -72,11 +72,10 @@ class Encoder:
         return self._encoder
 
     def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
-        """Unit vectors to compare by cosine (agreement, support): under the encoder's similarity prompt, if any."""
-        from .model import encoder_prompt
+        """Unit vectors to compare by cosine (agreement, support)."""
+        from .model import unit_vectors
 
-        return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                                   prompt=encoder_prompt(self.encoder, "STS"))
+        return unit_vectors(self.encoder, texts, "STS", batch_size)
 
     def agreement(self, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
         return agreement(rows, lambda texts: self.encode(texts, batch_size))

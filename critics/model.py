@@ -69,6 +69,14 @@ def encoder_prompt(encoder: Any, task: str) -> str | None:
     return (getattr(encoder, "prompts", None) or {}).get(task)
 
 
+def unit_vectors(encoder: Any, texts: list[str], task: str, batch_size: int = 128,
+                 progress: bool = False) -> np.ndarray:
+    """ENCODER's normalised vectors of TEXTS under its prompt for TASK, if it has one: "STS" where they are compared
+    by cosine (agreement, support, dedup, reference similarity), "Classification" where a head reads them."""
+    return encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                          show_progress_bar=progress, prompt=encoder_prompt(encoder, task))
+
+
 def precision() -> str:
     """The precision critics trained in this process score at, as their card records it."""
     return "bfloat16" if compute_dtype() == torch.bfloat16 else "float32"
@@ -85,8 +93,7 @@ class EmbeddingCritic:
         self.encoder, self.weight, self.bias, self.pair = encoder, weight.float(), bias.float(), pair
 
     def embed(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
-        return self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                                   show_progress_bar=progress, prompt=encoder_prompt(self.encoder, "Classification"))
+        return unit_vectors(self.encoder, texts, "Classification", batch_size, progress)
 
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         if self.pair:

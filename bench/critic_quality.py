@@ -89,6 +89,8 @@ CKBP_ATTEMPTS = {
                          TUNE | {"base": MINILM, "epochs": 4, "eval_steps": 20}, [EXPERT], {}),
     "smollm2-likelihood": ("SmolLM2-135M likelihood of the tail given head and relation (no training)",
                            {"mode": "likelihood"}, [CROWD, EXPERT], {}),
+    "gemma-emb-pair": ("EmbeddingGemma-300M frozen + head, pair features, crowd + expert folds (x3)",
+                       {"mode": "embedding", "base": GEMMA, "pair": True}, [CROWD, EXPERT], {EXPERT: 3.0}),
 }
 RATIONALE_ATTEMPTS = {
     "minilm-emb": ("MiniLM frozen + head", {"mode": "embedding", "base": MINILM}),
@@ -249,7 +251,7 @@ def import_ckbp(db: Path) -> Path:
 
 
 def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | None = None,
-         load: list[Path] = ()) -> None:
+         load: list[Path] = (), encoder: str = MPNET) -> None:
     db = import_ckbp(tmp / "ckbp.duckdb")
     task = f"CKBP v2 expert, {folds}-fold by head"
     runs = loaded(list(load), "ckbp", table, task)
@@ -261,23 +263,24 @@ def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | N
         runs[name] = res | {"seconds": time.perf_counter() - started}
         keep(out, "ckbp", name, runs[name])
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
-    ensemble(table, task, runs, [("support in ATOMIC-2020", [support_of_expert(db, table, task)])])
+    ensemble(table, task, runs, [(f"support in ATOMIC-2020 ({encoder})",
+                                  [support_of_expert(db, table, task, encoder)])])
 
 
-def support_of_expert(db: Path, table: Table, task: str) -> np.ndarray:
+def support_of_expert(db: Path, table: Table, task: str, encoder: str = MPNET) -> np.ndarray:
     """Each expert triple's support (critics.support) in ATOMIC-2020's human-written tuples, as `skd critic ensemble
-    --support atomic2020` computes it: the closest human tail of its relation under MPNet. In cross_validate's order
-    of the expert labels; a row of its own as a score."""
+    --support atomic2020 --encoder ENCODER` computes it: the closest human tail of its relation. In cross_validate's
+    order of the expert labels; a row of its own as a score."""
     with Store(db, read_only=True) as s:
         df = load_labels(s, None)
-    started, enc = time.perf_counter(), Encoder(MPNET)
+    started, enc = time.perf_counter(), Encoder(encoder)
     pool = Support.from_labels(df.filter(pl.col("source") == ATOMIC).to_dicts(), ATOMIC, enc.encode)
     ev = df.filter(pl.col("source") == EXPERT)
     support = pool(ev.to_dicts(), enc.encode)
     assert not np.isnan(support).any(), "ATOMIC-2020 has human tails for every CKBP relation"
     y, groups = ev["label"].to_numpy(), [json.loads(e or "{}").get("class") for e in ev["extra"].to_list()]
-    row(table, task, "support: MPNet cosine of the tail to the closest ATOMIC-2020 human tail of its relation (no "
-        "labels)", summaries(support, y, groups), time.perf_counter() - started, support, y)
+    row(table, task, f"support: {encoder} cosine of the tail to the closest ATOMIC-2020 human tail of its relation "
+        "(no labels)", summaries(support, y, groups), time.perf_counter() - started, support, y)
     return support
 
 
@@ -486,7 +489,7 @@ def main() -> None:
     ap.add_argument("--load", type=Path, nargs="*", default=[],
                     help="kept attempts (--out files) of an earlier run to join this run's ensemble")
     ap.add_argument("--encoder", default=MPNET,
-                    help="the rationales' sibling agreement under this sentence encoder (--task rationale only)")
+                    help="the rationales' sibling agreement, CKBP's support, under this sentence encoder")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"needs ../shared/data ({DATA})")
@@ -500,7 +503,7 @@ def main() -> None:
     ra = [a for a in chosen if a in RATIONALE_ATTEMPTS] if chosen else list(RATIONALE_ATTEMPTS)
     try:
         if args.task in ("ckbp", "all"):
-            ckbp(ck, args.folds, tmp, table, args.out, args.load)
+            ckbp(ck, args.folds, tmp, table, args.out, args.load, args.encoder)
         if args.task in ("rationale", "all"):
             rationale(ra, args.folds, tmp, table, args.out, args.load, args.encoder)
         if args.task == "built":
@@ -512,7 +515,8 @@ def main() -> None:
         print(f"python bench/critic_quality.py --task {args.task} --attempts {args.attempts or 'all'} "
               f"--folds {args.folds}" + (f" --out {args.out}" if args.out else "")
               + (f" --load {' '.join(map(str, args.load))}" if args.load else "")
-              + (f" --encoder {args.encoder}" if args.encoder != MPNET and args.task == "rationale" else ""))
+              + (f" --encoder {args.encoder}" if args.encoder != MPNET and args.task in ("ckbp", "rationale", "all")
+                 else ""))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from critics.verbalize import verbalize_rows
-from store import MINILM, BatchJob, Mapper, SkdError, local_mapper, open_store, resolve_model, stage_job
+from store import MINILM, BatchJob, Mapper, SkdError, local_mapper, model_prompt, open_store, resolve_model, stage_job
 
 
 @dataclass
@@ -79,9 +79,11 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
                 mapper: Mapper = local_mapper) -> EmbedSummary:
     """Embed the items not yet embedded with MODEL; MAPPER is the engine that runs the batches."""
     db_path = Path(db_path)
+    prompt = model_prompt(model, "STS")  # before the store's lock: the first use of a model may assemble it
     with open_store(db_path) as s:
         todo, total = s.embeddings.missing(model, where)
-        run_id = s.start_run("embed", {"model": model, "where": where})
+        # the run records the prompt its vectors were made under (they are stored by model name alone)
+        run_id = s.start_run("embed", {"model": model, "where": where, "prompt": prompt})
     stats = EmbedSummary(model, items=total, already_embedded=total - todo.num_rows)
     started = time.monotonic()
 

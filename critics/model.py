@@ -73,8 +73,14 @@ def unit_vectors(encoder: Any, texts: list[str], task: str, batch_size: int = 12
                  progress: bool = False) -> np.ndarray:
     """ENCODER's normalised vectors of TEXTS under its prompt for TASK, if it has one: "STS" where they are compared
     by cosine (agreement, support, dedup, reference similarity), "Classification" where a head reads them."""
+    return prompted_vectors(encoder, texts, encoder_prompt(encoder, task), batch_size, progress)
+
+
+def prompted_vectors(encoder: Any, texts: list[str], prompt: str | None, batch_size: int = 128,
+                     progress: bool = False) -> np.ndarray:
+    """ENCODER's normalised vectors of TEXTS, each prefixed with PROMPT (None: as they are)."""
     return encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                          show_progress_bar=progress, prompt=encoder_prompt(encoder, task))
+                          show_progress_bar=progress, prompt=prompt)
 
 
 def precision() -> str:
@@ -89,11 +95,16 @@ def card_dtype(card: dict[str, Any]) -> torch.dtype:
 
 
 class EmbeddingCritic:
-    def __init__(self, encoder: Any, weight: torch.Tensor, bias: torch.Tensor, pair: bool = False):
+    """A frozen encoder and a logistic head. PROMPT prefixes every text the encoder reads: a new critic takes the
+    encoder's "Classification" prompt; a saved one the prompt its card recorded, the one its head was trained under."""
+
+    def __init__(self, encoder: Any, weight: torch.Tensor, bias: torch.Tensor, pair: bool = False,
+                 prompt: str | None = None):
         self.encoder, self.weight, self.bias, self.pair = encoder, weight.float(), bias.float(), pair
+        self.prompt = prompt
 
     def embed(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
-        return unit_vectors(self.encoder, texts, "Classification", batch_size, progress)
+        return prompted_vectors(self.encoder, texts, self.prompt, batch_size, progress)
 
     def score(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         if self.pair:
@@ -231,8 +242,11 @@ def _load_model(path: Path, card: dict[str, Any]) -> Critic:
         return load_judge(card["base_model"], card["config"].get("prompt") or JUDGE_PROMPT, dtype)
     if card["mode"] == "embedding":
         head = load_file(path / "head.safetensors")
-        return EmbeddingCritic(sentence_encoder(path / "encoder", dtype), head["weight"], head["bias"],
-                               pair=bool(card.get("config", {}).get("pair")))
+        encoder = sentence_encoder(path / "encoder", dtype)
+        # a card from before the prompt was recorded: the saved encoder's own, as it was scored then
+        prompt = card["encoder_prompt"] if "encoder_prompt" in card else encoder_prompt(encoder, "Classification")
+        return EmbeddingCritic(encoder, head["weight"], head["bias"], pair=bool(card.get("config", {}).get("pair")),
+                               prompt=prompt)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model = AutoModelForSequenceClassification.from_pretrained(path / "model", dtype=dtype).to(device())
     return FinetunedCritic(model, AutoTokenizer.from_pretrained(path / "model"),

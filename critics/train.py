@@ -31,6 +31,7 @@ from .model import (
     EmbeddingCritic,
     FinetunedCritic,
     device,
+    encoder_prompt,
     load_judge,
     precision,
     score_rows,
@@ -146,7 +147,7 @@ _EMBEDDED: dict[tuple[str, str], np.ndarray] = {}  # (encoder and precision, tex
 def cached_embeddings(critic: EmbeddingCritic, base: str, texts: list[str]) -> np.ndarray:
     """The frozen encoder's vectors, each text encoded once per process: cross-validation trains a head per
     fold on mostly the same texts, and encoding them is nearly all of an embedding critic's cost."""
-    encoder = f"{base}@{next(critic.encoder.parameters()).dtype}"
+    encoder = f"{base}@{next(critic.encoder.parameters()).dtype}@{critic.prompt!r}"
     if any(key[0] != encoder for key in _EMBEDDED):
         _EMBEDDED.clear()  # one encoder's vectors at a time
     todo = list(dict.fromkeys(t for t in texts if (encoder, t) not in _EMBEDDED))
@@ -161,7 +162,8 @@ def fit_embedding(cfg: CriticConfig, base: str, train: pl.DataFrame, dev: pl.Dat
     torch.manual_seed(cfg.seed)
     encoder = SentenceTransformer(base, device=device())
     encoder.save(str(out / "encoder"))  # at the base's own precision, before it is cast to compute in
-    critic = EmbeddingCritic(encoder.to(compute_dtype()), torch.zeros(1), torch.zeros(1), pair=cfg.pair)
+    critic = EmbeddingCritic(encoder.to(compute_dtype()), torch.zeros(1), torch.zeros(1), pair=cfg.pair,
+                             prompt=encoder_prompt(encoder, "Classification"))
     x = torch.from_numpy(critic.features(train.to_dicts(), lambda texts: cached_embeddings(critic, base, texts)))
     y = torch.from_numpy(targets(train, cfg.soft_labels))
     w = torch.from_numpy(example_weights(train, cfg))
@@ -396,6 +398,8 @@ def fitted_card(name: str, cfg: CriticConfig, df: pl.DataFrame, train: pl.DataFr
             "calibration": cal, "precision": precision(),
             "config": cfg.model_dump(mode="json"), "metrics": metrics, "thresholds": thresholds,
             "skd_version": skd_version()}
+    if isinstance(critic, EmbeddingCritic):  # what the head was trained on: each text under this prompt
+        card["encoder_prompt"] = critic.prompt
     return card
 
 

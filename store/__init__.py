@@ -19,7 +19,7 @@ _WHERE = {
                "SAID", "SCORED_COLUMNS", "SIBLINGS", "TEACHER_NLL"),
     ".labels": ("LabelResult", "import_labels"),
     ".migrations": ("SCHEMA_VERSION",),
-    ".models": ("MINILM", "SMOLLM2", "pad_with_eos", "resolve_model"),
+    ".models": ("MINILM", "SMOLLM2", "model_prompt", "pad_with_eos", "resolve_model"),
     ".shards": ("BatchJob", "Mapper", "ShardWriter", "commit_batch", "ingest_batch", "ingest_shards", "local_mapper",
                 "open_store", "pending_shards", "stage_job"),
     ".slices": ("Slice",),
@@ -30,7 +30,8 @@ __all__ = [
     "KINDS", "LABEL_FORMATS", "LabelResult", "LockedError", "MINILM", "Mapper", "SAID", "SCHEMA_VERSION", "SCOPES",
     "SCORED_COLUMNS", "SMOLLM2", "SIBLINGS", "SchemaError", "ShardWriter", "SkdError", "Slice", "Store", "TEACHER_NLL",
     "commit_batch",
-    "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "local_mapper", "open_store",
+    "default_path", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "local_mapper", "model_prompt",
+    "open_store",
     "pad_with_eos", "pending_shards", "resolve_model", "skd_version", "stage_job", "user_filter", "where_sql",
     "write_atomic",
 ]
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
     )
     from .labels import LabelResult, import_labels
     from .migrations import LATEST as SCHEMA_VERSION
-    from .models import MINILM, SMOLLM2, pad_with_eos, resolve_model
+    from .models import MINILM, SMOLLM2, model_prompt, pad_with_eos, resolve_model
     from .shards import (
         BatchJob,
         Mapper,

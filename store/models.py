@@ -138,6 +138,18 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def model_prompt(name: str, task: str) -> str | None:
+    """The prompt sentence-transformers prefixes to TASK's texts for model NAME (its folder's
+    `config_sentence_transformers.json`), read without loading the model, for a run's config to record beside it.
+    None where the folder defines none, and where it cannot be read here (a hub id, a missing model or a broken
+    config: those are reported where the model is loaded)."""
+    try:
+        config = Path(resolve_model(name)) / "config_sentence_transformers.json"
+        return (json.loads(config.read_text()).get("prompts") or {}).get(task) if config.is_file() else None
+    except (SkdError, ValueError, AttributeError):
+        return None
+
+
 def _in_hf_cache(name: str) -> bool:
     hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
                                                       "huggingface") / "hub")

@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 
+from corpus.embed import embed_items
 from critics import CriticConfig, load_critic, train_critic
 from critics.agreement import Encoder, agreement
 from critics.ensemble import build_ensemble
-from critics.model import precision, reads_siblings, score_rows
+from critics.model import encoder_prompt, precision, reads_siblings, score_rows
 from critics.stack import apply_stack, features, reads, stack_scores
 from critics.train import load_labels, split
-from store import MINILM, SIBLINGS, TEACHER_NLL, Store, import_labels, ingest_file
+from store import MINILM, SIBLINGS, TEACHER_NLL, Store, import_labels, ingest_file, model_prompt, resolve_model
 from tests.conftest import run_skd
 from tests.critics.test_label_sources import labels_file, triple
 from tests.critics.test_stack import load_card
@@ -180,23 +181,31 @@ def test_a_stack_saved_before_agreement_still_reads_its_nll_fit():
     assert got[[0, 2]] == pytest.approx(apply_stack(features([member[[0, 2]]], nll[[0, 2]]), legacy["with_nll"]))
 
 
+def with_prompts(folder, prompts: dict[str, str]):
+    """FOLDER's sentence-transformers config with PROMPTS per task (as EmbeddingGemma defines them)."""
+    config = folder / "config_sentence_transformers.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"prompts": prompts}))
+    return folder
+
+
+def prompted_minilm(tmp_path):
+    """MiniLM copied to a folder with an "STS" and a "Classification" prompt."""
+    import shutil
+
+    shutil.copytree(resolve_model(MINILM), tmp_path / "prompted")
+    return with_prompts(tmp_path / "prompted", {"STS": "similar: ", "Classification": "classify: "})
+
+
 def test_an_encoder_with_prompts_compares_under_its_similarity_prompt(tmp_path):
     """EmbeddingGemma defines prompts per task; agreement, support and dedup compare texts under its "STS" prompt,
     an embedding critic reads them under "Classification". MiniLM has none: its vectors are as before."""
-    import shutil
-
     import torch
     from sentence_transformers import SentenceTransformer
 
     from corpus.embed import encode
     from critics.model import EmbeddingCritic
-    from store import resolve_model
 
-    folder = tmp_path / "prompted"
-    shutil.copytree(resolve_model(MINILM), folder)
-    cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
-    cfg["prompts"] = {"STS": "similar: ", "Classification": "classify: "}
-    (folder / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    folder = prompted_minilm(tmp_path)
     plain = SentenceTransformer(resolve_model(MINILM), device="cpu")
     text = "A dog chases the ball across the park."
 
@@ -208,6 +217,38 @@ def test_an_encoder_with_prompts_compares_under_its_similarity_prompt(tmp_path):
     assert not np.allclose(prompted.encode([text])[0], vec(text), atol=1e-3)
     assert np.allclose(encode(prompted.encoder, [{"kind": "text", "text": text}])[0], vec("similar: " + text),
                        atol=1e-5)
-    critic = EmbeddingCritic(prompted.encoder, torch.zeros(1), torch.zeros(1))
+    critic = EmbeddingCritic(prompted.encoder, torch.zeros(1), torch.zeros(1),
+                             prompt=encoder_prompt(prompted.encoder, "Classification"))
     assert np.allclose(critic.embed([text])[0], vec("classify: " + text), atol=1e-5)
     assert np.allclose(Encoder(MINILM, dtype=plain.dtype).encode([text])[0], vec(text), atol=1e-5)
+
+
+def test_an_embedding_critic_scores_under_the_prompt_its_card_recorded(tmp_path):
+    """The card records the prompt the head was trained under; the saved critic reads texts under it even when its
+    encoder folder's prompts change afterwards. A card from before the record scores under the folder's own. An
+    embed run records the prompt its vectors were made under."""
+    folder = prompted_minilm(tmp_path)
+    db = tmp_path / "c.duckdb"
+    with Store(db) as s:
+        import_labels(s, labels_file(tmp_path / "labels.jsonl", [r for i in range(12) for r in rows_of_head(i)]),
+                      "jsonl")
+        ingest_file(s, labels_file(tmp_path / "items.jsonl", rows_of_head(0)), "jsonl")
+    embed_items(db, str(folder))
+    with Store(db, read_only=True) as s:  # the embed run records the prompt its vectors were made under
+        assert json.loads(s.scalar("SELECT config FROM runs WHERE stage = 'embed'"))["prompt"] == "similar: "
+    assert model_prompt(MINILM, "STS") is None and model_prompt("./no/such", "STS") is None
+    card = train_critic(db, "prompted", CriticConfig(mode="embedding", base=str(folder), dev_fraction=0.3),
+                        tmp_path / "critic")
+    assert card["encoder_prompt"] == "classify: "
+    with_prompts(tmp_path / "critic" / "encoder", {"Classification": "other: "})
+    text = "A dog chases the ball across the park."
+    critic = load_critic(tmp_path / "critic")
+
+    def under(prompt):
+        return critic.encoder.encode([prompt + text], normalize_embeddings=True)[0]
+
+    assert critic.prompt == "classify: " and np.allclose(critic.embed([text])[0], under("classify: "), atol=1e-6)
+    assert not np.allclose(under("classify: "), under("other: "), atol=1e-3)
+    old = tmp_path / "critic" / "critic.json"
+    old.write_text(json.dumps({k: v for k, v in card.items() if k != "encoder_prompt"}))
+    assert load_critic(tmp_path / "critic").prompt == "other: "

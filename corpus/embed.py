@@ -13,7 +13,18 @@ import numpy as np
 import pyarrow as pa
 
 from critics.verbalize import verbalize_rows
-from store import MINILM, BatchJob, Mapper, SkdError, local_mapper, model_prompt, open_store, resolve_model, stage_job
+from store import (
+    MINILM,
+    BatchJob,
+    Mapper,
+    SkdError,
+    Store,
+    local_mapper,
+    model_prompt,
+    open_store,
+    resolve_model,
+    stage_job,
+)
 
 
 @dataclass
@@ -22,6 +33,7 @@ class EmbedSummary:
     items: int = 0
     already_embedded: int = 0
     embedded: int = 0
+    replaced: int = 0  # vectors deleted first (`replace`)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,17 +86,30 @@ class EmbedBatch:
                          "vector": pa.array(list(vectors), type=pa.list_(pa.float32()))})
 
 
+def check_prompt(s: Store, model: str, prompt: str | None) -> int:
+    """Refuse to add vectors made under PROMPT beside MODEL's stored ones made under another (its folder's prompts
+    changed): a cosine between the two kinds means nothing, and dedup would compare them. Returns 0 (none replaced)."""
+    known, before = s.embeddings.recorded_prompt(model)
+    if known and before != prompt and (n := s.embeddings.stored(model)):
+        raise SkdError(f"the {n:,} vectors stored for {model} were made under the prompt {before!r}, and the model "
+                       f"now gives {prompt!r}: embed again with --replace (every item, under the new prompt), or "
+                       "embed under a copy of the model folder")
+    return 0
+
+
 def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = None, chunk: int = 4096,
                 batch_size: int = 128, on_chunk: Callable[[EmbedSummary, int], None] | None = None,
-                mapper: Mapper = local_mapper) -> EmbedSummary:
-    """Embed the items not yet embedded with MODEL; MAPPER is the engine that runs the batches."""
+                mapper: Mapper = local_mapper, replace: bool = False) -> EmbedSummary:
+    """Embed the items not yet embedded with MODEL; MAPPER is the engine that runs the batches. REPLACE deletes
+    MODEL's stored vectors first (all of them, whatever WHERE says), so every item is embedded again."""
     db_path = Path(db_path)
     prompt = model_prompt(model, "STS")  # before the store's lock: the first use of a model may assemble it
     with open_store(db_path) as s:
+        replaced = s.embeddings.drop(model) if replace else check_prompt(s, model, prompt)
         todo, total = s.embeddings.missing(model, where)
         # the run records the prompt its vectors were made under (they are stored by model name alone)
-        run_id = s.start_run("embed", {"model": model, "where": where, "prompt": prompt})
-    stats = EmbedSummary(model, items=total, already_embedded=total - todo.num_rows)
+        run_id = s.start_run("embed", {"model": model, "where": where, "prompt": prompt, "replace": replace})
+    stats = EmbedSummary(model, items=total, already_embedded=total - todo.num_rows, replaced=replaced)
     started = time.monotonic()
 
     def advance(n: int) -> None:

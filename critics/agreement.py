@@ -50,14 +50,20 @@ def agreement(rows: list[dict[str, Any]], encode) -> np.ndarray:
     return out
 
 
+OWN = object()  # an Encoder's prompt when none is given: the one its folder sets for "STS", read once loaded
+
+
 class Encoder:
     """The sentence encoder MODEL (an embedded name or a folder) that a stack's signals compare texts under, at
-    DTYPE (by default this machine's compute precision; a saved critic passes the one it was fitted at). The name is
-    resolved at once, so a missing model fails before any scoring; the weights load on first use, once: a stack
-    that scores bare texts (no siblings, no support) never needs them."""
+    DTYPE (by default this machine's compute precision; a saved critic passes the one it was fitted at), each text
+    prefixed with PROMPT (by default the encoder's own "STS" prompt; a saved stack passes the one its card recorded,
+    since its fit read cosines made under that one). The name is resolved at once, so a missing model fails before
+    any scoring; the weights load on first use, once: a stack that scores bare texts (no siblings, no support) never
+    needs them."""
 
-    def __init__(self, model: str, dtype: Any = None):
+    def __init__(self, model: str, dtype: Any = None, prompt: Any = OWN):
         self.model, self.path, self.dtype, self._encoder = model, resolve_model(model), dtype, None
+        self._prompt = prompt
 
     @property
     def loaded(self) -> bool:
@@ -71,11 +77,20 @@ class Encoder:
             self._encoder = sentence_encoder(self.path, self.dtype)
         return self._encoder
 
+    @property
+    def prompt(self) -> str | None:
+        """What each text is prefixed with (None: nothing), as a stack's card records it."""
+        if self._prompt is OWN:
+            from .model import encoder_prompt
+
+            self._prompt = encoder_prompt(self.encoder, "STS")
+        return self._prompt
+
     def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
         """Unit vectors to compare by cosine (agreement, support)."""
-        from .model import unit_vectors
+        from .model import prompted_vectors
 
-        return unit_vectors(self.encoder, texts, "STS", batch_size)
+        return prompted_vectors(self.encoder, texts, self.prompt, batch_size)
 
     def agreement(self, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
         return agreement(rows, lambda texts: self.encode(texts, batch_size))

@@ -18,7 +18,7 @@ import numpy as np
 from store import SkdError, Store, skd_version
 from store.models import MPNET
 
-from .agreement import Encoder, encoder_name
+from .agreement import OWN, Encoder, encoder_name
 from .calibration import apply, calibration_error, fit_platt
 from .config import CriticConfig
 from .metrics import choose_thresholds, report
@@ -51,7 +51,9 @@ def load_ensemble(card: dict[str, Any], path: Path) -> MeanOfCritics | StackedCr
     members = [load_critic(m["path"], m.get("critic_id")) for m in card["members"]]
     if not card.get("stack"):
         return MeanOfCritics(members)
-    encoder = Encoder(card["config"]["encoder"], card_dtype(card)) if card["config"].get("encoder") else None
+    # a card from before the prompt was recorded: the encoder's own, as it was scored then
+    prompt = card["encoder_prompt"] if "encoder_prompt" in card else OWN
+    encoder = Encoder(card["config"]["encoder"], card_dtype(card), prompt) if card["config"].get("encoder") else None
     support = Support.load(path) if reads(card["stack"], "support") else None
     return StackedCritic(members, card["stack"], encoder, support)
 
@@ -111,6 +113,7 @@ def build_ensemble(db: str | Path, name: str, members: list[str], out: Path, com
             "dev_pool": pool_now, "calibration": cal, "stack": fits,
             # what its encoder ran at here, which scoring must match (the members score at their own precision)
             "precision": precision() if enc else cards[0].get("precision"),
+            **({"encoder_prompt": enc.prompt} if enc else {}),  # and the prompt its cosines were made under
             "config": {"combine": how, "members": members, "teacher_nll": teacher_nll, "agreement": agreement,
                        "support": support, "encoder": encoder}
             | {k: getattr(split_cfg, k) for k in SPLIT_KEYS + CUT_KEYS},

@@ -22,6 +22,8 @@ def embed(
     where: Annotated[str | None, typer.Option(help="SQL filter over items.")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     chunk: Annotated[int, typer.Option(help="Items per staging batch (the unit of resume).")] = 4096,
+    replace: Annotated[bool, typer.Option(help="Delete MODEL's stored vectors first and embed every item again "
+                                          "(after its prompts changed).")] = False,
     engine: EngineKind = "local", ray_address: RayAddress = None, actors: Actors = 2,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:
@@ -30,12 +32,12 @@ def embed(
     progress, update = progress_bar("embed", "items", quiet or json)
     stats = run_with_progress(progress, lambda: embed_items(
         db or default_path(), model, where, chunk=chunk, batch_size=batch_size,
-        on_chunk=lambda st, n: update(st.embedded, n), mapper=mapper))
+        on_chunk=lambda st, n: update(st.embedded, n), mapper=mapper, replace=replace))
     if json:
         print_json(stats.as_dict())
     else:
-        out.print(f"embedded {stats.embedded:,} items with {model} ({stats.already_embedded:,} already embedded) "
-                  f"in {stats.seconds:.1f} s")
+        out.print(f"embedded {stats.embedded:,} items with {model} ({stats.already_embedded:,} already embedded"
+                  f"{f', {stats.replaced:,} vectors replaced' if replace else ''}) in {stats.seconds:.1f} s")
 
 
 @config_options(DedupConfig, "dedup")

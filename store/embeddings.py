@@ -30,6 +30,28 @@ class Embeddings:
         matching a user's filter; and how many match in all."""
         return items_without(self.store, "embeddings", "model", model, EMBEDDED_COLUMNS, where, option)
 
+    def recorded_prompt(self, model: str) -> tuple[bool, str | None]:
+        """Whether an embed run of MODEL recorded the prompt its vectors were made under, and the latest such run's
+        prompt (vectors are stored by model name alone; runs from before the record say nothing)."""
+        import json
+
+        row = self.store.con.execute(
+            "SELECT json_extract(config, '$.prompt') FROM runs WHERE stage = 'embed' AND "
+            "json_extract_string(config, '$.model') = ? AND json_extract(config, '$.prompt') IS NOT NULL "
+            "ORDER BY started_at DESC LIMIT 1", [model]).fetchall()
+        return (True, json.loads(row[0][0])) if row else (False, None)
+
+    def stored(self, model: str) -> int:
+        """How many vectors MODEL has in all."""
+        return int(self.store.scalar("SELECT count(*) FROM embeddings WHERE model = ?", [model]))
+
+    def drop(self, model: str) -> int:
+        """Delete every vector of MODEL; how many there were."""
+        with self.store.transaction() as con:
+            n = self.stored(model)
+            con.execute("DELETE FROM embeddings WHERE model = ?", [model])
+        return n
+
     def count(self, model: str, items: Items) -> int:
         """How many of the items have a `model` vector."""
         with self._selected(items) as (ids, params):

@@ -252,3 +252,56 @@ def test_an_embedding_critic_scores_under_the_prompt_its_card_recorded(tmp_path)
     old = tmp_path / "critic" / "critic.json"
     old.write_text(json.dumps({k: v for k, v in card.items() if k != "encoder_prompt"}))
     assert load_critic(tmp_path / "critic").prompt == "other: "
+
+
+def test_a_stack_compares_under_the_prompt_its_card_recorded(agreeing, tmp_path):
+    """A stack's fit read cosines made under its encoder's "STS" prompt; the card records it, and the saved stack
+    compares siblings under it even when the encoder folder's prompts change (a card from before: the folder's)."""
+    db, _ = agreeing
+    folder = prompted_minilm(tmp_path)
+    card = build_ensemble(db, "ag-prompted", ["text"], tmp_path / "stack", agreement=True, encoder=str(folder))
+    assert card["encoder_prompt"] == "similar: "
+    with_prompts(folder, {"STS": "other: "})
+    stack, text = load_critic(tmp_path / "stack"), "A dog chases the ball across the park."
+
+    def under(prompt):
+        return stack.encoder.encoder.encode([prompt + text], normalize_embeddings=True)[0]
+
+    assert stack.encoder.prompt == "similar: " and np.allclose(stack.encoder.encode([text])[0], under("similar: "),
+                                                               atol=1e-6)
+    assert not np.allclose(under("similar: "), under("other: "), atol=1e-3)
+    (tmp_path / "stack" / "critic.json").write_text(json.dumps({k: v for k, v in card.items()
+                                                                if k != "encoder_prompt"}))
+    assert load_critic(tmp_path / "stack").encoder.prompt == "other: "
+
+
+def test_embedding_under_a_changed_prompt_is_refused_until_replaced(tmp_path):
+    """Vectors are stored by model name: once a model folder's "STS" prompt changes, new vectors would not compare
+    with the stored ones. `skd embed` says so in one line and stores nothing; `--replace` embeds every item again."""
+    folder, db = prompted_minilm(tmp_path), tmp_path / "c.duckdb"
+    with Store(db) as s:
+        ingest_file(s, labels_file(tmp_path / "items.jsonl", [r for i in range(3) for r in rows_of_head(i)]), "jsonl")
+    first = embed_items(db, str(folder))
+    with_prompts(folder, {"STS": "alike: "})
+    with Store(db, read_only=True) as s:
+        tails = dict(s.con.execute("SELECT item_id, tail FROM items").fetchall())
+        before, ids = s.embeddings.load(str(folder), list(tails))
+    p = run_skd("embed", "--model", str(folder), db=db)
+    assert p.returncode != 0 and "made under the prompt 'similar: '" in p.stderr and "--replace" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    with Store(db, read_only=True) as s:
+        kept, same_ids = s.embeddings.load(str(folder), ids)
+        assert same_ids == ids and np.array_equal(kept, before)  # nothing lost, nothing added
+    summary = json.loads(run_skd("embed", "--model", str(folder), "--replace", "--json", db=db, check=True).stdout)
+    assert summary["replaced"] == first.embedded == summary["embedded"] == len(ids) > 0
+    from sentence_transformers import SentenceTransformer
+
+    plain = SentenceTransformer(str(folder), device="cpu")
+    with Store(db, read_only=True) as s:
+        now, _ = s.embeddings.load(str(folder), ids)
+
+    def cosines(prompt):
+        return np.sum(now * plain.encode([prompt + tails[i] for i in ids], normalize_embeddings=True), axis=1)
+
+    assert cosines("alike: ").min() > 0.99 and (cosines("alike: ") > cosines("similar: ")).all()  # bfloat16 here
+    assert embed_items(db, str(folder)).embedded == 0  # the same prompt again: nothing to do, no refusal

@@ -14,7 +14,17 @@ from critics.ensemble import build_ensemble
 from critics.model import encoder_prompt, precision, reads_siblings, score_rows
 from critics.stack import apply_stack, features, reads, stack_scores
 from critics.train import load_labels, split
-from store import MINILM, SIBLINGS, TEACHER_NLL, Store, import_labels, ingest_file, model_prompt, resolve_model
+from store import (
+    MINILM,
+    SIBLINGS,
+    TEACHER_NLL,
+    SkdError,
+    Store,
+    import_labels,
+    ingest_file,
+    model_prompt,
+    resolve_model,
+)
 from tests.conftest import run_skd
 from tests.critics.test_label_sources import labels_file, triple
 from tests.critics.test_stack import load_card
@@ -305,3 +315,9 @@ def test_embedding_under_a_changed_prompt_is_refused_until_replaced(tmp_path):
 
     assert cosines("alike: ").min() > 0.99 and (cosines("alike: ") > cosines("similar: ")).all()  # bfloat16 here
     assert embed_items(db, str(folder)).embedded == 0  # the same prompt again: nothing to do, no refusal
+    import shutil
+
+    bare = shutil.copytree(resolve_model(MINILM), tmp_path / "bare")  # no prompt at first, one later
+    embed_items(db, str(bare))
+    with pytest.raises(SkdError, match="made under the prompt None"):
+        embed_items(db, str(with_prompts(bare, {"STS": "alike: "})))

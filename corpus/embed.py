@@ -56,11 +56,6 @@ def embedding_text(row: dict[str, Any]) -> str:
     return verbalize_rows([row])[0]
 
 
-def encode(encoder: Any, rows: list[dict[str, Any]], batch_size: int = 128) -> np.ndarray:
-    """Unit vectors for dedup and diversity, both cosine comparisons."""
-    return encode_texts(encoder, [embedding_text(r) for r in rows], batch_size)
-
-
 def encode_texts(encoder: Any, texts: list[str], batch_size: int = 128) -> np.ndarray:
     """Unit vectors to compare by cosine (critics.model.unit_vectors, for train/, which may not import critics)."""
     from critics.model import unit_vectors
@@ -69,43 +64,59 @@ def encode_texts(encoder: Any, texts: list[str], batch_size: int = 128) -> np.nd
 
 
 class EmbedBatch:
-    """A worker's embedder: loads the model once, then embeds batches of items (a Ray actor, or this process)."""
+    """A worker's embedder: loads the model once, then embeds batches of items (a Ray actor, or this process) under
+    PROMPT, the one the run recorded (read once, before the workers start), not each worker's own reading of the
+    model folder: what later runs check their prompt against must be what the vectors were made under."""
 
-    def __init__(self, model: str, batch_size: int = 128):
-        self.model, self.batch_size = model, batch_size
+    def __init__(self, model: str, batch_size: int = 128, prompt: str | None = None):
+        self.model, self.batch_size, self.prompt = model, batch_size, prompt
         self.encoder = load_encoder(model)
 
     @staticmethod
-    def preflight(model: str, batch_size: int = 128) -> None:
+    def preflight(model: str, batch_size: int = 128, prompt: str | None = None) -> None:
         """What an engine checks before its workers start, without loading the model: that it exists."""
         resolve_model(model)
 
     def __call__(self, part: pa.Table) -> pa.Table:
-        vectors = encode(self.encoder, part.to_pylist(), self.batch_size)
+        from critics.model import prompted_vectors
+
+        texts = [embedding_text(r) for r in part.to_pylist()]
+        vectors = prompted_vectors(self.encoder, texts, self.prompt, self.batch_size).astype(np.float32)
         return pa.table({"item_id": part["item_id"], "model": [self.model] * part.num_rows,
                          "vector": pa.array(list(vectors), type=pa.list_(pa.float32()))})
 
 
-def check_prompt(s: Store, model: str, prompt: str | None) -> int:
+def check_prompt(s: Store, model: str, prompt: str | None) -> None:
     """Refuse to add vectors made under PROMPT beside MODEL's stored ones made under another (its folder's prompts
-    changed): a cosine between the two kinds means nothing, and dedup would compare them. Returns 0 (none replaced)."""
-    known, before = s.embeddings.recorded_prompt(model)
-    if known and before != prompt and (n := s.embeddings.stored(model)):
-        raise SkdError(f"the {n:,} vectors stored for {model} were made under the prompt {before!r}, and the model "
-                       f"now gives {prompt!r}: embed again with --replace (every item, under the new prompt), or "
-                       "embed under a copy of the model folder")
-    return 0
+    changed): a cosine between the two kinds means nothing, and dedup would compare them."""
+    if other := s.embeddings.other_prompt(model, prompt):
+        n, before = other
+        raise SkdError(f"the {n:,} vectors stored for {model} were made under {said(before)}, and the model now "
+                       f"gives {said(prompt)}: run `skd embed --model {model} --replace` to embed every item again "
+                       "under the new one (or embed under a copy of the model folder, and dedup by that name)")
+
+
+def said(prompt: str | None) -> str:
+    return f"the prompt {prompt!r}" if prompt is not None else "no prompt"
 
 
 def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = None, chunk: int = 4096,
                 batch_size: int = 128, on_chunk: Callable[[EmbedSummary, int], None] | None = None,
                 mapper: Mapper = local_mapper, replace: bool = False) -> EmbedSummary:
     """Embed the items not yet embedded with MODEL; MAPPER is the engine that runs the batches. REPLACE deletes
-    MODEL's stored vectors first (all of them, whatever WHERE says), so every item is embedded again."""
+    MODEL's stored vectors first (all of them: it takes no WHERE), so every item is embedded again; after a failed
+    replace, a plain run resumes it."""
     db_path = Path(db_path)
+    if replace and where:
+        raise SkdError("--replace embeds every item again (the model's vectors all go); it takes no --where")
+    EmbedBatch.preflight(model)  # before --replace deletes anything: the model exists
     prompt = model_prompt(model, "STS")  # before the store's lock: the first use of a model may assemble it
+    replaced = 0
     with open_store(db_path) as s:
-        replaced = s.embeddings.drop(model) if replace else check_prompt(s, model, prompt)
+        if replace:
+            replaced = s.embeddings.drop(model)
+        else:
+            check_prompt(s, model, prompt)
         todo, total = s.embeddings.missing(model, where)
         # the run records the prompt its vectors were made under (they are stored by model name alone)
         run_id = s.start_run("embed", {"model": model, "where": where, "prompt": prompt, "replace": replace})
@@ -119,6 +130,6 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
             on_chunk(stats, todo.num_rows)
 
     advance(0)
-    job = BatchJob(todo, EmbedBatch, {"model": model, "batch_size": batch_size}, "embeddings", chunk)
+    job = BatchJob(todo, EmbedBatch, {"model": model, "batch_size": batch_size, "prompt": prompt}, "embeddings", chunk)
     stage_job(db_path, run_id, job, mapper, advance, stats.as_dict)
     return stats

@@ -11,6 +11,7 @@ by a fit without this input, never by a guessed one."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,11 @@ def agreement(rows: list[dict[str, Any]], encode) -> np.ndarray:
     return out
 
 
-OWN = object()  # an Encoder's prompt when none is given: the one its folder sets for "STS", read once loaded
+class Prompt(Enum):
+    OWN = "own"  # an Encoder's prompt when none is given: the one its folder sets for "STS", read once loaded
+
+
+OWN = Prompt.OWN  # an enum member, so it is still itself after pickling (a Ray worker's copy of an Encoder)
 
 
 class Encoder:

@@ -23,7 +23,7 @@ def embed(
     batch_size: Annotated[int, typer.Option()] = 128,
     chunk: Annotated[int, typer.Option(help="Items per staging batch (the unit of resume).")] = 4096,
     replace: Annotated[bool, typer.Option(help="Delete MODEL's stored vectors first and embed every item again "
-                                          "(after its prompts changed).")] = False,
+                                          "(after its prompts changed); takes no --where.")] = False,
     engine: EngineKind = "local", ray_address: RayAddress = None, actors: Actors = 2,
     db: Db = None, json: Json = False, quiet: Quiet = False,
 ) -> None:

@@ -30,16 +30,21 @@ class Embeddings:
         matching a user's filter; and how many match in all."""
         return items_without(self.store, "embeddings", "model", model, EMBEDDED_COLUMNS, where, option)
 
-    def recorded_prompt(self, model: str) -> tuple[bool, str | None]:
-        """Whether an embed run of MODEL recorded the prompt its vectors were made under, and the latest such run's
-        prompt (vectors are stored by model name alone; runs from before the record say nothing)."""
+    def other_prompt(self, model: str, prompt: str | None) -> tuple[int, str | None] | None:
+        """(how many vectors, the prompt they were made under) when MODEL's stored vectors were made under a prompt
+        other than PROMPT, by the latest embed run of MODEL that recorded one (runs from before the record say
+        nothing); else None. Compared as recorded: run configs are redacted."""
         import json
+
+        from .redact import redact_value
 
         row = self.store.con.execute(
             "SELECT json_extract(config, '$.prompt') FROM runs WHERE stage = 'embed' AND "
             "json_extract_string(config, '$.model') = ? AND json_extract(config, '$.prompt') IS NOT NULL "
-            "ORDER BY started_at DESC LIMIT 1", [model]).fetchall()
-        return (True, json.loads(row[0][0])) if row else (False, None)
+            "ORDER BY started_at DESC, run_id DESC LIMIT 1", [model]).fetchall()
+        if not row or json.loads(row[0][0]) == redact_value(prompt) or not (n := self.stored(model)):
+            return None
+        return n, json.loads(row[0][0])
 
     def stored(self, model: str) -> int:
         """How many vectors MODEL has in all."""

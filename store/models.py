@@ -115,6 +115,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+ST_CONFIG = "config_sentence_transformers.json"  # where sentence-transformers keeps a model's prompts
+
+
 def resolve_model(name: str) -> str:
     """A loadable path or hub id for `name`: embedded defaults first, then local paths, then hub ids."""
     key = ALIASES.get(name, name).lower()
@@ -140,13 +143,26 @@ def resolve_model(name: str) -> str:
 
 def model_prompt(name: str, task: str) -> str | None:
     """The prompt sentence-transformers prefixes to TASK's texts for model NAME (its folder's
-    `config_sentence_transformers.json`), read without loading the model, for a run's config to record beside it.
-    None where the folder defines none, and where it cannot be read here (a hub id, a missing model or a broken
-    config: those are reported where the model is loaded)."""
+    `config_sentence_transformers.json`; a hub id's from the hub's cache, or the hub), read without loading the
+    model, for a run to record and embed under. None where the model defines none, and where it cannot be read here
+    (a missing model or a broken config: those are reported where the model is loaded)."""
     try:
-        config = Path(resolve_model(name)) / "config_sentence_transformers.json"
+        config = Path(resolve_model(name)) / ST_CONFIG
+        if not config.parent.exists():  # a hub id
+            config = Path(hub_file(name, ST_CONFIG) or config)
         return (json.loads(config.read_text()).get("prompts") or {}).get(task) if config.is_file() else None
     except (SkdError, ValueError, AttributeError):
+        return None
+
+
+def hub_file(repo: str, filename: str) -> str | None:
+    """A hub model's file, from the cache (or the hub when online); None where the model has none or it cannot be
+    fetched (the model's own load reports why)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo, filename)
+    except Exception:  # noqa: BLE001 (not found, offline, unreachable: all mean "nothing to read here")
         return None
 
 

@@ -212,7 +212,7 @@ def test_an_encoder_with_prompts_compares_under_its_similarity_prompt(tmp_path):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from corpus.embed import encode
+    from corpus.embed import encode_texts
     from critics.model import EmbeddingCritic
 
     folder = prompted_minilm(tmp_path)
@@ -225,8 +225,7 @@ def test_an_encoder_with_prompts_compares_under_its_similarity_prompt(tmp_path):
     prompted = Encoder(str(folder), dtype=plain.dtype)
     assert np.allclose(prompted.encode([text])[0], vec("similar: " + text), atol=1e-5)
     assert not np.allclose(prompted.encode([text])[0], vec(text), atol=1e-3)
-    assert np.allclose(encode(prompted.encoder, [{"kind": "text", "text": text}])[0], vec("similar: " + text),
-                       atol=1e-5)
+    assert np.allclose(encode_texts(prompted.encoder, [text])[0], vec("similar: " + text), atol=1e-5)
     critic = EmbeddingCritic(prompted.encoder, torch.zeros(1), torch.zeros(1),
                              prompt=encoder_prompt(prompted.encoder, "Classification"))
     assert np.allclose(critic.embed([text])[0], vec("classify: " + text), atol=1e-5)
@@ -283,6 +282,9 @@ def test_a_stack_compares_under_the_prompt_its_card_recorded(agreeing, tmp_path)
     (tmp_path / "stack" / "critic.json").write_text(json.dumps({k: v for k, v in card.items()
                                                                 if k != "encoder_prompt"}))
     assert load_critic(tmp_path / "stack").encoder.prompt == "other: "
+    import pickle  # an Encoder sent to another process still reads its folder's prompt when it was given none
+
+    assert pickle.loads(pickle.dumps(Encoder(str(folder)))).prompt == "other: "
 
 
 def test_embedding_under_a_changed_prompt_is_refused_until_replaced(tmp_path):
@@ -319,5 +321,11 @@ def test_embedding_under_a_changed_prompt_is_refused_until_replaced(tmp_path):
 
     bare = shutil.copytree(resolve_model(MINILM), tmp_path / "bare")  # no prompt at first, one later
     embed_items(db, str(bare))
-    with pytest.raises(SkdError, match="made under the prompt None"):
+    with pytest.raises(SkdError, match="made under no prompt, and the model now gives the prompt 'alike: '"):
         embed_items(db, str(with_prompts(bare, {"STS": "alike: "})))
+    with pytest.raises(SkdError, match="it takes no --where"):
+        embed_items(db, str(bare), where="true", replace=True)
+    with pytest.raises(SkdError, match="neither an embedded default"):  # before anything is deleted
+        embed_items(db, str(tmp_path / "gone"), replace=True)
+    with Store(db, read_only=True) as s:
+        assert s.embeddings.stored(str(bare)) == len(ids)

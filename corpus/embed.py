@@ -109,7 +109,8 @@ def embed_items(db_path: str | Path, model: str = MINILM, where: str | None = No
     db_path = Path(db_path)
     if replace and where:
         raise SkdError("--replace embeds every item again (the model's vectors all go); it takes no --where")
-    EmbedBatch.preflight(model)  # before --replace deletes anything: the model exists
+    if replace:  # before anything is deleted: the model exists (with nothing to do, none is needed)
+        EmbedBatch.preflight(model)
     prompt = model_prompt(model, "STS")  # before the store's lock: the first use of a model may assemble it
     replaced = 0
     with open_store(db_path) as s:

@@ -91,6 +91,8 @@ CKBP_ATTEMPTS = {
                            {"mode": "likelihood"}, [CROWD, EXPERT], {}),
     "gemma-emb-pair": ("EmbeddingGemma-300M frozen + head, pair features, crowd + expert folds (x3)",
                        {"mode": "embedding", "base": GEMMA, "pair": True}, [CROWD, EXPERT], {EXPERT: 3.0}),
+    "gemma-ft": ("EmbeddingGemma-300M fine-tuned, token embeddings frozen, crowd + expert folds (x3)",
+                 TUNE | {"base": GEMMA, "lr": 2e-5, "freeze_embeddings": True}, [CROWD, EXPERT], {EXPERT: 3.0}),
 }
 RATIONALE_ATTEMPTS = {
     "minilm-emb": ("MiniLM frozen + head", {"mode": "embedding", "base": MINILM}),

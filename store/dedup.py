@@ -38,14 +38,20 @@ class Dedup:
                  where: str | None = None, default_model: str | None = None) -> list[tuple[str, str]]:
         """(item_id, cluster_id) of every item stored under this setting; with MODEL, only those a run with that
         embedding model and the same filter WHERE clustered (a run before models were recorded counts as
-        DEFAULT_MODEL's): an item another model or another filter clustered was never compared with these."""
+        DEFAULT_MODEL's), after MODEL's vectors were last replaced: an item another model, another filter or older
+        vectors clustered was never compared with these."""
         sql = ("SELECT d.item_id, d.cluster_id FROM dedup_clusters d LEFT JOIN runs r USING (run_id) "
                "WHERE d.method = ? AND d.threshold = ? AND d.scope = ?")
         params: list[object] = [method, threshold, scope]
         if model is not None:
+            # and none from before the model's vectors were last replaced (`skd embed --replace`): they were made
+            # from the old vectors, so every item is compared again
             sql += (" AND coalesce(json_extract_string(r.config, '$.model'), ?) = ? AND "
-                    "json_extract_string(r.config, '$.where') IS NOT DISTINCT FROM ?")
-            params += [default_model or model, model, where]
+                    "json_extract_string(r.config, '$.where') IS NOT DISTINCT FROM ? AND NOT coalesce("
+                    "coalesce(r.started_at, TIMESTAMP '1970-01-01') <= (SELECT max(started_at) FROM runs WHERE "
+                    "stage = 'embed' AND json_extract_string(config, '$.model') = ? AND "
+                    "json_extract_string(config, '$.replace') = 'true'), false)")
+            params += [default_model or model, model, where, model]
         return self.store.con.execute(sql, params).fetchall()
 
     def write(self, method: str, threshold: float, scope: str, clusters: pa.Table, run_id: str) -> None:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from corpus import dedup, embed_items
-from store import SkdError, Store, ingest_file
+from store import MINILM, SkdError, Store, ingest_file
 from tests.conftest import ROOT, atomic_corpus, kill_when, run_skd
 
 ROWS = [
@@ -282,3 +282,16 @@ def test_nothing_pending_loads_no_model_and_a_missing_model_is_one_line(corpus_d
     p = run_skd("embed", "--model", "/nonexistent/model", "--quiet", db=db)
     assert p.returncode == 2 and p.stderr.startswith("skd: error: model '/nonexistent/model'")
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_replaced_vectors_are_compared_again_not_seeded_from_old_clusters(corpus_db):
+    """Incremental dedup seeds its union-find with the stored clusters of its setting; after `skd embed --replace`
+    those were made from vectors that are gone, so none seeds it and every item is searched again."""
+    with Store(corpus_db) as s:
+        dedup(s, "semantic", 0.8, "global")
+        assert len(s.dedup.clusters("semantic", 0.8, "global", model=MINILM, default_model=MINILM)) == 9
+    assert embed_items(corpus_db, replace=True).replaced == 9
+    with Store(corpus_db) as s:
+        assert s.dedup.clusters("semantic", 0.8, "global", model=MINILM, default_model=MINILM) == []
+        assert dedup(s, "semantic", 0.8, "global").items == 9
+        assert len(s.dedup.clusters("semantic", 0.8, "global", model=MINILM, default_model=MINILM)) == 9

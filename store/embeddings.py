@@ -42,9 +42,10 @@ class Embeddings:
             "SELECT json_extract(config, '$.prompt') FROM runs WHERE stage = 'embed' AND "
             "json_extract_string(config, '$.model') = ? AND json_extract(config, '$.prompt') IS NOT NULL "
             "ORDER BY started_at DESC, run_id DESC LIMIT 1", [model]).fetchall()
-        if not row or json.loads(row[0][0]) == redact_value(prompt) or not (n := self.stored(model)):
+        before = json.loads(row[0][0]) if row else prompt
+        if before == redact_value(prompt) or not (n := self.stored(model)):
             return None
-        return n, json.loads(row[0][0])
+        return n, before
 
     def stored(self, model: str) -> int:
         """How many vectors MODEL has in all."""

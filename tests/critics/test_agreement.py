@@ -198,12 +198,16 @@ def with_prompts(folder, prompts: dict[str, str]):
     return folder
 
 
-def prompted_minilm(tmp_path):
-    """MiniLM copied to a folder with an "STS" and a "Classification" prompt."""
+def minilm_copy(folder):
+    """MiniLM copied to FOLDER (no prompts yet), so a test can change its config."""
     import shutil
 
-    shutil.copytree(resolve_model(MINILM), tmp_path / "prompted")
-    return with_prompts(tmp_path / "prompted", {"STS": "similar: ", "Classification": "classify: "})
+    return shutil.copytree(resolve_model(MINILM), folder)
+
+
+def prompted_minilm(tmp_path):
+    """MiniLM copied to a folder with an "STS" and a "Classification" prompt."""
+    return with_prompts(minilm_copy(tmp_path / "prompted"), {"STS": "similar: ", "Classification": "classify: "})
 
 
 def test_an_encoder_with_prompts_compares_under_its_similarity_prompt(tmp_path):
@@ -317,9 +321,7 @@ def test_embedding_under_a_changed_prompt_is_refused_until_replaced(tmp_path):
 
     assert cosines("alike: ").min() > 0.99 and (cosines("alike: ") > cosines("similar: ")).all()  # bfloat16 here
     assert embed_items(db, str(folder)).embedded == 0  # the same prompt again: nothing to do, no refusal
-    import shutil
-
-    bare = shutil.copytree(resolve_model(MINILM), tmp_path / "bare")  # no prompt at first, one later
+    bare = minilm_copy(tmp_path / "bare")  # no prompt at first, one later
     embed_items(db, str(bare))
     with pytest.raises(SkdError, match="made under no prompt, and the model now gives the prompt 'alike: '"):
         embed_items(db, str(with_prompts(bare, {"STS": "alike: "})))

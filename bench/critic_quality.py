@@ -232,6 +232,12 @@ def keep(out: Path | None, task: str, name: str, run: dict) -> None:
         (out / f"{task}-{name}.json").write_text(json.dumps(run))
 
 
+def folds_kept(out: Path | None, task: str, name: str) -> Path | None:
+    """Where an attempt's folds are kept as each finishes (beside its --out file), so a stopped run of a
+    fine-tune attempt (hours on a CPU) resumes from its finished folds when run again with the same --out."""
+    return out / f"{task}-{name}.folds" if out is not None else None
+
+
 def loaded(paths: list[Path], task: str, table: Table, title: str) -> dict[str, dict]:
     """Attempts kept by an earlier run (`--out`) of the same task, shown again and joining this run's ensemble."""
     runs = {}
@@ -259,10 +265,9 @@ def ckbp(attempts: list[str], folds: int, tmp: Path, table: Table, out: Path | N
     runs = loaded(list(load), "ckbp", table, task)
     for name in attempts:
         what, cfg, sources, weights = CKBP_ATTEMPTS[name]
-        started = time.perf_counter()
         res = cross_validate(db, CriticConfig(**cfg, sources=sources, source_weights=weights), EXPERT, folds,
-                             by="class", on_fold=progress(name))
-        runs[name] = res | {"seconds": time.perf_counter() - started}
+                             by="class", on_fold=progress(name), keep=folds_kept(out, "ckbp", name))
+        runs[name] = res  # its seconds: the folds' training and scoring, kept folds' included
         keep(out, "ckbp", name, runs[name])
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
     ensemble(table, task, runs, [(f"support in ATOMIC-2020 ({encoder})",
@@ -315,10 +320,9 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     runs = loaded(list(load), "rationale", table, task)
     for name in attempts:
         what, cfg = RATIONALE_ATTEMPTS[name]
-        started = time.perf_counter()
         res = cross_validate(db, CriticConfig(**{"sources": [CSQA]} | cfg), CSQA, folds, by=None,
-                             on_fold=progress(name))
-        runs[name] = res | {"seconds": time.perf_counter() - started}
+                             on_fold=progress(name), keep=folds_kept(out, "rationale", name))
+        runs[name] = res  # its seconds: the folds' training and scoring, kept folds' included
         keep(out, "rationale", name, runs[name])
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
     for name, run in runs.items():  # this run's attempts and kept ones alike: the NLL must be of the same labels
@@ -487,7 +491,9 @@ def main() -> None:
                          "them (not part of all)")
     ap.add_argument("--attempts", default="", help="comma separated (default: all of the task's)")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--out", type=Path, help="keep each attempt's out-of-fold scores here (TASK-NAME.json)")
+    ap.add_argument("--out", type=Path,
+                    help="keep each attempt's out-of-fold scores here (TASK-NAME.json), and each fold's as it "
+                         "finishes (TASK-NAME.folds/): run again with the same --out, a stopped run resumes")
     ap.add_argument("--load", type=Path, nargs="*", default=[],
                     help="kept attempts (--out files) of an earlier run to join this run's ensemble")
     ap.add_argument("--encoder", default=MPNET,

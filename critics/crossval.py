@@ -6,6 +6,7 @@ cs_head, adv)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -36,10 +37,13 @@ def grouped_folds(keys: list[str], k: int, seed: int) -> np.ndarray:
 
 
 def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: int = 5, by: str | None = "class",
-                   on_fold: Callable[[int, float], None] | None = None, fold_seed: int = 0) -> dict[str, Any]:
+                   on_fold: Callable[[int, float], None] | None = None, fold_seed: int = 0,
+                   keep: Path | None = None) -> dict[str, Any]:
     """Out-of-fold quality of the critic CFG trains, on the labels of EVAL_SOURCE. The folds are seeded by
     FOLD_SEED, not by the critic's own seed, so critics that differ only in their seed are scored on the same
-    folds and their out-of-fold scores can be ensembled."""
+    folds and their out-of-fold scores can be ensembled. With KEEP, each fold's scores are written there as it
+    finishes and a later call with the same folder skips the folds kept for the same config, labels and folds:
+    a cross-validation of hours (a fine-tune per fold on a CPU) survives being stopped."""
     # with `sources` that leave EVAL_SOURCE out, its labels are only evaluated on, never trained on
     trains_on_eval = not cfg.sources or eval_source in cfg.sources
     with Store(db, read_only=True) as s:
@@ -53,32 +57,71 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     oof = np.zeros(ev.height)
     seconds, trained = [], []
     base = resolve_model(cfg.base)
+    stamp = fold_stamp(cfg, eval_source, fold, ev["label"].to_list())
     for k in range(folds):
-        started = time.monotonic()
-        held = {key for key, f in zip(keys, fold, strict=True) if f == k}
-        parts = [rest.filter(pl.Series([x not in held for x in rest_keys], dtype=pl.Boolean))]
-        train_df = pl.concat(parts + ([ev.filter(pl.Series(fold != k))] if trains_on_eval else []),
-                             how="vertical_relaxed")
-        tr, dev = split(train_df, cfg.dev_fraction, cfg.seed, cfg.dev_sources)
-        trained.append(tr.height)
-        out = Path(tempfile.mkdtemp(prefix="skd-cv-"))
-        try:
-            critic, _, cal = fit_critic(cfg, tr, dev, out)
-            oof[fold == k] = apply(label_scores(critic, base, ev.filter(pl.Series(fold == k)).to_dicts()), cal)
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-        seconds.append(time.monotonic() - started)
+        got = kept_fold(keep, k, stamp)
+        if got is None:
+            held = {key for key, f in zip(keys, fold, strict=True) if f == k}
+            parts = [rest.filter(pl.Series([x not in held for x in rest_keys], dtype=pl.Boolean))]
+            train_df = pl.concat(parts + ([ev.filter(pl.Series(fold != k))] if trains_on_eval else []),
+                                 how="vertical_relaxed")
+            got = fit_fold(cfg, base, train_df, ev.filter(pl.Series(fold == k)))
+            keep_fold(keep, k, stamp, got)
+        oof[fold == k] = got["scores"]
+        seconds.append(got["seconds"])
+        trained.append(got["trained"])
         if on_fold:
             on_fold(k, seconds[-1])
     labels = ev["label"].to_numpy()
     result = {"eval_source": eval_source, "folds": folds, "n": int(ev.height), "trains_on_eval": trains_on_eval,
               "train_labels_per_fold": float(np.mean(trained)),  # what each fold's critic trained on (not dev)
-              "seconds_per_fold": float(np.mean(seconds)), "fold_of_group": "head or question",
+              "seconds_per_fold": float(np.mean(seconds)), "seconds": float(np.sum(seconds)),  # kept folds' too
+              "fold_of_group": "head or question",
               "scores": oof.tolist(), "labels": labels.tolist(), "fold": fold.tolist()}
     groups = [json.loads(e or "{}").get(by) for e in ev["extra"].to_list()] if by and "extra" in ev.columns else []
     if any(g is not None for g in groups):
         result["groups"] = groups
     return result | summaries(oof, labels, result.get("groups"))
+
+
+def fit_fold(cfg: CriticConfig, base: str, train_df: pl.DataFrame, held: pl.DataFrame) -> dict[str, Any]:
+    """One fold: the critic trained on TRAIN_DF (less its dev split, which calibrates it), scored on HELD."""
+    started = time.monotonic()
+    tr, dev = split(train_df, cfg.dev_fraction, cfg.seed, cfg.dev_sources)
+    out = Path(tempfile.mkdtemp(prefix="skd-cv-"))
+    try:
+        critic, _, cal = fit_critic(cfg, tr, dev, out)
+        scores = apply(label_scores(critic, base, held.to_dicts()), cal)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {"scores": np.asarray(scores, dtype=float).tolist(), "seconds": time.monotonic() - started,
+            "trained": tr.height}
+
+
+def fold_stamp(cfg: CriticConfig, eval_source: str, fold: np.ndarray, labels: list[int]) -> str:
+    """What a kept fold must match to be reused: the config, the evaluated source, its labels and the folds."""
+    what = {"config": cfg.model_dump(mode="json"), "eval_source": eval_source, "fold": fold.tolist(),
+            "labels": labels}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def kept_fold(keep: Path | None, k: int, stamp: str) -> dict[str, Any] | None:
+    """Fold K's record in KEEP if one was kept under STAMP; one made for another config or split is ignored."""
+    path = keep / f"fold-{k}.json" if keep else None
+    if path is None or not path.is_file():
+        return None
+    got = json.loads(path.read_text())
+    return got if got.get("stamp") == stamp else None
+
+
+def keep_fold(keep: Path | None, k: int, stamp: str, got: dict[str, Any]) -> None:
+    """Fold K's record written whole or not at all (a kill mid-write must not leave a record that reads)."""
+    if keep is None:
+        return
+    keep.mkdir(parents=True, exist_ok=True)
+    part = keep / f"fold-{k}.json.part"
+    part.write_text(json.dumps(got | {"stamp": stamp, "fold": k}))
+    part.replace(keep / f"fold-{k}.json")
 
 
 def summaries(scores: np.ndarray, labels: np.ndarray, groups: list[Any] | None = None) -> dict[str, Any]:

@@ -309,3 +309,30 @@ def test_cross_validation_holds_out_whole_heads_and_reports_per_class(tmp_path):
     moved = cross_validate(db, CriticConfig(mode="embedding", dev_fraction=0.25), "expert", folds=4, by=None,
                            fold_seed=1)
     assert moved["fold"] != res["fold"]
+
+
+def test_cross_validation_resumes_from_the_folds_it_kept(tmp_path):
+    rows = [triple(f"PersonX acts {i}", t, y) for i in range(24) for t, y in ((GOOD[i % 10], 1), (BAD[i % 10], 0))]
+    db, keep = tmp_path / "c.duckdb", tmp_path / "kept"
+    with Store(db) as s:
+        import_labels(s, labels_file(tmp_path / "expert.jsonl", rows), "jsonl", source="expert")
+    cfg = CriticConfig(mode="embedding", dev_fraction=0.25)
+    first = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep)
+    assert sorted(p.name for p in keep.iterdir()) == ["fold-0.json", "fold-1.json", "fold-2.json"]
+    assert first["seconds"] > 0 and first["seconds"] == pytest.approx(3 * first["seconds_per_fold"])
+    # a rerun reads a kept fold instead of training it: fold 1's record, altered, is what comes back
+    record = json.loads((keep / "fold-1.json").read_text())
+    (keep / "fold-1.json").write_text(json.dumps(record | {"scores": [0.5] * len(record["scores"])}))
+    (keep / "fold-2.json").unlink()
+    (keep / "fold-2.json.part").write_text('{"scores": [0.9')  # a write cut short by a kill: not a record
+    again = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep)
+    fold, scores = np.asarray(again["fold"]), np.asarray(again["scores"])
+    assert np.all(scores[fold == 1] == 0.5)
+    assert np.array_equal(scores[fold == 0], np.asarray(first["scores"])[fold == 0])
+    assert (keep / "fold-2.json").is_file() and 0.0 < scores[fold == 2].min()  # fold 2 trained again, kept again
+    # another config, or other folds, train every fold again rather than reuse the kept ones
+    other = cross_validate(db, cfg.model_copy(update={"seed": 1}), "expert", folds=3, by=None, keep=keep)
+    assert not np.any(np.asarray(other["scores"])[fold == 1] == 0.5)
+    moved = cross_validate(db, cfg, "expert", folds=3, by=None, keep=tmp_path / "kept2", fold_seed=1)
+    shifted = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep, fold_seed=1)
+    assert moved["fold"] == shifted["fold"] and not np.any(np.asarray(shifted["scores"]) == 0.5)

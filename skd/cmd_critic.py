@@ -1,4 +1,4 @@
-"""`skd critic train|ensemble|score|eval|list`."""
+"""`skd critic train|crossval|ensemble|score|eval|list`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rich.table import Table
 
 from critics import build_ensemble, train_critic
 from critics.config import CriticConfig
+from critics.crossval import cross_validate
 from critics.metrics import evaluate_on_file
 from critics.score import ScoreSummary, score_items
 from critics.stack import contrary_signals
@@ -79,6 +80,50 @@ def train(
         return
     for t in report_tables(f"{name} (dev)", card["metrics"]["dev"]):
         out.print(t)
+
+
+@app.command("crossval")
+@config_options(CriticConfig, "critic crossval", flags={"recalls": "--recall", "precisions": "--precision",
+                                                         "sources": "--source", "dev_sources": "--dev-source"},
+                text={"recalls": FLOATS, "precisions": FLOATS, "source_weights": PAIRS})
+def crossval(
+    cfg: CriticConfig,
+    eval_source: Annotated[str, typer.Option(
+        "--eval-source", help="The label source scored out of fold (your expert labels): folds over its labels, "
+                              "grouped by head (question); each fold's critic trains on every other label except "
+                              "those of its held-out heads.")],
+    folds: Annotated[int, typer.Option(min=2, help="Number of folds.")] = 5,
+    by: Annotated[str | None, typer.Option(help="Also report per value of this field of the labels (CKBP's class); "
+                                                "'' for none.")] = "class",
+    keep: Annotated[Path | None, typer.Option(help="Keep each fold's scores here as it finishes; run again with "
+                                                   "the same folder to resume from the folds kept.")] = None,
+    fold_seed: Annotated[int, typer.Option(help="Seed of the folds (not the critic's), so critics that differ in "
+                                                "their own seed are scored on the same folds.")] = 0,
+    db: Db = None, json: Json = False, quiet: Quiet = False,
+) -> None:
+    """Measure a critic config by grouped k-fold cross-validation over one label source: out-of-fold AUC, AP and
+    calibration error, overall and per class. Trains a critic per fold and keeps none."""
+    progress, update = progress_bar(f"crossval {eval_source}", "folds", quiet or json, "{task.fields[last]}")
+    update(0, folds, last="")
+    res = run_with_progress(progress, lambda: cross_validate(
+        db or default_path(), cfg, eval_source, folds, by or None, keep=keep, fold_seed=fold_seed,
+        on_fold=lambda k, seconds: update(k + 1, folds, last=f"fold {k}: {seconds:.0f} s")))
+    if json:
+        print_json({k: v for k, v in res.items() if k not in ("scores", "labels", "fold", "groups")})
+        return
+    out.print(crossval_table(eval_source, res))
+
+
+def crossval_table(eval_source: str, res: dict) -> Table:
+    t = Table(title=f"{eval_source}: {res['folds']} folds by head or question, {res['n']:,} labels, "
+                    f"{res['train_labels_per_fold']:,.0f} to train on per fold", title_justify="left")
+    for col in ("labels", "n", "acceptable", "AUC", "AP", "calib. err."):
+        t.add_column(col, justify="right")
+    for name, m in [("all", res["overall"]), *(res.get("by") or {}).items()]:
+        t.add_row(name, f"{m['n']:,}", f"{m['positive_rate']:.1%}", *(
+            "-" if m[k] is None else f"{m[k]:.3f}" for k in ("auc", "average_precision", "calibration_error")))
+    t.caption = f"{res['seconds'] / 60:.1f} min of training and scoring ({res['seconds_per_fold']:.0f} s a fold)"
+    return t
 
 
 @app.command("ensemble")

@@ -336,3 +336,24 @@ def test_cross_validation_resumes_from_the_folds_it_kept(tmp_path):
     moved = cross_validate(db, cfg, "expert", folds=3, by=None, keep=tmp_path / "kept2", fold_seed=1)
     shifted = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep, fold_seed=1)
     assert moved["fold"] == shifted["fold"] and not np.any(np.asarray(shifted["scores"]) == 0.5)
+
+
+def test_crossval_command_reports_per_class_and_resumes(tmp_path):
+    rows = [triple(f"PersonX acts {i}", t, y) | {"class": "adv" if i % 2 else "test_set"}
+            for i in range(24) for t, y in ((GOOD[i % 10], 1), (BAD[i % 10], 0))]
+    db, keep = tmp_path / "c.duckdb", tmp_path / "kept"
+    with Store(db) as s:
+        import_labels(s, labels_file(tmp_path / "expert.jsonl", rows), "jsonl", source="expert")
+    args = ["critic", "crossval", "--eval-source", "expert", "--mode", "embedding", "--dev-fraction", "0.25",
+            "--folds", "3", "--keep", str(keep)]
+    shown = run_skd(*args, db=db, check=True, env={"HF_HUB_OFFLINE": "1"})
+    table = shown.stdout
+    assert "3 folds by head or question, 48 labels" in table and "adv" in table and "test_set" in table
+    assert sorted(p.name for p in keep.iterdir()) == ["fold-0.json", "fold-1.json", "fold-2.json"]
+    again = json.loads(run_skd(*args, "--json", db=db, check=True, env={"HF_HUB_OFFLINE": "1"}).stdout)
+    assert again["overall"]["auc"] > 0.8 and set(again["by"]) == {"adv", "test_set"}
+    assert f"{again['overall']['auc']:.3f}" in table  # the kept folds, read again, give the same figures
+    missing = run_skd(*args[:3], "nobody", "--mode", "embedding", db=db)
+    assert missing.returncode != 0  # one line of error (after the progress display's last frame)
+    assert [x for x in missing.stderr.splitlines() if "error" in x] == [
+        "skd: error: no labels from source 'nobody' (sources: expert)"]

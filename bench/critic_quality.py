@@ -242,7 +242,7 @@ def loaded(paths: list[Path], task: str, table: Table, title: str) -> dict[str, 
     """Attempts kept by an earlier run (`--out`) of the same task, shown again and joining this run's ensemble."""
     runs = {}
     for p in paths:
-        if p.name.startswith(f"{task}-"):
+        if p.name.startswith(f"{task}-") and p.suffix == ".json":  # not a kept attempt's folds (TASK-NAME.folds/)
             name = p.stem.removeprefix(f"{task}-") + " (kept)"
             runs[name] = run = json.loads(p.read_text())
             row(table, title, name, run, run["seconds"], run["scores"], run["labels"])

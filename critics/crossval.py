@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -57,9 +58,9 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     oof = np.zeros(ev.height)
     seconds, trained = [], []
     base = resolve_model(cfg.base)
-    stamp = fold_stamp(cfg, eval_source, fold, ev["label"].to_list())
+    stamp = fold_stamp(cfg, eval_source, fold, df, base)
     for k in range(folds):
-        got = kept_fold(keep, k, stamp)
+        got = kept_fold(keep, k, stamp, int((fold == k).sum()))
         if got is None:
             held = {key for key, f in zip(keys, fold, strict=True) if f == k}
             parts = [rest.filter(pl.Series([x not in held for x in rest_keys], dtype=pl.Boolean))]
@@ -98,30 +99,49 @@ def fit_fold(cfg: CriticConfig, base: str, train_df: pl.DataFrame, held: pl.Data
             "trained": tr.height}
 
 
-def fold_stamp(cfg: CriticConfig, eval_source: str, fold: np.ndarray, labels: list[int]) -> str:
-    """What a kept fold must match to be reused: the config, the evaluated source, its labels and the folds."""
-    what = {"config": cfg.model_dump(mode="json"), "eval_source": eval_source, "fold": fold.tolist(),
-            "labels": labels}
+def fold_stamp(cfg: CriticConfig, eval_source: str, fold: np.ndarray, labels: pl.DataFrame, base: str) -> str:
+    """What a kept fold must match to be reused: the config (less the thresholds it reports, which score nothing),
+    the evaluated source, every label read (items, labels, votes, other sources' too), the folds, and the base
+    model's files by name and size (a path or hub snapshot whose weights changed trains again). The training
+    code is not in it: after changing that, use another folder."""
+    what = {"config": cfg.model_dump(mode="json", exclude={"recalls", "precisions"}), "eval_source": eval_source,
+            "fold": fold.tolist(), "labels": hashlib.sha256(labels.write_csv().encode()).hexdigest(),
+            "base": [base, model_files(base)]}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-def kept_fold(keep: Path | None, k: int, stamp: str) -> dict[str, Any] | None:
-    """Fold K's record in KEEP if one was kept under STAMP; one made for another config or split is ignored."""
+def model_files(base: str) -> list[tuple[str, int]]:
+    """A model's files (a folder's, or one file) by name and size; a hub id, not on disk: none."""
+    model = Path(base)
+    if model.is_file():
+        return [(model.name, model.stat().st_size)]
+    return sorted((str(f.relative_to(model)), f.stat().st_size) for f in model.rglob("*") if f.is_file())
+
+
+def kept_fold(keep: Path | None, k: int, stamp: str, n: int) -> dict[str, Any] | None:
+    """Fold K's record in KEEP if one was kept under STAMP with its N scores; one made for another config or
+    split, or one that does not read (written by hand, cut short), is trained again."""
     path = keep / f"fold-{k}.json" if keep else None
-    if path is None or not path.is_file():
+    try:
+        got = json.loads(path.read_text()) if path is not None and path.is_file() else None
+    except (OSError, ValueError):
         return None
-    got = json.loads(path.read_text())
-    return got if got.get("stamp") == stamp else None
+    if not isinstance(got, dict) or got.get("stamp") != stamp or not {"seconds", "trained"} <= set(got):
+        return None
+    return got if isinstance(got.get("scores"), list) and len(got["scores"]) == n else None
 
 
 def keep_fold(keep: Path | None, k: int, stamp: str, got: dict[str, Any]) -> None:
-    """Fold K's record written whole or not at all (a kill mid-write must not leave a record that reads)."""
+    """Fold K's record written whole or not at all: a kill or power loss mid-write must not leave a record that
+    reads (flushed to disk before it takes the record's name; a name of its own, for two runs on one folder)."""
     if keep is None:
         return
     keep.mkdir(parents=True, exist_ok=True)
-    part = keep / f"fold-{k}.json.part"
-    part.write_text(json.dumps(got | {"stamp": stamp, "fold": k}))
-    part.replace(keep / f"fold-{k}.json")
+    with tempfile.NamedTemporaryFile("w", dir=keep, prefix=f"fold-{k}.", suffix=".part", delete=False) as f:
+        f.write(json.dumps(got | {"stamp": stamp, "fold": k}))
+        f.flush()
+        os.fsync(f.fileno())
+    Path(f.name).replace(keep / f"fold-{k}.json")
 
 
 def summaries(scores: np.ndarray, labels: np.ndarray, groups: list[Any] | None = None) -> dict[str, Any]:

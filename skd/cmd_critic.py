@@ -28,6 +28,14 @@ LabelFormat = Enum("LabelFormat", {f.replace("-", "_"): f for f in LABEL_FORMATS
 Combine = Enum("Combine", {"mean": "mean", "stack": "stack"}, type=str)
 
 
+def critic_options(command: str):
+    """The critic config's options (CriticConfig), the same for every command that trains critics."""
+    return config_options(CriticConfig, f"critic {command}", text={"recalls": FLOATS, "precisions": FLOATS,
+                                                                    "source_weights": PAIRS},
+                          flags={"recalls": "--recall", "precisions": "--precision", "sources": "--source",
+                                 "dev_sources": "--dev-source"})
+
+
 def coverage_warnings(stats: ScoreSummary) -> list[str]:
     lines = [f"warning: critic {stats.critic} was trained on no labels of {what}; {n:,} such items scored anyway "
              "(their scores are guesses)" for what, n in sorted(stats.uncovered.items(), key=lambda kv: -kv[1])]
@@ -60,9 +68,7 @@ def report_tables(name: str, rep: dict) -> list[Table]:
 
 
 @app.command("train")
-@config_options(CriticConfig, "critic train", flags={"recalls": "--recall", "precisions": "--precision",
-                                                      "sources": "--source", "dev_sources": "--dev-source"},
-                text={"recalls": FLOATS, "precisions": FLOATS, "source_weights": PAIRS})
+@critic_options("train")
 def train(
     cfg: CriticConfig,
     name: Annotated[str, typer.Argument(help="Name of the new critic.")],
@@ -83,9 +89,7 @@ def train(
 
 
 @app.command("crossval")
-@config_options(CriticConfig, "critic crossval", flags={"recalls": "--recall", "precisions": "--precision",
-                                                         "sources": "--source", "dev_sources": "--dev-source"},
-                text={"recalls": FLOATS, "precisions": FLOATS, "source_weights": PAIRS})
+@critic_options("crossval")
 def crossval(
     cfg: CriticConfig,
     eval_source: Annotated[str, typer.Option(
@@ -115,6 +119,7 @@ def crossval(
 
 
 def crossval_table(eval_source: str, res: dict) -> Table:
+    """Out-of-fold figures, overall and per class, with what each fold trained on and the time it all took."""
     t = Table(title=f"{eval_source}: {res['folds']} folds by head or question, {res['n']:,} labels, "
                     f"{res['train_labels_per_fold']:,.0f} to train on per fold", title_justify="left")
     for col in ("labels", "n", "acceptable", "AUC", "AP", "calib. err."):

@@ -311,6 +311,10 @@ def test_cross_validation_holds_out_whole_heads_and_reports_per_class(tmp_path):
     assert moved["fold"] != res["fold"]
 
 
+def kept_seconds(keep):
+    return sum(json.loads(f.read_text())["seconds"] for f in keep.glob("fold-*.json"))
+
+
 def test_cross_validation_resumes_from_the_folds_it_kept(tmp_path):
     rows = [triple(f"PersonX acts {i}", t, y) for i in range(24) for t, y in ((GOOD[i % 10], 1), (BAD[i % 10], 0))]
     db, keep = tmp_path / "c.duckdb", tmp_path / "kept"
@@ -319,20 +323,31 @@ def test_cross_validation_resumes_from_the_folds_it_kept(tmp_path):
     cfg = CriticConfig(mode="embedding", dev_fraction=0.25)
     first = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep)
     assert sorted(p.name for p in keep.iterdir()) == ["fold-0.json", "fold-1.json", "fold-2.json"]
-    assert first["seconds"] > 0 and first["seconds"] == pytest.approx(3 * first["seconds_per_fold"])
-    # a rerun reads a kept fold instead of training it: fold 1's record, altered, is what comes back
+    assert first["seconds"] == pytest.approx(kept_seconds(keep))
+    # a rerun reads a kept fold instead of training it: fold 1's record, altered, is what comes back; a record cut
+    # short (fold 2) or with the wrong number of scores (fold 0) is trained again
     record = json.loads((keep / "fold-1.json").read_text())
-    (keep / "fold-1.json").write_text(json.dumps(record | {"scores": [0.5] * len(record["scores"])}))
-    (keep / "fold-2.json").unlink()
-    (keep / "fold-2.json.part").write_text('{"scores": [0.9')  # a write cut short by a kill: not a record
+    (keep / "fold-1.json").write_text(json.dumps(record | {"scores": [0.5] * len(record["scores"]), "seconds": 7}))
+    (keep / "fold-2.json").write_text('{"scores": [0.9')
+    zero = json.loads((keep / "fold-0.json").read_text())
+    (keep / "fold-0.json").write_text(json.dumps(zero | {"scores": [0.5], "seconds": 11}))
     again = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep)
     fold, scores = np.asarray(again["fold"]), np.asarray(again["scores"])
-    assert np.all(scores[fold == 1] == 0.5)
-    assert np.array_equal(scores[fold == 0], np.asarray(first["scores"])[fold == 0])
-    assert (keep / "fold-2.json").is_file() and 0.0 < scores[fold == 2].min()  # fold 2 trained again, kept again
-    # another config, or other folds, train every fold again rather than reuse the kept ones
+    assert np.all(scores[fold == 1] == 0.5) and not np.any(scores[fold != 1] == 0.5)
+    assert np.allclose(scores[fold == 0], np.asarray(first["scores"])[fold == 0])
+    assert again["seconds"] == pytest.approx(kept_seconds(keep)) and json.loads(
+        (keep / "fold-2.json").read_text())["seconds"] not in (7, 11)  # folds 0 and 2 trained and kept again
+    # other labels (a source added, which this config trains on too), another config, or other folds train every
+    # fold again rather than reuse the kept ones
+    with Store(db) as s:
+        import_labels(s, labels_file(tmp_path / "more.jsonl", [triple("PersonY naps", GOOD[0], 1)]), "jsonl",
+                      source="more")
+    more = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep)
+    assert more["fold"] == again["fold"] and not np.any(np.asarray(more["scores"]) == 0.5)
+    (keep / "fold-1.json").write_text(json.dumps(json.loads((keep / "fold-1.json").read_text())
+                                                 | {"scores": [0.5] * len(record["scores"])}))
     other = cross_validate(db, cfg.model_copy(update={"seed": 1}), "expert", folds=3, by=None, keep=keep)
-    assert not np.any(np.asarray(other["scores"])[fold == 1] == 0.5)
+    assert not np.any(np.asarray(other["scores"]) == 0.5)
     moved = cross_validate(db, cfg, "expert", folds=3, by=None, keep=tmp_path / "kept2", fold_seed=1)
     shifted = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep, fold_seed=1)
     assert moved["fold"] == shifted["fold"] and not np.any(np.asarray(shifted["scores"]) == 0.5)
@@ -352,7 +367,8 @@ def test_crossval_command_reports_per_class_and_resumes(tmp_path):
     assert sorted(p.name for p in keep.iterdir()) == ["fold-0.json", "fold-1.json", "fold-2.json"]
     again = json.loads(run_skd(*args, "--json", db=db, check=True, env={"HF_HUB_OFFLINE": "1"}).stdout)
     assert again["overall"]["auc"] > 0.8 and set(again["by"]) == {"adv", "test_set"}
-    assert f"{again['overall']['auc']:.3f}" in table  # the kept folds, read again, give the same figures
+    # the kept folds are read, not trained again: their recorded times, and the same figures
+    assert again["seconds"] == pytest.approx(kept_seconds(keep)) and f"{again['overall']['auc']:.3f}" in table
     missing = run_skd(*args[:3], "nobody", "--mode", "embedding", db=db)
     assert missing.returncode != 0  # one line of error (after the progress display's last frame)
     assert [x for x in missing.stderr.splitlines() if "error" in x] == [

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from store import SkdError, Store, resolve_model
+from store import SkdError, Store, file_digest, resolve_model, write_atomic
 
 from .calibration import apply
 from .config import CriticConfig
@@ -102,20 +101,12 @@ def fit_fold(cfg: CriticConfig, base: str, train_df: pl.DataFrame, held: pl.Data
 def fold_stamp(cfg: CriticConfig, eval_source: str, fold: np.ndarray, labels: pl.DataFrame, base: str) -> str:
     """What a kept fold must match to be reused: the config (less the thresholds it reports, which score nothing),
     the evaluated source, every label read (items, labels, votes, other sources' too), the folds, and the base
-    model's files by name and size (a path or hub snapshot whose weights changed trains again). The training
+    model's files (store.file_digest: a path or hub snapshot whose weights changed trains again). The training
     code is not in it: after changing that, use another folder."""
     what = {"config": cfg.model_dump(mode="json", exclude={"recalls", "precisions"}), "eval_source": eval_source,
             "fold": fold.tolist(), "labels": hashlib.sha256(labels.write_csv().encode()).hexdigest(),
-            "base": [base, model_files(base)]}
+            "base": [base, file_digest(base)]}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
-
-
-def model_files(base: str) -> list[tuple[str, int]]:
-    """A model's files (a folder's, or one file) by name and size; a hub id, not on disk: none."""
-    model = Path(base)
-    if model.is_file():
-        return [(model.name, model.stat().st_size)]
-    return sorted((str(f.relative_to(model)), f.stat().st_size) for f in model.rglob("*") if f.is_file())
 
 
 def kept_fold(keep: Path | None, k: int, stamp: str, n: int) -> dict[str, Any] | None:
@@ -132,16 +123,10 @@ def kept_fold(keep: Path | None, k: int, stamp: str, n: int) -> dict[str, Any] |
 
 
 def keep_fold(keep: Path | None, k: int, stamp: str, got: dict[str, Any]) -> None:
-    """Fold K's record written whole or not at all: a kill or power loss mid-write must not leave a record that
-    reads (flushed to disk before it takes the record's name; a name of its own, for two runs on one folder)."""
-    if keep is None:
-        return
-    keep.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=keep, prefix=f"fold-{k}.", suffix=".part", delete=False) as f:
-        f.write(json.dumps(got | {"stamp": stamp, "fold": k}))
-        f.flush()
-        os.fsync(f.fileno())
-    Path(f.name).replace(keep / f"fold-{k}.json")
+    """Fold K's record written whole or not at all (store.write_atomic): a kill mid-write must not leave a record
+    that reads."""
+    if keep is not None:
+        write_atomic(keep / f"fold-{k}.json", json.dumps(got | {"stamp": stamp, "fold": k}))
 
 
 def summaries(scores: np.ndarray, labels: np.ndarray, groups: list[Any] | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from corpus.stats import distinct_n
 from critics import train_critic
 from critics.score import score_items
 from generators import make_recipe, planned_requests, run_generation
-from store import SkdError, Store, import_labels, ingest_file, open_store
+from store import SkdError, Store, file_digest, import_labels, ingest_file, open_store
 from train import fit
 from train.eval_run import EvalConfig
 from train.evaluate import compare, differences
@@ -71,22 +71,6 @@ def input_digest(p: Pipeline, stage: str) -> list[Any]:
     if stage == "eval" and p.eval:
         return [file_digest(f) if f else None for f in (p.eval.references, p.eval.questions, p.eval.heads)]
     return []
-
-
-def file_digest(path: Path | str) -> str | None:
-    """A file's content hash, a folder's over its files' names, sizes and times; None when it is absent."""
-    path = Path(path)
-    if path.is_dir():
-        listing = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
-                         for f in path.rglob("*") if f.is_file())
-        return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def without_absent_references(e: EvalStage) -> tuple[dict[str, Any], str | None]:

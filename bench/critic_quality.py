@@ -9,7 +9,9 @@ machine, including the attempts that did not help.
   normalised NLL as the baseline score, and each attempt stacked with that NLL (the teacher's own likelihood), then
   with sibling agreement too (critics.agreement: how close each explanation is to another of GPT-3's five samples
   for its question, under MPNet). Beside those two, five signals from the explanation's surface (whether it names
-  a wrong choice, its length, ...), each stacked with them: measured, none kept.
+  a wrong choice, its length, ...), each stacked with them: measured, none kept. And what the labels allow
+  (critics.annotators, `skd labels agreement`): how well two annotators predict the third, and the ceiling on any
+  critic of the 2-of-3 majority; each attempt's best stack is scored against one annotator's vote as well.
 
     python bench/critic_quality.py --task ckbp --attempts minilm-emb,mpnet-emb --folds 5
     python bench/critic_quality.py --task ckbp --attempts mpnet-ft --out kept/   # keep out-of-fold scores
@@ -44,6 +46,7 @@ from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from critics.agreement import Encoder
+from critics.annotators import against_one_annotator, annotator_agreement
 from critics.config import CriticConfig
 from critics.crossval import cross_validate, grouped_folds, summaries
 from critics.ensemble import build_ensemble
@@ -134,7 +137,7 @@ RATIONALE_ATTEMPTS = {
 
 
 def progress(name: str):
-    return lambda k, s: print(f"  {name} fold {k}: {s:.0f} s", flush=True)
+    return lambda k, s, kept: print(f"  {name} fold {k}: {s:.0f} s" + (" (kept)" if kept else ""), flush=True)
 
 
 def bootstrap_aucs(scores: np.ndarray, labels: np.ndarray, draws: int = 2000) -> np.ndarray:
@@ -211,11 +214,13 @@ def ensemble(table: Table, task: str, runs: dict[str, dict], extras: list[tuple[
         auc_gain(table, task, "vs the same stack without", scores, plain, y)
 
 
-def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray, agree: np.ndarray) -> None:
+def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray, agree: np.ndarray,
+            votes: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The attempt's out-of-fold score beside the teacher's own normalised NLL in a logistic regression, fitted on
     the other folds of the same grouped split (so still out-of-fold): what a critic would gain by also reading the
     likelihood the teacher gave its output (skd records it: `generations.logprob`, `n_tokens`); then with sibling
-    agreement too (`skd critic ensemble --teacher-nll --agreement`)."""
+    agreement too (`skd critic ensemble --teacher-nll --agreement`). With VOTES (positive, total per label), that
+    stack is also scored against one annotator's vote, as the annotators are in `annotator_rows`."""
     y, fold = np.asarray(run["labels"]), np.asarray(run["fold"])
     nll = out_of_fold_stack(features([np.asarray(run["scores"])], teacher_nll), y, fold)
     row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(nll, y, None), run["seconds"], nll, y)
@@ -223,6 +228,9 @@ def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarr
     both = out_of_fold_stack(features([np.asarray(run["scores"])], teacher_nll, agree), y, fold)
     row(table, task, f"{name} + NLL + sibling agreement, stacked", summaries(both, y, None), run["seconds"], both, y)
     auc_gain(table, task, "vs the same with NLL only", both, nll, y)
+    if votes is not None:
+        table.add_row(task, "  the same, against one annotator's vote", f"{against_one_annotator(both, *votes):.3f}",
+                      "", "", "", f"{int(votes[1].sum()):,}", "")
 
 
 def keep(out: Path | None, task: str, name: str, run: dict) -> None:
@@ -316,6 +324,8 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
         table.add_row("CSQA rationales", what, f"{roc_auc_score(y, score):.3f}", auc_interval(score, y),
                       f"{average_precision_score(y, score):.3f}", "-", f"{len(y):,}", spent)
     surface_signals(table, df, y, fold, nll, agree, both)
+    votes = (df["votes_pos"].to_numpy(), df["votes_total"].to_numpy())
+    annotator_rows(table, *votes)
     task = f"CSQA rationales, {folds}-fold by question"
     runs = loaded(list(load), "rationale", table, task)
     for name in attempts:
@@ -327,8 +337,21 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
     for name, run in runs.items():  # this run's attempts and kept ones alike: the NLL must be of the same labels
         assert run["labels"] == y.tolist(), f"{name}: labels out of the order cross_validate read them in"
-        stacked(table, task, name, run, nll, agree)
+        stacked(table, task, name, run, nll, agree, votes)
     ensemble(table, task, runs, [("GPT-3's own NLL", [nll]), ("GPT-3's NLL and sibling agreement", [nll, agree])])
+
+
+def annotator_rows(table: Table, pos: np.ndarray, total: np.ndarray) -> None:
+    """What the labels allow (`skd labels agreement`): how well the other annotators' share predicts a held-out
+    annotator's vote, and the ceiling on any critic of the majority label (a beta-binomial fitted to the votes)."""
+    r = annotator_agreement(pos, total)
+    table.add_row("CSQA rationales", f"annotators: the others' share against one annotator's vote (Fleiss' kappa "
+                  f"{r['fleiss_kappa']:.3f})", f"{r['held_out_auc']:.3f}", "", f"{r['held_out_ap']:.3f}", "-",
+                  f"{r['votes']:,}", "")
+    table.add_row("CSQA rationales", f"ceiling: a critic that knew each explanation's chance of acceptance "
+                  f"(beta-binomial a={r['beta'][0]:.2f}, b={r['beta'][1]:.2f}, fit distance {r['fit_distance']:.3f})",
+                  f"{r['ceiling_auc']:.3f}", "", f"{r['ceiling_ap']:.3f}", "-", f"{r['items']:,}", "")
+    print("row: annotators", r, flush=True)
 
 
 def answer_swaps(df: pl.DataFrame) -> list[dict]:

@@ -36,14 +36,24 @@ def grouped_folds(keys: list[str], k: int, seed: int) -> np.ndarray:
     return np.asarray([fold_of[x] for x in keys], dtype=np.int64)
 
 
+def fold_training_set(ev: pl.DataFrame, rest: pl.DataFrame, keys: list[str], rest_keys: np.ndarray,
+                      fold: np.ndarray, k: int, trains_on_eval: bool) -> pl.DataFrame:
+    """What fold K's critic trains on: the other sources' labels of every group not in fold K (a head held out
+    is held out of every source), and the evaluated source's other folds where the config trains on it."""
+    held = {key for key, f in zip(keys, fold, strict=True) if f == k}
+    parts = [rest.filter(pl.Series([x not in held for x in rest_keys], dtype=pl.Boolean))]
+    return pl.concat(parts + ([ev.filter(pl.Series(fold != k))] if trains_on_eval else []), how="vertical_relaxed")
+
+
 def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: int = 5, by: str | None = "class",
-                   on_fold: Callable[[int, float], None] | None = None, fold_seed: int = 0,
+                   on_fold: Callable[[int, float, bool], None] | None = None, fold_seed: int = 0,
                    keep: Path | None = None) -> dict[str, Any]:
     """Out-of-fold quality of the critic CFG trains, on the labels of EVAL_SOURCE. The folds are seeded by
     FOLD_SEED, not by the critic's own seed, so critics that differ only in their seed are scored on the same
     folds and their out-of-fold scores can be ensembled. With KEEP, each fold's scores are written there as it
     finishes and a later call with the same folder skips the folds kept for the same config, labels and folds:
-    a cross-validation of hours (a fine-tune per fold on a CPU) survives being stopped."""
+    a cross-validation of hours (a fine-tune per fold on a CPU) survives being stopped. ON_FOLD gets each fold's
+    number, its seconds and whether it was read back from KEEP (its seconds then are those it took when it ran)."""
     # with `sources` that leave EVAL_SOURCE out, its labels are only evaluated on, never trained on
     trains_on_eval = not cfg.sources or eval_source in cfg.sources
     with Store(db, read_only=True) as s:
@@ -60,18 +70,16 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     stamp = fold_stamp(cfg, eval_source, fold, df, base)
     for k in range(folds):
         got = kept_fold(keep, k, stamp, int((fold == k).sum()))
-        if got is None:
-            held = {key for key, f in zip(keys, fold, strict=True) if f == k}
-            parts = [rest.filter(pl.Series([x not in held for x in rest_keys], dtype=pl.Boolean))]
-            train_df = pl.concat(parts + ([ev.filter(pl.Series(fold != k))] if trains_on_eval else []),
-                                 how="vertical_relaxed")
+        was_kept = got is not None
+        if not was_kept:
+            train_df = fold_training_set(ev, rest, keys, rest_keys, fold, k, trains_on_eval)
             got = fit_fold(cfg, base, train_df, ev.filter(pl.Series(fold == k)))
             keep_fold(keep, k, stamp, got)
         oof[fold == k] = got["scores"]
         seconds.append(got["seconds"])
         trained.append(got["trained"])
         if on_fold:
-            on_fold(k, seconds[-1])
+            on_fold(k, seconds[-1], was_kept)
     labels = ev["label"].to_numpy()
     result = {"eval_source": eval_source, "folds": folds, "n": int(ev.height), "trains_on_eval": trains_on_eval,
               "train_labels_per_fold": float(np.mean(trained)),  # what each fold's critic trained on (not dev)

@@ -111,7 +111,8 @@ def crossval(
     update(0, folds, last="")
     res = run_with_progress(progress, lambda: cross_validate(
         db or default_path(), cfg, eval_source, folds, by or None, keep=keep, fold_seed=fold_seed,
-        on_fold=lambda k, seconds: update(k + 1, folds, last=f"fold {k}: {seconds:.0f} s")))
+        on_fold=lambda k, seconds, kept: update(
+            k + 1, folds, last=f"fold {k}: {seconds:.0f} s" + (" (kept)" if kept else ""))))
     if json:
         print_json({k: v for k, v in res.items() if k not in ("scores", "labels", "fold", "groups")})
         return

@@ -1,4 +1,4 @@
-"""Commands over the store itself: init, info, ingest, labels import, query."""
+"""Commands over the store itself: init, info, ingest, labels import and agreement, query."""
 
 from __future__ import annotations
 
@@ -194,6 +194,46 @@ def labels_import(
         err.print(f"  row {x.row_number}: {x.reason}")
 
 
+def labels_agreement(
+    source: Annotated[list[str] | None, typer.Option(help="Only these label sources \\[default: every source "
+                                                          "with votes].", show_default=False)] = None,
+    db: Db = None, json: Json = False,
+) -> None:
+    """How far the annotators of each label source agree, and the ceiling that puts on a critic of its majority
+    labels: Fleiss' kappa, how well the other annotators predict a held-out one, and the AUC and AP a critic that
+    knew each item's chance of acceptance would reach (a beta-binomial fitted to the vote counts)."""
+    from critics.annotators import MIN_ITEMS, annotator_agreement, vote_counts
+
+    with Store(db, read_only=True) as s:
+        known = [r[0] for r in s.con.execute("SELECT DISTINCT source FROM labels ORDER BY source").fetchall()]
+        missing = [x for x in source or [] if x not in known]
+        if missing:
+            raise SkdError(f"no labels from source {missing[0]!r} (sources: {', '.join(known) or 'none'})")
+        counts = {x: vote_counts(s, x) for x in source or known}
+    res = {x: annotator_agreement(*c) for x, c in counts.items() if len(c[0]) >= MIN_ITEMS}
+    if not res:
+        raise SkdError(f"no label source has {MIN_ITEMS} items with two or more votes; agreement needs repeated "
+                       "judgements of an item (one row per annotator in the imported file)")
+    if json:
+        print_json(res)
+        return
+    out.print(agreement_table(res))
+    for x in sorted(set(counts) - set(res)):
+        err.print(f"  {x}: {len(counts[x][0])} items with two or more votes, too few to measure")
+
+
+def agreement_table(res: dict[str, dict[str, Any]]) -> Table:
+    t = Table(title="annotator agreement, and the ceiling on a critic of the majority label", title_justify="left")
+    for col in ("source", "items", "votes/item", "acceptable", "unanimous", "Fleiss' kappa",
+                "others -> one: AUC", "ceiling AUC", "ceiling AP", "fit distance"):
+        t.add_column(col, justify="left" if col == "source" else "right")
+    for name, r in res.items():
+        t.add_row(escape(name), f"{r['items']:,}", f"{r['annotators_per_item']:g}", f"{r['positive_share']:.0%}",
+                  f"{r['unanimous_share']:.0%}", f"{r['fleiss_kappa']:.3f}", f"{r['held_out_auc']:.3f}",
+                  f"{r['ceiling_auc']:.3f}", f"{r['ceiling_ap']:.3f}", f"{r['fit_distance']:.3f}")
+    return t
+
+
 def query(
     sql: Annotated[str, typer.Argument(help="A read-only SQL statement over the corpus tables.")],
     format: Annotated[QueryFormat, typer.Option("--format", "-f")] = QueryFormat.table,
@@ -249,4 +289,5 @@ def register(app: typer.Typer) -> None:
     app.command()(ingest)
     app.command()(query)
     labels_app.command("import")(labels_import)
+    labels_app.command("agreement")(labels_agreement)
     app.add_typer(labels_app, name="labels")

@@ -295,7 +295,7 @@ def test_cross_validation_holds_out_whole_heads_and_reports_per_class(tmp_path):
         import_labels(s, labels_file(tmp_path / "expert.jsonl", rows), "jsonl", source="expert")
     folds_seen = []
     res = cross_validate(db, CriticConfig(mode="embedding", dev_fraction=0.25), "expert", folds=4, by="class",
-                         on_fold=lambda k, s: folds_seen.append(k))
+                         on_fold=lambda k, s, kept: folds_seen.append(k))
     assert folds_seen == [0, 1, 2, 3] and res["n"] == 80 and len(res["scores"]) == 80
     # each fold trains on three quarters of the heads less a quarter for dev (about 45 labels), not on all 80
     assert 35 <= res["train_labels_per_fold"] <= 55, res["train_labels_per_fold"]
@@ -331,7 +331,10 @@ def test_cross_validation_resumes_from_the_folds_it_kept(tmp_path):
     (keep / "fold-2.json").write_text('{"scores": [0.9')
     zero = json.loads((keep / "fold-0.json").read_text())
     (keep / "fold-0.json").write_text(json.dumps(zero | {"scores": [0.5], "seconds": 11}))
-    again = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep)
+    seen = []
+    again = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep,
+                           on_fold=lambda k, seconds, kept: seen.append((k, seconds, kept)))
+    assert [(k, kept) for k, _, kept in seen] == [(0, False), (1, True), (2, False)] and seen[1][1] == 7
     fold, scores = np.asarray(again["fold"]), np.asarray(again["scores"])
     assert np.all(scores[fold == 1] == 0.5) and not np.any(scores[fold != 1] == 0.5)
     assert np.allclose(scores[fold == 0], np.asarray(first["scores"])[fold == 0])

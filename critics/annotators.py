@@ -104,6 +104,30 @@ def against_one_annotator(scores: np.ndarray, pos: np.ndarray, total: np.ndarray
     return _auc(vote, np.repeat(np.asarray(scores, dtype=np.float64), total))
 
 
+def beside_annotators(scores: np.ndarray, pos: np.ndarray, total: np.ndarray) -> dict[str, Any] | None:
+    """A critic's SCORES beside the annotators of its labels, where MIN_ITEMS or more have two or more votes (None
+    otherwise): the critic and the other annotators against one annotator's vote, and the ceiling on the majority.
+    POS and TOTAL may hold NaN or 0 for labels without votes."""
+    pos, total = (np.nan_to_num(np.asarray(x, dtype=np.float64)).astype(np.int64) for x in (pos, total))
+    voted = total >= 2
+    if voted.sum() < MIN_ITEMS:
+        return None
+    r = annotator_agreement(pos[voted], total[voted])
+    return {"items": int(voted.sum()), "critic_vs_one": against_one_annotator(np.asarray(scores)[voted], pos[voted],
+                                                                              total[voted]),
+            "annotators_vs_one": r["held_out_auc"], "fleiss_kappa": r["fleiss_kappa"],
+            "ceiling_auc": r["ceiling_auc"], "ceiling_ap": r["ceiling_ap"]}
+
+
+def annotator_caption(r: dict[str, Any] | None) -> str:
+    """`beside_annotators` in one line, for a report's caption ('' without votes)."""
+    if not r:
+        return ""
+    return (f"; on the {r['items']:,} labels with votes, against one annotator's vote: critic AUC "
+            f"{r['critic_vs_one']:.3f}, the other annotators {r['annotators_vs_one']:.3f}; ceiling on the majority "
+            f"AUC {r['ceiling_auc']:.3f}, AP {r['ceiling_ap']:.3f}")
+
+
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
     return float(roc_auc_score(y, s)) if 0 < np.mean(y) < 1 else float("nan")

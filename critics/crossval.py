@@ -20,6 +20,7 @@ import polars as pl
 
 from store import SkdError, Store, file_digest, resolve_model, write_atomic
 
+from .annotators import beside_annotators
 from .calibration import apply
 from .config import CriticConfig
 from .metrics import report
@@ -89,6 +90,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     groups = [json.loads(e or "{}").get(by) for e in ev["extra"].to_list()] if by and "extra" in ev.columns else []
     if any(g is not None for g in groups):
         result["groups"] = groups
+    result["annotators"] = beside_annotators(oof, *(ev[c].to_numpy() for c in ("votes_pos", "votes_total")))
     return result | summaries(oof, labels, result.get("groups"))
 
 

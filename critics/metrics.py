@@ -72,6 +72,7 @@ def evaluate_on_file(critic: dict[str, Any], path: Path, fmt: str) -> dict[str, 
 
     from store import Store, import_labels
 
+    from .annotators import beside_annotators
     from .model import load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
 
     card = read_card(Path(critic["path"]))
@@ -80,4 +81,5 @@ def evaluate_on_file(critic: dict[str, Any], path: Path, fmt: str) -> dict[str, 
         # one class is a file to evaluate (precision and kept at the stored cuts), not to train on: no AUC then
         df = tmp.labels.select(None, None, teacher_nll=reads_teacher_nll(card), siblings=reads_siblings(card))
     scores = score_rows(load_critic(critic["path"], critic.get("critic_id")), df.to_dicts())
-    return report(scores, df["label"].to_numpy(), critic["thresholds"] or {})
+    rep = report(scores, df["label"].to_numpy(), critic["thresholds"] or {})
+    return rep | {"annotators": beside_annotators(scores, df["votes_pos"].to_numpy(), df["votes_total"].to_numpy())}

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from critics import build_ensemble, train_critic
+from critics.annotators import annotator_caption
 from critics.config import CriticConfig
 from critics.crossval import cross_validate
 from critics.metrics import evaluate_on_file
@@ -58,7 +59,7 @@ def report_tables(name: str, rep: dict) -> list[Table]:
                      f"{m['kept']:.1%}")
     head.caption = (f"AUC {rep['auc']:.3f}, average precision {rep['average_precision']:.3f}, calibration error "
                     f"{rep.get('calibration_error', float('nan')):.3f}"
-                    if rep["auc"] is not None else "one class only: no AUC")
+                    + annotator_caption(rep.get("annotators")) if rep["auc"] is not None else "one class only: no AUC")
     kept = Table(title="keep the top-scored ... -> acceptable", title_justify="left")
     kept.add_column("kept", justify="right")
     kept.add_column("acceptable", justify="right")
@@ -128,7 +129,8 @@ def crossval_table(eval_source: str, res: dict) -> Table:
     for name, m in [("all", res["overall"]), *(res.get("by") or {}).items()]:
         t.add_row(name, f"{m['n']:,}", f"{m['positive_rate']:.1%}", *(
             "-" if m[k] is None else f"{m[k]:.3f}" for k in ("auc", "average_precision", "calibration_error")))
-    t.caption = f"{res['seconds'] / 60:.1f} min of training and scoring ({res['seconds_per_fold']:.0f} s a fold)"
+    t.caption = (f"{res['seconds'] / 60:.1f} min of training and scoring ({res['seconds_per_fold']:.0f} s a fold)"
+                 + annotator_caption(res.get("annotators")))
     return t
 
 

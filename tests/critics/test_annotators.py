@@ -75,3 +75,33 @@ def test_the_crowd_judged_rationales_leave_room_above_their_annotators(tmp_path)
     r = json.loads(run_skd("labels", "agreement", "--json", db=db, check=True).stdout)["csqa"]
     assert r["annotators_per_item"] == 3 and r["fit_distance"] < 0.03
     assert 0.6 < r["held_out_auc"] < 0.8 < r["ceiling_auc"]
+
+
+def test_crossval_and_eval_set_a_critic_beside_its_annotators(tmp_path):
+    """`skd critic crossval` and `skd critic eval` on labels with votes report the critic and the other annotators
+    against one annotator's vote, and the ceiling; on labels without votes, nothing of the kind."""
+    from tests.critics.test_label_sources import BAD, GOOD, triple
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):  # three annotators per triple: good tails mostly accepted, bad ones mostly not
+        for tail, p in ((GOOD[i % 10], 0.8), (BAD[i % 10], 0.2)):
+            rows += [triple(f"PersonX acts {i}", tail, int(rng.random() < p)) for _ in range(3)]
+    crowd, single = tmp_path / "crowd.jsonl", tmp_path / "single.jsonl"
+    crowd.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    single.write_text("".join(json.dumps(r) + "\n" for r in rows[::3]))
+    db, env = tmp_path / "c.duckdb", {"HF_HUB_OFFLINE": "1", "COLUMNS": "250"}
+    run_skd("labels", "import", str(crowd), "--format", "jsonl", "--source", "crowd", db=db, check=True)
+    args = ["critic", "crossval", "--eval-source", "crowd", "--mode", "embedding", "--dev-fraction", "0.25",
+            "--folds", "3"]
+    cv = json.loads(run_skd(*args, "--json", db=db, check=True, env=env).stdout)["annotators"]
+    assert cv["items"] == 48 and 0.5 < cv["critic_vs_one"] <= 1 and cv["annotators_vs_one"] < cv["ceiling_auc"]
+    assert "against one annotator's vote" in run_skd(*args, db=db, check=True, env=env).stdout
+    run_skd("critic", "train", "c", "--mode", "embedding", "--dev-fraction", "0.25", db=db, check=True, env=env)
+    ev = json.loads(run_skd("critic", "eval", "c", "--labels", str(crowd), "--format", "jsonl", "--json", db=db,
+                            check=True, env=env).stdout)
+    assert ev["annotators"]["items"] == 48 and ev["annotators"]["annotators_vs_one"] == cv["annotators_vs_one"]
+    assert ev["annotators"]["critic_vs_one"] > 0.6  # it saw these labels: a fair check it reads them, no more
+    none = json.loads(run_skd("critic", "eval", "c", "--labels", str(single), "--format", "jsonl", "--json", db=db,
+                              check=True, env=env).stdout)
+    assert none["annotators"] is None and none["auc"] is not None

@@ -46,7 +46,7 @@ from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from critics.agreement import Encoder
-from critics.annotators import against_one_annotator, annotator_agreement
+from critics.annotators import against_one_annotator, annotator_agreement, figure
 from critics.config import CriticConfig
 from critics.crossval import cross_validate, grouped_folds, summaries
 from critics.ensemble import build_ensemble
@@ -229,7 +229,7 @@ def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarr
     row(table, task, f"{name} + NLL + sibling agreement, stacked", summaries(both, y, None), run["seconds"], both, y)
     auc_gain(table, task, "vs the same with NLL only", both, nll, y)
     if votes is not None:
-        table.add_row(task, "  the same, against one annotator's vote", f"{against_one_annotator(both, *votes):.3f}",
+        table.add_row(task, "  the same, against one annotator's vote", figure(against_one_annotator(both, *votes)),
                       "", "", "", f"{int(votes[1].sum()):,}", "")
 
 
@@ -346,11 +346,11 @@ def annotator_rows(table: Table, pos: np.ndarray, total: np.ndarray) -> None:
     annotator's vote, and the ceiling on any critic of the majority label (a beta-binomial fitted to the votes)."""
     r = annotator_agreement(pos, total)
     table.add_row("CSQA rationales", f"annotators: the others' share against one annotator's vote (Fleiss' kappa "
-                  f"{r['fleiss_kappa']:.3f})", f"{r['held_out_auc']:.3f}", "", f"{r['held_out_ap']:.3f}", "-",
+                  f"{figure(r['fleiss_kappa'])})", figure(r["held_out_auc"]), "", figure(r["held_out_ap"]), "-",
                   f"{r['votes']:,}", "")
     table.add_row("CSQA rationales", f"ceiling: a critic that knew each explanation's chance of acceptance "
                   f"(beta-binomial a={r['beta'][0]:.2f}, b={r['beta'][1]:.2f}, fit distance {r['fit_distance']:.3f})",
-                  f"{r['ceiling_auc']:.3f}", "", f"{r['ceiling_ap']:.3f}", "-", f"{r['items']:,}", "")
+                  figure(r["ceiling_auc"]), "", figure(r["ceiling_ap"]), "-", f"{r['items']:,}", "")
     print("row: annotators", r, flush=True)
 
 

@@ -29,8 +29,9 @@ def vote_counts(store: Store, source: str) -> tuple[np.ndarray, np.ndarray]:
 
 def annotator_agreement(pos: np.ndarray, total: np.ndarray, draws: int = 200_000, seed: int = 0) -> dict[str, Any]:
     """Agreement among the annotators behind vote counts POS of TOTAL, and the ceiling on a critic of the majority
-    label (a tie is 0, as the label import resolves it)."""
-    pos, total = np.asarray(pos, dtype=np.int64), np.asarray(total, dtype=np.int64)
+    label (a tie is 0, as the label import resolves it). Items with fewer than two votes (or none: NaN) say nothing
+    of agreement and are left out. A figure that is undefined (every vote the same) is None."""
+    pos, total = voted_counts(pos, total)
     if len(pos) < MIN_ITEMS:
         raise SkdError(f"{len(pos)} items with two or more votes; agreement needs at least {MIN_ITEMS}")
     label = (2 * pos > total).astype(int)
@@ -42,6 +43,20 @@ def annotator_agreement(pos: np.ndarray, total: np.ndarray, draws: int = 200_000
             "fleiss_kappa": fleiss_kappa(pos, total), "held_out_auc": _auc(held, others),
             "held_out_ap": _ap(held, others), "beta": [a, b], "ceiling_auc": ceiling_auc,
             "ceiling_ap": ceiling_ap, "fit_distance": fit_distance(pos, total, a, b)}
+
+
+def voted_counts(pos: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The counts of items with two or more votes, as integers."""
+    pos, total, voted = voted_mask(pos, total)
+    return pos[voted], total[voted]
+
+
+def voted_mask(pos: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """POS and TOTAL as integers (NaN, a label without votes, is 0), and which items have two or more votes."""
+    pos, total = (np.nan_to_num(np.asarray(x, dtype=np.float64)).astype(np.int64) for x in (pos, total))
+    if np.any((pos < 0) | (pos > total)):
+        raise SkdError("vote counts out of range: a label has more positive votes than votes, or fewer than none")
+    return pos, total, total >= 2
 
 
 def fit_beta_binomial(pos: np.ndarray, total: np.ndarray) -> tuple[float, float]:
@@ -60,7 +75,9 @@ def fit_beta_binomial(pos: np.ndarray, total: np.ndarray) -> tuple[float, float]
 
 def held_out_votes(pos: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One row per vote: the vote, and the share of the item's other votes that are positive. An item's votes
-    carry no order, so its first POS annotators are taken to be the positive ones."""
+    carry no order, so its first POS annotators are taken to be the positive ones. (Within an item with split
+    votes, a positive vote's share is below a negative one's, so the AUC over these rows is low by about one pair
+    in N items' worth: nothing at thousands of items, a point or two at the minimum of 20.)"""
     n = np.repeat(total, total)
     k = np.repeat(pos, total)
     rank = np.arange(len(n)) - np.repeat(np.cumsum(total) - total, total)  # position of the vote in its item
@@ -78,13 +95,14 @@ def ceiling(a: float, b: float, total: np.ndarray, draws: int, seed: int) -> tup
     return _auc(label, p), _ap(label, p)
 
 
-def fleiss_kappa(pos: np.ndarray, total: np.ndarray) -> float:
-    """Agreement beyond chance of pairs of annotators of one item (Fleiss' kappa, two categories; items may have
-    different numbers of votes)."""
+def fleiss_kappa(pos: np.ndarray, total: np.ndarray) -> float | None:
+    """Agreement beyond chance of pairs of annotators of one item (Fleiss' kappa, two categories). Items may have
+    different numbers of votes: each item's share of agreeing pairs counts once (Fleiss' mean over items, not
+    Fleiss and Cuzick's pooling). None when every vote is the same (chance agreement is then 1)."""
     agree = (pos * (pos - 1) + (total - pos) * (total - pos - 1)) / (total * (total - 1))
     share = pos.sum() / total.sum()
     chance = share ** 2 + (1 - share) ** 2
-    return float((agree.mean() - chance) / (1 - chance)) if chance < 1 else 1.0
+    return float((agree.mean() - chance) / (1 - chance)) if chance < 1 else None
 
 
 def fit_distance(pos: np.ndarray, total: np.ndarray, a: float, b: float) -> float:
@@ -108,8 +126,7 @@ def beside_annotators(scores: np.ndarray, pos: np.ndarray, total: np.ndarray) ->
     """A critic's SCORES beside the annotators of its labels, where MIN_ITEMS or more have two or more votes (None
     otherwise): the critic and the other annotators against one annotator's vote, and the ceiling on the majority.
     POS and TOTAL may hold NaN or 0 for labels without votes."""
-    pos, total = (np.nan_to_num(np.asarray(x, dtype=np.float64)).astype(np.int64) for x in (pos, total))
-    voted = total >= 2
+    pos, total, voted = voted_mask(pos, total)
     if voted.sum() < MIN_ITEMS:
         return None
     r = annotator_agreement(pos[voted], total[voted])
@@ -119,20 +136,24 @@ def beside_annotators(scores: np.ndarray, pos: np.ndarray, total: np.ndarray) ->
             "ceiling_auc": r["ceiling_auc"], "ceiling_ap": r["ceiling_ap"]}
 
 
+def figure(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def annotator_caption(r: dict[str, Any] | None) -> str:
     """`beside_annotators` in one line, for a report's caption ('' without votes)."""
     if not r:
         return ""
     return (f"; on the {r['items']:,} labels with votes, against one annotator's vote: critic AUC "
-            f"{r['critic_vs_one']:.3f}, the other annotators {r['annotators_vs_one']:.3f}; ceiling on the majority "
-            f"AUC {r['ceiling_auc']:.3f}, AP {r['ceiling_ap']:.3f}")
+            f"{figure(r['critic_vs_one'])}, the other annotators {figure(r['annotators_vs_one'])}; ceiling on the "
+            f"majority AUC {figure(r['ceiling_auc'])}, AP {figure(r['ceiling_ap'])}")
 
 
-def _auc(y: np.ndarray, s: np.ndarray) -> float:
+def _auc(y: np.ndarray, s: np.ndarray) -> float | None:  # None with one class, as critics.metrics.report
     from sklearn.metrics import roc_auc_score
-    return float(roc_auc_score(y, s)) if 0 < np.mean(y) < 1 else float("nan")
+    return float(roc_auc_score(y, s)) if 0 < np.mean(y) < 1 else None
 
 
-def _ap(y: np.ndarray, s: np.ndarray) -> float:
+def _ap(y: np.ndarray, s: np.ndarray) -> float | None:
     from sklearn.metrics import average_precision_score
-    return float(average_precision_score(y, s)) if 0 < np.mean(y) < 1 else float("nan")
+    return float(average_precision_score(y, s)) if 0 < np.mean(y) < 1 else None

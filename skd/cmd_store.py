@@ -214,8 +214,8 @@ def labels_agreement(
     if not res:
         raise SkdError(f"no label source has {MIN_ITEMS} items with two or more votes; agreement needs repeated "
                        "judgements of an item (one row per annotator in the imported file)")
-    if json:
-        print_json(res)
+    if json:  # a source with too few items with votes is named, not left out
+        print_json(res | {x: {"items": len(c[0]), "too_few": True} for x, c in counts.items() if x not in res})
         return
     out.print(agreement_table(res))
     for x in sorted(set(counts) - set(res)):
@@ -223,14 +223,16 @@ def labels_agreement(
 
 
 def agreement_table(res: dict[str, dict[str, Any]]) -> Table:
+    from critics.annotators import figure
+
     t = Table(title="annotator agreement, and the ceiling on a critic of the majority label", title_justify="left")
     for col in ("source", "items", "votes/item", "acceptable", "unanimous", "Fleiss' kappa",
                 "others -> one: AUC", "ceiling AUC", "ceiling AP", "fit distance"):
         t.add_column(col, justify="left" if col == "source" else "right")
     for name, r in res.items():
         t.add_row(escape(name), f"{r['items']:,}", f"{r['annotators_per_item']:g}", f"{r['positive_share']:.0%}",
-                  f"{r['unanimous_share']:.0%}", f"{r['fleiss_kappa']:.3f}", f"{r['held_out_auc']:.3f}",
-                  f"{r['ceiling_auc']:.3f}", f"{r['ceiling_ap']:.3f}", f"{r['fit_distance']:.3f}")
+                  f"{r['unanimous_share']:.0%}", *map(figure, (r["fleiss_kappa"], r["held_out_auc"], r["ceiling_auc"],
+                                                               r["ceiling_ap"], r["fit_distance"])))
     return t
 
 

@@ -36,6 +36,14 @@ def test_agreement_at_the_extremes():
     assert coin["ceiling_auc"] < 0.6
     with pytest.raises(SkdError, match="at least 20"):
         annotator_agreement(np.array([1, 2]), np.array([3, 3]))
+    # every vote positive: nothing is defined but the counts (None, never NaN, which JSON cannot carry)
+    yes = annotator_agreement(np.full(30, 3), np.full(30, 3))
+    assert yes["fleiss_kappa"] is None and yes["held_out_auc"] is None and yes["ceiling_auc"] is None
+    # labels without votes (NaN) or with one are left out; impossible counts are an error
+    mixed = annotator_agreement(np.r_[[0, 3] * 30, [1, np.nan]], np.r_[[3, 3] * 30, [1, np.nan]])
+    assert mixed["items"] == 60 and mixed["fleiss_kappa"] == 1
+    with pytest.raises(SkdError, match="out of range"):
+        annotator_agreement(np.full(30, 4), np.full(30, 3))
 
 
 def test_held_out_votes_take_each_annotator_in_turn():
@@ -56,6 +64,8 @@ def test_labels_agreement_command(tmp_path):
     shown = run_skd("labels", "agreement", db=db, check=True, env={"COLUMNS": "200"})
     assert "crowd" in shown.stdout and "Fleiss" in shown.stdout
     assert "expert: 0 items with two or more votes, too few to measure" in shown.stderr
+    both = json.loads(run_skd("labels", "agreement", "--json", db=db, check=True).stdout)
+    assert both["expert"] == {"items": 0, "too_few": True} and both["crowd"]["items"] == 60
     got = json.loads(run_skd("labels", "agreement", "--source", "crowd", "--json", db=db, check=True).stdout)
     assert got["crowd"]["items"] == 60 and got["crowd"]["votes"] == 180
     assert got["crowd"]["positive_share"] == pytest.approx(np.mean(pos >= 2))

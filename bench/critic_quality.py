@@ -46,7 +46,7 @@ from rich.table import Table
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from critics.agreement import Encoder
-from critics.annotators import against_one_annotator, annotator_agreement, figure
+from critics.annotators import against_one_annotator, annotator_agreement
 from critics.config import CriticConfig
 from critics.crossval import cross_validate, grouped_folds, summaries
 from critics.ensemble import build_ensemble
@@ -54,6 +54,7 @@ from critics.model import load_critic, score_rows
 from critics.stack import apply_stack, features, fit_stack
 from critics.support import Support
 from critics.train import group_key, load_labels, train_critic
+from skd.output import cell
 from store import MINILM, Store, import_labels
 from store.models import GEMMA, MPNET, SMOLLM2
 
@@ -229,7 +230,7 @@ def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarr
     row(table, task, f"{name} + NLL + sibling agreement, stacked", summaries(both, y, None), run["seconds"], both, y)
     auc_gain(table, task, "vs the same with NLL only", both, nll, y)
     if votes is not None:
-        table.add_row(task, "  the same, against one annotator's vote", figure(against_one_annotator(both, *votes)),
+        table.add_row(task, "  the same, against one annotator's vote", cell(against_one_annotator(both, *votes)),
                       "", "", "", f"{int(votes[1].sum()):,}", "")
 
 
@@ -346,11 +347,11 @@ def annotator_rows(table: Table, pos: np.ndarray, total: np.ndarray) -> None:
     annotator's vote, and the ceiling on any critic of the majority label (a beta-binomial fitted to the votes)."""
     r = annotator_agreement(pos, total)
     table.add_row("CSQA rationales", f"annotators: the others' share against one annotator's vote (Fleiss' kappa "
-                  f"{figure(r['fleiss_kappa'])})", figure(r["held_out_auc"]), "", figure(r["held_out_ap"]), "-",
+                  f"{cell(r['fleiss_kappa'])})", cell(r["held_out_auc"]), "", cell(r["held_out_ap"]), "-",
                   f"{r['votes']:,}", "")
     table.add_row("CSQA rationales", f"ceiling: a critic that knew each explanation's chance of acceptance "
                   f"(beta-binomial a={r['beta'][0]:.2f}, b={r['beta'][1]:.2f}, fit distance {r['fit_distance']:.3f})",
-                  figure(r["ceiling_auc"]), "", figure(r["ceiling_ap"]), "-", f"{r['items']:,}", "")
+                  cell(r["ceiling_auc"]), "", cell(r["ceiling_ap"]), "-", f"{r['items']:,}", "")
     print("row: annotators", r, flush=True)
 
 

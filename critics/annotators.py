@@ -136,19 +136,6 @@ def beside_annotators(scores: np.ndarray, pos: np.ndarray, total: np.ndarray) ->
             "ceiling_auc": r["ceiling_auc"], "ceiling_ap": r["ceiling_ap"]}
 
 
-def figure(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
-def annotator_caption(r: dict[str, Any] | None) -> str:
-    """`beside_annotators` in one line, for a report's caption ('' without votes)."""
-    if not r:
-        return ""
-    return (f"; on the {r['items']:,} labels with votes, against one annotator's vote: critic AUC "
-            f"{figure(r['critic_vs_one'])}, the other annotators {figure(r['annotators_vs_one'])}; ceiling on the "
-            f"majority AUC {figure(r['ceiling_auc'])}, AP {figure(r['ceiling_ap'])}")
-
-
 def _auc(y: np.ndarray, s: np.ndarray) -> float | None:  # None with one class, as critics.metrics.report
     from sklearn.metrics import roc_auc_score
     return float(roc_auc_score(y, s)) if 0 < np.mean(y) < 1 else None

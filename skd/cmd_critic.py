@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from critics import build_ensemble, train_critic
-from critics.annotators import annotator_caption
 from critics.config import CriticConfig
 from critics.crossval import cross_validate
 from critics.metrics import evaluate_on_file
@@ -22,7 +21,7 @@ from store.models import MPNET
 from .config_options import FLOATS, PAIRS, config_options
 from .engines import engine_from, mapper_for
 from .options import Actors, Db, EngineKind, Json, Quiet, RayAddress
-from .output import err, out, print_json, progress_bar, run_with_progress
+from .output import cell, err, out, print_json, progress_bar, run_with_progress
 
 app = typer.Typer(help="Critic models: train from labels, score the corpus, evaluate.", no_args_is_help=True)
 LabelFormat = Enum("LabelFormat", {f.replace("-", "_"): f for f in LABEL_FORMATS}, type=str)
@@ -47,6 +46,15 @@ def coverage_warnings(stats: ScoreSummary) -> list[str]:
         lines.append(f"warning: critic {stats.critic} reads sibling agreement, and {stats.without_siblings:,} items "
                      "have no sibling (no other sample for their prompt); scored without it")
     return lines
+
+
+def annotator_caption(r: dict | None) -> str:
+    """critics.annotators.beside_annotators in one line, for a report's caption ('' without votes)."""
+    if not r:
+        return ""
+    return (f"; on the {r['items']:,} labels with votes, against one annotator's vote: critic AUC "
+            f"{cell(r['critic_vs_one'])}, the other annotators {cell(r['annotators_vs_one'])}; ceiling on the "
+            f"majority AUC {cell(r['ceiling_auc'])}, AP {cell(r['ceiling_ap'])}")
 
 
 def report_tables(name: str, rep: dict) -> list[Table]:
@@ -127,8 +135,8 @@ def crossval_table(eval_source: str, res: dict) -> Table:
     for col in ("labels", "n", "acceptable", "AUC", "AP", "calib. err."):
         t.add_column(col, justify="right")
     for name, m in [("all", res["overall"]), *(res.get("by") or {}).items()]:
-        t.add_row(name, f"{m['n']:,}", f"{m['positive_rate']:.1%}", *(
-            "-" if m[k] is None else f"{m[k]:.3f}" for k in ("auc", "average_precision", "calibration_error")))
+        t.add_row(name, f"{m['n']:,}", f"{m['positive_rate']:.1%}",
+                  *(cell(m[k]) for k in ("auc", "average_precision", "calibration_error")))
     t.caption = (f"{res['seconds'] / 60:.1f} min of training and scoring ({res['seconds_per_fold']:.0f} s a fold)"
                  + annotator_caption(res.get("annotators")))
     return t

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from .options import Db, Json, Quiet
 from .output import (
+    cell,
     dict_table,
     err,
     out,
@@ -223,15 +224,13 @@ def labels_agreement(
 
 
 def agreement_table(res: dict[str, dict[str, Any]]) -> Table:
-    from critics.annotators import figure
-
     t = Table(title="annotator agreement, and the ceiling on a critic of the majority label", title_justify="left")
     for col in ("source", "items", "votes/item", "acceptable", "unanimous", "Fleiss' kappa",
                 "others -> one: AUC", "ceiling AUC", "ceiling AP", "fit distance"):
         t.add_column(col, justify="left" if col == "source" else "right")
     for name, r in res.items():
         t.add_row(escape(name), f"{r['items']:,}", f"{r['annotators_per_item']:g}", f"{r['positive_share']:.0%}",
-                  f"{r['unanimous_share']:.0%}", *map(figure, (r["fleiss_kappa"], r["held_out_auc"], r["ceiling_auc"],
+                  f"{r['unanimous_share']:.0%}", *map(cell, (r["fleiss_kappa"], r["held_out_auc"], r["ceiling_auc"],
                                                                r["ceiling_ap"], r["fit_distance"])))
     return t
 

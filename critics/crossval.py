@@ -7,6 +7,7 @@ cs_head, adv)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import shutil
 import tempfile
@@ -111,12 +112,29 @@ def fit_fold(cfg: CriticConfig, base: str, train_df: pl.DataFrame, held: pl.Data
 def fold_stamp(cfg: CriticConfig, eval_source: str, fold: np.ndarray, labels: pl.DataFrame, base: str) -> str:
     """What a kept fold must match to be reused: the config (less the thresholds it reports, which score nothing),
     the evaluated source, every label read (items, labels, votes, other sources' too), the folds, and the base
-    model's files (store.file_digest: a path or hub snapshot whose weights changed trains again). The training
-    code is not in it: after changing that, use another folder."""
+    model's files (store.file_digest: a path or hub snapshot whose weights changed trains again), and the code that
+    trains (training_code)."""
     what = {"config": cfg.model_dump(mode="json", exclude={"recalls", "precisions"}), "eval_source": eval_source,
             "fold": fold.tolist(), "labels": hashlib.sha256(labels.write_csv().encode()).hexdigest(),
-            "base": [base, file_digest(base)]}
+            "base": [base, file_digest(base)], "code": training_code()}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def training_code() -> dict[str, Any]:
+    """The critics package's source and the versions of the libraries that train with it: a fold kept before an
+    edit to either was trained by other code, so it is trained again rather than mixed with folds of the new code.
+    The whole package, not only the modules a fold reaches: an edit elsewhere costs a retrain, never a wrong
+    figure."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    libraries = {}
+    for name in ("torch", "transformers", "sentence-transformers", "peft"):
+        try:
+            libraries[name] = md.version(name)
+        except md.PackageNotFoundError:
+            libraries[name] = None
+    return {"critics": h.hexdigest(), "libraries": libraries}
 
 
 def kept_fold(keep: Path | None, k: int, stamp: str, n: int) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 from .errors import SkdError
@@ -14,11 +15,12 @@ from .errors import SkdError
 def write_atomic(path: Path, text: str) -> Path:
     """Write TEXT to PATH through a temporary file beside it: a kill leaves the previous file or none, never half
     of one (a truncated JSON card or state would fail every later read). A folder or an unwritable place is one
-    line, and leaves no temporary file."""
+    line, and leaves no temporary file. Each writer has its own temporary name (process and thread), so two
+    writers of one path each replace it whole: the last one wins, and neither cuts the other's file short."""
     path = Path(path)
     if path.is_dir():
         raise SkdError(f"{path} is a folder; give a file name")
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("w", encoding="utf-8") as f:

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import torch
 
-from critics import CriticConfig, load_critic, train_critic
+from critics import CriticConfig, crossval, load_critic, train_critic
 from critics.crossval import cross_validate
 from critics.score import score_items
 from critics.train import deterministic, example_weights, load_labels, split, weighted_loss
@@ -315,7 +315,7 @@ def kept_seconds(keep):
     return sum(json.loads(f.read_text())["seconds"] for f in keep.glob("fold-*.json"))
 
 
-def test_cross_validation_resumes_from_the_folds_it_kept(tmp_path):
+def test_cross_validation_resumes_from_the_folds_it_kept(tmp_path, monkeypatch):
     rows = [triple(f"PersonX acts {i}", t, y) for i in range(24) for t, y in ((GOOD[i % 10], 1), (BAD[i % 10], 0))]
     db, keep = tmp_path / "c.duckdb", tmp_path / "kept"
     with Store(db) as s:
@@ -354,6 +354,17 @@ def test_cross_validation_resumes_from_the_folds_it_kept(tmp_path):
     moved = cross_validate(db, cfg, "expert", folds=3, by=None, keep=tmp_path / "kept2", fold_seed=1)
     shifted = cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep, fold_seed=1)
     assert moved["fold"] == shifted["fold"] and not np.any(np.asarray(shifted["scores"]) == 0.5)
+    # other training code (an edit to the critics package, another library version) trains every fold again too
+    code = crossval.training_code()
+    assert code["libraries"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+
+    def rerun_with_fold_1_altered() -> np.ndarray:
+        kept = json.loads((keep / "fold-1.json").read_text())
+        (keep / "fold-1.json").write_text(json.dumps(kept | {"scores": [0.5] * len(kept["scores"])}))
+        return np.asarray(cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep, fold_seed=1)["scores"])
+    assert np.any(rerun_with_fold_1_altered() == 0.5)  # the same code reads it
+    monkeypatch.setattr(crossval, "training_code", lambda: code | {"critics": "edited"})
+    assert not np.any(rerun_with_fold_1_altered() == 0.5)
 
 
 def test_crossval_command_reports_per_class_and_resumes(tmp_path):

@@ -12,6 +12,8 @@ machine, including the attempts that did not help.
   a wrong choice, its length, ...), each stacked with them: measured, none kept. And what the labels allow
   (critics.annotators, `skd labels agreement`): how well two annotators predict the third, and the ceiling on any
   critic of the 2-of-3 majority; each attempt's best stack is scored against one annotator's vote as well.
+  "best of N" (critics.metrics.selection): the share of questions whose top-scored explanation of five is
+  acceptable, the choice a rationale corpus makes and the accuracy Wiegreffe et al.'s filters report.
 
     python bench/critic_quality.py --task ckbp --attempts minilm-emb,mpnet-emb --folds 5
     python bench/critic_quality.py --task ckbp --attempts mpnet-ft --out kept/   # keep out-of-fold scores
@@ -50,12 +52,13 @@ from critics.annotators import against_one_annotator, annotator_agreement
 from critics.config import CriticConfig
 from critics.crossval import cross_validate, grouped_folds, summaries
 from critics.ensemble import build_ensemble
+from critics.metrics import selection
 from critics.model import load_critic, score_rows
 from critics.stack import apply_stack, features, fit_stack
 from critics.support import Support
 from critics.train import group_key, load_labels, train_critic
 from skd.output import cell
-from store import MINILM, Store, import_labels
+from store import MINILM, Store, import_labels, sibling_key
 from store.models import GEMMA, MPNET, SMOLLM2
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -160,20 +163,20 @@ def auc_gain(table: Table, task: str, what: str, a: np.ndarray, b: np.ndarray, l
     """A's AUC minus B's on the same labels, with a paired bootstrap 95% interval (both scored on each resample)."""
     lo, hi = np.nanpercentile(bootstrap_aucs(a, labels) - bootstrap_aucs(b, labels), [2.5, 97.5])
     gain = roc_auc_score(labels, a) - roc_auc_score(labels, b)
-    table.add_row("", f"  {what} (paired)", f"{gain:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", "", "", "", "")
+    table.add_row("", f"  {what} (paired)", f"{gain:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", "", "", "", "", "")
     print("row:", task, what, f"{gain:+.4f} [{lo:+.4f}, {hi:+.4f}]", flush=True)
 
 
 def row(table: Table, task: str, name: str, res: dict, seconds: float, scores: list[float] | np.ndarray,
         labels: list[int] | np.ndarray) -> None:
-    o = res["overall"]
+    o, chosen = res["overall"], res.get("selection")
     table.add_row(task, name, f"{o['auc']:.3f}", auc_interval(np.asarray(scores), np.asarray(labels)),
-                  f"{o['average_precision']:.3f}", f"{o['calibration_error']:.3f}", f"{o['n']:,}",
-                  f"{seconds / 60:.1f} min")
+                  f"{o['average_precision']:.3f}", cell(chosen and chosen["top"]), f"{o['calibration_error']:.3f}",
+                  f"{o['n']:,}", f"{seconds / 60:.1f} min")
     for g, m in (res.get("by") or {}).items():
         table.add_row("", f"  class {g}", f"{m['auc']:.3f}" if m["auc"] is not None else "-", "",
-                      f"{m['average_precision']:.3f}" if m["average_precision"] is not None else "-", "", f"{m['n']}",
-                      "")
+                      f"{m['average_precision']:.3f}" if m["average_precision"] is not None else "-", "", "",
+                      f"{m['n']}", "")
     print("row:", task, name, {k: round(v, 4) if isinstance(v, float) else v for k, v in o.items()},
           {g: round(m["auc"] or 0, 4) for g, m in (res.get("by") or {}).items()}, f"{seconds:.0f}s", flush=True)
 
@@ -188,7 +191,8 @@ def out_of_fold_stack(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndar
     return oof
 
 
-def ensemble(table: Table, task: str, runs: dict[str, dict], extras: list[tuple[str, list[np.ndarray]]] = ()) -> None:
+def ensemble(table: Table, task: str, runs: dict[str, dict], extras: list[tuple[str, list[np.ndarray]]] = (),
+             prompts: list[str | None] | None = None) -> None:
     """The attempts combined, two ways: the mean of their calibrated out-of-fold scores, and a logistic
     regression over their logits fitted on the other folds. The folds are the same (seeded, grouped), so both are
     out-of-fold too, and say whether an ensemble of critics would be worth building. Stacking matters when a
@@ -206,17 +210,19 @@ def ensemble(table: Table, task: str, runs: dict[str, dict], extras: list[tuple[
     fold = np.asarray(first["fold"])
     plain = out_of_fold_stack(x, y, fold)
     for how, scores in [("mean of", mean), ("stacked", plain)]:
-        row(table, task, f"ensemble: {how} {', '.join(runs)}", summaries(scores, y, groups), seconds, scores, y)
+        row(table, task, f"ensemble: {how} {', '.join(runs)}", summaries(scores, y, groups, prompts), seconds, scores,
+            y)
         auc_gain(table, task, f"vs {best} alone", scores, np.asarray(runs[best]["scores"]), y)
     for what, cols in extras:
         scores = out_of_fold_stack(np.column_stack([x, *cols]), y, fold)
-        row(table, task, f"ensemble: stacked with {what}, {', '.join(runs)}", summaries(scores, y, groups), seconds,
+        row(table, task, f"ensemble: stacked with {what}, {', '.join(runs)}", summaries(scores, y, groups, prompts),
+            seconds,
             scores, y)
         auc_gain(table, task, "vs the same stack without", scores, plain, y)
 
 
 def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarray, agree: np.ndarray,
-            votes: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+            prompts: list[str | None], votes: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The attempt's out-of-fold score beside the teacher's own normalised NLL in a logistic regression, fitted on
     the other folds of the same grouped split (so still out-of-fold): what a critic would gain by also reading the
     likelihood the teacher gave its output (skd records it: `generations.logprob`, `n_tokens`); then with sibling
@@ -224,14 +230,15 @@ def stacked(table: Table, task: str, name: str, run: dict, teacher_nll: np.ndarr
     stack is also scored against one annotator's vote, as the annotators are in `annotator_rows`."""
     y, fold = np.asarray(run["labels"]), np.asarray(run["fold"])
     nll = out_of_fold_stack(features([np.asarray(run["scores"])], teacher_nll), y, fold)
-    row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(nll, y, None), run["seconds"], nll, y)
+    row(table, task, f"{name} + GPT-3's own NLL, stacked", summaries(nll, y, None, prompts), run["seconds"], nll, y)
     auc_gain(table, task, f"vs {name} alone", nll, np.asarray(run["scores"]), y)
     both = out_of_fold_stack(features([np.asarray(run["scores"])], teacher_nll, agree), y, fold)
-    row(table, task, f"{name} + NLL + sibling agreement, stacked", summaries(both, y, None), run["seconds"], both, y)
+    row(table, task, f"{name} + NLL + sibling agreement, stacked", summaries(both, y, None, prompts), run["seconds"],
+        both, y)
     auc_gain(table, task, "vs the same with NLL only", both, nll, y)
     if votes is not None:
         table.add_row(task, "  the same, against one annotator's vote", cell(against_one_annotator(both, *votes)),
-                      "", "", "", f"{int(votes[1].sum()):,}", "")
+                      "", "", "", "", f"{int(votes[1].sum()):,}", "")
 
 
 def keep(out: Path | None, task: str, name: str, run: dict) -> None:
@@ -247,13 +254,17 @@ def folds_kept(out: Path | None, task: str, name: str) -> Path | None:
     return out / f"{task}-{name}.folds" if out is not None else None
 
 
-def loaded(paths: list[Path], task: str, table: Table, title: str) -> dict[str, dict]:
-    """Attempts kept by an earlier run (`--out`) of the same task, shown again and joining this run's ensemble."""
+def loaded(paths: list[Path], task: str, table: Table, title: str,
+           prompts: list[str | None] | None = None) -> dict[str, dict]:
+    """Attempts kept by an earlier run (`--out`) of the same task, shown again and joining this run's ensemble (the
+    choice among each prompt's outputs computed again where one kept before it was measured lacks it)."""
     runs = {}
     for p in paths:
         if p.name.startswith(f"{task}-") and p.suffix == ".json":  # not a kept attempt's folds (TASK-NAME.folds/)
             name = p.stem.removeprefix(f"{task}-") + " (kept)"
             runs[name] = run = json.loads(p.read_text())
+            if prompts is not None and "selection" not in run:
+                run["selection"] = selection(run["scores"], run["labels"], prompts)
             row(table, title, name, run, run["seconds"], run["scores"], run["labels"])
     return runs
 
@@ -318,17 +329,23 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
     took = f"{time.perf_counter() - started:.0f} s to score"
     fold = grouped_folds([group_key(r) for r in df.iter_rows(named=True)], folds, 0)  # cross_validate's folds
     both = out_of_fold_stack(np.column_stack([nll, agree]), y, fold)
+    prompts = [sibling_key(r) for r in df.iter_rows(named=True)]
+    chance = selection(nll, y, prompts)  # its random and oracle shares are the labels', whatever the scores
+    table.add_row("CSQA rationales", "best of N: a pick at random (expected) / the best pick (a question with any "
+                  "acceptable explanation)", "", "", "", f"{chance['random']:.3f} / {chance['oracle']:.3f}", "",
+                  f"{chance['prompts']:,} questions", "")
     for what, score, spent in (("GPT-3 normalised NLL (baseline, no training)", nll, ""),
                                (f"sibling agreement: {encoder} cosine to the closest other sample (no labels)",
                                 agree, took),
                                ("GPT-3's NLL + sibling agreement, stacked (no critic)", both, took)):
         table.add_row("CSQA rationales", what, f"{roc_auc_score(y, score):.3f}", auc_interval(score, y),
-                      f"{average_precision_score(y, score):.3f}", "-", f"{len(y):,}", spent)
-    surface_signals(table, df, y, fold, nll, agree, both)
+                      f"{average_precision_score(y, score):.3f}", cell(selection(score, y, prompts)["top"]), "-",
+                      f"{len(y):,}", spent)
+    surface_signals(table, df, y, fold, nll, agree, both, prompts)
     votes = (df["votes_pos"].to_numpy(), df["votes_total"].to_numpy())
     annotator_rows(table, *votes)
     task = f"CSQA rationales, {folds}-fold by question"
-    runs = loaded(list(load), "rationale", table, task)
+    runs = loaded(list(load), "rationale", table, task, prompts)
     for name in attempts:
         what, cfg = RATIONALE_ATTEMPTS[name]
         res = cross_validate(db, CriticConfig(**{"sources": [CSQA]} | cfg), CSQA, folds, by=None,
@@ -338,8 +355,9 @@ def rationale(attempts: list[str], folds: int, tmp: Path, table: Table, out: Pat
         row(table, task, f"{name}: {what}", res, runs[name]["seconds"], res["scores"], res["labels"])
     for name, run in runs.items():  # this run's attempts and kept ones alike: the NLL must be of the same labels
         assert run["labels"] == y.tolist(), f"{name}: labels out of the order cross_validate read them in"
-        stacked(table, task, name, run, nll, agree, votes)
-    ensemble(table, task, runs, [("GPT-3's own NLL", [nll]), ("GPT-3's NLL and sibling agreement", [nll, agree])])
+        stacked(table, task, name, run, nll, agree, prompts, votes)
+    ensemble(table, task, runs, [("GPT-3's own NLL", [nll]), ("GPT-3's NLL and sibling agreement", [nll, agree])],
+             prompts)
 
 
 def annotator_rows(table: Table, pos: np.ndarray, total: np.ndarray) -> None:
@@ -347,11 +365,11 @@ def annotator_rows(table: Table, pos: np.ndarray, total: np.ndarray) -> None:
     annotator's vote, and the ceiling on any critic of the majority label (a beta-binomial fitted to the votes)."""
     r = annotator_agreement(pos, total)
     table.add_row("CSQA rationales", f"annotators: the others' share against one annotator's vote (Fleiss' kappa "
-                  f"{cell(r['fleiss_kappa'])})", cell(r["held_out_auc"]), "", cell(r["held_out_ap"]), "-",
+                  f"{cell(r['fleiss_kappa'])})", cell(r["held_out_auc"]), "", cell(r["held_out_ap"]), "", "-",
                   f"{r['votes']:,}", "")
     table.add_row("CSQA rationales", f"ceiling: a critic that knew each explanation's chance of acceptance "
                   f"(beta-binomial a={r['beta'][0]:.2f}, b={r['beta'][1]:.2f}, fit distance {r['fit_distance']:.3f})",
-                  cell(r["ceiling_auc"]), "", cell(r["ceiling_ap"]), "-", f"{r['items']:,}", "")
+                  cell(r["ceiling_auc"]), "", cell(r["ceiling_ap"]), "", "-", f"{r['items']:,}", "")
     print("row: annotators", r, flush=True)
 
 
@@ -377,7 +395,7 @@ def choice_list(text: str) -> list[str]:
 
 
 def surface_signals(table: Table, df: pl.DataFrame, y: np.ndarray, fold: np.ndarray, nll: np.ndarray,
-                    agree: np.ndarray, both: np.ndarray) -> None:
+                    agree: np.ndarray, both: np.ndarray, prompts: list[str | None]) -> None:
     """Signals an explanation's surface gives without any model, each stacked (out of fold) with GPT-3's NLL and
     sibling agreement: tried as cheaper routes to what a critic reads, none kept (README, Benchmarks). Whether it
     names a wrong choice, whether it was GPT-3's greedy sample (the file's `source_sample`), its length, whether it
@@ -402,11 +420,11 @@ def surface_signals(table: Table, df: pl.DataFrame, y: np.ndarray, fold: np.ndar
         cols.append(col)
         scores = out_of_fold_stack(np.column_stack([base, col]), y, fold)
         row(table, "CSQA rationales", f"NLL + agreement + {what}, stacked (alone: AUC "
-            f"{roc_auc_score(y, col):.3f})", summaries(scores, y, None), 0.0, scores, y)
+            f"{roc_auc_score(y, col):.3f})", summaries(scores, y, None, prompts), 0.0, scores, y)
         auc_gain(table, "CSQA rationales", "vs NLL + agreement", scores, both, y)
     scores = out_of_fold_stack(np.column_stack([base, *cols]), y, fold)
-    row(table, "CSQA rationales", "NLL + agreement + all five surface signals, stacked", summaries(scores, y, None),
-        0.0, scores, y)
+    row(table, "CSQA rationales", "NLL + agreement + all five surface signals, stacked",
+        summaries(scores, y, None, prompts), 0.0, scores, y)
     auc_gain(table, "CSQA rationales", "vs NLL + agreement", scores, both, y)
 
 
@@ -435,7 +453,8 @@ def built(tmp: Path, folds: int, table: Table) -> None:
     y = df["label"].to_numpy()
     for name, what in names.items():
         total = seconds["ft"] + (seconds[name] if name != "ft" else 0)
-        row(table, f"CSQA rationales, {folds}-fold by question", what, summaries(oof[name], y), total, oof[name], y)
+        row(table, f"CSQA rationales, {folds}-fold by question", what,
+            summaries(oof[name], y, None, [sibling_key(r) for r in df.iter_rows(named=True)]), total, oof[name], y)
         if name != "ft":
             auc_gain(table, "CSQA rationales", "vs `minilm-ft` alone", oof[name], oof["ft"], y)
 
@@ -527,7 +546,7 @@ def main() -> None:
         sys.exit(f"needs ../shared/data ({DATA})")
     tmp = Path(tempfile.mkdtemp(prefix="skd-critic-q-"))
     table = Table(title="critic quality: out-of-fold scores on human labels, folds grouped by head/question")
-    for col in ("task", "critic", "AUC", "AUC 95% CI", "AP", "calib. err.", "n", "time (2 CPU cores)"):
+    for col in ("task", "critic", "AUC", "AUC 95% CI", "AP", "best of N", "calib. err.", "n", "time (2 CPU cores)"):
         table.add_column(col)
     # `--attempts none --load ...` only combines kept attempts; no attempts named runs them all
     chosen = [a for a in args.attempts.split(",") if a]

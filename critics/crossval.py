@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from store import SkdError, Store, file_digest, resolve_model, write_atomic
+from store import SkdError, Store, file_digest, resolve_model, sibling_key, write_atomic
 
 from .annotators import beside_annotators
 from .calibration import apply
 from .config import CriticConfig
-from .metrics import report
+from .metrics import report, selection
 from .train import fit_critic, group_key, label_scores, load_labels, split
 
 
@@ -92,7 +92,7 @@ def cross_validate(db: str | Path, cfg: CriticConfig, eval_source: str, folds: i
     if any(g is not None for g in groups):
         result["groups"] = groups
     result["annotators"] = beside_annotators(oof, *(ev[c].to_numpy() for c in ("votes_pos", "votes_total")))
-    return result | summaries(oof, labels, result.get("groups"))
+    return result | summaries(oof, labels, result.get("groups"), [sibling_key(r) for r in ev.iter_rows(named=True)])
 
 
 def fit_fold(cfg: CriticConfig, base: str, train_df: pl.DataFrame, held: pl.DataFrame) -> dict[str, Any]:
@@ -157,9 +157,13 @@ def keep_fold(keep: Path | None, k: int, stamp: str, got: dict[str, Any]) -> Non
         write_atomic(keep / f"fold-{k}.json", json.dumps(got | {"stamp": stamp, "fold": k}))
 
 
-def summaries(scores: np.ndarray, labels: np.ndarray, groups: list[Any] | None = None) -> dict[str, Any]:
-    """Quality of out-of-fold scores: overall, and per group (CKBP class) when the labels have groups."""
+def summaries(scores: np.ndarray, labels: np.ndarray, groups: list[Any] | None = None,
+              prompts: list[Any] | None = None) -> dict[str, Any]:
+    """Quality of out-of-fold scores: overall, per group (CKBP class) when the labels have groups, and the choice
+    among each prompt's outputs (metrics.selection) when PROMPTS are given (None where no prompt has two)."""
     out: dict[str, Any] = {"overall": summary(scores, labels)}
+    if prompts is not None:
+        out["selection"] = selection(scores, labels, prompts)
     if groups:
         out["by"] = {str(g): summary(scores[m], labels[m]) for g in sorted(set(groups), key=str)
                      for m in [np.asarray([v == g for v in groups])]}

@@ -51,6 +51,30 @@ def kept_table(scores: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]
     return rows
 
 
+def selection(scores: np.ndarray, labels: np.ndarray, prompts: list[Any]) -> dict[str, Any] | None:
+    """Best of N, the way a critic is used on a teacher that samples several outputs a prompt (several rationales a
+    question): over the prompts with two labelled outputs or more, the share whose top-scored output is acceptable
+    (`top`), what a pick at random would get (`random`: the mean acceptable share) and what any pick could
+    (`oracle`: prompts with an acceptable output at all). Wiegreffe et al.'s acceptability filters report it on
+    CommonsenseQA as their accuracy. A ranking across prompts (AUC) and a choice within one can disagree: a critic
+    that rates one question's explanations all high ranks well across questions without choosing among them. None
+    where no prompt has two outputs (CKBP's triples rarely share a head and relation)."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels).astype(int)
+    known = np.asarray([p is not None for p in prompts], dtype=bool)
+    _, code = np.unique(np.asarray([str(p) for p in prompts], dtype=str), return_inverse=True)
+    order = np.lexsort((-scores, code))  # by prompt, the highest score first (ties: the first read)
+    code, labels, known = code[order], labels[order], known[order]
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    sizes = np.diff(np.r_[starts, len(code)])
+    many = (sizes >= 2) & known[starts]
+    if not many.any():
+        return None
+    top = labels[starts[many]]
+    share = np.add.reduceat(labels, starts)[many] / sizes[many]
+    return {"prompts": int(many.sum()), "outputs_per_prompt": float(sizes[many].mean()), "top": float(top.mean()),
+            "random": float(share.mean()), "oracle": float((share > 0).mean())}
+
+
 def report(scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float]) -> dict[str, Any]:
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=float)
@@ -70,7 +94,7 @@ def evaluate_on_file(critic: dict[str, Any], path: Path, fmt: str) -> dict[str, 
     is read into a throwaway store, so the corpus is not touched."""
     import tempfile
 
-    from store import Store, import_labels
+    from store import Store, import_labels, sibling_key
 
     from .annotators import beside_annotators
     from .model import load_critic, read_card, reads_siblings, reads_teacher_nll, score_rows
@@ -81,5 +105,7 @@ def evaluate_on_file(critic: dict[str, Any], path: Path, fmt: str) -> dict[str, 
         # one class is a file to evaluate (precision and kept at the stored cuts), not to train on: no AUC then
         df = tmp.labels.select(None, None, teacher_nll=reads_teacher_nll(card), siblings=reads_siblings(card))
     scores = score_rows(load_critic(critic["path"], critic.get("critic_id")), df.to_dicts())
-    rep = report(scores, df["label"].to_numpy(), critic["thresholds"] or {})
-    return rep | {"annotators": beside_annotators(scores, df["votes_pos"].to_numpy(), df["votes_total"].to_numpy())}
+    labels = df["label"].to_numpy()
+    rep = report(scores, labels, critic["thresholds"] or {})
+    return rep | {"annotators": beside_annotators(scores, df["votes_pos"].to_numpy(), df["votes_total"].to_numpy()),
+                  "selection": selection(scores, labels, [sibling_key(r) for r in df.iter_rows(named=True)])}

@@ -57,6 +57,14 @@ def annotator_caption(r: dict | None) -> str:
             f"majority AUC {cell(r['ceiling_auc'])}, AP {cell(r['ceiling_ap'])}")
 
 
+def selection_caption(r: dict | None) -> str:
+    """critics.metrics.selection in one line, for a report's caption ('' where no prompt has two outputs)."""
+    if not r:
+        return ""
+    return (f"; best of {r['outputs_per_prompt']:.1f} (the top-scored output of each of {r['prompts']:,} prompts): "
+            f"{r['top']:.1%} acceptable, at random {r['random']:.1%}, at best {r['oracle']:.1%}")
+
+
 def report_tables(name: str, rep: dict) -> list[Table]:
     head = Table(title=f"critic {name}: {rep['n']:,} labels, {rep['positive_rate']:.1%} acceptable",
                  title_justify="left")
@@ -67,7 +75,8 @@ def report_tables(name: str, rep: dict) -> list[Table]:
                      f"{m['kept']:.1%}")
     head.caption = (f"AUC {rep['auc']:.3f}, average precision {rep['average_precision']:.3f}, calibration error "
                     f"{rep.get('calibration_error', float('nan')):.3f}"
-                    + annotator_caption(rep.get("annotators")) if rep["auc"] is not None else "one class only: no AUC")
+                    + annotator_caption(rep.get("annotators")) + selection_caption(rep.get("selection"))
+                    if rep["auc"] is not None else "one class only: no AUC")
     kept = Table(title="keep the top-scored ... -> acceptable", title_justify="left")
     kept.add_column("kept", justify="right")
     kept.add_column("acceptable", justify="right")
@@ -138,7 +147,7 @@ def crossval_table(eval_source: str, res: dict) -> Table:
         t.add_row(name, f"{m['n']:,}", f"{m['positive_rate']:.1%}",
                   *(cell(m[k]) for k in ("auc", "average_precision", "calibration_error")))
     t.caption = (f"{res['seconds'] / 60:.1f} min of training and scoring ({res['seconds_per_fold']:.0f} s a fold)"
-                 + annotator_caption(res.get("annotators")))
+                 + annotator_caption(res.get("annotators")) + selection_caption(res.get("selection")))
     return t
 
 

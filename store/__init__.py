@@ -16,7 +16,7 @@ _WHERE = {
     ".files": ("file_digest", "write_atomic"),
     ".ingest": ("IngestResult", "ingest_file"),
     ".items": ("EMBEDDED_COLUMNS", "EXPORTED_COLUMNS", "FORMATS", "ITEM_COLUMNS", "KINDS", "LABEL_FORMATS", "SCOPES",
-               "SAID", "SCORED_COLUMNS", "SIBLINGS", "TEACHER_NLL"),
+               "SAID", "SCORED_COLUMNS", "SIBLINGS", "TEACHER_NLL", "sibling_key"),
     ".labels": ("LabelResult", "import_labels"),
     ".migrations": ("SCHEMA_VERSION",),
     ".models": ("MINILM", "SMOLLM2", "model_prompt", "pad_with_eos", "resolve_model"),
@@ -33,7 +33,8 @@ __all__ = [
     "default_path", "file_digest", "import_labels", "ingest_batch", "ingest_file", "ingest_shards", "local_mapper",
     "model_prompt",
     "open_store",
-    "pad_with_eos", "pending_shards", "resolve_model", "skd_version", "stage_job", "user_filter", "where_sql",
+    "pad_with_eos", "pending_shards", "resolve_model", "sibling_key", "skd_version", "stage_job", "user_filter",
+    "where_sql",
     "write_atomic",
 ]
 
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
         SCORED_COLUMNS,
         SIBLINGS,
         TEACHER_NLL,
+        sibling_key,
     )
     from .labels import LabelResult, import_labels
     from .migrations import LATEST as SCHEMA_VERSION

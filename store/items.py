@@ -57,6 +57,17 @@ def sibling_key_sql(alias: str) -> str:
            f"WHEN 'rationale' THEN lower({alias}.question) WHEN 'qa' THEN lower({alias}.question) END"
 
 
+def sibling_key(row: dict[str, Any]) -> str | None:
+    """The prompt a row read into Python (a label or an item) answers, as siblings are found in SQL: its kind and
+    sibling_key_sql's key. None for free text. critics.metrics.selection compares the scores of one prompt's outputs."""
+    kind = row.get("kind")
+    if kind == "triple" and row.get("head") is not None and row.get("relation") is not None:
+        return f"triple\0{row['head'].lower()}\0{row['relation']}"
+    if kind in ("rationale", "qa") and row.get("question") is not None:
+        return f"{kind}\0{row['question'].lower()}"
+    return None
+
+
 SIBLING_FIELDS = "item_id, kind, head, relation, tail, question, answer, rationale"
 
 

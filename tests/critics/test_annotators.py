@@ -104,14 +104,20 @@ def test_crossval_and_eval_set_a_critic_beside_its_annotators(tmp_path):
     run_skd("labels", "import", str(crowd), "--format", "jsonl", "--source", "crowd", db=db, check=True)
     args = ["critic", "crossval", "--eval-source", "crowd", "--mode", "embedding", "--dev-fraction", "0.25",
             "--folds", "3"]
-    cv = json.loads(run_skd(*args, "--json", db=db, check=True, env=env).stdout)["annotators"]
+    got = json.loads(run_skd(*args, "--json", db=db, check=True, env=env).stdout)
+    cv = got["annotators"]
     assert cv["items"] == 48 and 0.5 < cv["critic_vs_one"] <= 1 and cv["annotators_vs_one"] < cv["ceiling_auc"]
-    assert "against one annotator's vote" in run_skd(*args, db=db, check=True, env=env).stdout
+    # each head and relation has a good and a bad tail: best of 2 over 24 prompts, the critic's pick above chance
+    chosen = got["selection"]
+    assert chosen["prompts"] == 24 and chosen["outputs_per_prompt"] == 2 and chosen["random"] < chosen["top"]
+    shown = run_skd(*args, db=db, check=True, env=env).stdout
+    assert "against one annotator's vote" in shown and "best of 2.0" in " ".join(shown.split())
     run_skd("critic", "train", "c", "--mode", "embedding", "--dev-fraction", "0.25", db=db, check=True, env=env)
     ev = json.loads(run_skd("critic", "eval", "c", "--labels", str(crowd), "--format", "jsonl", "--json", db=db,
                             check=True, env=env).stdout)
     assert ev["annotators"]["items"] == 48 and ev["annotators"]["annotators_vs_one"] == cv["annotators_vs_one"]
     assert ev["annotators"]["critic_vs_one"] > 0.6  # it saw these labels: a fair check it reads them, no more
+    assert ev["selection"]["prompts"] == 24 and ev["selection"]["top"] > ev["selection"]["random"]
     none = json.loads(run_skd("critic", "eval", "c", "--labels", str(single), "--format", "jsonl", "--json", db=db,
                               check=True, env=env).stdout)
     assert none["annotators"] is None and none["auc"] is not None

@@ -66,8 +66,8 @@ def snapshot_row(store: Store, name: str) -> dict[str, Any]:
 def critic_cut(store: Store, r: SnapshotRecipe) -> tuple[str | None, float | None]:
     """The critic's id and the score threshold the recipe asks for (the critics' cut, default recall there)."""
     if r.critic is None:
-        if r.min_score is not None or r.threshold_at_recall is not None or r.per_relation:
-            raise SkdError("--min-score, --threshold-at-recall and --per-relation need --critic")
+        if r.min_score is not None or r.threshold_at_recall is not None or r.per_relation or r.per_prompt:
+            raise SkdError("--min-score, --threshold-at-recall, --per-relation and --per-prompt need --critic")
         return None, None
     row = store.critics.get(r.critic)
     return row["critic_id"], threshold_of(row, r.threshold_at_recall, r.min_score)
@@ -89,8 +89,8 @@ def candidates(store: Store, r: SnapshotRecipe, critic_id: str | None, threshold
     table, funnel = store.snapshots.candidates(
         where=r.where, kinds=r.kinds, relations=r.relations, critic_id=critic_id, min_score=threshold,
         dedup=(r.dedup, *setting) if setting and r.dedup else None, balance=r.balance, seed=r.seed,
-        per_relation=r.per_relation)
-    return table, funnel | {"representatives": table.num_rows}
+        per_relation=r.per_relation, per_prompt=r.per_prompt)
+    return table, funnel
 
 
 def select(table: pa.Table, r: SnapshotRecipe) -> pa.Table:

@@ -27,6 +27,10 @@ class CriticCut(BaseModel):
         "Keep the same share of every relation (kind, for items without one): the share the cut keeps over all "
         "of them, the best-scored of each. A critic with no labels of a relation can score all of it low; "
         "this keeps that relation's best instead of dropping it."))
+    per_prompt: int | None = Field(None, gt=0, description=(
+        "Keep at most this many of each prompt's items (a head and relation, a question), the best-scored: best of "
+        "N, for a teacher sampled several times a prompt (`skd critic eval` reports how often its top pick is "
+        "acceptable)."))
 
 
 def threshold_of(critic: dict[str, Any], recall: float | None = None, min_score: float | None = None) -> float:

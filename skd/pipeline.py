@@ -225,7 +225,7 @@ class Pipeline(Strict):
         return SnapshotRecipe(
             **s.model_dump(exclude={"name"}), critic=critic, min_score=c.min_score if c else None,
             threshold_at_recall=c.threshold_at_recall if c and c.min_score is None else None,
-            per_relation=bool(c and c.per_relation),
+            per_relation=bool(c and c.per_relation), per_prompt=c.per_prompt if c else None,
             dedup=d.method if d else None, dedup_threshold=(1.0 if d.method == "exact" else d.threshold) if d else None,
             dedup_scope=d.scope if d else None)
 
@@ -251,7 +251,7 @@ class Pipeline(Strict):
             return d
         if stage in ("critic", "score"):  # the cut belongs to the snapshot: changing it retrains nothing
             # and a critic trained before an option existed is not retrained for its default
-            left = {"threshold_at_recall", "min_score", "per_relation"}
+            left = {"threshold_at_recall", "min_score", "per_relation", "per_prompt"}
             left |= {f for f in ("dev_sources", "pair", "also_labels") if not getattr(table, f)}
             d = table.model_dump(mode="json", exclude=left)
             d["labels"] = [{k: v for k, v in f.items() if (k, v) not in (("heads", None), ("weight", 1.0))}
@@ -265,8 +265,10 @@ class Pipeline(Strict):
             return table.model_dump(mode="json", exclude=set() if table.reference_heads else {"reference_heads"})
         if stage == "snapshot":
             c = self.critic
-            cut = [c.threshold_at_recall, c.min_score] + (["per relation"] if c.per_relation else []) if c else None
-            return table.model_dump(mode="json") | {"critic_cut": cut}  # a cut made before per_relation is not redone
+            cut = [c.threshold_at_recall, c.min_score] + (["per relation"] if c.per_relation else []) + (
+                [f"{c.per_prompt} per prompt"] if c.per_prompt else []) if c else None
+            # a cut made before per_relation or per_prompt existed is not redone
+            return table.model_dump(mode="json") | {"critic_cut": cut}
         if isinstance(table, BaseModel):
             return table.model_dump(mode="json")
         if isinstance(table, list):

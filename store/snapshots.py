@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .catalog import _rows, user_filter, where_sql
 from .errors import SkdError
-from .items import EXPORTED_COLUMNS, exact_norm_sql
+from .items import EXPORTED_COLUMNS, exact_norm_sql, sibling_key_sql
 from .slices import Slice
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ class Snapshots:
 
     def candidates(self, *, where: str | None, kinds: list[str], relations: list[str], critic_id: str | None,
                    min_score: float | None, dedup: tuple[str, float, str] | None, balance: str | None,
-                   seed: int, option: str = "--where", per_relation: bool = False) -> tuple[pa.Table, dict[str, Any]]:
+                   seed: int, option: str = "--where", per_relation: bool = False,
+                   per_prompt: int | None = None) -> tuple[pa.Table, dict[str, Any]]:
         """The items passing every filter, each with its split key (its normalised head or question, else its
         text, else its id), a seeded draw and its rank by the draw within its `balance` group, ordered by rank
         then draw; and the funnel: how many items the filters before the critic keep and how many of those the
@@ -107,7 +108,9 @@ class Snapshots:
 
         `dedup` is the (method, threshold, scope) whose cluster representatives are kept. With `per_relation`,
         the critic keeps the same share of every relation (the share `min_score` keeps over all of them), the
-        best-scored items of each (ties by item id)."""
+        best-scored items of each (ties by item id). With `per_prompt`, at most that many of each prompt's items
+        (siblings: a head and relation, a question), the best-scored by the critic, after dedup so that the kept
+        ones are distinct; `representatives` counts the items before that choice, `best_per_prompt` after."""
         if balance not in (None, *BALANCE):
             raise ValueError(f"balance is one of {', '.join(BALANCE)}")
         conds = [where_sql(where)]
@@ -130,18 +133,24 @@ class Snapshots:
         if dedup:
             params |= {"method": dedup[0], "dthr": dedup[1], "scope": dedup[2]}
             reps = self._best_of_each_cluster(bool(critic_id))
+        chosen = "SELECT * FROM reps"
+        if per_prompt is not None:
+            if not critic_id:
+                raise SkdError("--per-prompt needs --critic: it keeps each prompt's best-scored items")
+            params["per_prompt"] = int(per_prompt)
+            chosen = self._best_of_each_prompt()
         # by relation, an item without one goes by its kind, as the funnel and the per-relation cut count it
         group = (RELATION if balance == "relation" else f"coalesce({balance}, '')") if balance else "''"
         # a text item with no head goes by its text: an atomic10x event is the head of its triples, and an event
         # in test with its triples in train (it went by its id) leaked the test event into training
         split_on = "coalesce(head, question, text)"
         split_key = f"coalesce({exact_norm_sql(split_on)}, '')"
-        ctes = f"WITH base AS ({base}), passed AS ({passed}), reps AS ({reps})"
+        ctes = f"WITH base AS ({base}), passed AS ({passed}), reps AS ({reps}), chosen AS ({chosen})"
         sql = f"""{ctes}, ranked AS (SELECT item_id, _undeduped,
                 CASE WHEN {split_on} IS NULL THEN item_id ELSE {split_key} END AS split_key,
                 md5(item_id || $seed) AS draw,
                 row_number() OVER (PARTITION BY {group} ORDER BY md5(item_id || $seed)) AS rank_in_group,
-                {group} AS grp FROM reps)
+                {group} AS grp FROM chosen)
             SELECT * FROM ranked ORDER BY rank_in_group, draw"""
         with user_filter(option):
             table = self.store.con.sql(sql, params=params | {"seed": str(seed)}).to_arrow_table()
@@ -149,7 +158,11 @@ class Snapshots:
                 f"{ctes}, b AS (SELECT {RELATION} AS g, count(*) AS n FROM base GROUP BY 1), "
                 f"p AS (SELECT {RELATION} AS g, count(*) AS n FROM passed GROUP BY 1) "
                 "SELECT b.g, b.n, coalesce(p.n, 0) FROM b LEFT JOIN p USING (g) ORDER BY b.g", params).fetchall()
-        funnel = {"items": sum(int(n) for _, n, _ in per), "passed_critic": sum(int(m) for _, _, m in per)}
+            reps_n = self.store.con.execute(f"{ctes} SELECT count(*) FROM reps", params).fetchall()[0][0]
+        funnel = {"items": sum(int(n) for _, n, _ in per), "passed_critic": sum(int(m) for _, _, m in per),
+                  "representatives": int(reps_n)}
+        if per_prompt is not None:
+            funnel["best_per_prompt"] = table.num_rows
         if dedup:  # kept as they are: the dedup run never saw them (added since, or outside its --where)
             funnel["not_deduplicated"] = sum(table["_undeduped"].to_pylist())
         table = table.drop_columns(["_undeduped"])
@@ -172,6 +185,18 @@ class Snapshots:
                 FROM passed p LEFT JOIN dedup_clusters d ON d.item_id = p.item_id AND d.method = $method
                      AND d.threshold = $dthr AND d.scope = $scope {join})
             WHERE _pick = 1"""
+
+    @staticmethod
+    def _best_of_each_prompt() -> str:
+        """Over the CTE `reps`: at most $per_prompt items of each prompt (store.items.sibling_key_sql, within a
+        kind), the best-scored by $critic first (ties by item id): best of N, the choice `skd critic eval` scores
+        as `selection`. An item of no prompt (free text) is kept."""
+        key = sibling_key_sql("r")
+        return f"""SELECT * EXCLUDE (_best) FROM (
+                SELECT r.*, CASE WHEN {key} IS NULL THEN 1 ELSE row_number() OVER (
+                           PARTITION BY r.kind, {key} ORDER BY s.score DESC NULLS LAST, r.item_id) END AS _best
+                FROM reps r LEFT JOIN scores s ON s.item_id = r.item_id AND s.critic_id = $critic)
+            WHERE _best <= $per_prompt"""
 
     @staticmethod
     def _passed_per_relation() -> str:

@@ -353,3 +353,37 @@ def test_a_failed_cut_leaves_no_snapshot_and_its_run_says_failed(corpus_db, monk
         assert not s.snapshots.exists("cut") and s.scalar("SELECT count(*) FROM snapshot_items") == 0
         run = s.query("SELECT status, error FROM runs WHERE stage = 'snapshot'").row(0)
     assert run == ("failed", "OSError: No space left on device")
+
+
+def test_per_prompt_keeps_the_best_scored_of_each_prompt(corpus_db, tmp_path):
+    """Best of N: a teacher sampled several times a prompt (two tails a head and relation here, three rationales a
+    question) gives a snapshot of each prompt's best-scored item; free text has no prompt and is kept."""
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps(r) + "\n" for r in [
+        *({"kind": "rationale", "question": f"Why {q}?", "answer": "because", "rationale": f"Reason {q} {k}."}
+          for q in ("rain", "snow") for k in range(3)),
+        {"kind": "text", "text": "A fact with no prompt."}]))
+    with Store(corpus_db) as s:
+        ingest_file(s, extra, "jsonl")
+        # the second tail of each pair, and a question's last reason, score highest
+        judge_scores(s, "CASE WHEN tail LIKE 'tired%' OR tail LIKE 'to tell%' OR rationale LIKE '% 2.' THEN 0.9 "
+                        "WHEN text IS NOT NULL THEN 0.1 ELSE 0.5 END")
+        one = snap(s, "one", critic="judge", min_score=0.0, per_prompt=1, split={"train": 1.0})
+        two = snap(s, "two", critic="judge", min_score=0.0, per_prompt=2, split={"train": 1.0})
+        with pytest.raises(SkdError, match="need --critic"):
+            snap(s, "none", per_prompt=1)
+        df = snapshot_frame(s, "one")
+    # 8 heads x 2 relations, the head spelt apart (one tail), 2 questions, 1 text
+    assert one["funnel"]["representatives"] == 33 + 6 + 1 and one["funnel"]["best_per_prompt"] == 16 + 1 + 2 + 1
+    assert two["funnel"]["best_per_prompt"] == 32 + 1 + 4 + 1 and one["recipe"]["per_prompt"] == 1
+    triples = df.filter(pl.col("kind") == "triple").filter(pl.col("head") != "Person X misses the bus")
+    assert all(t.startswith(("tired", "to tell")) for t in triples["tail"])
+    assert sorted(df.filter(pl.col("kind") == "rationale")["rationale"]) == ["Reason rain 2.", "Reason snow 2."]
+    with Store(corpus_db) as s:
+        export_snapshot(s, "one", corpus_db.parent / "one", "hf")
+    assert "the best-scored 1 of each prompt" in (corpus_db.parent / "one" / "README.md").read_text()
+    shown = run_skd("snapshot", "create", "cli", "--critic", "judge", "--min-score", "0", "--per-prompt", "1",
+                    db=corpus_db, check=True).stdout
+    assert "best_per_prompt" in shown and "20" in shown
+    bad = run_skd("snapshot", "create", "bad", "--critic", "judge", "--per-prompt", "0", db=corpus_db)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("per_prompt: Input should be greater than 0")

@@ -295,6 +295,11 @@ def test_the_per_relation_cut_belongs_to_the_snapshot(tmp_path):
     assert one.stage_config("score") == per.stage_config("score")
     assert one.stage_config("snapshot")["critic_cut"] == [None, 0.0001]
     assert per.stage_config("snapshot")["critic_cut"] == [None, 0.0001, "per relation"]
+    raw["critic"]["per_prompt"] = 1  # best of N the same way: the snapshot's, not the critic's
+    best = Pipeline.model_validate(raw)
+    assert best.snapshot_recipe("c").per_prompt == 1 and one.snapshot_recipe("c").per_prompt is None
+    assert best.stage_config("critic") == one.stage_config("critic")
+    assert best.stage_config("snapshot")["critic_cut"] == [None, 0.0001, "per relation", "1 per prompt"]
 
 
 def test_dev_sources_retrain_the_critic_only_when_set(tmp_path):

@@ -178,7 +178,8 @@ def row(table: Table, task: str, name: str, res: dict, seconds: float, scores: l
                       f"{m['average_precision']:.3f}" if m["average_precision"] is not None else "-", "", "",
                       f"{m['n']}", "")
     print("row:", task, name, {k: round(v, 4) if isinstance(v, float) else v for k, v in o.items()},
-          {g: round(m["auc"] or 0, 4) for g, m in (res.get("by") or {}).items()}, f"{seconds:.0f}s", flush=True)
+          {g: round(m["auc"] or 0, 4) for g, m in (res.get("by") or {}).items()}, f"{seconds:.0f}s",
+          f"best of N {cell(chosen and chosen['top'])}", flush=True)
 
 
 def out_of_fold_stack(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
@@ -210,14 +211,13 @@ def ensemble(table: Table, task: str, runs: dict[str, dict], extras: list[tuple[
     fold = np.asarray(first["fold"])
     plain = out_of_fold_stack(x, y, fold)
     for how, scores in [("mean of", mean), ("stacked", plain)]:
-        row(table, task, f"ensemble: {how} {', '.join(runs)}", summaries(scores, y, groups, prompts), seconds, scores,
-            y)
+        summary = summaries(scores, y, groups, prompts)
+        row(table, task, f"ensemble: {how} {', '.join(runs)}", summary, seconds, scores, y)
         auc_gain(table, task, f"vs {best} alone", scores, np.asarray(runs[best]["scores"]), y)
     for what, cols in extras:
         scores = out_of_fold_stack(np.column_stack([x, *cols]), y, fold)
-        row(table, task, f"ensemble: stacked with {what}, {', '.join(runs)}", summaries(scores, y, groups, prompts),
-            seconds,
-            scores, y)
+        summary = summaries(scores, y, groups, prompts)
+        row(table, task, f"ensemble: stacked with {what}, {', '.join(runs)}", summary, seconds, scores, y)
         auc_gain(table, task, "vs the same stack without", scores, plain, y)
 
 
@@ -450,11 +450,11 @@ def built(tmp: Path, folds: int, table: Table) -> None:
             oof[name][fold == k] = score_rows(load_critic(path), held.to_dicts())
             seconds[name] += took
         print(f"  built fold {k}: {sum(seconds.values()):.0f} s", flush=True)
-    y = df["label"].to_numpy()
+    y, prompts = df["label"].to_numpy(), [sibling_key(r) for r in df.iter_rows(named=True)]
     for name, what in names.items():
         total = seconds["ft"] + (seconds[name] if name != "ft" else 0)
-        row(table, f"CSQA rationales, {folds}-fold by question", what,
-            summaries(oof[name], y, None, [sibling_key(r) for r in df.iter_rows(named=True)]), total, oof[name], y)
+        row(table, f"CSQA rationales, {folds}-fold by question", what, summaries(oof[name], y, None, prompts), total,
+            oof[name], y)
         if name != "ft":
             auc_gain(table, "CSQA rationales", "vs `minilm-ft` alone", oof[name], oof["ft"], y)
 

@@ -93,7 +93,8 @@ def dataset_card(row: dict[str, Any], df: pl.DataFrame, critic: dict[str, Any] |
                f"least {recipe.get('critic_threshold')} keeps over all of them (so some items below it)"
                if recipe.get("per_relation") else f"kept items scoring at least {recipe.get('critic_threshold')}")
         if recipe.get("per_prompt"):
-            cut += f", then the best-scored {recipe['per_prompt']} of each prompt (head and relation, or question)"
+            cut += (f", then at most {recipe['per_prompt']} of each prompt's items, the best-scored (a prompt: a head "
+                    "and relation, or a question)")
         parts += [f"Critic `{critic['name']}` ({critic['mode']}, base {critic['base_model']}), dev AUC "
                   f"{auc if auc is None else round(auc, 4)}; {cut}.", ""]
         if funnel.get("critic_pass_rate"):

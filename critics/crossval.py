@@ -121,20 +121,25 @@ def fold_stamp(cfg: CriticConfig, eval_source: str, fold: np.ndarray, labels: pl
 
 
 def training_code() -> dict[str, Any]:
-    """The critics package's source and the versions of the libraries that train with it: a fold kept before an
-    edit to either was trained by other code, so it is trained again rather than mixed with folds of the new code.
-    The whole package, not only the modules a fold reaches: an edit elsewhere costs a retrain, never a wrong
-    figure."""
+    """What trains a fold besides its config and data: the source of the critics package and of the store modules
+    it trains through (model resolution, the compute precision), the versions of the libraries it trains and
+    calibrates with, and the device and precision it runs in. A fold kept before an edit to any of these, or on
+    another machine's precision, was trained by other code, so it trains again rather than mix with folds of the
+    new code. The whole package, not only the modules a fold reaches: an edit elsewhere (a docstring) costs a
+    retrain."""
+    from store.hardware import bf16_native, device
+
+    here = Path(__file__).parent
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for f in [*sorted(here.glob("*.py")), here.parent / "store" / "models.py", here.parent / "store" / "hardware.py"]:
+        h.update(f"{f.parent.name}/{f.name}".encode() + b"\0" + f.read_bytes())
     libraries = {}
-    for name in ("torch", "transformers", "sentence-transformers", "peft"):
+    for name in ("torch", "transformers", "sentence-transformers", "peft", "scikit-learn", "numpy"):
         try:
             libraries[name] = md.version(name)
         except md.PackageNotFoundError:
             libraries[name] = None
-    return {"critics": h.hexdigest(), "libraries": libraries}
+    return {"source": h.hexdigest(), "libraries": libraries, "device": device(), "bf16": bf16_native()}
 
 
 def kept_fold(keep: Path | None, k: int, stamp: str, n: int) -> dict[str, Any] | None:

@@ -29,8 +29,9 @@ class CriticCut(BaseModel):
         "this keeps that relation's best instead of dropping it."))
     per_prompt: int | None = Field(None, gt=0, description=(
         "Keep at most this many of each prompt's items (a head and relation, a question), the best-scored: best of "
-        "N, for a teacher sampled several times a prompt (`skd critic eval` reports how often its top pick is "
-        "acceptable)."))
+        "N, for a teacher sampled several times a prompt, after the cut (so a prompt whose items all fall below "
+        "it keeps none; `--min-score 0` keeps each prompt's best). `skd critic eval` reports how often the top pick "
+        "is acceptable."))
 
 
 def threshold_of(critic: dict[str, Any], recall: float | None = None, min_score: float | None = None) -> float:

@@ -55,18 +55,23 @@ def selection(scores: np.ndarray, labels: np.ndarray, prompts: list[Any]) -> dic
     """Best of N, the way a critic is used on a teacher that samples several outputs a prompt (several rationales a
     question): over the prompts with two labelled outputs or more, the share whose top-scored output is acceptable
     (`top`), what a pick at random would get (`random`: the mean acceptable share) and what any pick could
-    (`oracle`: prompts with an acceptable output at all). Wiegreffe et al.'s acceptability filters report it on
-    CommonsenseQA as their accuracy. A ranking across prompts (AUC) and a choice within one can disagree: a critic
-    that rates one question's explanations all high ranks well across questions without choosing among them. None
-    where no prompt has two outputs (CKBP's triples rarely share a head and relation)."""
+    (`oracle`: prompts with an acceptable output at all). Wiegreffe et al.'s released acceptability filters appear
+    to report it on CommonsenseQA as their accuracy. A ranking across prompts (AUC) and a choice within one can
+    disagree: a critic that rates one question's explanations all high ranks well across questions without choosing
+    among them. Ties go to the output read first. None where no prompt has two outputs (CKBP's triples rarely share
+    a head and relation); a prompt of None (free text) is in none."""
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels).astype(int)
-    known = np.asarray([p is not None for p in prompts], dtype=bool)
-    _, code = np.unique(np.asarray([str(p) for p in prompts], dtype=str), return_inverse=True)
-    order = np.lexsort((-scores, code))  # by prompt, the highest score first (ties: the first read)
-    code, labels, known = code[order], labels[order], known[order]
-    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+    if not len(scores) == len(labels) == len(prompts):
+        raise ValueError(f"{len(scores)} scores, {len(labels)} labels, {len(prompts)} prompts")
+    if np.isnan(scores).any():
+        raise ValueError("a NaN score has no place in a ranking")
+    codes: dict[Any, int] = {}
+    code = np.asarray([-1 if p is None else codes.setdefault(p, len(codes)) for p in prompts], dtype=int)
+    order = np.lexsort((-scores, code))  # by prompt, the highest score first (stable: ties to the first read)
+    code, labels = code[order], labels[order]
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if len(code) else np.zeros(0, dtype=int)
     sizes = np.diff(np.r_[starts, len(code)])
-    many = (sizes >= 2) & known[starts]
+    many = (sizes >= 2) & (code[starts] >= 0)
     if not many.any():
         return None
     top = labels[starts[many]]

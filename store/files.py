@@ -28,10 +28,12 @@ def write_atomic(path: Path, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())  # on disk before it takes the name: a power loss cannot leave an empty file there
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # an interrupt too: a temporary name of its own is never written over again
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise SkdError(f"cannot write {path}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise SkdError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
     return path
 
 

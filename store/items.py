@@ -59,7 +59,9 @@ def sibling_key_sql(alias: str) -> str:
 
 def sibling_key(row: dict[str, Any]) -> str | None:
     """The prompt a row read into Python (a label or an item) answers, as siblings are found in SQL: its kind and
-    sibling_key_sql's key. None for free text. critics.metrics.selection compares the scores of one prompt's outputs."""
+    sibling_key_sql's key. None for free text. critics.metrics.selection compares the scores of one prompt's outputs.
+    Python's lower() and DuckDB's differ on a few letters (a dotted capital I, a final sigma): prompts spelt with
+    them may be grouped a little differently here than in SQL."""
     kind = row.get("kind")
     if kind == "triple" and row.get("head") is not None and row.get("relation") is not None:
         return f"triple\0{row['head'].lower()}\0{row['relation']}"

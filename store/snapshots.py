@@ -158,7 +158,9 @@ class Snapshots:
                 f"{ctes}, b AS (SELECT {RELATION} AS g, count(*) AS n FROM base GROUP BY 1), "
                 f"p AS (SELECT {RELATION} AS g, count(*) AS n FROM passed GROUP BY 1) "
                 "SELECT b.g, b.n, coalesce(p.n, 0) FROM b LEFT JOIN p USING (g) ORDER BY b.g", params).fetchall()
-            reps_n = self.store.con.execute(f"{ctes} SELECT count(*) FROM reps", params).fetchall()[0][0]
+            # before the choice per prompt, when there is one (without it, the rows returned)
+            reps_n = table.num_rows if per_prompt is None else \
+                self.store.con.execute(f"{ctes} SELECT count(*) FROM reps", params).fetchall()[0][0]
         funnel = {"items": sum(int(n) for _, n, _ in per), "passed_critic": sum(int(m) for _, _, m in per),
                   "representatives": int(reps_n)}
         if per_prompt is not None:

@@ -363,7 +363,7 @@ def test_cross_validation_resumes_from_the_folds_it_kept(tmp_path, monkeypatch):
         (keep / "fold-1.json").write_text(json.dumps(kept | {"scores": [0.5] * len(kept["scores"])}))
         return np.asarray(cross_validate(db, cfg, "expert", folds=3, by=None, keep=keep, fold_seed=1)["scores"])
     assert np.any(rerun_with_fold_1_altered() == 0.5)  # the same code reads it
-    monkeypatch.setattr(crossval, "training_code", lambda: code | {"critics": "edited"})
+    monkeypatch.setattr(crossval, "training_code", lambda: code | {"source": "edited"})
     assert not np.any(rerun_with_fold_1_altered() == 0.5)
 
 

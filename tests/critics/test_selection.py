@@ -2,6 +2,7 @@
 that AUC measures, and the prompt key it groups by (store.sibling_key, the Python side of sibling_key_sql)."""
 
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from critics.metrics import selection
@@ -28,7 +29,19 @@ def test_a_critic_can_rank_prompts_well_and_choose_within_them_badly():
     prompts = np.repeat(np.arange(400), 5).tolist()
     got = selection(scores, labels, prompts)
     assert roc_auc_score(labels, scores) > 0.7 and got["top"] < got["random"] < got["oracle"]
-    assert selection(quality + 0.05 * labels, labels, prompts)["top"] == got["oracle"]  # a tie broken right
+    # a signal within each prompt picks an acceptable output wherever there is one
+    assert selection(quality + 0.05 * labels, labels, prompts)["top"] == got["oracle"]
+
+
+def test_bad_input_is_refused_and_prompts_are_told_apart_by_value():
+    assert selection([], [], []) is None
+    with pytest.raises(ValueError, match="2 scores, 2 labels, 1 prompts"):
+        selection([0.1, 0.2], [0, 1], ["a"])
+    with pytest.raises(ValueError, match="NaN"):
+        selection([0.1, float("nan")], [0, 1], ["a", "a"])
+    # the string "None" is a prompt, None is none: one prompt of two outputs here, not three
+    assert selection([0.9, 0.1, 0.2], [0, 1, 1], [None, "None", "None"])["prompts"] == 1
+    assert selection([0.9, 0.1, 0.2, 0.3], [0, 1, 1, 0], [1, "1", "1", 1])["prompts"] == 2
 
 
 def test_the_prompt_key_is_the_one_the_store_groups_siblings_by(tmp_path):
